@@ -1,0 +1,1 @@
+//! voxsig-bridge: the runtime between the Voxsig feed and the sinks.

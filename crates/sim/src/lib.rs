@@ -1,0 +1,1 @@
+//! voxsig-sim: a Voxsig-compatible ActionCable server.

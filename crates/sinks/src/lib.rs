@@ -1,0 +1,1 @@
+//! Sinks for voxsig-bridge: where records go.
