@@ -129,6 +129,8 @@ catalogue! {
     NotificationDeleted = "notification.deleted" | "notification_deleted", Notification, Agents;
     /// The account's cached data changed; clients should refetch.
     AccountCacheInvalidated = "account.cache_invalidated", Other, Agents;
+    /// The platform logged this token out (its pubsub token was rotated).
+    UserLogout = "user:logout", Other, Agents;
 }
 
 impl fmt::Display for EventKind {
@@ -147,7 +149,7 @@ mod tests {
             let name = kind.name().expect("catalogued kinds have names");
             assert_eq!(EventKind::from_name(name), *kind, "{name}");
         }
-        assert_eq!(EventKind::ALL.len(), 22);
+        assert_eq!(EventKind::ALL.len(), 23);
     }
 
     #[test]
@@ -186,9 +188,18 @@ mod tests {
     #[test]
     fn shapes_point_at_the_right_conversation_field() {
         assert_eq!(EventKind::MessageCreated.shape(), PayloadShape::Message);
-        assert_eq!(EventKind::ConversationTypingOn.shape(), PayloadShape::Typing);
-        assert_eq!(EventKind::AssigneeChanged.shape(), PayloadShape::Conversation);
-        assert_eq!(EventKind::NotificationCreated.shape(), PayloadShape::Notification);
+        assert_eq!(
+            EventKind::ConversationTypingOn.shape(),
+            PayloadShape::Typing
+        );
+        assert_eq!(
+            EventKind::AssigneeChanged.shape(),
+            PayloadShape::Conversation
+        );
+        assert_eq!(
+            EventKind::NotificationCreated.shape(),
+            PayloadShape::Notification
+        );
         assert_eq!(EventKind::ContactDeleted.shape(), PayloadShape::Contact);
     }
 }

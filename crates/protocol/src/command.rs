@@ -77,11 +77,17 @@ mod tests {
     #[test]
     fn unsubscribe_and_every_command_is_valid_nested_json() {
         let id = user();
-        for cmd in [Command::Subscribe(&id), Command::Unsubscribe(&id), Command::UpdatePresence(&id)] {
+        for cmd in [
+            Command::Subscribe(&id),
+            Command::Unsubscribe(&id),
+            Command::UpdatePresence(&id),
+        ] {
             let v: serde_json::Value = serde_json::from_str(&cmd.encode()).unwrap();
             let inner = v["identifier"].as_str().unwrap();
             assert_eq!(RoomIdentifier::parse(inner).unwrap(), id);
         }
-        assert!(Command::Unsubscribe(&id).encode().starts_with(r#"{"command":"unsubscribe","#));
+        assert!(Command::Unsubscribe(&id)
+            .encode()
+            .starts_with(r#"{"command":"unsubscribe","#));
     }
 }

@@ -228,8 +228,7 @@ pub(crate) fn push_json_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
-    const FIXTURE_IDENTIFIER: &str =
-        r#"{"channel":"RoomChannel","pubsub_token":"furNHtAQnqxQN2FmkLzf8x4T","account_id":1,"user_id":7}"#;
+    const FIXTURE_IDENTIFIER: &str = r#"{"channel":"RoomChannel","pubsub_token":"furNHtAQnqxQN2FmkLzf8x4T","account_id":1,"user_id":7}"#;
 
     #[test]
     fn user_identifier_matches_the_captured_bytes() {
@@ -267,15 +266,23 @@ mod tests {
 
     #[test]
     fn parse_rejects_what_is_not_an_identifier() {
-        assert!(matches!(RoomIdentifier::parse("not json"), Err(IdentifierError::NotJson(_))));
-        assert!(matches!(RoomIdentifier::parse("[1]"), Err(IdentifierError::NotJson(_))));
+        assert!(matches!(
+            RoomIdentifier::parse("not json"),
+            Err(IdentifierError::NotJson(_))
+        ));
+        assert!(matches!(
+            RoomIdentifier::parse("[1]"),
+            Err(IdentifierError::NotJson(_))
+        ));
         assert_eq!(
             RoomIdentifier::parse(r#"{"channel":"RoomChannel"}"#).unwrap_err(),
             bad("pubsub_token", "missing")
         );
         assert_eq!(
-            RoomIdentifier::parse(r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":-1}"#)
-                .unwrap_err(),
+            RoomIdentifier::parse(
+                r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":-1}"#
+            )
+            .unwrap_err(),
             bad("account_id", "not a non-negative integer")
         );
     }
