@@ -4,13 +4,14 @@
 //! - [`command`]: what a client sends (`subscribe`, `unsubscribe`, `update_presence`).
 //! - [`frame`]: what the server sends, decoded in one borrowing pass ([`ServerFrame::parse`]).
 //! - [`session`]: one connection's state machine, fed frames and time.
-//! - [`catalogue`]: the Voxsig event names.
+//! - [`catalogue`]: the Voxsig event names; [`models`]: typed, lenient payload models.
 
 pub mod backoff;
 pub mod catalogue;
 pub mod command;
 pub mod frame;
 pub mod identifier;
+pub mod models;
 pub mod scan;
 pub mod session;
 pub mod token;
