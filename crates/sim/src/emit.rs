@@ -1,0 +1,548 @@
+//! Event generation: single events, bursts and steady runs, each event rendered once and sent to
+//! every subscription entitled to it, with the per-subscriber identifier as the only difference.
+
+use crate::error::{Result, SimError};
+use crate::hub::{Outgoing, Target};
+use crate::payload::{self, has_conversation, Scene};
+use crate::rng::Rng;
+use crate::shared::{Member, Shared};
+use crate::truth::{DeliveryLog, EventLog, Origin, Ticket};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use voxsig_protocol::catalogue::{Audience, PayloadShape};
+use voxsig_protocol::EventKind;
+
+/// One event to emit; unset fields are chosen by the generator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventSpec {
+    /// The account (default: the next account in round-robin order).
+    pub account_id: Option<u64>,
+    /// The event (default: a random catalogued event).
+    pub kind: Option<EventKind>,
+    /// The conversation, which must belong to the account (default: a random one of the account).
+    pub conversation_id: Option<u64>,
+}
+
+impl EventSpec {
+    /// An event of this kind for this account, in a random conversation of the account.
+    pub fn new(account_id: u64, kind: EventKind) -> Self {
+        EventSpec {
+            account_id: Some(account_id),
+            kind: Some(kind),
+            conversation_id: None,
+        }
+    }
+
+    /// The same, in this conversation.
+    pub fn in_conversation(mut self, conversation_id: u64) -> Self {
+        self.conversation_id = Some(conversation_id);
+        self
+    }
+}
+
+/// Which accounts and events bursts and runs draw from; empty means all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Accounts, visited in round-robin order (empty: every account of the world).
+    pub accounts: Vec<u64>,
+    /// Events, drawn at random (empty: the whole catalogue, [`EventKind::ALL`]).
+    pub kinds: Vec<EventKind>,
+}
+
+impl Selection {
+    /// Every account, every event.
+    pub fn all() -> Self {
+        Selection::default()
+    }
+
+    /// Only these accounts.
+    pub fn accounts(mut self, accounts: impl IntoIterator<Item = u64>) -> Self {
+        self.accounts = accounts.into_iter().collect();
+        self
+    }
+
+    /// Only these events.
+    pub fn kinds(mut self, kinds: impl IntoIterator<Item = EventKind>) -> Self {
+        self.kinds = kinds.into_iter().collect();
+        self
+    }
+}
+
+/// How fast a run emits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    /// Events per second in total.
+    Total(f64),
+    /// Events per second for each selected account.
+    PerAccount(f64),
+}
+
+/// A steady run, bounded by time and optionally by count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// What to emit.
+    pub selection: Selection,
+    /// How fast.
+    pub rate: Rate,
+    /// How long at most.
+    pub duration: Duration,
+    /// How many events at most.
+    pub max_events: Option<u64>,
+}
+
+/// What [`crate::Sim::emit`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EmittedEvent {
+    /// Global sending order (the ground truth's `id`).
+    pub id: u64,
+    /// The event name.
+    pub event: &'static str,
+    /// `data.account_id`.
+    pub account_id: u64,
+    /// `data.sim_seq`.
+    pub sim_seq: u64,
+    /// The conversation, if the event has one.
+    pub conversation_id: Option<u64>,
+    /// Frames queued (one per subscription entitled to the event).
+    pub frames: usize,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// Its duration elapsed.
+    Duration,
+    /// It emitted `max_events`.
+    Count,
+    /// It was stopped, or the simulator shut down.
+    Stopped,
+}
+
+/// What a burst or a run emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EmitReport {
+    /// Events emitted.
+    pub events: u64,
+    /// Event frames queued to sockets.
+    pub frames: u64,
+    /// Time taken.
+    #[serde(serialize_with = "millis")]
+    pub elapsed: Duration,
+    /// `events` per second over `elapsed`.
+    pub events_per_sec: f64,
+    /// Why it ended (bursts: `count`).
+    pub stopped: StopReason,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+impl EmitReport {
+    fn new(events: u64, frames: u64, started: Instant, stopped: StopReason) -> Self {
+        let elapsed = started.elapsed();
+        EmitReport {
+            events,
+            frames,
+            elapsed,
+            events_per_sec: events as f64 / elapsed.as_secs_f64().max(1e-9),
+            stopped,
+        }
+    }
+}
+
+/// A run in progress.
+#[derive(Debug)]
+pub struct RunHandle {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Result<EmitReport>>,
+}
+
+impl RunHandle {
+    /// Asks the run to stop after the event in progress.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the run to end.
+    pub async fn wait(self) -> Result<EmitReport> {
+        self.task.await.map_err(|_| SimError::Shutdown)?
+    }
+
+    /// A flag that stops the run when set (for callers that keep the handle elsewhere).
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+/// The generator's state, behind one async lock: it serialises sequence numbers and sends, so
+/// every socket receives an account's events in `sim_seq` order.
+#[derive(Debug)]
+pub(crate) struct Emitter {
+    rng: Rng,
+    /// Last `sim_seq` per account.
+    seqs: HashMap<u64, u64>,
+    next_id: u64,
+    next_message: u64,
+    next_notification: u64,
+    round_robin: usize,
+    targets: Vec<Target>,
+}
+
+impl Emitter {
+    pub(crate) fn new(seed: u64) -> Self {
+        Emitter {
+            rng: Rng::new(seed),
+            seqs: HashMap::new(),
+            next_id: 0,
+            next_message: 300_000,
+            next_notification: 400_000,
+            round_robin: 0,
+            targets: Vec::new(),
+        }
+    }
+
+    fn next_seq(&mut self, account_id: u64) -> u64 {
+        let seq = self.seqs.entry(account_id).or_insert(0);
+        *seq += 1;
+        *seq
+    }
+}
+
+/// An event ready to send.
+struct Rendered {
+    kind: EventKind,
+    account_id: u64,
+    sim_seq: u64,
+    conversation_id: Option<u64>,
+    origin: Origin,
+    data: String,
+}
+
+fn unix_now() -> (u64, u16) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.subsec_millis() as u16)
+}
+
+/// Checks that a selection names only known accounts and catalogued events.
+pub(crate) fn check_selection(shared: &Shared, sel: &Selection) -> Result<()> {
+    let state = shared.world();
+    if let Some(a) = sel
+        .accounts
+        .iter()
+        .find(|a| !state.index.accounts.contains_key(a))
+    {
+        return Err(SimError::UnknownAccount(*a));
+    }
+    if sel.kinds.contains(&EventKind::Other) {
+        return Err(SimError::UnknownEvent("other".into()));
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Renders one event and finds its subscriptions (into `em.targets`).
+    fn render(&self, em: &mut Emitter, spec: &EventSpec, sel: &Selection) -> Result<Rendered> {
+        let state = self.world();
+        let (world, index) = (&state.world, &state.index);
+        let account_id = match spec.account_id {
+            Some(a) => a,
+            None => {
+                let pool = if sel.accounts.is_empty() {
+                    &index.account_ids
+                } else {
+                    &sel.accounts
+                };
+                em.round_robin = em.round_robin.wrapping_add(1);
+                *pool
+                    .get(em.round_robin % pool.len().max(1))
+                    .ok_or_else(|| SimError::Invalid("the world has no account".into()))?
+            }
+        };
+        let acc = index
+            .accounts
+            .get(&account_id)
+            .ok_or(SimError::UnknownAccount(account_id))?;
+        let kind = match spec.kind {
+            Some(EventKind::Other) => return Err(SimError::UnknownEvent("other".into())),
+            Some(k) => k,
+            None if sel.kinds.is_empty() => *em.rng.pick(EventKind::ALL),
+            None => *em.rng.pick(&sel.kinds),
+        };
+        let (conversation_id, contact) = match spec.conversation_id {
+            Some(c) => match index.conversations.get(&c) {
+                Some(i) if world.contacts[*i].account_id == account_id => (c, *i),
+                _ => return Err(SimError::UnknownConversation(c)),
+            },
+            None => *em.rng.pick(&acc.conversations),
+        };
+        let rng = &mut em.rng;
+        let agent = &world.users[*rng.pick(&acc.users)];
+        let assignee = rng
+            .chance(80)
+            .then(|| &world.users[*rng.pick(&acc.users)]);
+        let by_contact = match kind.shape() {
+            PayloadShape::Message => kind != EventKind::FirstReplyCreated && rng.chance(50),
+            PayloadShape::Typing => rng.chance(50),
+            _ => false,
+        };
+        let private = !by_contact
+            && matches!(
+                kind,
+                EventKind::MessageCreated | EventKind::MessageUpdated | EventKind::ConversationTypingOn
+            )
+            && rng.chance(10);
+        if kind.shape() == PayloadShape::Message {
+            em.next_message += 1;
+        }
+        if kind.shape() == PayloadShape::Notification {
+            em.next_notification += 1;
+        }
+        let (now, now_ms) = unix_now();
+        let sim_seq = em.next_seq(account_id);
+        let scene = Scene {
+            account: &world.accounts[acc.position],
+            contact: &world.contacts[contact],
+            conversation_id,
+            assignee,
+            agent,
+            by_contact,
+            private,
+            now,
+            now_ms,
+            message_id: em.next_message,
+            notification_id: em.next_notification,
+            sim_seq,
+        };
+        let users_online: Vec<(u64, &str)> = if kind == EventKind::PresenceUpdate {
+            acc.users
+                .iter()
+                .map(|i| (world.users[*i].id, world.users[*i].availability.as_str()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut data = String::with_capacity(2048);
+        payload::render(&mut data, kind, &scene, &users_online, &mut em.rng);
+
+        // Notifications are for one user; everything else for every user of the account, and
+        // conversation events also for the conversation's contact unless private.
+        let to_contact = kind.audience() == Some(Audience::AgentsAndContacts)
+            && has_conversation(kind)
+            && !private;
+        let contact_token = to_contact.then(|| world.contacts[contact].pubsub_token.as_str());
+        if kind.shape() == PayloadShape::Notification {
+            self.hub
+                .targets(std::iter::once(agent.pubsub_token.as_str()), &mut em.targets);
+        } else {
+            let users = acc.users.iter().map(|i| world.users[*i].pubsub_token.as_str());
+            self.hub.targets(users.chain(contact_token), &mut em.targets);
+        }
+        Ok(Rendered {
+            kind,
+            account_id,
+            sim_seq,
+            conversation_id: has_conversation(kind).then_some(conversation_id),
+            origin: Origin::Broadcast,
+            data,
+        })
+    }
+
+    /// Records the event and queues one frame per target: `{"identifier":"…",` then the message
+    /// part, rendered once.
+    async fn deliver(&self, em: &mut Emitter, ev: Rendered, targets: &[Target]) -> EmittedEvent {
+        let name = ev.kind.name().unwrap_or("other");
+        let mut suffix = String::with_capacity(ev.data.len() + 48);
+        suffix.push_str("\",\"message\":{\"event\":\"");
+        suffix.push_str(name);
+        suffix.push_str("\",\"data\":");
+        suffix.push_str(&ev.data);
+        suffix.push_str("}}");
+        em.next_id += 1;
+        let log = self.truth.recording().then(|| {
+            Arc::new(EventLog {
+                id: em.next_id,
+                kind: ev.kind,
+                name,
+                account_id: ev.account_id,
+                sim_seq: ev.sim_seq,
+                conversation_id: ev.conversation_id,
+                origin: ev.origin,
+                at_ms: self.millis(),
+                data: Arc::from(ev.data),
+                deliveries: targets
+                    .iter()
+                    .map(|t| DeliveryLog {
+                        token: t.token.clone(),
+                        identifier: t.identifier.clone(),
+                        connection: t.connection,
+                        status: AtomicU8::new(0),
+                    })
+                    .collect(),
+            })
+        });
+        self.truth.record(log.clone());
+        for (i, t) in targets.iter().enumerate() {
+            let mut frame = String::with_capacity(16 + t.escaped.len() + suffix.len());
+            frame.push_str("{\"identifier\":\"");
+            frame.push_str(&t.escaped);
+            frame.push_str(&suffix);
+            let ticket = Ticket::new(
+                self.counters.clone(),
+                log.as_ref().map(|l| (l.clone(), i)),
+            );
+            match t.tx.try_send(Outgoing::Text(frame.into(), Some(ticket))) {
+                Ok(()) | Err(TrySendError::Closed(_)) => {}
+                // A full queue: wait for the writer, up to the send timeout (a dropped frame
+                // drops its ticket, which records it as dropped).
+                Err(TrySendError::Full(item)) => {
+                    let _ = t.tx.send_timeout(item, self.config.send_timeout).await;
+                }
+            }
+        }
+        EmittedEvent {
+            id: em.next_id,
+            event: name,
+            account_id: ev.account_id,
+            sim_seq: ev.sim_seq,
+            conversation_id: ev.conversation_id,
+            frames: targets.len(),
+        }
+    }
+
+    async fn emit_locked(
+        &self,
+        em: &mut Emitter,
+        spec: &EventSpec,
+        sel: &Selection,
+    ) -> Result<EmittedEvent> {
+        em.targets.clear();
+        let rendered = self.render(em, spec, sel)?;
+        let targets = std::mem::take(&mut em.targets);
+        let sent = self.deliver(em, rendered, &targets).await;
+        em.targets = targets;
+        Ok(sent)
+    }
+
+    /// Emits one event.
+    pub(crate) async fn emit(&self, spec: &EventSpec) -> Result<EmittedEvent> {
+        let mut em = self.emitter.lock().await;
+        self.emit_locked(&mut em, spec, &Selection::default()).await
+    }
+
+    /// Emits `count` events as fast as the sockets take them.
+    pub(crate) async fn burst(&self, count: u64, sel: &Selection) -> Result<EmitReport> {
+        check_selection(self, sel)?;
+        let started = Instant::now();
+        let (mut events, mut frames) = (0, 0);
+        let mut stopped = StopReason::Count;
+        while events < count {
+            if self.is_shut_down() {
+                stopped = StopReason::Stopped;
+                break;
+            }
+            let mut em = self.emitter.lock().await;
+            // A few events per lock: cheap, and replies still get their turn.
+            for _ in 0..(count - events).min(64) {
+                frames += self.emit_locked(&mut em, &EventSpec::default(), sel).await?.frames as u64;
+                events += 1;
+            }
+            drop(em);
+            tokio::task::yield_now().await;
+        }
+        Ok(EmitReport::new(events, frames, started, stopped))
+    }
+
+    /// Starts a steady run.
+    pub(crate) fn run(self: &Arc<Self>, spec: RunSpec) -> Result<RunHandle> {
+        check_selection(self, &spec.selection)?;
+        let accounts = if spec.selection.accounts.is_empty() {
+            self.world().index.account_ids.len()
+        } else {
+            spec.selection.accounts.len()
+        };
+        let rate = match spec.rate {
+            Rate::Total(r) => r,
+            Rate::PerAccount(r) => r * accounts as f64,
+        };
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(SimError::Invalid(format!("rate {rate} events/s")));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let shared = self.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let max = spec.max_events.unwrap_or(u64::MAX);
+            let (mut events, mut frames) = (0u64, 0u64);
+            let stopped = loop {
+                if flag.load(Ordering::Relaxed) || shared.is_shut_down() {
+                    break StopReason::Stopped;
+                }
+                let elapsed = started.elapsed();
+                if elapsed >= spec.duration {
+                    break StopReason::Duration;
+                }
+                if events >= max {
+                    break StopReason::Count;
+                }
+                let due = ((rate * elapsed.as_secs_f64()) as u64).min(max) - events.min(max);
+                if due == 0 {
+                    let next = started + Duration::from_secs_f64((events + 1) as f64 / rate);
+                    tokio::time::sleep_until(next.min(started + spec.duration)).await;
+                    continue;
+                }
+                let mut em = shared.emitter.lock().await;
+                for _ in 0..due.min(256) {
+                    frames += shared
+                        .emit_locked(&mut em, &EventSpec::default(), &spec.selection)
+                        .await?
+                        .frames as u64;
+                    events += 1;
+                }
+                drop(em);
+                tokio::task::yield_now().await;
+            };
+            Ok(EmitReport::new(events, frames, started, stopped))
+        });
+        Ok(RunHandle { stop, task })
+    }
+
+    /// Answers a subscribe or `update_presence` with the account's presence, to that
+    /// subscription only (contacts get no contacts map).
+    pub(crate) async fn reply_presence(&self, target: &Target, account_id: u64, member: Member) {
+        let (users, contacts) = self.presence_maps(account_id, matches!(member, Member::User(_)));
+        let users: Vec<(u64, &str)> = users.iter().map(|(id, s)| (*id, s.as_str())).collect();
+        let contacts: Option<Vec<(u64, &str)>> = contacts
+            .as_ref()
+            .map(|v| v.iter().map(|(id, s)| (*id, s.as_str())).collect());
+        let mut em = self.emitter.lock().await;
+        let sim_seq = em.next_seq(account_id);
+        let mut data = String::with_capacity(128);
+        payload::presence(&mut data, account_id, &users, contacts.as_deref(), sim_seq);
+        let rendered = Rendered {
+            kind: EventKind::PresenceUpdate,
+            account_id,
+            sim_seq,
+            conversation_id: None,
+            origin: Origin::Reply,
+            data,
+        };
+        self.deliver(&mut em, rendered, std::slice::from_ref(target))
+            .await;
+    }
+}
