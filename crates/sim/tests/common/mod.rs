@@ -1,0 +1,215 @@
+//! A plain tokio-tungstenite client and a raw HTTP helper for the simulator's tests.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voxsig_protocol::{Command, RoomIdentifier};
+use voxsig_sim::{Sim, SimConfig, WorldSpec};
+
+pub const SHORT: Duration = Duration::from_millis(250);
+pub const LONG: Duration = Duration::from_secs(5);
+
+/// A small world and fast pings.
+pub fn config() -> SimConfig {
+    SimConfig::default()
+        .with_ping_interval(Duration::from_millis(150))
+        .with_world_spec(WorldSpec {
+            accounts: 2,
+            users_per_account: 2,
+            contacts_per_account: 2,
+            conversations_per_contact: 1,
+            shared_users: 0,
+            seed: 7,
+        })
+}
+
+pub async fn start() -> Sim {
+    Sim::start(config()).await.expect("sim starts")
+}
+
+/// What a socket read gave.
+#[derive(Debug)]
+pub enum Got {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(Option<u16>),
+    /// The socket ended without a close frame, or failed.
+    Ended,
+    /// Nothing within the timeout.
+    Nothing,
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol the server chose.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    /// Connects offering `actioncable-v1-json`, and checks the welcome.
+    pub async fn connect(sim: &Sim) -> Client {
+        let mut c = Client::connect_url(&sim.url(), true).await.expect("connects");
+        assert_eq!(c.text(LONG).await, r#"{"type":"welcome"}"#);
+        c
+    }
+
+    pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, String> {
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        if offer_protocol {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("actioncable-v1-json"),
+            );
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let protocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Client { ws, protocol })
+    }
+
+    pub async fn send(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn subscribe(&mut self, id: &RoomIdentifier) {
+        self.send(Command::Subscribe(id).encode()).await;
+    }
+
+    pub async fn unsubscribe(&mut self, id: &RoomIdentifier) {
+        self.send(Command::Unsubscribe(id).encode()).await;
+    }
+
+    pub async fn update_presence(&mut self, id: &RoomIdentifier) {
+        self.send(Command::UpdatePresence(id).encode()).await;
+    }
+
+    /// The next frame of any kind (pings included).
+    pub async fn next(&mut self, timeout: Duration) -> Got {
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Err(_) => return Got::Nothing,
+                Ok(None) | Ok(Some(Err(_))) => return Got::Ended,
+                Ok(Some(Ok(Message::Text(t)))) => return Got::Text(t.to_string()),
+                Ok(Some(Ok(Message::Binary(b)))) => return Got::Binary(b.to_vec()),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Got::Close(f.map(|f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next text frame that is not a ping; `None` if nothing else came within `timeout`.
+    pub async fn try_text(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Got::Text(t) if t.starts_with(r#"{"type":"ping""#) => continue,
+                Got::Text(t) => return Some(t),
+                Got::Nothing => return None,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn text(&mut self, timeout: Duration) -> String {
+        self.try_text(timeout).await.expect("a frame in time")
+    }
+
+    pub async fn json(&mut self, timeout: Duration) -> Value {
+        serde_json::from_str(&self.text(timeout).await).expect("JSON frame")
+    }
+
+    /// Every non-ping text frame until none comes for `idle`.
+    pub async fn drain(&mut self, idle: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(t) = self.try_text(idle).await {
+            out.push(t);
+        }
+        out
+    }
+
+    /// Expects silence (pings aside) for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(t) = self.try_text(quiet).await {
+            panic!("expected no frame, got {t}");
+        }
+    }
+
+    /// Subscribes and expects the confirmation and the presence answer.
+    pub async fn subscribe_confirmed(&mut self, id: &RoomIdentifier) -> Value {
+        self.subscribe(id).await;
+        let confirm = self.json(LONG).await;
+        assert_eq!(confirm["type"], "confirm_subscription", "{confirm}");
+        assert_eq!(confirm["identifier"], id.wire());
+        let presence = self.json(LONG).await;
+        assert_eq!(presence["message"]["event"], "presence.update", "{presence}");
+        presence
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns the status and the body.
+pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(host).await.expect("admin reachable");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(LONG, tcp.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text[9..12].parse().expect("status");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub async fn get_json(base: &str, path: &str) -> Value {
+    let (status, body) = http(base, "GET", path, None).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON body")
+}
+
+pub async fn post_json(base: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http(base, "POST", path, Some(body)).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
