@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "size")]
 pub enum Malformed {
-    /// A text frame that is not JSON (a truncated ping).
+    /// A text frame that is not JSON (a truncated event).
     InvalidJson,
     /// Valid JSON with a `type` ActionCable does not have.
     UnknownType,
@@ -30,7 +30,10 @@ impl Malformed {
     fn frame(self) -> Outgoing {
         let text = |s: String| Outgoing::Text(Utf8Bytes::from(s), None);
         match self {
-            Malformed::InvalidJson => text(r#"{"type":"ping","message":17953"#.to_owned()),
+            Malformed::InvalidJson => text(
+                r#"{"identifier":"{\"channel\":\"RoomChannel\"}","message":{"event":"message.created","data":{"id":"#
+                    .to_owned(),
+            ),
             Malformed::UnknownType => {
                 text(r#"{"type":"surprise","message":"unknown frame type"}"#.to_owned())
             }
