@@ -1,0 +1,2 @@
+//! Sink throughput benchmark (filled in below).
+fn main() {}

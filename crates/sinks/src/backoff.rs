@@ -1,0 +1,105 @@
+//! Reconnect back-off: exponential, capped, with jitter.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// Reconnect back-off bounds (`[sink.reconnect]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectConfig {
+    /// First wait after a failure, in milliseconds. Default 250.
+    pub min_backoff_ms: u64,
+    /// Largest wait, in milliseconds. Default 30,000.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            min_backoff_ms: 250,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl ReconnectConfig {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min_backoff_ms == 0 {
+            return Err(ConfigError::new(
+                "sink.reconnect.min_backoff_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.max_backoff_ms < self.min_backoff_ms {
+            return Err(ConfigError::new(
+                "sink.reconnect.max_backoff_ms",
+                "must be at least min_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Exponential back-off with "equal jitter": each wait is in `[d/2, d]`, `d` doubling up to the cap.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &ReconnectConfig) -> Self {
+        let min = Duration::from_millis(config.min_backoff_ms);
+        Backoff {
+            min,
+            max: Duration::from_millis(config.max_backoff_ms),
+            current: min,
+            seed: RandomState::new().build_hasher().finish() | 1,
+        }
+    }
+
+    /// The next wait.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let d = self.current;
+        let half = d / 2;
+        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let wait = half + Duration::from_nanos(self.seed % jitter_ns.max(1));
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+
+    /// After a success: start again from the minimum.
+    pub(crate) fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(&ReconnectConfig {
+            min_backoff_ms: 100,
+            max_backoff_ms: 800,
+        });
+        let waits: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] <= Duration::from_millis(100));
+        assert!(waits[5] >= Duration::from_millis(400) && waits[5] <= Duration::from_millis(800));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,743 @@
+//! The bounded at-least-once buffer between the bridge and a sink.
+//!
+//! A record counts against the capacity from [`BufferWriter::push`] until the sink acknowledges
+//! it ([`BufferReader::ack`]) or gives up on it for good ([`BufferReader::reject`]): records in
+//! flight to the broker are included, so memory stays bounded and nothing accepted is forgotten
+//! while a broker is away. When full, `when_full` decides: wait (backpressure), drop the oldest
+//! queued record, or drop the new one; every drop is counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::telemetry::{
+    emit, BufferCreated, BufferLevel, DropReason, RecordDelivered, RecordDropped,
+};
+use crate::{ConfigError, DrainReport, Record, SinkMetrics};
+
+/// What [`BufferWriter::push`] does when the buffer is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait until the sink acknowledges records (backpressure up to the sockets). The default.
+    #[default]
+    Block,
+    /// Drop the oldest queued (not yet sent) record to make room.
+    DropOldest,
+    /// Drop the new record.
+    DropNewest,
+}
+
+impl WhenFull {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::Block => "block",
+            WhenFull::DropOldest => "drop_oldest",
+            WhenFull::DropNewest => "drop_newest",
+        }
+    }
+}
+
+/// Bounds of the buffer (`[buffer]` in the bridge's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Maximum records held (queued plus in flight). Default 100,000.
+    pub max_events: usize,
+    /// Maximum bytes held, by [`Record::size_bytes`]. Default 256 MiB.
+    pub max_bytes: usize,
+    /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
+    pub when_full: WhenFull,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_events: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+impl BufferConfig {
+    /// Checks the bounds; errors name the key under `buffer.`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_events == 0 {
+            return Err(ConfigError::new("buffer.max_events", "must be at least 1"));
+        }
+        if self.max_bytes < 1024 {
+            return Err(ConfigError::new(
+                "buffer.max_bytes",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The buffer was closed: no more records are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the sink buffer is closed")]
+pub struct BufferClosed;
+
+/// Creates a buffer: the writer goes to the bridge's router, the reader to the sink.
+pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, BufferReader) {
+    emit(
+        &metrics,
+        BufferCreated {
+            max_events: config.max_events,
+            max_bytes: config.max_bytes,
+            when_full: config.when_full.as_str(),
+        },
+    );
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        space: Notify::new(),
+        data: Notify::new(),
+        aborted_flag: AtomicBool::new(false),
+        aborted: Notify::new(),
+        config,
+        metrics,
+    });
+    let reader = BufferReader {
+        acker: Acker {
+            shared: shared.clone(),
+            sink: "unknown",
+        },
+    };
+    (BufferWriter { shared }, reader)
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Writers waiting for room.
+    space: Notify,
+    /// The reader waiting for records (or for close/abort).
+    data: Notify,
+    aborted_flag: AtomicBool,
+    aborted: Notify,
+    config: BufferConfig,
+    metrics: SinkMetrics,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Entry>,
+    /// Records held, queued or in flight, and their bytes.
+    held_events: usize,
+    held_bytes: usize,
+    /// In-flight records by event label (for the drain report).
+    in_flight_by_label: HashMap<&'static str, u64>,
+    next_seq: u64,
+    closed: bool,
+    delivered: u64,
+    rejected: u64,
+    dropped: u64,
+}
+
+struct Entry {
+    seq: u64,
+    size: usize,
+    attempts: u32,
+    record: Record,
+}
+
+/// A record taken from the buffer by a sink: it stays counted against the capacity until it is
+/// handed back with [`BufferReader::ack`], [`BufferReader::reject`] or [`BufferReader::requeue`].
+/// Dropping a claim without handing it back leaks capacity (and is reported as undelivered).
+#[derive(Debug)]
+#[must_use = "hand the claim back with ack, reject or requeue"]
+pub struct Claim {
+    seq: u64,
+    size: usize,
+    attempts: u32,
+    record: Record,
+}
+
+impl Claim {
+    /// The record.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// The order in which the buffer accepted the record (strictly increasing).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many times this record was handed back with [`BufferReader::requeue`].
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across every early return; recover from a poisoned lock.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn level(&self, state: &State) {
+        emit(
+            &self.metrics,
+            BufferLevel {
+                events: state.held_events,
+                bytes: state.held_bytes,
+            },
+        );
+    }
+
+    fn fits(&self, state: &State, size: usize) -> bool {
+        state.held_events < self.config.max_events
+            && state.held_bytes + size <= self.config.max_bytes
+    }
+
+    fn release(&self, state: &mut State, size: usize, label: &'static str) {
+        state.held_events -= 1;
+        state.held_bytes -= size;
+        if let Some(n) = state.in_flight_by_label.get_mut(label) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &SinkMetrics {
+        &self.metrics
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.space.notify_waiters();
+        self.data.notify_waiters();
+    }
+
+    pub(crate) fn abort(&self) {
+        self.close();
+        self.aborted_flag.store(true, Ordering::SeqCst);
+        self.aborted.notify_waiters();
+        self.data.notify_waiters();
+    }
+
+    pub(crate) fn report(&self, deadline_hit: bool) -> DrainReport {
+        let state = self.lock();
+        let mut by_event: HashMap<&'static str, u64> = state
+            .in_flight_by_label
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(label, n)| (*label, *n))
+            .collect();
+        for entry in &state.queue {
+            *by_event
+                .entry(entry.record.headers.event_label)
+                .or_default() += 1;
+        }
+        let mut undelivered_by_event: Vec<(&'static str, u64)> = by_event.into_iter().collect();
+        undelivered_by_event.sort_unstable();
+        DrainReport {
+            delivered: state.delivered,
+            rejected: state.rejected,
+            dropped: state.dropped,
+            undelivered: state.held_events as u64,
+            undelivered_bytes: state.held_bytes as u64,
+            undelivered_by_event,
+            deadline_hit,
+        }
+    }
+}
+
+/// The bridge's side of the buffer. Clone it for every task that produces records.
+#[derive(Clone)]
+pub struct BufferWriter {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BufferWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferWriter")
+            .field("depth", &self.depth())
+            .finish()
+    }
+}
+
+impl BufferWriter {
+    /// Accepts a record. Under `when_full = "block"` this waits while the buffer is full (this
+    /// is the backpressure to the socket readers); under the drop policies it never waits and
+    /// drops per policy, counted by reason. A record larger than `max_bytes` on its own is
+    /// dropped (reason `too_large`). Errors only once the buffer is closed.
+    pub async fn push(&self, record: Record) -> Result<(), BufferClosed> {
+        let shared = &*self.shared;
+        let size = record.size_bytes();
+        if size > shared.config.max_bytes {
+            shared.lock().dropped += 1;
+            emit(
+                &shared.metrics,
+                RecordDropped {
+                    reason: DropReason::TooLarge,
+                    event_label: record.headers.event_label,
+                    count: 1,
+                },
+            );
+            return Ok(());
+        }
+        loop {
+            let mut space = pin!(shared.space.notified());
+            space.as_mut().enable();
+            {
+                let mut state = shared.lock();
+                if state.closed {
+                    return Err(BufferClosed);
+                }
+                if !shared.fits(&state, size) {
+                    match shared.config.when_full {
+                        WhenFull::Block => {}
+                        WhenFull::DropNewest => {
+                            state.dropped += 1;
+                            drop(state);
+                            emit(
+                                &shared.metrics,
+                                RecordDropped {
+                                    reason: DropReason::Newest,
+                                    event_label: record.headers.event_label,
+                                    count: 1,
+                                },
+                            );
+                            return Ok(());
+                        }
+                        WhenFull::DropOldest => {
+                            if !self.drop_oldest_until_fits(&mut state, size) {
+                                // Everything held is in flight: nothing queued can make room.
+                                state.dropped += 1;
+                                drop(state);
+                                emit(
+                                    &shared.metrics,
+                                    RecordDropped {
+                                        reason: DropReason::Newest,
+                                        event_label: record.headers.event_label,
+                                        count: 1,
+                                    },
+                                );
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                if shared.fits(&state, size) {
+                    let seq = state.next_seq;
+                    state.next_seq += 1;
+                    state.held_events += 1;
+                    state.held_bytes += size;
+                    state.queue.push_back(Entry {
+                        seq,
+                        size,
+                        attempts: 0,
+                        record,
+                    });
+                    shared.level(&state);
+                    drop(state);
+                    shared.data.notify_waiters();
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Drops queued records from the front until `size` fits; false if the queue ran dry first.
+    fn drop_oldest_until_fits(&self, state: &mut State, size: usize) -> bool {
+        let shared = &*self.shared;
+        while !shared.fits(state, size) {
+            let Some(old) = state.queue.pop_front() else {
+                return false;
+            };
+            state.held_events -= 1;
+            state.held_bytes -= old.size;
+            state.dropped += 1;
+            emit(
+                &shared.metrics,
+                RecordDropped {
+                    reason: DropReason::Oldest,
+                    event_label: old.record.headers.event_label,
+                    count: 1,
+                },
+            );
+        }
+        true
+    }
+
+    /// Records held: queued plus in flight (not yet acknowledged).
+    pub fn depth(&self) -> usize {
+        self.shared.lock().held_events
+    }
+
+    /// The `max_events` bound.
+    pub fn capacity(&self) -> usize {
+        self.shared.config.max_events
+    }
+
+    /// Stops accepting records; the sink drains what is held and then stops.
+    /// See [`SinkHandle::shutdown`](crate::SinkHandle::shutdown) for the deadline.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether the buffer is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+}
+
+/// Hands claims back to the buffer; cloneable into other tasks (delivery callbacks).
+#[derive(Clone)]
+pub struct Acker {
+    shared: Arc<Shared>,
+    sink: &'static str,
+}
+
+impl Acker {
+    /// The broker acknowledged the record: it leaves the buffer and counts as delivered.
+    pub fn ack(&self, claim: Claim) {
+        let label = claim.record.headers.event_label;
+        {
+            let mut state = self.shared.lock();
+            self.shared.release(&mut state, claim.size, label);
+            state.delivered += 1;
+            self.shared.level(&state);
+        }
+        self.shared.space.notify_waiters();
+        emit(
+            &self.shared.metrics,
+            RecordDelivered {
+                sink: self.sink,
+                event_label: label,
+                latency: claim.record.accepted_at.elapsed(),
+            },
+        );
+        self.wake_if_finished();
+    }
+
+    /// The record can never be delivered (invalid topic, too large for the broker, forbidden):
+    /// it leaves the buffer and counts as rejected. The caller emits the failure with its reason.
+    pub fn reject(&self, claim: Claim) {
+        {
+            let mut state = self.shared.lock();
+            self.shared
+                .release(&mut state, claim.size, claim.record.headers.event_label);
+            state.rejected += 1;
+            self.shared.level(&state);
+        }
+        self.shared.space.notify_waiters();
+        self.wake_if_finished();
+    }
+
+    /// The attempt failed but the record may still be delivered: it goes back into the queue at
+    /// its place in acceptance order, to be taken again by [`BufferReader::recv`].
+    pub fn requeue(&self, claim: Claim) {
+        {
+            let mut state = self.shared.lock();
+            if let Some(n) = state
+                .in_flight_by_label
+                .get_mut(claim.record.headers.event_label)
+            {
+                *n = n.saturating_sub(1);
+            }
+            let at = state.queue.partition_point(|e| e.seq < claim.seq);
+            state.queue.insert(
+                at,
+                Entry {
+                    seq: claim.seq,
+                    size: claim.size,
+                    attempts: claim.attempts.saturating_add(1),
+                    record: claim.record,
+                },
+            );
+        }
+        self.shared.data.notify_waiters();
+    }
+
+    fn wake_if_finished(&self) {
+        let finished = {
+            let state = self.shared.lock();
+            state.closed && state.held_events == 0
+        };
+        if finished {
+            self.shared.data.notify_waiters();
+        }
+    }
+}
+
+/// The sink's side of the buffer.
+pub struct BufferReader {
+    acker: Acker,
+}
+
+impl std::fmt::Debug for BufferReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferReader")
+            .field("sink", &self.acker.sink)
+            .finish()
+    }
+}
+
+impl BufferReader {
+    /// Waits for the next queued record. `None` once the buffer is closed and nothing is queued
+    /// (records may still be in flight: see [`BufferReader::is_finished`]), or once the drain
+    /// deadline passed.
+    pub async fn recv(&mut self) -> Option<Claim> {
+        loop {
+            let mut data = pin!(self.acker.shared.data.notified());
+            data.as_mut().enable();
+            if self.is_aborted() {
+                return None;
+            }
+            {
+                let mut state = self.acker.shared.lock();
+                if let Some(claim) = take_front(&mut state) {
+                    return Some(claim);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            data.await;
+        }
+    }
+
+    /// Takes the next queued record if there is one.
+    pub fn try_recv(&mut self) -> Option<Claim> {
+        if self.is_aborted() {
+            return None;
+        }
+        take_front(&mut self.acker.shared.lock())
+    }
+
+    /// Waits until a record is queued, the buffer is closed, or the deadline passed; takes
+    /// nothing. Use it in `select!` beside other work (it is cancel-safe).
+    pub async fn readable(&self) {
+        loop {
+            let mut data = pin!(self.acker.shared.data.notified());
+            data.as_mut().enable();
+            if self.is_aborted() {
+                return;
+            }
+            {
+                let state = self.acker.shared.lock();
+                if !state.queue.is_empty() || state.closed {
+                    return;
+                }
+            }
+            data.await;
+        }
+    }
+
+    /// See [`Acker::ack`].
+    pub fn ack(&self, claim: Claim) {
+        self.acker.ack(claim);
+    }
+
+    /// See [`Acker::reject`].
+    pub fn reject(&self, claim: Claim) {
+        self.acker.reject(claim);
+    }
+
+    /// See [`Acker::requeue`].
+    pub fn requeue(&self, claim: Claim) {
+        self.acker.requeue(claim);
+    }
+
+    /// A cloneable handle for acknowledging from other tasks.
+    pub fn acker(&self) -> Acker {
+        self.acker.clone()
+    }
+
+    /// Closed and everything acknowledged or rejected: the sink may stop.
+    pub fn is_finished(&self) -> bool {
+        let state = self.acker.shared.lock();
+        state.closed && state.held_events == 0
+    }
+
+    /// Whether the writer closed the buffer.
+    pub fn is_closed(&self) -> bool {
+        self.acker.shared.lock().closed
+    }
+
+    /// Records queued and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.acker.shared.lock().queue.len()
+    }
+
+    /// Whether the drain deadline passed: the sink must stop now.
+    pub fn is_aborted(&self) -> bool {
+        self.acker.shared.aborted_flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the drain deadline passed.
+    pub async fn aborted(&self) {
+        loop {
+            let mut notified = pin!(self.acker.shared.aborted.notified());
+            notified.as_mut().enable();
+            if self.is_aborted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves when the sink may stop: finished (closed, all acknowledged) or aborted.
+    pub async fn done(&self) {
+        loop {
+            let mut data = pin!(self.acker.shared.data.notified());
+            data.as_mut().enable();
+            if self.is_aborted() || self.is_finished() {
+                return;
+            }
+            data.await;
+        }
+    }
+
+    /// What was delivered and what is still held; sinks return this from [`Sink::run`](crate::Sink::run).
+    pub fn report(&self) -> DrainReport {
+        self.acker
+            .shared
+            .report(self.is_aborted() && !self.is_finished())
+    }
+
+    /// The metrics this buffer reports into (sinks emit their own events there).
+    pub fn metrics(&self) -> &SinkMetrics {
+        &self.acker.shared.metrics
+    }
+
+    /// The sink label used in metrics (`mqtt`, `kafka`, ...).
+    pub fn sink_label(&self) -> &'static str {
+        self.acker.sink
+    }
+
+    pub(crate) fn set_sink_label(&mut self, sink: &'static str) {
+        self.acker.sink = sink;
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.acker.shared.clone()
+    }
+}
+
+fn take_front(state: &mut State) -> Option<Claim> {
+    let entry = state.queue.pop_front()?;
+    *state
+        .in_flight_by_label
+        .entry(entry.record.headers.event_label)
+        .or_default() += 1;
+    Some(Claim {
+        seq: entry.seq,
+        size: entry.size,
+        attempts: entry.attempts,
+        record: entry.record,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::record;
+
+    fn config(max_events: usize, when_full: WhenFull) -> BufferConfig {
+        BufferConfig {
+            max_events,
+            max_bytes: 1 << 20,
+            when_full,
+        }
+    }
+
+    #[tokio::test]
+    async fn in_flight_records_count_until_acknowledged() {
+        let (w, mut r) = buffer(config(2, WhenFull::Block), SinkMetrics::unregistered());
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let first = r.recv().await.unwrap();
+        assert_eq!(w.depth(), 2, "taken but not acknowledged still counts");
+        let blocked = tokio::time::timeout(Duration::from_millis(50), w.push(record("c", 3))).await;
+        assert!(blocked.is_err(), "a full buffer blocks the writer");
+        r.ack(first);
+        tokio::time::timeout(Duration::from_secs(1), w.push(record("c", 3)))
+            .await
+            .expect("room after the ack")
+            .unwrap();
+        assert_eq!(r.report().delivered, 1);
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_drops_queued_not_in_flight() {
+        let m = SinkMetrics::unregistered();
+        let (w, mut r) = buffer(config(2, WhenFull::DropOldest), m);
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let a = r.recv().await.unwrap();
+        w.push(record("c", 3)).await.unwrap(); // drops b (queued), not a (in flight)
+        assert_eq!(r.recv().await.unwrap().record().topic, "c");
+        w.push(record("d", 4)).await.unwrap(); // all in flight: the new one is dropped
+        assert_eq!(r.queued(), 0);
+        r.ack(a);
+        assert_eq!(r.report().dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_and_too_large_are_counted() {
+        let (w, r) = buffer(
+            BufferConfig {
+                max_events: 1,
+                max_bytes: 1024,
+                when_full: WhenFull::DropNewest,
+            },
+            SinkMetrics::unregistered(),
+        );
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let mut big = record("big", 3);
+        big.payload = bytes::Bytes::from(vec![b'x'; 2048]);
+        w.push(big).await.unwrap();
+        assert_eq!(r.report().dropped, 2);
+        assert_eq!(w.depth(), 1);
+    }
+
+    #[tokio::test]
+    async fn requeue_keeps_acceptance_order_and_close_drains() {
+        let (w, mut r) = buffer(config(10, WhenFull::Block), SinkMetrics::unregistered());
+        for (i, t) in ["a", "b", "c"].iter().enumerate() {
+            w.push(record(t, i as u64)).await.unwrap();
+        }
+        let a = r.recv().await.unwrap();
+        let b = r.recv().await.unwrap();
+        r.requeue(b);
+        r.requeue(a);
+        w.close();
+        assert_eq!(w.push(record("z", 9)).await, Err(BufferClosed));
+        let mut order = Vec::new();
+        while let Some(c) = r.try_recv() {
+            order.push(c.record().topic.clone());
+            r.ack(c);
+        }
+        assert_eq!(order, ["a", "b", "c"]);
+        assert!(r.is_finished());
+        assert!(r.recv().await.is_none());
+        assert_eq!(r.report().undelivered, 0);
+    }
+
+    #[tokio::test]
+    async fn report_lists_undelivered_by_event() {
+        let (w, mut r) = buffer(config(10, WhenFull::Block), SinkMetrics::unregistered());
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let _in_flight = r.recv().await.unwrap();
+        let report = r.report();
+        assert_eq!(report.undelivered, 2);
+        assert_eq!(report.undelivered_by_event, vec![("message.created", 2)]);
+    }
+}

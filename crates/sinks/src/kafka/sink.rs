@@ -1,0 +1,585 @@
+//! The Kafka sink's running task: an idempotent librdkafka producer (`acks=all`) whose delivery
+//! reports acknowledge records to the buffer.
+//!
+//! Each record travels to librdkafka with its [`Claim`] as the delivery opaque. The delivery
+//! callback (on librdkafka's polling thread) acknowledges successes directly and passes failures
+//! back to the task, which rejects what can never succeed (invalid topic, too large, forbidden)
+//! and requeues the rest — after re-creating the topic when it vanished — so nothing accepted is
+//! given up while a broker is away.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use tokio::sync::{mpsc, Notify};
+
+use super::config::{CreateTopics, KafkaConfig};
+use crate::backoff::{Backoff, ReconnectConfig};
+use crate::buffer::{Acker, BufferReader, Claim};
+use crate::jsonl::sleep_unless_aborted;
+use crate::telemetry::{
+    emit, ConnectionFailed, PublishFailed, RecordsRedelivered, SinkConnected, TopicCreated,
+};
+use crate::topic::check_kafka_topic;
+use crate::{DrainReport, Sink, SinkError, SinkMetrics};
+
+/// How often the task looks for a fatal producer error when nothing else happens.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Admin API operation timeout.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Kafka sink (rdkafka / librdkafka).
+pub struct KafkaSink {
+    client_config: ClientConfig,
+    endpoint: String,
+    max_in_flight: usize,
+    create_topics: CreateTopics,
+}
+
+impl KafkaSink {
+    /// Builds the sink from a validated configuration; reads secret properties now. The
+    /// producer itself is created when the sink runs.
+    pub fn new(config: &KafkaConfig, instance: &str) -> Result<Self, SinkError> {
+        config.validate()?;
+        let mut cc = ClientConfig::new();
+        for (name, value) in &config.properties {
+            let value = value.resolve().map_err(|source| SinkError::Secret {
+                key: "sink.properties",
+                source,
+            })?;
+            cc.set(name, value.expose());
+        }
+        let client_id = config
+            .client_id
+            .as_deref()
+            .unwrap_or("voxsig-bridge-{instance}")
+            .replace("{instance}", instance);
+        cc.set("bootstrap.servers", config.brokers.joined())
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", config.compression.as_str())
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("batch.size", config.batch_bytes.to_string())
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                config.max_in_flight.max(1000).to_string(),
+            )
+            .set_log_level(RDKafkaLogLevel::Warning);
+        Ok(KafkaSink {
+            client_config: cc,
+            endpoint: config.brokers.joined(),
+            max_in_flight: config.max_in_flight,
+            create_topics: config.create_topics.clone(),
+        })
+    }
+}
+
+/// A failed delivery handed back to the task.
+struct Failure {
+    claim: Claim,
+    code: Option<RDKafkaErrorCode>,
+    error: String,
+}
+
+/// Callbacks from librdkafka's threads.
+struct Context {
+    sink: &'static str,
+    endpoint: String,
+    metrics: SinkMetrics,
+    acker: Acker,
+    in_flight: AtomicUsize,
+    connected: AtomicBool,
+    delivered: Notify,
+    failures: mpsc::UnboundedSender<Failure>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            _ => tracing::debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                "auth"
+            }
+            Some(RDKafkaErrorCode::SSL) => "tls",
+            Some(RDKafkaErrorCode::AllBrokersDown) => "broker",
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => "io",
+            _ => "broker",
+        };
+        self.connected.store(false, Ordering::SeqCst);
+        emit(
+            &self.metrics,
+            ConnectionFailed {
+                sink: self.sink,
+                endpoint: &self.endpoint,
+                kind,
+                error: &format_args!("{error}: {reason}"),
+                retry_in: None,
+            },
+        );
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Claim>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, claim: Box<Claim>) {
+        match result {
+            Ok(_) => {
+                if !self.connected.swap(true, Ordering::SeqCst) {
+                    emit(
+                        &self.metrics,
+                        SinkConnected {
+                            sink: self.sink,
+                            endpoint: &self.endpoint,
+                            detail: "delivering",
+                        },
+                    );
+                }
+                self.acker.ack(*claim);
+            }
+            Err((error, _message)) => {
+                let failure = Failure {
+                    claim: *claim,
+                    code: error.rdkafka_error_code(),
+                    error: error.to_string(),
+                };
+                if let Err(mpsc::error::SendError(failure)) = self.failures.send(failure) {
+                    // The task is gone (shutdown): hand the record back so it is reported.
+                    self.acker.requeue(failure.claim);
+                }
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.delivered.notify_one();
+    }
+}
+
+/// What to do with a failed delivery.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Never deliverable: leaves the buffer, counted with this reason.
+    Reject(&'static str),
+    /// The topic is missing: create it (when enabled) and try again.
+    MissingTopic,
+    /// Try again.
+    Retry(&'static str),
+}
+
+fn verdict(code: Option<RDKafkaErrorCode>) -> Verdict {
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            Verdict::Reject("too_large")
+        }
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+            Verdict::Reject("not_authorized")
+        }
+        Some(C::InvalidTopic) => Verdict::Reject("invalid_topic"),
+        Some(C::InvalidMessage | C::InvalidRecord | C::BadMessage) => {
+            Verdict::Reject("invalid_record")
+        }
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
+            Verdict::MissingTopic
+        }
+        Some(C::MessageTimedOut) => Verdict::Retry("timeout"),
+        Some(C::PurgeQueue | C::PurgeInflight) => Verdict::Retry("producer_restart"),
+        _ => Verdict::Retry("broker"),
+    }
+}
+
+type Producer_ = ThreadedProducer<Context>;
+
+impl Sink for KafkaSink {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn run(self: Box<Self>, reader: BufferReader) -> BoxFuture<'static, DrainReport> {
+        Box::pin(self.run_loop(reader))
+    }
+}
+
+struct Task {
+    sink: &'static str,
+    metrics: SinkMetrics,
+    endpoint: String,
+    client_config: ClientConfig,
+    create_topics: CreateTopics,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    known_topics: HashSet<String>,
+    backoff: Backoff,
+    pause_until: Option<tokio::time::Instant>,
+}
+
+impl KafkaSink {
+    async fn run_loop(self: Box<Self>, mut reader: BufferReader) -> DrainReport {
+        let sink = reader.sink_label();
+        let metrics = reader.metrics().clone();
+        let mut task = Task {
+            sink,
+            metrics: metrics.clone(),
+            endpoint: self.endpoint.clone(),
+            client_config: self.client_config.clone(),
+            create_topics: self.create_topics.clone(),
+            admin: None,
+            known_topics: HashSet::new(),
+            backoff: Backoff::new(&ReconnectConfig::default()),
+            pause_until: None,
+        };
+        let (failures_tx, mut failures) = mpsc::unbounded_channel();
+        let acker = reader.acker();
+        let make_context = || Context {
+            sink,
+            endpoint: self.endpoint.clone(),
+            metrics: metrics.clone(),
+            acker: acker.clone(),
+            in_flight: AtomicUsize::new(0),
+            connected: AtomicBool::new(false),
+            delivered: Notify::new(),
+            failures: failures_tx.clone(),
+        };
+        let mut producer = match task.producer(&make_context, &reader).await {
+            Some(p) => p,
+            None => return reader.report(),
+        };
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        loop {
+            if reader.is_aborted() {
+                break;
+            }
+            let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
+            if reader.is_finished() && in_flight == 0 {
+                break;
+            }
+            let paused = task
+                .pause_until
+                .is_some_and(|t| tokio::time::Instant::now() < t);
+            if !paused {
+                task.pause_until = None;
+                task.fill(&producer, &mut reader, self.max_in_flight).await;
+            }
+            let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
+            let room = in_flight < self.max_in_flight && !paused;
+            let delivered = producer.context().delivered.notified();
+            let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                Some(first) = failures.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(more) = failures.try_recv() {
+                        batch.push(more);
+                    }
+                    task.on_failures(batch, &reader);
+                }
+                () = delivered => {}
+                () = reader.readable(), if room && !reader.is_closed() => {}
+                () = tokio::time::sleep_until(resume_at), if paused => {}
+                () = reader.done(), if in_flight == 0 => {}
+                () = reader.aborted() => break,
+                _ = housekeeping.tick() => {
+                    if let Some((code, reason)) = producer.client().fatal_error() {
+                        emit(&metrics, ConnectionFailed {
+                            sink, endpoint: &self.endpoint, kind: "fatal",
+                            error: &format_args!("{code:?}: {reason}; re-creating the producer"),
+                            retry_in: None,
+                        });
+                        // Hand every in-flight record back (purge reports them as failures).
+                        producer.purge(PurgeConfig::default().queue().inflight());
+                        while producer.context().in_flight.load(Ordering::SeqCst) > 0 {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        producer = match task.producer(&make_context, &reader).await {
+                            Some(p) => p,
+                            None => break,
+                        };
+                    }
+                }
+            }
+        }
+        if reader.is_aborted() {
+            // Deadline passed: whatever librdkafka still holds stays undelivered.
+            producer.purge(PurgeConfig::default().queue().inflight());
+        }
+        drop(producer);
+        while let Ok(failure) = failures.try_recv() {
+            reader.requeue(failure.claim);
+        }
+        reader.report()
+    }
+}
+
+impl Task {
+    /// Creates the producer, retrying with back-off until it works or the deadline passes.
+    async fn producer(
+        &mut self,
+        make_context: &(dyn Fn() -> Context + Sync),
+        reader: &BufferReader,
+    ) -> Option<Producer_> {
+        loop {
+            match self.client_config.create_with_context(make_context()) {
+                Ok(producer) => return Some(producer),
+                Err(error) => {
+                    let retry_in = self.backoff.next_delay();
+                    emit(
+                        &self.metrics,
+                        ConnectionFailed {
+                            sink: self.sink,
+                            endpoint: &self.endpoint,
+                            kind: "config",
+                            error: &error,
+                            retry_in: Some(retry_in),
+                        },
+                    );
+                    sleep_unless_aborted(reader, retry_in).await;
+                    if reader.is_aborted() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fill(
+        &mut self,
+        producer: &Producer_,
+        reader: &mut BufferReader,
+        max_in_flight: usize,
+    ) {
+        while producer.context().in_flight.load(Ordering::SeqCst) < max_in_flight {
+            let Some(claim) = reader.try_recv() else {
+                return;
+            };
+            let record = claim.record();
+            if let Err(e) = check_kafka_topic(&record.topic) {
+                self.reject(claim, "invalid_topic", &e, reader);
+                continue;
+            }
+            if self.create_topics.enabled && !self.known_topics.contains(&record.topic) {
+                let topic = record.topic.clone();
+                if let Err(error) = self.ensure_topic(&topic).await {
+                    self.retry_later(claim, "create_topic", &error, reader);
+                    return;
+                }
+            }
+            let record = claim.record();
+            let topic = record.topic.clone();
+            let key = record.key.clone();
+            let payload = record.payload.clone();
+            let account = record.headers.account_id.map(|a| a.to_string());
+            let received_at = record.headers.received_at_ms.to_string();
+            let headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header {
+                    key: "event",
+                    value: Some(record.headers.event.as_bytes()),
+                })
+                .insert(Header {
+                    key: "account_id",
+                    value: account.as_deref().map(str::as_bytes),
+                })
+                .insert(Header {
+                    key: "received_at",
+                    value: Some(received_at.as_bytes()),
+                });
+            let timestamp = record.headers.received_at_ms;
+            let mut base = BaseRecord::with_opaque_to(&topic, Box::new(claim))
+                .payload(payload.as_ref())
+                .headers(headers)
+                .timestamp(timestamp);
+            if let Some(key) = key.as_deref() {
+                base = base.key(key.as_bytes());
+            }
+            producer.context().in_flight.fetch_add(1, Ordering::SeqCst);
+            if let Err((error, base)) = producer.send(base) {
+                producer.context().in_flight.fetch_sub(1, Ordering::SeqCst);
+                let claim = *base.delivery_opaque;
+                match verdict(error.rdkafka_error_code()) {
+                    Verdict::Reject(reason) => self.reject(claim, reason, &error, reader),
+                    _ => {
+                        // Queue full or a transient local error: wait for deliveries.
+                        reader.requeue(claim);
+                        self.pause_until =
+                            Some(tokio::time::Instant::now() + Duration::from_millis(10));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), String> {
+        if self.admin.is_none() {
+            let admin = self
+                .client_config
+                .create::<AdminClient<DefaultClientContext>>()
+                .map_err(|e| e.to_string())?;
+            self.admin = Some(admin);
+        }
+        let Some(admin) = &self.admin else {
+            return Err("no admin client".into());
+        };
+        let new = NewTopic::new(
+            topic,
+            self.create_topics.partitions,
+            TopicReplication::Fixed(self.create_topics.replication_factor),
+        );
+        let options = AdminOptions::new()
+            .operation_timeout(Some(ADMIN_TIMEOUT))
+            .request_timeout(Some(ADMIN_TIMEOUT));
+        let results = admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        for result in results {
+            let existed = match result {
+                Ok(_) => false,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
+                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+            };
+            emit(
+                &self.metrics,
+                TopicCreated {
+                    sink: self.sink,
+                    topic,
+                    existed,
+                },
+            );
+        }
+        self.known_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn reject(
+        &self,
+        claim: Claim,
+        reason: &'static str,
+        error: &dyn std::fmt::Display,
+        reader: &BufferReader,
+    ) {
+        emit(
+            &self.metrics,
+            PublishFailed {
+                sink: self.sink,
+                event_label: claim.record().headers.event_label,
+                reason,
+                permanent: true,
+                topic: &claim.record().topic,
+                error,
+            },
+        );
+        reader.reject(claim);
+    }
+
+    fn retry_later(
+        &mut self,
+        claim: Claim,
+        reason: &'static str,
+        error: &dyn std::fmt::Display,
+        reader: &BufferReader,
+    ) {
+        emit(
+            &self.metrics,
+            PublishFailed {
+                sink: self.sink,
+                event_label: claim.record().headers.event_label,
+                reason,
+                permanent: false,
+                topic: &claim.record().topic,
+                error,
+            },
+        );
+        reader.requeue(claim);
+        self.pause_until = Some(tokio::time::Instant::now() + self.backoff.next_delay());
+    }
+
+    fn on_failures(&mut self, batch: Vec<Failure>, reader: &BufferReader) {
+        let mut retried = 0;
+        let mut pause = false;
+        for failure in batch {
+            match verdict(failure.code) {
+                Verdict::Reject(reason) => {
+                    self.reject(failure.claim, reason, &failure.error, reader)
+                }
+                Verdict::MissingTopic => {
+                    self.known_topics.remove(&failure.claim.record().topic);
+                    pause = true;
+                    retried += 1;
+                    self.report_retry(&failure, "unknown_topic");
+                    reader.requeue(failure.claim);
+                }
+                Verdict::Retry(reason) => {
+                    pause = true;
+                    retried += 1;
+                    self.report_retry(&failure, reason);
+                    reader.requeue(failure.claim);
+                }
+            }
+        }
+        emit(
+            &self.metrics,
+            RecordsRedelivered {
+                sink: self.sink,
+                count: retried,
+                cause: "delivery failed",
+            },
+        );
+        if pause {
+            self.pause_until = Some(tokio::time::Instant::now() + self.backoff.next_delay());
+        } else {
+            self.backoff.reset();
+        }
+    }
+
+    fn report_retry(&self, failure: &Failure, reason: &'static str) {
+        emit(
+            &self.metrics,
+            PublishFailed {
+                sink: self.sink,
+                event_label: failure.claim.record().headers.event_label,
+                reason,
+                permanent: false,
+                topic: &failure.claim.record().topic,
+                error: &failure.error,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(
+            verdict(Some(C::MessageSizeTooLarge)),
+            Verdict::Reject("too_large")
+        );
+        assert_eq!(
+            verdict(Some(C::UnknownTopicOrPartition)),
+            Verdict::MissingTopic
+        );
+        assert_eq!(verdict(Some(C::MessageTimedOut)), Verdict::Retry("timeout"));
+        assert_eq!(verdict(None), Verdict::Retry("broker"));
+    }
+}

@@ -1,0 +1,379 @@
+//! `kind = "mqtt"`: configuration.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::backoff::ReconnectConfig;
+use crate::topic::{check_mqtt_topic, sample_of_template};
+use crate::{ConfigError, Secret};
+
+/// The default topic template of the MQTT sink.
+pub const DEFAULT_TOPIC: &str = "voxsig/{account}/{event}";
+/// The default birth / last-will topic; `{instance}` is the bridge's instance name.
+pub const DEFAULT_STATUS_TOPIC: &str = "voxsig/bridge/{instance}/status";
+/// The default client id; `{instance}` is the bridge's instance name.
+pub const DEFAULT_CLIENT_ID: &str = "voxsig-bridge-{instance}";
+
+/// The MQTT sink's configuration (`[sink]` with `kind = "mqtt"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883, TLS). Required.
+    pub url: String,
+    /// Client id; `{instance}` is replaced. Default `voxsig-bridge-{instance}`. Keep it stable:
+    /// the persistent session is keyed by it.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password: `"inline"`, `{ env = "VAR" }` or `{ file = "/path" }`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// QoS of event publishes: 0, 1 (default) or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Event names published with the retain flag; a trailing `*` matches a prefix
+    /// (`conversation.*`), `*` alone matches all. Default `["presence.update"]`.
+    #[serde(default = "default_retain")]
+    pub retain: Vec<String>,
+    /// Keep-alive interval in seconds (0 disables; otherwise at least 1). Default 30.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Start a fresh session on every connect. Default false: a persistent session, so the
+    /// broker keeps QoS 1/2 state across reconnects.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Publishes in flight (sent, not yet acknowledged), 1..=65535. Default 100.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// Connection (TCP + TLS + CONNACK) timeout in seconds. Default 10.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Largest MQTT packet sent, in bytes; larger records are rejected (counted). Default 1 MiB.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+    /// Reconnect back-off.
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    /// Birth and last-will status messages.
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// TLS options for `mqtts://` (verification is always on).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Topic template (the bridge renders it). Default `voxsig/{account}/{event}`.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// Birth (`online` on connect) and last will (`offline`), both retained, on one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Publish them at all. Default true.
+    pub enabled: bool,
+    /// The topic; `{instance}` is replaced. Default `voxsig/bridge/{instance}/status`.
+    pub topic: String,
+    /// Birth payload. Default `online`.
+    pub online: String,
+    /// Will (and clean shutdown) payload. Default `offline`.
+    pub offline: String,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            enabled: true,
+            topic: DEFAULT_STATUS_TOPIC.to_owned(),
+            online: "online".to_owned(),
+            offline: "offline".to_owned(),
+        }
+    }
+}
+
+/// TLS files for `mqtts://`. Without `ca_file` the system's trust store is used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates to trust instead of the system store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS); needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_retain() -> Vec<String> {
+    vec!["presence.update".to_owned()]
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_inflight() -> u16 {
+    100
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_max_packet() -> usize {
+    1024 * 1024
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub(crate) fn parse_url(url: &str) -> Result<Endpoint, ConfigError> {
+    let bad = |message: &str| ConfigError::new("sink.url", message.to_owned());
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else {
+        return Err(bad("must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err(bad(
+            "credentials do not belong in the URL; use `username` and `password`",
+        ));
+    }
+    if rest.contains('/') || rest.contains('?') {
+        return Err(bad("must be scheme://host[:port] without a path or query"));
+    }
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed '[' in IPv6 host"))?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err(bad("unexpected text after the IPv6 host")),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("port must be a number from 1 to 65535"))?,
+        None => default_port,
+    };
+    Ok(Endpoint {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
+}
+
+impl MqttConfig {
+    /// A configuration with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        MqttConfig {
+            url: url.into(),
+            client_id: None,
+            username: None,
+            password: None,
+            qos: default_qos(),
+            retain: default_retain(),
+            keep_alive_secs: default_keep_alive(),
+            clean_session: false,
+            inflight: default_inflight(),
+            connect_timeout_secs: default_connect_timeout(),
+            max_packet_bytes: default_max_packet(),
+            reconnect: ReconnectConfig::default(),
+            status: StatusConfig::default(),
+            tls: TlsConfig::default(),
+            topic: None,
+        }
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let endpoint = parse_url(&self.url)?;
+        if self.qos > 2 {
+            return Err(ConfigError::new("sink.qos", "must be 0, 1 or 2"));
+        }
+        if self.keep_alive_secs > u64::from(u16::MAX) {
+            return Err(ConfigError::new(
+                "sink.keep_alive_secs",
+                "must be at most 65535",
+            ));
+        }
+        if self.inflight == 0 {
+            return Err(ConfigError::new("sink.inflight", "must be at least 1"));
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "sink.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.max_packet_bytes < 1024 || self.max_packet_bytes > 268_435_455 {
+            return Err(ConfigError::new(
+                "sink.max_packet_bytes",
+                "must be from 1024 to 268435455 (MQTT's limit)",
+            ));
+        }
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > 65_535 {
+                return Err(ConfigError::new(
+                    "sink.client_id",
+                    "must be 1 to 65535 bytes",
+                ));
+            }
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(ConfigError::new(
+                "sink.password",
+                "MQTT 3.1.1 needs a username when a password is set",
+            ));
+        }
+        for pattern in &self.retain {
+            let stem = pattern.strip_suffix('*').unwrap_or(pattern);
+            if stem.contains('*') || (pattern.is_empty()) {
+                return Err(ConfigError::new(
+                    "sink.retain",
+                    format!("{pattern:?}: an event name, optionally ending in '*'"),
+                ));
+            }
+        }
+        self.reconnect.validate()?;
+        if self.status.enabled {
+            check_mqtt_topic(&sample_of_template(&self.status.topic, "x"))
+                .map_err(|e| ConfigError::new("sink.status.topic", e.to_string()))?;
+        }
+        if let Some(template) = &self.topic {
+            check_mqtt_topic(&sample_of_template(template, "x"))
+                .map_err(|e| ConfigError::new("sink.topic", e.to_string()))?;
+        }
+        let tls_files = [
+            &self.tls.ca_file,
+            &self.tls.client_cert_file,
+            &self.tls.client_key_file,
+        ];
+        if !endpoint.tls && tls_files.iter().any(|f| f.is_some()) {
+            return Err(ConfigError::new(
+                "sink.tls",
+                "TLS files are set but the URL is mqtt://; use mqtts://",
+            ));
+        }
+        if self.tls.client_cert_file.is_some() != self.tls.client_key_file.is_some() {
+            return Err(ConfigError::new(
+                "sink.tls.client_key_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which events are published with the retain flag.
+#[derive(Debug, Clone)]
+pub(crate) struct RetainMatcher {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl RetainMatcher {
+    pub(crate) fn new(patterns: &[String]) -> Self {
+        let mut exact = Vec::new();
+        let mut prefixes = Vec::new();
+        for p in patterns {
+            match p.strip_suffix('*') {
+                Some(prefix) => prefixes.push(prefix.to_owned()),
+                None => exact.push(p.clone()),
+            }
+        }
+        RetainMatcher { exact, prefixes }
+    }
+
+    pub(crate) fn retains(&self, event: &str) -> bool {
+        self.exact.iter().any(|e| e == event) || self.prefixes.iter().any(|p| event.starts_with(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let e = parse_url("mqtt://127.0.0.1").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("127.0.0.1", 1883, false));
+        let e = parse_url("mqtts://broker.example:8884/").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("broker.example", 8884, true)
+        );
+        let e = parse_url("mqtt://[::1]:1884").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 1884));
+        assert_eq!(e.to_string(), "mqtt://[::1]:1884");
+        for bad in [
+            "tcp://x",
+            "mqtt://",
+            "mqtt://u:p@host",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://h/p",
+        ] {
+            let err = parse_url(bad).unwrap_err();
+            assert_eq!(err.key(), "sink.url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = MqttConfig::new("mqtt://127.0.0.1:1883");
+        assert!(c.validate().is_ok());
+        c.qos = 3;
+        assert_eq!(c.validate().unwrap_err().key(), "sink.qos");
+        c.qos = 1;
+        c.topic = Some("voxsig/+/{event}".into());
+        assert_eq!(c.validate().unwrap_err().key(), "sink.topic");
+        c.topic = None;
+        c.password = Some(Secret::inline("pw"));
+        assert_eq!(c.validate().unwrap_err().key(), "sink.password");
+        c.username = Some("u".into());
+        c.retain = vec!["a*b".into()];
+        assert_eq!(c.validate().unwrap_err().key(), "sink.retain");
+    }
+
+    #[test]
+    fn retain_patterns() {
+        let m = RetainMatcher::new(&["presence.update".into(), "conversation.*".into()]);
+        assert!(m.retains("presence.update"));
+        assert!(m.retains("conversation.created"));
+        assert!(!m.retains("message.created"));
+        assert!(RetainMatcher::new(&["*".into()]).retains("anything"));
+    }
+}

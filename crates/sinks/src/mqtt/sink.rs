@@ -1,0 +1,494 @@
+//! The MQTT sink's running task: publishes records and ties every broker acknowledgement to its
+//! record by packet id.
+//!
+//! rumqttc assigns packet ids inside its event loop and reports them as `Outgoing::Publish(pkid)`
+//! in the order requests were handed to it; acknowledgements arrive as `Incoming::PubAck(pkid)`
+//! (QoS 1) or `Incoming::PubComp(pkid)` (QoS 2). The [`Tracker`] keeps the records handed over
+//! but not yet numbered in a FIFO (`unassigned`), and the numbered ones by packet id
+//! (`by_pkid`). A record is acknowledged to the buffer only on its own PUBACK/PUBCOMP (QoS 0:
+//! once written to the socket).
+//!
+//! Reconnects: with a persistent session rumqttc re-sends unacknowledged publishes itself. When
+//! the broker answers CONNACK with `session_present = false` (a broker restarted without
+//! persistence, or `clean_session = true`), rumqttc drops them: the tracker then hands every
+//! unacknowledged record back to the buffer to be published again (counted as redeliveries).
+//! The event loop's `poll` future is never cancelled while records are in flight, so the
+//! correspondence between requests and packet ids cannot slip.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS, Request, Transport,
+};
+
+use super::config::{parse_url, MqttConfig, RetainMatcher, DEFAULT_CLIENT_ID};
+use crate::backoff::{Backoff, ReconnectConfig};
+use crate::buffer::{BufferReader, Claim};
+use crate::jsonl::sleep_unless_aborted;
+use crate::telemetry::{emit, ConnectionFailed, PublishFailed, RecordsRedelivered, SinkConnected};
+use crate::topic::check_mqtt_topic;
+use crate::{DrainReport, Sink, SinkError, SinkMetrics};
+
+/// How long a clean shutdown waits for the `offline` status to be acknowledged.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Room in rumqttc's request channel beyond the in-flight window (status messages).
+const CHANNEL_SLACK: usize = 8;
+/// MQTT fixed header + topic length prefix + packet id, at most.
+const PUBLISH_OVERHEAD: usize = 9;
+
+/// The MQTT sink (rumqttc, MQTT 3.1.1).
+pub struct MqttSink {
+    options: MqttOptions,
+    connect_timeout_secs: u64,
+    endpoint: String,
+    qos: QoS,
+    retain: RetainMatcher,
+    window: usize,
+    max_packet: usize,
+    reconnect: ReconnectConfig,
+    status: Option<Status>,
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    topic: String,
+    online: Bytes,
+    offline: Bytes,
+}
+
+fn qos_of(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+impl MqttSink {
+    /// Builds the sink from a validated configuration; `instance` fills `{instance}` in the
+    /// client id and status topic. Reads the password and TLS files now.
+    pub fn new(config: &MqttConfig, instance: &str) -> Result<Self, SinkError> {
+        config.validate()?;
+        let endpoint = parse_url(&config.url)?;
+        let client_id = config
+            .client_id
+            .as_deref()
+            .unwrap_or(DEFAULT_CLIENT_ID)
+            .replace("{instance}", instance);
+        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        options
+            .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
+            .set_clean_session(config.clean_session)
+            .set_inflight(config.inflight)
+            .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+        if let Some(username) = &config.username {
+            let password = match &config.password {
+                Some(secret) => secret
+                    .resolve()
+                    .map_err(|source| SinkError::Secret {
+                        key: "sink.password",
+                        source,
+                    })?
+                    .expose()
+                    .to_owned(),
+                None => String::new(),
+            };
+            options.set_credentials(username.clone(), password);
+        }
+        if endpoint.tls {
+            let tls = super::tls::client_config(&config.tls)?;
+            options.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
+        let status = config.status.enabled.then(|| Status {
+            topic: config.status.topic.replace("{instance}", instance),
+            online: Bytes::from(config.status.online.clone()),
+            offline: Bytes::from(config.status.offline.clone()),
+        });
+        if let Some(status) = &status {
+            check_mqtt_topic(&status.topic)
+                .map_err(|e| crate::ConfigError::new("sink.status.topic", e.to_string()))?;
+            options.set_last_will(LastWill::new(
+                status.topic.clone(),
+                status.offline.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        Ok(MqttSink {
+            options,
+            connect_timeout_secs: config.connect_timeout_secs,
+            endpoint: endpoint.to_string(),
+            qos: qos_of(config.qos),
+            retain: RetainMatcher::new(&config.retain),
+            window: usize::from(config.inflight),
+            max_packet: config.max_packet_bytes,
+            reconnect: config.reconnect.clone(),
+            status,
+        })
+    }
+}
+
+/// What a packet id stands for.
+#[derive(Debug)]
+enum Slot {
+    Record(Claim),
+    /// A status message; `true` for `online`.
+    Status(bool),
+}
+
+/// Ties rumqttc's packet ids to records. See the module documentation.
+struct Tracker {
+    sink: &'static str,
+    metrics: SinkMetrics,
+    qos: QoS,
+    window: usize,
+    max_packet: usize,
+    retain: RetainMatcher,
+    /// Handed to rumqttc, no packet id yet, in hand-over order.
+    unassigned: VecDeque<Slot>,
+    /// How many of `unassigned` (from the front) sit in rumqttc's `pending` queue after a
+    /// connection error (the rest are still in its request channel).
+    in_pending: usize,
+    /// Numbered, awaiting PUBACK / PUBCOMP.
+    by_pkid: HashMap<u16, Slot>,
+    /// A publish rumqttc holds back because its packet id collided with an unacknowledged one.
+    collided: Option<(u16, Slot)>,
+    records_outstanding: usize,
+    connected: bool,
+    offline_acked: bool,
+}
+
+impl Tracker {
+    fn has_room(&self) -> bool {
+        self.records_outstanding < self.window
+    }
+
+    /// Hands queued records to rumqttc while the in-flight window has room.
+    fn fill(&mut self, client: &AsyncClient, reader: &mut BufferReader) {
+        while self.has_room() {
+            let Some(claim) = reader.try_recv() else {
+                return;
+            };
+            let record = claim.record();
+            let problem = match check_mqtt_topic(&record.topic) {
+                Err(e) => Some(("invalid_topic", e.to_string())),
+                Ok(())
+                    if record.topic.len() + record.payload.len() + PUBLISH_OVERHEAD
+                        > self.max_packet =>
+                {
+                    Some((
+                        "too_large",
+                        format!(
+                            "{} bytes of topic and payload exceed sink.max_packet_bytes = {}",
+                            record.topic.len() + record.payload.len(),
+                            self.max_packet
+                        ),
+                    ))
+                }
+                Ok(()) => None,
+            };
+            if let Some((reason, error)) = problem {
+                emit(
+                    &self.metrics,
+                    PublishFailed {
+                        sink: self.sink,
+                        event_label: record.headers.event_label,
+                        reason,
+                        permanent: true,
+                        topic: &record.topic,
+                        error: &error,
+                    },
+                );
+                reader.reject(claim);
+                continue;
+            }
+            let retain = self.retain.retains(&record.headers.event);
+            let sent = client
+                .publish_bytes(
+                    record.topic.clone(),
+                    self.qos,
+                    retain,
+                    record.payload.clone(),
+                )
+                .now_or_never();
+            if !matches!(sent, Some(Ok(()))) {
+                // The request channel is full (cannot happen within the window) or closed.
+                reader.requeue(claim);
+                return;
+            }
+            self.unassigned.push_back(Slot::Record(claim));
+            self.records_outstanding += 1;
+        }
+    }
+
+    fn send_status(&mut self, client: &AsyncClient, status: &Status, online: bool) {
+        let payload = if online {
+            &status.online
+        } else {
+            &status.offline
+        };
+        let sent = client
+            .publish_bytes(
+                status.topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                payload.clone(),
+            )
+            .now_or_never();
+        if matches!(sent, Some(Ok(()))) {
+            self.unassigned.push_back(Slot::Status(online));
+        }
+    }
+
+    /// `Outgoing::Publish(pkid)`: a publish was written to the socket.
+    fn on_sent(&mut self, pkid: u16, reader: &BufferReader) {
+        if pkid != 0 {
+            if self.by_pkid.contains_key(&pkid) {
+                // A re-send of an unacknowledged publish after a reconnect (counted on CONNACK).
+                return;
+            }
+            if matches!(&self.collided, Some((p, _)) if *p == pkid) {
+                if let Some((_, slot)) = self.collided.take() {
+                    self.by_pkid.insert(pkid, slot);
+                }
+                return;
+            }
+        }
+        let Some(slot) = self.unassigned.pop_front() else {
+            tracing::error!(pkid, "mqtt: publish event without a request handed over");
+            return;
+        };
+        self.in_pending = self.in_pending.saturating_sub(1);
+        if pkid == 0 {
+            // QoS 0: written is as delivered as it gets.
+            self.settle(slot, reader);
+        } else {
+            self.by_pkid.insert(pkid, slot);
+        }
+    }
+
+    /// `Outgoing::AwaitAck(pkid)`: the next request's packet id is still in use.
+    fn on_collision(&mut self, pkid: u16) {
+        if let Some(slot) = self.unassigned.pop_front() {
+            self.in_pending = self.in_pending.saturating_sub(1);
+            self.collided = Some((pkid, slot));
+        }
+    }
+
+    /// PUBACK / PUBCOMP for `pkid`.
+    fn on_acked(&mut self, pkid: u16, reader: &BufferReader) {
+        match self.by_pkid.remove(&pkid) {
+            Some(slot) => self.settle(slot, reader),
+            None => tracing::debug!(pkid, "mqtt: acknowledgement for an unknown packet id"),
+        }
+    }
+
+    fn settle(&mut self, slot: Slot, reader: &BufferReader) {
+        match slot {
+            Slot::Record(claim) => {
+                self.records_outstanding -= 1;
+                reader.ack(claim);
+            }
+            Slot::Status(false) => self.offline_acked = true,
+            Slot::Status(true) => {}
+        }
+    }
+
+    /// CONNACK: on a resumed session rumqttc re-sends what is unacknowledged; on a new one
+    /// it dropped those publishes, so they go back to the buffer.
+    fn on_connected(&mut self, session_present: bool, reader: &BufferReader) {
+        self.connected = true;
+        let on_wire = self
+            .by_pkid
+            .values()
+            .filter(|s| matches!(s, Slot::Record(_)))
+            .count() as u64;
+        if session_present {
+            emit(
+                &self.metrics,
+                RecordsRedelivered {
+                    sink: self.sink,
+                    count: on_wire,
+                    cause: "reconnect, session resumed",
+                },
+            );
+            return;
+        }
+        let lost_pending = self.in_pending.min(self.unassigned.len());
+        let lost: Vec<Slot> = self
+            .by_pkid
+            .drain()
+            .map(|(_, slot)| slot)
+            .chain(self.unassigned.drain(..lost_pending))
+            .chain(self.collided.take().map(|(_, slot)| slot))
+            .collect();
+        self.in_pending = 0;
+        for slot in lost {
+            if let Slot::Record(claim) = slot {
+                self.records_outstanding -= 1;
+                reader.requeue(claim);
+            }
+        }
+        emit(
+            &self.metrics,
+            RecordsRedelivered {
+                sink: self.sink,
+                count: on_wire,
+                cause: "reconnect, session lost",
+            },
+        );
+    }
+
+    /// A connection error: rumqttc moved unsent requests into its `pending` queue.
+    fn on_disconnected(&mut self, eventloop: &EventLoop) {
+        self.connected = false;
+        self.in_pending = eventloop
+            .pending
+            .iter()
+            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+            .count();
+    }
+}
+
+fn error_kind(error: &ConnectionError) -> &'static str {
+    match error {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => "auth",
+        ConnectionError::ConnectionRefused(_) => "refused",
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        ConnectionError::Io(_) => "io",
+        ConnectionError::Tls(_) => "tls",
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
+        _ => "protocol",
+    }
+}
+
+impl Sink for MqttSink {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn run(self: Box<Self>, reader: BufferReader) -> BoxFuture<'static, DrainReport> {
+        Box::pin(self.run_loop(reader))
+    }
+}
+
+impl MqttSink {
+    async fn run_loop(self: Box<Self>, mut reader: BufferReader) -> DrainReport {
+        let sink = reader.sink_label();
+        let metrics = reader.metrics().clone();
+        let (client, mut eventloop) =
+            AsyncClient::new(self.options.clone(), self.window + CHANNEL_SLACK);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(self.connect_timeout_secs);
+        eventloop.set_network_options(network);
+        let mut backoff = Backoff::new(&self.reconnect);
+        let mut t = Tracker {
+            sink,
+            metrics: metrics.clone(),
+            qos: self.qos,
+            window: self.window,
+            max_packet: self.max_packet,
+            retain: self.retain.clone(),
+            unassigned: VecDeque::new(),
+            in_pending: 0,
+            by_pkid: HashMap::new(),
+            collided: None,
+            records_outstanding: 0,
+            connected: false,
+            offline_acked: false,
+        };
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        let mut disconnecting = false;
+        loop {
+            if reader.is_aborted() {
+                break;
+            }
+            if reader.is_finished() && stop_deadline.is_none() {
+                // Everything acknowledged: say goodbye (the will is not sent on a clean stop).
+                match (&self.status, t.connected) {
+                    (Some(status), true) => t.send_status(&client, status, false),
+                    _ => break,
+                }
+                stop_deadline = Some(tokio::time::Instant::now() + STOP_TIMEOUT);
+            }
+            if t.offline_acked && !disconnecting {
+                disconnecting = client.disconnect().now_or_never().is_some();
+            }
+            let event = {
+                let mut poll = pin!(eventloop.poll());
+                loop {
+                    if stop_deadline.is_none() {
+                        t.fill(&client, &mut reader);
+                    }
+                    let stop_at = stop_deadline.unwrap_or_else(tokio::time::Instant::now);
+                    tokio::select! {
+                        biased;
+                        event = &mut poll => break Some(event),
+                        () = reader.readable(), if t.has_room() && !reader.is_closed() => {}
+                        () = reader.done(), if stop_deadline.is_none() && t.records_outstanding == 0 => break None,
+                        () = reader.aborted() => break None,
+                        () = tokio::time::sleep_until(stop_at), if stop_deadline.is_some() => break None,
+                    }
+                }
+            };
+            match event {
+                None if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => break,
+                None => {}
+                Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    backoff.reset();
+                    emit(
+                        &metrics,
+                        SinkConnected {
+                            sink,
+                            endpoint: &self.endpoint,
+                            detail: if ack.session_present {
+                                "session resumed"
+                            } else {
+                                "new session"
+                            },
+                        },
+                    );
+                    t.on_connected(ack.session_present, &reader);
+                    if let (Some(status), None) = (&self.status, stop_deadline) {
+                        t.send_status(&client, status, true);
+                    }
+                }
+                Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => t.on_acked(ack.pkid, &reader),
+                Some(Ok(Event::Incoming(Packet::PubComp(comp)))) => t.on_acked(comp.pkid, &reader),
+                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => t.on_sent(pkid, &reader),
+                Some(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => t.on_collision(pkid),
+                Some(Ok(Event::Outgoing(Outgoing::Disconnect))) if disconnecting => break,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    t.on_disconnected(&eventloop);
+                    if disconnecting || stop_deadline.is_some() && reader.is_finished() {
+                        break;
+                    }
+                    let retry_in = backoff.next_delay();
+                    emit(
+                        &metrics,
+                        ConnectionFailed {
+                            sink,
+                            endpoint: &self.endpoint,
+                            kind: error_kind(&error),
+                            error: &error,
+                            retry_in: Some(retry_in),
+                        },
+                    );
+                    sleep_unless_aborted(&reader, retry_in).await;
+                }
+            }
+        }
+        reader.report()
+    }
+}

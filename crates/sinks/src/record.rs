@@ -1,0 +1,76 @@
+//! What flows through a sink: one rendered event with its topic, key, payload and headers.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// Fixed per-record overhead counted against the buffer's byte budget (struct, allocations).
+const RECORD_OVERHEAD_BYTES: usize = 96;
+
+/// One event, rendered by the bridge's router and ready for a sink.
+///
+/// The payload is the event's `data` bytes, copied once from the frame; sinks never parse it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The destination topic (MQTT topic name or Kafka topic), already checked with
+    /// [`SinkConfig::check_topic`](crate::SinkConfig::check_topic).
+    pub topic: String,
+    /// The partitioning key (Kafka) — `{account}/{conversation}` by default; ignored by MQTT.
+    pub key: Option<String>,
+    /// The message body (the event's JSON `data`).
+    pub payload: Bytes,
+    /// Metadata carried beside the payload (Kafka headers; MQTT retain decisions; metrics labels).
+    pub headers: Headers,
+    /// When the bridge accepted the event; publish latency is measured from here.
+    pub accepted_at: Instant,
+}
+
+/// Metadata of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headers {
+    /// The wire event name, e.g. `message.created` (unbounded: any name the platform sends).
+    pub event: String,
+    /// A bounded metrics label: the catalogue name of the event, or `"other"`.
+    pub event_label: &'static str,
+    /// The account the event belongs to, when known.
+    pub account_id: Option<u64>,
+    /// When the bridge received the frame, in Unix milliseconds.
+    pub received_at_ms: i64,
+}
+
+impl Record {
+    /// The bytes this record counts against the buffer's `max_bytes` budget: topic, key,
+    /// payload and event name plus a fixed overhead.
+    pub fn size_bytes(&self) -> usize {
+        RECORD_OVERHEAD_BYTES
+            + self.topic.len()
+            + self.key.as_ref().map_or(0, String::len)
+            + self.payload.len()
+            + self.headers.event.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_counts_every_owned_part() {
+        let record = Record {
+            topic: "t".repeat(10),
+            key: Some("k".repeat(5)),
+            payload: Bytes::from_static(b"0123456789"),
+            headers: Headers {
+                event: "message.created".into(),
+                event_label: "message.created",
+                account_id: Some(1),
+                received_at_ms: 0,
+            },
+            accepted_at: Instant::now(),
+        };
+        assert_eq!(
+            record.size_bytes(),
+            RECORD_OVERHEAD_BYTES + 10 + 5 + 10 + 15
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The [`Sink`] trait, the running task's [`SinkHandle`] and the [`DrainReport`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::task::JoinHandle;
+
+use crate::buffer::{BufferReader, Shared};
+use crate::telemetry::{emit, DropReason, RecordDropped, SinkStopped};
+
+/// How long a sink gets to stop after the drain deadline before its task is aborted.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// A destination for records: takes them from a [`BufferReader`] and hands each back with
+/// `ack` once the broker acknowledged it.
+pub trait Sink: Send {
+    /// The sink's kind, used as the `sink` metrics label: `mqtt`, `kafka`, `stdout`, `file`,
+    /// `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// Runs until the buffer is closed and every record acknowledged (or rejected), or until the
+    /// drain deadline passed ([`BufferReader::aborted`]); never returns early because a broker is
+    /// away. Returns [`BufferReader::report`].
+    fn run(self: Box<Self>, reader: BufferReader) -> BoxFuture<'static, DrainReport>;
+}
+
+/// What a sink delivered over its life and what it could not deliver when it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Records acknowledged by the broker.
+    pub delivered: u64,
+    /// Records that could never be delivered (invalid topic, too large, forbidden).
+    pub rejected: u64,
+    /// Records dropped by the buffer's `when_full` policy or for being too large.
+    pub dropped: u64,
+    /// Records still held (queued or unacknowledged) when the sink stopped.
+    pub undelivered: u64,
+    /// Their bytes.
+    pub undelivered_bytes: u64,
+    /// Undelivered records by event label, sorted.
+    pub undelivered_by_event: Vec<(&'static str, u64)>,
+    /// Whether the drain deadline passed before everything was acknowledged.
+    pub deadline_hit: bool,
+}
+
+/// A sink running on the tokio runtime.
+pub struct SinkHandle {
+    kind: &'static str,
+    shared: Arc<Shared>,
+    task: JoinHandle<DrainReport>,
+}
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// Starts `sink` on the current tokio runtime, reading from `reader`.
+pub fn spawn(sink: Box<dyn Sink>, mut reader: BufferReader) -> SinkHandle {
+    let kind = sink.kind();
+    reader.set_sink_label(kind);
+    let shared = reader.shared();
+    let task = tokio::spawn(sink.run(reader));
+    SinkHandle { kind, shared, task }
+}
+
+impl SinkHandle {
+    /// The sink's kind.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Whether the sink task ended (it only ends after a shutdown, or if it panicked).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Closes the buffer, lets the sink deliver what it holds for up to `deadline`, then stops
+    /// it and reports what could not be delivered (counted as dropped, reason `shutdown`).
+    pub async fn shutdown(mut self, deadline: Duration) -> DrainReport {
+        self.shared.close();
+        let report = match tokio::time::timeout(deadline, &mut self.task).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(join_error)) => {
+                tracing::error!(sink = self.kind, error = %join_error, "sink task failed");
+                self.shared.report(true)
+            }
+            Err(_elapsed) => {
+                self.shared.abort();
+                match tokio::time::timeout(ABORT_GRACE, &mut self.task).await {
+                    Ok(Ok(report)) => DrainReport {
+                        deadline_hit: true,
+                        ..report
+                    },
+                    _ => {
+                        self.task.abort();
+                        self.shared.report(true)
+                    }
+                }
+            }
+        };
+        if report.undelivered > 0 {
+            for (label, count) in &report.undelivered_by_event {
+                emit(
+                    self.shared_metrics(),
+                    RecordDropped {
+                        reason: DropReason::Shutdown,
+                        event_label: label,
+                        count: *count,
+                    },
+                );
+            }
+        }
+        emit(
+            self.shared_metrics(),
+            SinkStopped {
+                sink: self.kind,
+                report: &report,
+            },
+        );
+        report
+    }
+
+    fn shared_metrics(&self) -> &crate::SinkMetrics {
+        self.shared.metrics()
+    }
+}

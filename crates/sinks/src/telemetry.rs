@@ -1,0 +1,438 @@
+//! Metrics and log lines of the sinks, in one place.
+//!
+//! Every happening is one typed event struct that owns its log line and its counters; code calls
+//! [`emit`] with it and never pairs a `tracing` macro with a counter by hand. Metrics live in a
+//! [`prometheus::Registry`] passed in by the caller (no global registry).
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `voxsig_bridge_sink_records_published_total` | counter | `sink`, `event` |
+//! | `voxsig_bridge_sink_records_failed_total` | counter | `sink`, `event`, `reason` |
+//! | `voxsig_bridge_sink_redeliveries_total` | counter | `sink` |
+//! | `voxsig_bridge_sink_connected` | gauge (0/1) | `sink` |
+//! | `voxsig_bridge_sink_connection_errors_total` | counter | `sink`, `kind` |
+//! | `voxsig_bridge_sink_publish_latency_seconds` | histogram | `sink` |
+//! | `voxsig_bridge_buffer_records_dropped_total` | counter | `reason`, `event` |
+//! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
+//! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — |
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// The sinks' metrics, registered in a caller-supplied registry. Cheap to clone.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    inner: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SinkMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkMetrics")
+    }
+}
+
+struct Metrics {
+    published: IntCounterVec,
+    failed: IntCounterVec,
+    redelivered: IntCounterVec,
+    connected: IntGaugeVec,
+    connection_errors: IntCounterVec,
+    latency: HistogramVec,
+    dropped: IntCounterVec,
+    buffer_events: IntGauge,
+    buffer_bytes: IntGauge,
+    capacity_events: IntGauge,
+    capacity_bytes: IntGauge,
+}
+
+impl SinkMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    ///
+    /// Fails when the registry already holds metrics of the same names.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let connected = IntGaugeVec::new(
+            Opts::new(
+                "voxsig_bridge_sink_connected",
+                "1 while the sink holds a working connection to its broker",
+            ),
+            &["sink"],
+        )?;
+        registry.register(Box::new(connected.clone()))?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "voxsig_bridge_sink_publish_latency_seconds",
+                "Seconds from the bridge accepting a record to the broker acknowledging it",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 18)?),
+            &["sink"],
+        )?;
+        registry.register(Box::new(latency.clone()))?;
+        let inner = Metrics {
+            published: counter(
+                "voxsig_bridge_sink_records_published_total",
+                "Records acknowledged by the broker",
+                &["sink", "event"],
+            )?,
+            failed: counter(
+                "voxsig_bridge_sink_records_failed_total",
+                "Publish attempts that failed, by reason (retried unless the reason is permanent)",
+                &["sink", "event", "reason"],
+            )?,
+            redelivered: counter(
+                "voxsig_bridge_sink_redeliveries_total",
+                "Records sent again after a reconnect or a failed attempt (possible duplicates)",
+                &["sink"],
+            )?,
+            connected,
+            connection_errors: counter(
+                "voxsig_bridge_sink_connection_errors_total",
+                "Failed connections or lost connections to the broker, by kind",
+                &["sink", "kind"],
+            )?,
+            latency,
+            dropped: counter(
+                "voxsig_bridge_buffer_records_dropped_total",
+                "Records dropped by the buffer, by reason",
+                &["reason", "event"],
+            )?,
+            buffer_events: gauge(
+                "voxsig_bridge_buffer_events",
+                "Records held by the buffer (queued or in flight)",
+            )?,
+            buffer_bytes: gauge(
+                "voxsig_bridge_buffer_bytes",
+                "Bytes held by the buffer (queued or in flight)",
+            )?,
+            capacity_events: gauge(
+                "voxsig_bridge_buffer_capacity_events",
+                "Maximum records the buffer holds",
+            )?,
+            capacity_bytes: gauge(
+                "voxsig_bridge_buffer_capacity_bytes",
+                "Maximum bytes the buffer holds",
+            )?,
+        };
+        Ok(SinkMetrics {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Metrics registered in a fresh private registry (tests, tools).
+    pub fn unregistered() -> Self {
+        match Self::register(&Registry::new()) {
+            Ok(metrics) => metrics,
+            // A fresh registry holds no metric, and every name and label set above is valid.
+            Err(error) => unreachable!("registering into an empty registry failed: {error}"),
+        }
+    }
+}
+
+/// Something that happened inside a sink or the buffer: it owns its log line and its counters.
+pub(crate) trait InternalEvent {
+    /// Logs and counts the happening.
+    fn emit(self, metrics: &SinkMetrics);
+}
+
+/// Records one happening.
+pub(crate) fn emit(metrics: &SinkMetrics, event: impl InternalEvent) {
+    event.emit(metrics);
+}
+
+/// Why the buffer dropped a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// `when_full = "drop_oldest"`: the oldest queued record made room for a new one.
+    Oldest,
+    /// `when_full = "drop_newest"` (or nothing queued to drop): the new record was refused.
+    Newest,
+    /// The record alone is larger than the buffer's byte budget.
+    TooLarge,
+    /// Still undelivered when the shutdown deadline passed.
+    Shutdown,
+}
+
+impl DropReason {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Oldest => "drop_oldest",
+            DropReason::Newest => "drop_newest",
+            DropReason::TooLarge => "too_large",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The broker acknowledged a record.
+pub(crate) struct RecordDelivered {
+    pub sink: &'static str,
+    pub event_label: &'static str,
+    pub latency: Duration,
+}
+
+impl InternalEvent for RecordDelivered {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::trace!(
+            sink = self.sink,
+            event = self.event_label,
+            "record delivered"
+        );
+        m.inner
+            .published
+            .with_label_values(&[self.sink, self.event_label])
+            .inc();
+        m.inner
+            .latency
+            .with_label_values(&[self.sink])
+            .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// A publish attempt failed. `permanent` failures leave the buffer (the record can never be
+/// delivered, e.g. an invalid topic); the others are retried.
+pub(crate) struct PublishFailed<'a> {
+    pub sink: &'static str,
+    pub event_label: &'static str,
+    pub reason: &'static str,
+    pub permanent: bool,
+    pub topic: &'a str,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for PublishFailed<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        if self.permanent {
+            tracing::warn!(sink = self.sink, event = self.event_label, reason = self.reason,
+                topic = self.topic, error = %self.error, "record rejected; it cannot be delivered");
+        } else {
+            tracing::debug!(sink = self.sink, event = self.event_label, reason = self.reason,
+                topic = self.topic, error = %self.error, "publish failed; retrying");
+        }
+        m.inner
+            .failed
+            .with_label_values(&[self.sink, self.event_label, self.reason])
+            .inc();
+    }
+}
+
+/// Records were sent again (after a reconnect, a lost session or a failed attempt).
+pub(crate) struct RecordsRedelivered {
+    pub sink: &'static str,
+    pub count: u64,
+    pub cause: &'static str,
+}
+
+impl InternalEvent for RecordsRedelivered {
+    fn emit(self, m: &SinkMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        tracing::info!(
+            sink = self.sink,
+            count = self.count,
+            cause = self.cause,
+            "records sent again"
+        );
+        m.inner
+            .redelivered
+            .with_label_values(&[self.sink])
+            .inc_by(self.count);
+    }
+}
+
+/// The sink connected to its broker.
+pub(crate) struct SinkConnected<'a> {
+    pub sink: &'static str,
+    pub endpoint: &'a str,
+    pub detail: &'a str,
+}
+
+impl InternalEvent for SinkConnected<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::info!(
+            sink = self.sink,
+            endpoint = self.endpoint,
+            detail = self.detail,
+            "sink connected"
+        );
+        m.inner.connected.with_label_values(&[self.sink]).set(1);
+    }
+}
+
+/// A connection attempt failed or a working connection was lost.
+pub(crate) struct ConnectionFailed<'a> {
+    pub sink: &'static str,
+    pub endpoint: &'a str,
+    /// A bounded label: `refused`, `auth`, `io`, `tls`, `protocol`, `timeout`, `broker`,
+    /// `fatal`, `config`.
+    pub kind: &'static str,
+    pub error: &'a dyn Display,
+    /// When the sink tries again, if it decides (librdkafka reconnects by itself).
+    pub retry_in: Option<Duration>,
+}
+
+impl InternalEvent for ConnectionFailed<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::warn!(sink = self.sink, endpoint = self.endpoint, kind = self.kind,
+            error = %self.error, retry_in_ms = self.retry_in.map(|d| d.as_millis() as u64),
+            "sink connection failed");
+        m.inner.connected.with_label_values(&[self.sink]).set(0);
+        m.inner
+            .connection_errors
+            .with_label_values(&[self.sink, self.kind])
+            .inc();
+    }
+}
+
+/// The buffer dropped a record.
+pub(crate) struct RecordDropped {
+    pub reason: DropReason,
+    pub event_label: &'static str,
+    pub count: u64,
+}
+
+impl InternalEvent for RecordDropped {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::debug!(
+            reason = self.reason.label(),
+            event = self.event_label,
+            count = self.count,
+            "records dropped"
+        );
+        m.inner
+            .dropped
+            .with_label_values(&[self.reason.label(), self.event_label])
+            .inc_by(self.count);
+    }
+}
+
+/// The buffer's fill level changed (gauges only; no log line).
+pub(crate) struct BufferLevel {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl InternalEvent for BufferLevel {
+    fn emit(self, m: &SinkMetrics) {
+        m.inner.buffer_events.set(saturating_i64(self.events));
+        m.inner.buffer_bytes.set(saturating_i64(self.bytes));
+    }
+}
+
+/// The buffer was created with these bounds.
+pub(crate) struct BufferCreated {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub when_full: &'static str,
+}
+
+impl InternalEvent for BufferCreated {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::debug!(
+            max_events = self.max_events,
+            max_bytes = self.max_bytes,
+            when_full = self.when_full,
+            "buffer created"
+        );
+        m.inner.capacity_events.set(saturating_i64(self.max_events));
+        m.inner.capacity_bytes.set(saturating_i64(self.max_bytes));
+    }
+}
+
+/// The sink stopped; what it delivered and what it could not.
+pub(crate) struct SinkStopped<'a> {
+    pub sink: &'static str,
+    pub report: &'a crate::DrainReport,
+}
+
+impl InternalEvent for SinkStopped<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        let r = self.report;
+        if r.undelivered > 0 {
+            tracing::warn!(sink = self.sink, delivered = r.delivered, undelivered = r.undelivered,
+                by_event = ?r.undelivered_by_event, "sink stopped with undelivered records");
+        } else {
+            tracing::info!(
+                sink = self.sink,
+                delivered = r.delivered,
+                "sink stopped; everything delivered"
+            );
+        }
+        m.inner.connected.with_label_values(&[self.sink]).set(0);
+    }
+}
+
+/// A Kafka topic was created through the admin API (or already existed).
+pub(crate) struct TopicCreated<'a> {
+    pub sink: &'static str,
+    pub topic: &'a str,
+    pub existed: bool,
+}
+
+impl InternalEvent for TopicCreated<'_> {
+    fn emit(self, _m: &SinkMetrics) {
+        tracing::info!(
+            sink = self.sink,
+            topic = self.topic,
+            existed = self.existed,
+            "topic ensured"
+        );
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions_and_registries_are_independent() {
+        let registry = Registry::new();
+        let m = SinkMetrics::register(&registry).expect("register");
+        // A second registry takes the same names (tests run in parallel).
+        let _other = SinkMetrics::unregistered();
+        emit(
+            &m,
+            RecordDelivered {
+                sink: "memory",
+                event_label: "message.created",
+                latency: Duration::from_millis(3),
+            },
+        );
+        emit(
+            &m,
+            RecordDropped {
+                reason: DropReason::Oldest,
+                event_label: "other",
+                count: 2,
+            },
+        );
+        for family in registry.gather() {
+            let name = family.name();
+            assert!(name.starts_with("voxsig_bridge_"), "{name}");
+            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+        assert!(SinkMetrics::register(&registry).is_err());
+    }
+}
