@@ -1,4 +1,167 @@
-//! The `voxsig-bridge` command.
-fn main() {
-    println!("voxsig-bridge {}", env!("CARGO_PKG_VERSION"));
+//! The `voxsig-bridge` command: parses arguments, loads and validates the config, and hands it
+//! to the library's `Bridge`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use voxsig_bridge::tail::TailSink;
+use voxsig_bridge::{Bridge, Config, Settings};
+
+/// Bridge Voxsig's real-time WebSocket feed to MQTT, Kafka, stdout or a file.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "VOXSIG_BRIDGE_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `voxsig_bridge=debug`.
+    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge until SIGINT/SIGTERM, then drain the buffer into the sink and exit.
+    Run {
+        /// The config file (TOML); `VOXSIG_BRIDGE_*` variables override it.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config and print it resolved, secrets redacted; exit non-zero when invalid.
+    Check {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print events live on the terminal instead of publishing them (for debugging).
+    Tail {
+        /// The config file (TOML); its sink is ignored.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only events matching this pattern (`*` wildcard); repeatable. Overrides route.include.
+        #[arg(short, long = "event")]
+        events: Vec<String>,
+        /// Print payloads whole instead of cutting them at 200 characters.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { config } => {
+            let settings = load(&config)?;
+            print!("{}", settings.redacted_toml());
+            println!(
+                "\n# OK: {} subscriptions on {} sockets; topics like `{}`",
+                settings.accounts.len(),
+                settings
+                    .accounts
+                    .len()
+                    .div_ceil(settings.config.source.subscriptions_per_connection),
+                settings.topic.sample()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let settings = load(&config)?;
+            let drain = settings.config.shutdown.drain_timeout;
+            let registry = prometheus::Registry::new();
+            let bridge = Bridge::start(settings, &registry).await?;
+            run_until_signal(bridge, drain).await
+        }
+        Command::Tail {
+            config,
+            events,
+            full,
+        } => {
+            let mut config = Config::load(&config)?;
+            if !events.is_empty() {
+                config.route.include = events;
+            }
+            let settings = config.validate()?;
+            let registry = prometheus::Registry::new();
+            let sink = Box::new(TailSink::new((!full).then_some(200)));
+            let bridge = Bridge::start_with_sink(settings, sink, &registry).await?;
+            run_until_signal(bridge, Duration::from_secs(2)).await
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Settings> {
+    let config = Config::load(path).with_context(|| format!("config {}", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("config {}", path.display()))
+}
+
+async fn run_until_signal(bridge: Bridge, drain: Duration) -> anyhow::Result<()> {
+    wait_for_signal().await?;
+    tracing::info!(drain_timeout = ?drain, "signal received: stopping reads and draining the buffer");
+    // The bridge logs what could not be delivered by the deadline; a requested stop is a success.
+    bridge.shutdown(drain).await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

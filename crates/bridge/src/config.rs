@@ -1,0 +1,688 @@
+//! Configuration: a TOML file, environment overrides, and validation with messages that name the
+//! key and the problem.
+//!
+//! Environment variables `VOXSIG_BRIDGE_<SECTION>__<KEY>` override the file, e.g.
+//! `VOXSIG_BRIDGE_SOURCE__PRESENCE_INTERVAL=20s` or `VOXSIG_BRIDGE_SINK__URL=mqtt://broker:1883`.
+//! Only known sections are read from the environment, so a token kept in
+//! `VOXSIG_BRIDGE_TOKEN_ACME` for `pubsub_token_env` does not confuse the loader.
+
+use crate::route::{EventFilter, PayloadMode, Template};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use voxsig_protocol::backoff::{Backoff, Jitter};
+use voxsig_protocol::{PubsubToken, RoomIdentifier};
+use voxsig_sinks::{BufferConfig, SinkConfig};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "VOXSIG_BRIDGE_";
+
+/// Top-level sections that may be overridden from the environment.
+const SECTIONS: &[&str] = &[
+    "source",
+    "accounts_file",
+    "route",
+    "dedup",
+    "sink",
+    "buffer",
+    "shutdown",
+    "metrics",
+];
+
+/// The whole configuration, as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the events come from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// The subscriptions.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// A further TOML (or JSON) file with an `accounts` list, for fleets too big for this file.
+    #[serde(default)]
+    pub accounts_file: Option<PathBuf>,
+    /// How events become records.
+    #[serde(default)]
+    pub route: RouteConfig,
+    /// Suppression of one broadcast received by several subscriptions.
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    /// Where records go (`kind = "mqtt" | "kafka" | "stdout" | "file"`); stdout when absent.
+    #[serde(default, skip_serializing)]
+    pub sink: Option<SinkConfig>,
+    /// The bounded buffer between the sockets and the sink.
+    #[serde(default, skip_serializing)]
+    pub buffer: BufferConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// The HTTP listener for metrics, health and status.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The platform's WebSocket endpoint and how to talk to it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `wss://host/cable` (or `ws://` for local tests).
+    pub url: String,
+    /// The `Origin` header; ActionCable refuses origins it does not allow. Defaults to the URL's
+    /// own origin (`https://host` for `wss://host/cable`).
+    pub origin: Option<String>,
+    /// How often each subscription sends `update_presence` (seeds: 30 s; dashboard: 20 s).
+    #[serde(with = "humantime_serde")]
+    pub presence_interval: Duration,
+    /// Silence after which a connection is considered dead (ActionCable's client: 6 s).
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// How long a subscription may go unanswered before it is reported and retried.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Reconnect back-off.
+    pub reconnect: ReconnectConfig,
+    /// How many subscriptions share one socket.
+    pub subscriptions_per_connection: usize,
+    /// New sockets per second, across the whole process (avoids a thundering herd).
+    pub connect_rate: f64,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Extra PEM CA certificates to trust for `wss://` besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            url: "wss://app.voxsig.com/cable".into(),
+            origin: None,
+            presence_interval: Duration::from_secs(30),
+            stale_after: Duration::from_secs(6),
+            confirm_timeout: Duration::from_secs(10),
+            reconnect: ReconnectConfig::default(),
+            subscriptions_per_connection: 50,
+            connect_rate: 20.0,
+            max_frame_bytes: 4 * 1024 * 1024,
+            ca_file: None,
+        }
+    }
+}
+
+/// Reconnect back-off: exponential from `initial` to `max` with jitter.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First delay.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Cap.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// `full` (default), `equal` or `none`.
+    pub jitter: JitterConfig,
+    /// The wait after the server said `disconnect` with `reconnect: false` (e.g. unauthorized):
+    /// long, so a refusing server is not hammered.
+    #[serde(with = "humantime_serde")]
+    pub after_refusal: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: JitterConfig::Full,
+            after_refusal: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ReconnectConfig {
+    /// As a back-off policy.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.initial,
+            max: self.max,
+            jitter: self.jitter.into(),
+        }
+    }
+}
+
+/// Jitter, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JitterConfig {
+    /// Uniform in `[0, delay]`.
+    Full,
+    /// Uniform in `[delay/2, delay]`.
+    Equal,
+    /// No jitter.
+    None,
+}
+
+impl From<JitterConfig> for Jitter {
+    fn from(j: JitterConfig) -> Jitter {
+        match j {
+            JitterConfig::Full => Jitter::Full,
+            JitterConfig::Equal => Jitter::Equal,
+            JitterConfig::None => Jitter::None,
+        }
+    }
+}
+
+/// One subscription: a user token (with `user_id`) or a contact token (without).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The account.
+    pub account_id: u64,
+    /// The user, for a user (agent/admin) token; absent for a contact token.
+    #[serde(default)]
+    pub user_id: Option<u64>,
+    /// The token itself.
+    #[serde(default, serialize_with = "redact")]
+    pub pubsub_token: Option<String>,
+    /// The environment variable holding the token.
+    #[serde(default)]
+    pub pubsub_token_env: Option<String>,
+    /// The file holding the token (surrounding white space trimmed).
+    #[serde(default)]
+    pub pubsub_token_file: Option<PathBuf>,
+    /// Free-form labels, usable in topic templates as `{label.NAME}`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AccountConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountConfig")
+            .field("account_id", &self.account_id)
+            .field("user_id", &self.user_id)
+            .field(
+                "pubsub_token",
+                &self.pubsub_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pubsub_token_env", &self.pubsub_token_env)
+            .field("pubsub_token_file", &self.pubsub_token_file)
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(token) => s.serialize_str(&PubsubToken::new(token.as_str()).redacted()),
+        None => s.serialize_none(),
+    }
+}
+
+/// How events become records.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Topic template; defaults to the sink's (`voxsig/{account}/{event}` for MQTT,
+    /// `voxsig.{account}.{event}` for Kafka). Variables: `{account}`, `{event}`, `{user}`,
+    /// `{conversation}`, `{inbox}`, `{label.NAME}`.
+    pub topic: Option<String>,
+    /// Key template (Kafka partitioning), default `{account}/{conversation}`.
+    pub key: String,
+    /// Only events matching one of these patterns (`*` matches any run), when not empty.
+    pub include: Vec<String>,
+    /// Never events matching one of these patterns.
+    pub exclude: Vec<String>,
+    /// `raw` (the event's `data`, byte-identical) or `envelope`
+    /// (`{"event","account_id","received_at","data"}`).
+    pub payload: PayloadMode,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            topic: None,
+            key: "{account}/{conversation}".into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            payload: PayloadMode::Raw,
+        }
+    }
+}
+
+/// One broadcast received by several subscriptions is published once.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// On by default.
+    pub enabled: bool,
+    /// How far apart two copies may arrive and still be one broadcast.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Memory bound: the most broadcasts remembered at once (the oldest are forgotten first).
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            window: Duration::from_secs(2),
+            max_entries: 200_000,
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long the sink gets to deliver what is buffered after a SIGINT/SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address; `--metrics-addr` overrides it.
+    pub listen: SocketAddr,
+    /// Whether metrics carry an `account` label (capped by `max_accounts`; above it the
+    /// per-account series are aggregated under `account="other"`).
+    pub per_account_labels: bool,
+    /// The cap on distinct `account` label values.
+    pub max_accounts: usize,
+    /// `/readyz` needs at least this fraction of subscriptions confirmed.
+    pub ready_fraction: f64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9898)),
+            per_account_labels: false,
+            max_accounts: 100,
+            ready_fraction: 0.5,
+        }
+    }
+}
+
+/// A configuration problem: which key, what is wrong. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// The key, e.g. `source.url` or `accounts[3].pubsub_token_env`.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A configured subscription with its token resolved.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The configured account.
+    pub account_id: u64,
+    /// The user, for user tokens.
+    pub user_id: Option<u64>,
+    /// The token.
+    pub token: PubsubToken,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Account {
+    /// The RoomChannel identifier of this subscription.
+    pub fn identifier(&self) -> RoomIdentifier {
+        match self.user_id {
+            Some(user) => RoomIdentifier::user(self.token.clone(), self.account_id, user),
+            None => RoomIdentifier::contact(self.token.clone()),
+        }
+    }
+}
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration as loaded.
+    pub config: Config,
+    /// Every subscription, tokens resolved.
+    pub accounts: Vec<Account>,
+    /// The parsed topic template.
+    pub topic: Template,
+    /// The parsed key template.
+    pub key: Template,
+    /// The event filter.
+    pub filter: EventFilter,
+    /// The sink (stdout when the config has none).
+    pub sink: SinkConfig,
+}
+
+impl Config {
+    /// Loads a config file (TOML) with environment overrides, without validating it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::figment(Some(path)).extract().map_err(figment_error)
+    }
+
+    /// The default configuration with environment overrides.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::figment(None).extract().map_err(figment_error)
+    }
+
+    /// Parses TOML text (with environment overrides), for tests and embedded defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::new()
+            .merge(Toml::string(text))
+            .merge(env())
+            .extract()
+            .map_err(figment_error)
+    }
+
+    fn figment(path: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(env())
+    }
+
+    /// Checks everything and resolves tokens and the accounts file.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.validate_source()?;
+        let sink = match &self.sink {
+            Some(sink) => sink.clone(),
+            None => serde_json::from_str(r#"{"kind":"stdout"}"#)
+                .map_err(|e| ConfigError::new("sink", e.to_string()))?,
+        };
+        sink.validate()
+            .map_err(|e| ConfigError::new("sink", e.to_string()))?;
+        self.buffer
+            .validate()
+            .map_err(|e| ConfigError::new("buffer", e.to_string()))?;
+        if self.dedup.enabled && self.dedup.max_entries == 0 {
+            return Err(ConfigError::new("dedup.max_entries", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.metrics.ready_fraction) {
+            return Err(ConfigError::new(
+                "metrics.ready_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        // The topic template may be set as route.topic or, sink-style, as sink.topic: not both.
+        let topic_text = match (&self.route.topic, sink.topic_template()) {
+            (Some(route), from_sink)
+                if from_sink != sink.default_topic_template() && from_sink != route =>
+            {
+                return Err(ConfigError::new(
+                    "route.topic",
+                    "conflicts with sink.topic: set the topic template in one place",
+                ))
+            }
+            (Some(route), _) => route.clone(),
+            (None, from_sink) => from_sink.to_owned(),
+        };
+        let topic = Template::parse(&topic_text)
+            .map_err(|e| ConfigError::new("route.topic", e.to_string()))?;
+        let sample = topic.sample();
+        sink.check_topic(&sample).map_err(|e| {
+            ConfigError::new(
+                "route.topic",
+                format!("renders topics like `{sample}`: {e}"),
+            )
+        })?;
+        let key_text = if self.route.key == RouteConfig::default().key {
+            sink.key_template().to_owned()
+        } else {
+            self.route.key.clone()
+        };
+        let key =
+            Template::parse(&key_text).map_err(|e| ConfigError::new("route.key", e.to_string()))?;
+        let filter = EventFilter::new(&self.route.include, &self.route.exclude)
+            .map_err(|(key, problem)| ConfigError::new(format!("route.{key}"), problem))?;
+
+        let mut entries: Vec<(String, AccountConfig)> = self
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("accounts[{i}]"), a.clone()))
+            .collect();
+        if let Some(file) = &self.accounts_file {
+            entries.extend(load_accounts_file(file)?);
+        }
+        if entries.is_empty() {
+            return Err(ConfigError::new(
+                "accounts",
+                "no accounts configured: add [[accounts]] tables or set accounts_file",
+            ));
+        }
+        let mut accounts = Vec::with_capacity(entries.len());
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (key, entry) in entries {
+            let token = resolve_token(&key, &entry)?;
+            if let Some(first) = seen.insert(token.clone(), key.clone()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("uses the same pubsub token as {first}; each token may appear once"),
+                ));
+            }
+            accounts.push(Account {
+                account_id: entry.account_id,
+                user_id: entry.user_id,
+                token: PubsubToken::new(token),
+                labels: entry.labels,
+            });
+        }
+        Ok(Settings {
+            config: self,
+            accounts,
+            topic,
+            key,
+            filter,
+            sink,
+        })
+    }
+
+    fn validate_source(&self) -> Result<(), ConfigError> {
+        let s = &self.source;
+        let scheme = s.url.split("://").next().unwrap_or("");
+        if !matches!(scheme, "ws" | "wss") || !s.url.contains("://") {
+            return Err(ConfigError::new(
+                "source.url",
+                "must start with ws:// or wss://",
+            ));
+        }
+        tokio_tungstenite::tungstenite::http::Uri::try_from(s.url.as_str())
+            .map_err(|e| ConfigError::new("source.url", format!("is not a valid URL: {e}")))?;
+        let checks: [(&str, bool, &str); 7] = [
+            (
+                "source.presence_interval",
+                s.presence_interval >= Duration::from_secs(1),
+                "must be at least 1s",
+            ),
+            (
+                "source.stale_after",
+                s.stale_after >= Duration::from_millis(100),
+                "must be at least 100ms",
+            ),
+            (
+                "source.confirm_timeout",
+                s.confirm_timeout >= Duration::from_millis(100),
+                "must be at least 100ms",
+            ),
+            (
+                "source.subscriptions_per_connection",
+                (1..=1000).contains(&s.subscriptions_per_connection),
+                "must be between 1 and 1000",
+            ),
+            (
+                "source.connect_rate",
+                s.connect_rate.is_finite() && s.connect_rate > 0.0,
+                "must be a positive number of sockets per second",
+            ),
+            (
+                "source.max_frame_bytes",
+                s.max_frame_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "source.reconnect.max",
+                s.reconnect.initial <= s.reconnect.max && !s.reconnect.initial.is_zero(),
+                "must be at least source.reconnect.initial, which must be above zero",
+            ),
+        ];
+        for (key, ok, problem) in checks {
+            if !ok {
+                return Err(ConfigError::new(key, problem));
+            }
+        }
+        if let Some(ca) = &s.ca_file {
+            if !ca.is_file() {
+                return Err(ConfigError::new(
+                    "source.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// The configuration rendered as TOML with every secret redacted, for `check`.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.config.clone();
+        // Show the accounts actually resolved (including the accounts file), tokens redacted.
+        shown.accounts = self
+            .accounts
+            .iter()
+            .map(|a| AccountConfig {
+                account_id: a.account_id,
+                user_id: a.user_id,
+                pubsub_token: Some(a.token.expose().to_owned()),
+                pubsub_token_env: None,
+                pubsub_token_file: None,
+                labels: a.labels.clone(),
+            })
+            .collect();
+        shown.route.topic = Some(self.topic.as_str().to_owned());
+        shown.route.key = self.key.as_str().to_owned();
+        let mut out =
+            toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        // Sink settings, secrets redacted by their Debug.
+        out.push_str(&format!("\n# [buffer]\n# {:?}\n", self.config.buffer));
+        out.push_str(&format!(
+            "\n# [sink] (secrets redacted)\n# {:?}\n",
+            self.sink
+        ));
+        out
+    }
+}
+
+fn env() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+        SECTIONS
+            .iter()
+            .any(|s| key.as_str().split('.').next() == Some(*s))
+    })
+}
+
+/// Turns figment's error (which names the key and the file) into ours.
+fn figment_error(e: figment::Error) -> ConfigError {
+    let key = if e.path.is_empty() {
+        "config".to_owned()
+    } else {
+        e.path.join(".")
+    };
+    let mut problem = e.kind.to_string();
+    if let Some(source) = &e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        problem.push_str(&format!(" (in {source})"));
+    }
+    ConfigError::new(key, problem)
+}
+
+fn load_accounts_file(path: &Path) -> Result<Vec<(String, AccountConfig)>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        accounts: Vec<AccountConfig>,
+    }
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("accounts_file", format!("cannot read {shown}: {e}")))?;
+    let file: File = if path.extension().is_some_and(|x| x == "json") {
+        serde_json::from_str(&text)
+            .map_err(|e| ConfigError::new("accounts_file", format!("{shown}: {e}")))?
+    } else {
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::new("accounts_file", format!("{shown}: {}", e.message())))?
+    };
+    Ok(file
+        .accounts
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (format!("{shown}: accounts[{i}]"), a))
+        .collect())
+}
+
+fn resolve_token(key: &str, entry: &AccountConfig) -> Result<String, ConfigError> {
+    let sources = [
+        entry.pubsub_token.is_some(),
+        entry.pubsub_token_env.is_some(),
+        entry.pubsub_token_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(ConfigError::new(
+            key,
+            "set exactly one of pubsub_token, pubsub_token_env, pubsub_token_file",
+        ));
+    }
+    let token = match (
+        &entry.pubsub_token,
+        &entry.pubsub_token_env,
+        &entry.pubsub_token_file,
+    ) {
+        (Some(token), _, _) => token.clone(),
+        (None, Some(var), _) => std::env::var(var).map_err(|_| {
+            ConfigError::new(
+                format!("{key}.pubsub_token_env"),
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?,
+        (None, None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.pubsub_token_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?
+            .trim()
+            .to_owned(),
+        (None, None, None) => String::new(),
+    };
+    if token.is_empty() {
+        return Err(ConfigError::new(key, "the pubsub token is empty"));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[source]
+url = "ws://127.0.0.1:3000/cable"
+
+[[accounts]]
+account_id = 1
+user_id = 7
+pubsub_token = "furNHtAQnqxQN2FmkLzf8x4T"
+
+[[accounts]]
+account_id = 1
+pubsub_token = "contactTokenAAAAAAAAAAAA"
+"#;
+
+fn error_of(toml: &str) -> ConfigError {
+    match Config::from_toml(toml).and_then(Config::validate) {
+        Ok(_) => panic!("expected an error for:\n{toml}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let s = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+    assert_eq!(s.accounts.len(), 2);
+    assert!(s.accounts[1].identifier().is_contact());
+    assert_eq!(s.config.source.presence_interval, Duration::from_secs(30));
+    assert_eq!(s.config.source.stale_after, Duration::from_secs(6));
+    assert_eq!(s.config.source.subscriptions_per_connection, 50);
+    assert_eq!(s.topic.as_str(), "voxsig/{account}/{event}");
+    assert_eq!(s.key.as_str(), "{account}/{conversation}");
+    assert_eq!(s.sink.kind(), "stdout");
+    assert!(s.config.dedup.enabled);
+}
+
+#[test]
+fn durations_and_nested_tables_parse() {
+    let toml = format!(
+        "{MINIMAL}\n[route]\npayload = \"envelope\"\ninclude = [\"message.*\"]\n[dedup]\nwindow = \"500ms\"\n"
+    )
+    .replace("[source]\n", "[source]\npresence_interval = \"20s\"\nreconnect = { initial = \"250ms\", max = \"30s\", jitter = \"equal\" }\n");
+    let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+    assert_eq!(s.config.source.presence_interval, Duration::from_secs(20));
+    assert_eq!(
+        s.config.source.reconnect.initial,
+        Duration::from_millis(250)
+    );
+    assert_eq!(s.config.dedup.window, Duration::from_millis(500));
+    assert_eq!(s.config.route.payload, PayloadMode::Envelope);
+    assert!(!s.filter.allows("presence.update"));
+}
+
+#[test]
+fn errors_name_the_key_and_the_problem() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (MINIMAL.replace("ws://127.0.0.1:3000/cable", "http://x/cable"), "source.url", "ws://"),
+        (MINIMAL.replace("[source]", "[source]\nsubscriptions_per_connection = 0"), "source.subscriptions_per_connection", "between"),
+        (MINIMAL.replace("[source]", "[source]\npresence_interval = \"soon\""), "source.presence_interval", ""),
+        (MINIMAL.replace("[source]", "[source]\nsubscription_per_connection = 5"), "source", "subscription_per_connection"),
+        (MINIMAL.replace("user_id = 7\n", "user_id = 7\npubsub_token_env = \"X\"\n"), "accounts[0]", "exactly one"),
+        (MINIMAL.replace("pubsub_token = \"contactTokenAAAAAAAAAAAA\"", "pubsub_token = \"furNHtAQnqxQN2FmkLzf8x4T\""), "accounts[1]", "same pubsub token as accounts[0]"),
+        (MINIMAL.replace("pubsub_token = \"contactTokenAAAAAAAAAAAA\"", "pubsub_token_env = \"VOXSIG_TEST_SURELY_UNSET_VAR\""), "accounts[1].pubsub_token_env", "VOXSIG_TEST_SURELY_UNSET_VAR is not set"),
+        (MINIMAL.replace("pubsub_token = \"contactTokenAAAAAAAAAAAA\"", "pubsub_token_file = \"/nonexistent/token\""), "accounts[1].pubsub_token_file", "cannot read /nonexistent/token"),
+        (format!("{MINIMAL}\n[route]\ntopic = \"voxsig/{{acount}}\"\n"), "route.topic", "unknown variable `{acount}`"),
+        (format!("{MINIMAL}\n[route]\ntopic = \"voxsig/#/{{event}}\"\n"), "route.topic", ""),
+        (format!("{MINIMAL}\n[sink]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n[route]\ntopic = \"voxsig/{{account}}\"\n"), "route.topic", ""),
+        (format!("{MINIMAL}\n[sink]\nkind = \"carrier-pigeon\"\n"), "sink", ""),
+        ("[source]\nurl = \"ws://h/cable\"\n".to_owned(), "accounts", "no accounts"),
+        (format!("accounts_file = \"/nonexistent/accounts.toml\"\n{MINIMAL}"), "accounts_file", "cannot read"),
+    ];
+    for (toml, key, problem) in cases {
+        let e = error_of(&toml);
+        assert!(
+            e.key.starts_with(key),
+            "key {:?} should start with {key:?} ({e})",
+            e.key
+        );
+        assert!(
+            e.problem.contains(problem),
+            "{e} should mention {problem:?}"
+        );
+        assert!(
+            !e.to_string().contains("furNHtAQnqxQN2FmkLzf8x4T"),
+            "secret in {e}"
+        );
+    }
+}
+
+#[test]
+fn tokens_come_from_files_and_accounts_from_a_separate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "  fileToken123456\n").unwrap();
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        "[[accounts]]\naccount_id = 5\nuser_id = 1\npubsub_token = \"a1\"\n[[accounts]]\naccount_id = 6\npubsub_token = \"a2\"\nlabels = { team = \"emea\" }\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "[source]\nurl = \"wss://example.invalid/cable\"\naccounts_file = {:?}\n[[accounts]]\naccount_id = 1\npubsub_token_file = {:?}\n",
+        accounts.display().to_string(),
+        token.display().to_string()
+    )
+    .replace("[source]\nurl = \"wss://example.invalid/cable\"\naccounts_file", "accounts_file");
+    let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+    let tokens: Vec<&str> = s.accounts.iter().map(|a| a.token.expose()).collect();
+    assert_eq!(tokens, ["fileToken123456", "a1", "a2"]);
+    assert_eq!(s.accounts[2].labels["team"], "emea");
+}
+
+#[test]
+fn the_redacted_rendering_shows_no_secret() {
+    let s = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+    let shown = s.redacted_toml();
+    assert!(!shown.contains("furNHtAQnqxQN2FmkLzf8x4T"), "{shown}");
+    assert!(shown.contains("tok…8x4T"), "{shown}");
+    assert!(shown.contains("presence_interval = \"30s\""), "{shown}");
+    assert!(
+        shown.contains("topic = \"voxsig/{account}/{event}\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn origin_defaults_to_the_sites_own() {
+    assert_eq!(
+        crate::runtime::origin_of("wss://app.voxsig.com/cable"),
+        "https://app.voxsig.com"
+    );
+    assert_eq!(
+        crate::runtime::origin_of("ws://127.0.0.1:3000/cable"),
+        "http://127.0.0.1:3000"
+    );
+}

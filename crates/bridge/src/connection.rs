@@ -1,0 +1,525 @@
+//! One WebSocket and the subscriptions it carries: connect, drive the protocol session with
+//! frames and time, hand events to the router, reconnect with back-off.
+//!
+//! The read loop blocks on nothing but the bounded buffer: when the sink is slow, `push` waits,
+//! reading stops, and TCP pushes back on the platform — memory stays bounded.
+
+use crate::dedup::{Dedup, Verdict};
+use crate::route::{Receiver, Router, Unrouted};
+use crate::status::{now_ms, SocketState, StatusBoard, SubState};
+use crate::telemetry::{self as t, emit, BridgeMetrics};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use voxsig_protocol::backoff::{Backoff, Jitter, Rng};
+use voxsig_protocol::session::{CloseReason, Delivery, Happening, SubscriptionId};
+use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
+use voxsig_sinks::BufferWriter;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a TCP + TLS + WebSocket handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Everything the connection tasks share.
+pub struct Shared {
+    /// `ws://` or `wss://` URL.
+    pub url: String,
+    /// The `Origin` header sent.
+    pub origin: String,
+    /// Protocol session settings.
+    pub session: SessionConfig,
+    /// Reconnect back-off.
+    pub reconnect: Backoff,
+    /// Wait after a `disconnect` with `reconnect: false`.
+    pub after_refusal: Duration,
+    /// TLS for `wss://`.
+    pub tls: Option<Connector>,
+    /// Events into records.
+    pub router: Router,
+    /// Cross-subscription dedup, when enabled.
+    pub dedup: Option<Dedup>,
+    /// The buffer into the sink.
+    pub buffer: BufferWriter,
+    /// Counters.
+    pub metrics: BridgeMetrics,
+    /// Live state.
+    pub status: Arc<StatusBoard>,
+    /// Paces new sockets.
+    pub limiter: ConnectLimiter,
+    /// Flips to `true` on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One subscription of a connection: its global index, identifier and routing facts.
+pub struct Member {
+    /// Index in the configured accounts (and the status board).
+    pub index: usize,
+    /// The identifier.
+    pub identifier: RoomIdentifier,
+    /// Routing facts.
+    pub receiver: Receiver,
+}
+
+/// Paces socket openings across the process: at most `rate` per second.
+pub struct ConnectLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl ConnectLimiter {
+    /// A limiter letting `rate` sockets per second through.
+    pub fn new(rate: f64) -> Self {
+        ConnectLimiter {
+            interval: Duration::from_secs_f64(1.0 / rate.max(0.001)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Why a connection ended.
+enum Ended {
+    Shutdown,
+    Stale,
+    Disconnect {
+        reason: Option<String>,
+        reconnect: bool,
+    },
+    Closed(String),
+    Error(String),
+}
+
+/// Runs one socket's life until shutdown.
+pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut rng = Rng::new(shared.session.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9));
+    let mut session: Option<Session> = None;
+    let mut failures: u32 = 0;
+    let mut ever_connected = false;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        shared.status.set_socket(conn, SocketState::Connecting);
+        tokio::select! {
+            _ = shared.limiter.wait() => {}
+            _ = shutdown.changed() => break,
+        }
+        let connected = tokio::select! {
+            result = connect(&shared) => result,
+            _ = shutdown.changed() => break,
+        };
+        let mut ws = match connected {
+            Ok(ws) => ws,
+            Err(error) => {
+                let retry_in = shared.reconnect.delay(failures, &mut rng);
+                failures = failures.saturating_add(1);
+                emit(
+                    &shared.metrics,
+                    t::ConnectFailed {
+                        conn,
+                        error: &error,
+                        retry_in,
+                    },
+                );
+                if !pause(&shared, conn, retry_in, &mut shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let now = Instant::now().into_std();
+        let session = session.get_or_insert_with(|| {
+            let mut s = Session::new(shared.session.clone(), now);
+            for m in &members {
+                s.add(m.identifier.clone(), now);
+            }
+            s
+        });
+        session.reconnected(now);
+        shared.status.set_socket(conn, SocketState::Open);
+        if ever_connected {
+            shared.status.reconnected(conn);
+        }
+        emit(
+            &shared.metrics,
+            t::Connected {
+                conn,
+                subscriptions: members.len(),
+                reconnect: ever_connected,
+            },
+        );
+        ever_connected = true;
+        for m in &members {
+            shared.status.set_sub(m.index, SubState::Waiting);
+        }
+
+        let (ended, welcomed) =
+            drive(&shared, conn, &members, session, &mut ws, &mut shutdown).await;
+        if welcomed {
+            failures = 0;
+        }
+        let (reason, detail, retry_in) = match &ended {
+            Ended::Shutdown => ("shutdown", String::new(), None),
+            Ended::Stale => (
+                "stale",
+                String::new(),
+                Some(shared.reconnect.delay(failures, &mut rng)),
+            ),
+            Ended::Disconnect {
+                reason,
+                reconnect: false,
+            } => {
+                let wait = Backoff {
+                    initial: shared.after_refusal,
+                    max: shared.after_refusal,
+                    jitter: Jitter::Equal,
+                };
+                (
+                    "server_refused",
+                    reason.clone().unwrap_or_default(),
+                    Some(wait.delay(0, &mut rng)),
+                )
+            }
+            Ended::Disconnect {
+                reason,
+                reconnect: true,
+            } => (
+                "server_disconnect",
+                reason.clone().unwrap_or_default(),
+                Some(shared.reconnect.delay(failures, &mut rng)),
+            ),
+            Ended::Closed(detail) => (
+                "closed",
+                detail.clone(),
+                Some(shared.reconnect.delay(failures, &mut rng)),
+            ),
+            Ended::Error(detail) => (
+                "error",
+                detail.clone(),
+                Some(shared.reconnect.delay(failures, &mut rng)),
+            ),
+        };
+        failures = failures.saturating_add(1);
+        emit(
+            &shared.metrics,
+            t::Disconnected {
+                conn,
+                reason,
+                detail: &detail,
+                retry_in,
+            },
+        );
+        for m in &members {
+            if matches!(
+                shared.status.subscriptions()[m.index].state(),
+                SubState::Pending | SubState::Confirmed
+            ) {
+                shared.status.set_sub(m.index, SubState::Waiting);
+            }
+        }
+        let Some(retry_in) = retry_in else { break };
+        if !pause(&shared, conn, retry_in, &mut shutdown).await {
+            break;
+        }
+    }
+    shared.status.set_socket(conn, SocketState::Stopped);
+}
+
+/// Waits out a back-off; `false` when shutdown came first.
+async fn pause(
+    shared: &Shared,
+    conn: usize,
+    wait: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    shared.status.set_socket(conn, SocketState::Backoff);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
+/// Opens the WebSocket, offering ActionCable's subprotocol and the configured Origin.
+async fn connect(shared: &Shared) -> Result<Socket, String> {
+    let mut request = shared
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let headers = request.headers_mut();
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("actioncable-v1-json"),
+    );
+    if let Ok(origin) = HeaderValue::from_str(&shared.origin) {
+        headers.insert("Origin", origin);
+    }
+    let max = shared.session.max_frame_bytes;
+    // Let moderately oversize frames through so the session can count and skip them; a frame
+    // beyond this ends the connection instead (counted as an error, then reconnect).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max.saturating_mul(2).saturating_add(1 << 20)))
+        .max_frame_size(Some(max.saturating_mul(2).saturating_add(1 << 20)));
+    let handshake = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        shared.tls.clone(),
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("handshake timed out after {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Drives one connected socket until it ends. Returns why, and whether it was welcomed.
+async fn drive(
+    shared: &Shared,
+    conn: usize,
+    members: &[Member],
+    session: &mut Session,
+    ws: &mut Socket,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (Ended, bool) {
+    let mut welcomed = false;
+    loop {
+        let mut wrote = false;
+        while let Some(frame) = session.poll_transmit() {
+            if let Err(e) = ws.feed(Message::text(frame)).await {
+                return (Ended::Error(e.to_string()), welcomed);
+            }
+            wrote = true;
+        }
+        if wrote {
+            if let Err(e) = ws.flush().await {
+                return (Ended::Error(e.to_string()), welcomed);
+            }
+        }
+        while let Some(happening) = session.poll_happening() {
+            if happening == Happening::Welcomed {
+                welcomed = true;
+            }
+            if let Some(ended) = report(shared, conn, members, happening) {
+                let _ = ws.close(None).await;
+                return (ended, welcomed);
+            }
+        }
+        let deadline = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = ws.close(None).await;
+                return (Ended::Shutdown, welcomed);
+            }
+            message = ws.next() => {
+                let now = Instant::now().into_std();
+                match message {
+                    Some(Ok(Message::Text(text))) => match session.handle_text(&text, now) {
+                        Ok(Some(delivery)) => deliver(shared, members, delivery).await,
+                        Ok(None) => {}
+                        Err(error) => emit(&shared.metrics, t::FrameMalformed { conn, error: &error }),
+                    },
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let error = session.handle_binary(bytes.len(), now);
+                        emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let detail = frame.map(|f| format!("close {} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                        return (Ended::Closed(detail), welcomed);
+                    }
+                    Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
+                    Some(Err(e)) => return (Ended::Error(e.to_string()), welcomed),
+                    None => return (Ended::Closed("connection closed".into()), welcomed),
+                }
+            }
+            _ = sleep_until(deadline) => session.handle_timeout(Instant::now().into_std()),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs, counts and records a session happening; returns how the connection ended, if it did.
+fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening) -> Option<Ended> {
+    let member = |sub: SubscriptionId| members.get(sub.0 as usize);
+    let m = &shared.metrics;
+    match happening {
+        Happening::Welcomed => None,
+        Happening::Ping { .. } => {
+            shared.status.ping(conn, now_ms());
+            None
+        }
+        Happening::SubscribeSent { sub, .. } => {
+            if let Some(mb) = member(sub) {
+                shared.status.set_sub(mb.index, SubState::Pending);
+            }
+            None
+        }
+        Happening::Confirmed { sub, after } => {
+            if let Some(mb) = member(sub) {
+                shared.status.set_sub(mb.index, SubState::Confirmed);
+                emit(
+                    m,
+                    t::SubscriptionConfirmed {
+                        account: mb.receiver.account_id,
+                        token: mb.identifier.token(),
+                        after,
+                    },
+                );
+            }
+            None
+        }
+        Happening::Rejected {
+            sub,
+            attempt,
+            retry_in,
+        } => {
+            failed(shared, member(sub), "rejected", attempt, retry_in);
+            None
+        }
+        Happening::Unanswered {
+            sub,
+            attempt,
+            retry_in,
+        } => {
+            failed(shared, member(sub), "unanswered", attempt, retry_in);
+            None
+        }
+        Happening::PresenceSent { .. } => {
+            emit(m, t::PresenceSent);
+            None
+        }
+        Happening::UnknownFrame { kind } => {
+            emit(m, t::UnknownFrame { conn, kind: &kind });
+            None
+        }
+        Happening::Closed(CloseReason::Stale) => Some(Ended::Stale),
+        Happening::Closed(CloseReason::Disconnected { reason, reconnect }) => {
+            Some(Ended::Disconnect { reason, reconnect })
+        }
+    }
+}
+
+fn failed(
+    shared: &Shared,
+    member: Option<&Member>,
+    cause: &'static str,
+    attempt: u32,
+    retry_in: Duration,
+) {
+    let Some(mb) = member else { return };
+    let (state, error) = match cause {
+        "rejected" => (SubState::Rejected, "rejected by the server"),
+        _ => (
+            SubState::Unanswered,
+            "no confirm or reject within the confirm timeout",
+        ),
+    };
+    shared.status.set_sub(mb.index, state);
+    shared.status.sub_failed(mb.index, error);
+    let token = mb.identifier.token();
+    emit(
+        &shared.metrics,
+        t::SubscriptionFailed {
+            account: mb.receiver.account_id,
+            token,
+            cause,
+            attempt,
+            retry_in,
+        },
+    );
+}
+
+/// One event: count, filter, dedup, route, buffer (waiting when the buffer is full).
+async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
+    let Some(member) = members.get(delivery.sub.0 as usize) else {
+        return;
+    };
+    let event = &delivery.event;
+    let event_label = event.kind.name().unwrap_or("other");
+    let m = &shared.metrics;
+    let received_at = SystemTime::now();
+    emit(m, t::EventReceived { event_label });
+    shared.status.event(member.index, now_ms());
+    if event.kind == EventKind::UserLogout {
+        shared.status.set_logged_out(member.index);
+        emit(
+            m,
+            t::TokenLoggedOut {
+                account: member.receiver.account_id,
+                token: member.identifier.token(),
+            },
+        );
+    }
+    if !shared.router.allows(&event.name) {
+        emit(m, t::EventFiltered { event_label });
+        return;
+    }
+    let accepted_at = Instant::now().into_std();
+    if let Some(dedup) = &shared.dedup {
+        let account = Router::account_of(event, &member.receiver);
+        let verdict = dedup.check(
+            account,
+            &event.name,
+            event.data.as_bytes(),
+            member.index as u32,
+            accepted_at,
+        );
+        if verdict == Verdict::Duplicate {
+            emit(m, t::EventDeduplicated { event_label });
+            return;
+        }
+    }
+    match shared
+        .router
+        .route(event, &member.receiver, received_at, accepted_at)
+    {
+        Ok(record) => {
+            if shared.buffer.push(record).await.is_err() {
+                emit(
+                    m,
+                    t::EventDropped {
+                        reason: "buffer_closed",
+                        event_label,
+                        detail: "shutting down",
+                    },
+                );
+            }
+        }
+        Err(Unrouted::Filtered) => emit(m, t::EventFiltered { event_label }),
+        Err(Unrouted::InvalidTopic(detail)) => emit(
+            m,
+            t::EventDropped {
+                reason: "invalid_topic",
+                event_label,
+                detail: &detail,
+            },
+        ),
+    }
+}

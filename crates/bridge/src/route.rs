@@ -1,0 +1,408 @@
+//! From an event to a record: filters, topic and key templates, payload modes.
+//!
+//! Template values come from the network (event names) or from the platform's ids, so each is
+//! sanitised for the sink's topic rules before it is put in: a value holding `/`, `+`, `#` or
+//! NUL can never add a level or a wildcard to an MQTT topic, and Kafka topics keep to
+//! `[a-zA-Z0-9._-]`. The rendered topic is then checked against the sink's rules once more.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use voxsig_protocol::EventRef;
+use voxsig_sinks::{Headers, Record};
+
+/// A variable of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Var {
+    /// The event's account (`data.account_id`, else the subscription's).
+    Account,
+    /// The event name.
+    Event,
+    /// The user of the subscription that received it (`contact` for a contact token).
+    User,
+    /// The conversation id (`none` when the event has none).
+    Conversation,
+    /// The inbox id (`none` when the event has none).
+    Inbox,
+    /// A label of the subscription's account entry (`none` when unset).
+    Label(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Var(Var),
+}
+
+/// What a missing value renders as.
+pub const NONE: &str = "none";
+
+/// A parsed `{variable}` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+/// Why a template is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{name}` with an unknown name.
+    #[error("unknown variable `{{{0}}}` (known: {{account}}, {{event}}, {{user}}, {{conversation}}, {{inbox}}, {{label.NAME}})")]
+    UnknownVariable(String),
+    /// A `{` without its `}`, or a stray `}`.
+    #[error("unbalanced braces")]
+    Unbalanced,
+    /// Nothing at all.
+    #[error("is empty")]
+    Empty,
+}
+
+impl Template {
+    /// Parses a template such as `voxsig/{account}/{event}`.
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        if text.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        let mut segments = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match rest.find(['{', '}']) {
+                Some(i) if rest.as_bytes()[i] == b'}' => return Err(TemplateError::Unbalanced),
+                Some(i) => {
+                    if i > 0 {
+                        segments.push(Segment::Literal(rest[..i].to_owned()));
+                    }
+                    let close = rest[i..].find('}').ok_or(TemplateError::Unbalanced)? + i;
+                    let name = &rest[i + 1..close];
+                    if name.contains('{') {
+                        return Err(TemplateError::Unbalanced);
+                    }
+                    segments.push(Segment::Var(match name {
+                        "account" => Var::Account,
+                        "event" => Var::Event,
+                        "user" => Var::User,
+                        "conversation" => Var::Conversation,
+                        "inbox" => Var::Inbox,
+                        _ => match name.strip_prefix("label.") {
+                            Some(label) if !label.is_empty() => Var::Label(label.to_owned()),
+                            _ => return Err(TemplateError::UnknownVariable(name.to_owned())),
+                        },
+                    }));
+                    rest = &rest[close + 1..];
+                }
+                None => {
+                    segments.push(Segment::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        Ok(Template {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the template uses a variable.
+    pub fn uses(&self, var: &Var) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Var(v) if v == var))
+    }
+
+    /// Renders with typical values, to check a template against a sink's topic rules.
+    pub fn sample(&self) -> String {
+        let labels = BTreeMap::new();
+        let ctx = Context {
+            account: 1,
+            event: "conversation.status_changed",
+            user: Some(7),
+            conversation: Some(100078),
+            inbox: Some(3),
+            labels: &labels,
+        };
+        self.render(&ctx, Charset::Any)
+    }
+
+    /// Renders for one event, sanitising every value for `charset`.
+    pub fn render(&self, ctx: &Context<'_>, charset: Charset) -> String {
+        let mut out = String::with_capacity(self.text.len() + 32);
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => out.push_str(text),
+                Segment::Var(var) => {
+                    let start = out.len();
+                    match var {
+                        Var::Account => write_id(&mut out, Some(ctx.account)),
+                        Var::Event => out.push_str(ctx.event),
+                        Var::User => match ctx.user {
+                            Some(user) => write_id(&mut out, Some(user)),
+                            None => out.push_str("contact"),
+                        },
+                        Var::Conversation => write_id(&mut out, ctx.conversation),
+                        Var::Inbox => write_id(&mut out, ctx.inbox),
+                        Var::Label(name) => {
+                            out.push_str(ctx.labels.get(name).map_or(NONE, String::as_str))
+                        }
+                    }
+                    charset.sanitise(&mut out, start);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn write_id(out: &mut String, id: Option<u64>) {
+    match id {
+        Some(id) => {
+            let _ = write!(out, "{id}");
+        }
+        None => out.push_str(NONE),
+    }
+}
+
+/// The characters a rendered value may hold, by destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// MQTT topic level: anything but `/`, `+`, `#` and NUL.
+    MqttLevel,
+    /// Kafka topic name: `[a-zA-Z0-9._-]`.
+    Kafka,
+    /// Keys: anything.
+    Any,
+}
+
+impl Charset {
+    /// Replaces, in `out[start..]`, every character the charset forbids (and an empty value)
+    /// with `_`.
+    fn sanitise(self, out: &mut String, start: usize) {
+        let allowed = |c: char| match self {
+            Charset::MqttLevel => !matches!(c, '/' | '+' | '#' | '\0'),
+            Charset::Kafka => c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+            Charset::Any => true,
+        };
+        if out.len() == start {
+            out.push('_');
+        } else if !out[start..].chars().all(allowed) {
+            let value: String = out[start..]
+                .chars()
+                .map(|c| if allowed(c) { c } else { '_' })
+                .collect();
+            out.truncate(start);
+            out.push_str(&value);
+        }
+    }
+}
+
+/// The values a template is rendered with.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    /// The event's account.
+    pub account: u64,
+    /// The event name.
+    pub event: &'a str,
+    /// The receiving subscription's user.
+    pub user: Option<u64>,
+    /// The conversation.
+    pub conversation: Option<u64>,
+    /// The inbox.
+    pub inbox: Option<u64>,
+    /// The receiving subscription's labels.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// Include/exclude patterns over event names; `*` matches any run of characters.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl EventFilter {
+    /// Builds a filter; an empty pattern is an error naming its list (`include` or `exclude`).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (String, String)> {
+        for (list, patterns) in [("include", include), ("exclude", exclude)] {
+            if let Some(i) = patterns.iter().position(|p| p.is_empty()) {
+                return Err((
+                    format!("{list}[{i}]"),
+                    "an empty pattern matches nothing".into(),
+                ));
+            }
+        }
+        Ok(EventFilter {
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        })
+    }
+
+    /// Whether an event passes.
+    pub fn allows(&self, event: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| glob(p, event)))
+            && !self.exclude.iter().any(|p| glob(p, event))
+    }
+}
+
+/// `*`-only glob matching.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// What a record's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// The event's `data`, byte-identical.
+    #[default]
+    Raw,
+    /// `{"event":…,"account_id":…,"received_at":"…","data":<data>}`.
+    Envelope,
+}
+
+/// Why an event did not become a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unrouted {
+    /// The event filter excluded it.
+    Filtered,
+    /// The rendered topic broke the sink's rules.
+    InvalidTopic(String),
+}
+
+/// The receiving subscription, as the router needs it.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    /// The configured account of the subscription (the fallback when `data` has none).
+    pub account_id: u64,
+    /// The user, for user tokens.
+    pub user_id: Option<u64>,
+    /// The account entry's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A function checking a rendered topic against the sink's rules.
+pub type TopicCheck = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Turns events into records.
+pub struct Router {
+    topic: Template,
+    key: Template,
+    filter: EventFilter,
+    payload: PayloadMode,
+    charset: Charset,
+    check: TopicCheck,
+}
+
+impl Router {
+    /// A router rendering topics in `charset` and checking them with `check`.
+    pub fn new(
+        topic: Template,
+        key: Template,
+        filter: EventFilter,
+        payload: PayloadMode,
+        charset: Charset,
+        check: TopicCheck,
+    ) -> Self {
+        Router {
+            topic,
+            key,
+            filter,
+            payload,
+            charset,
+            check,
+        }
+    }
+
+    /// Whether the filter lets an event name through (checked before any other work).
+    pub fn allows(&self, event: &str) -> bool {
+        self.filter.allows(event)
+    }
+
+    /// The account an event belongs to: its `data.account_id`, else the subscription's.
+    pub fn account_of(event: &EventRef<'_>, receiver: &Receiver) -> u64 {
+        event.account_id.unwrap_or(receiver.account_id)
+    }
+
+    /// Renders one event into a record.
+    pub fn route(
+        &self,
+        event: &EventRef<'_>,
+        receiver: &Receiver,
+        received_at: SystemTime,
+        accepted_at: Instant,
+    ) -> Result<Record, Unrouted> {
+        if !self.filter.allows(&event.name) {
+            return Err(Unrouted::Filtered);
+        }
+        let account = Self::account_of(event, receiver);
+        let ctx = Context {
+            account,
+            event: &event.name,
+            user: receiver.user_id,
+            conversation: event.conversation_id,
+            inbox: event.inbox_id,
+            labels: &receiver.labels,
+        };
+        let topic = self.topic.render(&ctx, self.charset);
+        (self.check)(&topic).map_err(Unrouted::InvalidTopic)?;
+        let key = self.key.render(&ctx, Charset::Any);
+        let received_at_ms = received_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let payload = match self.payload {
+            PayloadMode::Raw => Bytes::copy_from_slice(event.data.as_bytes()),
+            PayloadMode::Envelope => envelope(&event.name, account, received_at, event.data),
+        };
+        Ok(Record {
+            topic,
+            key: Some(key),
+            payload,
+            headers: Headers {
+                event: event.name.clone().into_owned(),
+                event_label: event.kind.name().unwrap_or("other"),
+                account_id: Some(account),
+                received_at_ms,
+            },
+            accepted_at,
+        })
+    }
+}
+
+/// Builds the envelope without parsing `data`: it is spliced in as the bytes it is.
+fn envelope(event: &str, account: u64, received_at: SystemTime, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + event.len() + 96);
+    out.push_str("{\"event\":");
+    out.push_str(&serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into()));
+    let _ = write!(
+        out,
+        ",\"account_id\":{account},\"received_at\":\"{}\",\"data\":",
+        humantime::format_rfc3339_millis(received_at)
+    );
+    out.push_str(data);
+    out.push('}');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! The running bridge: builds the shared pieces, spreads subscriptions over sockets, starts the
+//! sink and the connection tasks, and shuts everything down in order.
+
+use crate::config::Settings;
+use crate::connection::{self, ConnectLimiter, Member, Shared};
+use crate::dedup::Dedup;
+use crate::route::{Charset, Receiver, Router};
+use crate::status::StatusBoard;
+use crate::telemetry::BridgeMetrics;
+use prometheus::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_tungstenite::Connector;
+use voxsig_protocol::SessionConfig;
+use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The sink could not be built.
+    #[error("sink: {0}")]
+    Sink(String),
+    /// TLS could not be set up.
+    #[error("source.ca_file: {0}")]
+    Tls(String),
+}
+
+/// A running bridge.
+pub struct Bridge {
+    shutdown: watch::Sender<bool>,
+    connections: JoinSet<()>,
+    writer: BufferWriter,
+    sink: SinkHandle,
+    status: Arc<StatusBoard>,
+    metrics: BridgeMetrics,
+    sink_metrics: SinkMetrics,
+    sockets: usize,
+}
+
+impl Bridge {
+    /// Starts the bridge with the configured sink, registering metrics into `registry`.
+    pub async fn start(settings: Settings, registry: &Registry) -> Result<Bridge, StartError> {
+        let instance = instance_name();
+        let sink = settings
+            .sink
+            .build(&instance)
+            .map_err(|e| StartError::Sink(e.to_string()))?;
+        Self::start_with_sink(settings, sink, registry).await
+    }
+
+    /// Starts the bridge with a given sink (tests, `tail`, the demo).
+    pub async fn start_with_sink(
+        settings: Settings,
+        sink: Box<dyn Sink>,
+        registry: &Registry,
+    ) -> Result<Bridge, StartError> {
+        let metrics = BridgeMetrics::register(registry)?;
+        let sink_metrics = SinkMetrics::register(registry)?;
+        let config = &settings.config;
+        let (writer, reader) = voxsig_sinks::buffer(config.buffer.clone(), sink_metrics.clone());
+        let sink = voxsig_sinks::spawn(sink, reader);
+
+        let per_socket = config.source.subscriptions_per_connection.max(1);
+        let groups: Vec<Vec<usize>> = (0..settings.accounts.len())
+            .collect::<Vec<_>>()
+            .chunks(per_socket)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let status = Arc::new(StatusBoard::new(
+            settings
+                .accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.account_id, a.user_id, a.token.clone(), i / per_socket))
+                .collect(),
+            groups.len(),
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let charset = match settings.sink.kind() {
+            "kafka" => Charset::Kafka,
+            _ => Charset::MqttLevel,
+        };
+        let sink_config = settings.sink.clone();
+        let router = Router::new(
+            settings.topic.clone(),
+            settings.key.clone(),
+            settings.filter.clone(),
+            config.route.payload,
+            charset,
+            Box::new(move |topic| sink_config.check_topic(topic).map_err(|e| e.to_string())),
+        );
+        let source = &config.source;
+        let shared = Arc::new(Shared {
+            url: source.url.clone(),
+            origin: source
+                .origin
+                .clone()
+                .unwrap_or_else(|| origin_of(&source.url)),
+            session: SessionConfig {
+                presence_interval: source.presence_interval,
+                stale_after: source.stale_after,
+                confirm_timeout: source.confirm_timeout,
+                max_frame_bytes: source.max_frame_bytes,
+                seed: seed(),
+                ..SessionConfig::default()
+            },
+            reconnect: source.reconnect.backoff(),
+            after_refusal: source.reconnect.after_refusal,
+            tls: tls_connector(source.ca_file.as_deref())?,
+            router,
+            dedup: config
+                .dedup
+                .enabled
+                .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries)),
+            buffer: writer.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            limiter: ConnectLimiter::new(source.connect_rate),
+            shutdown: shutdown_rx,
+        });
+        let mut connections = JoinSet::new();
+        let sockets = groups.len();
+        for (conn, group) in groups.into_iter().enumerate() {
+            let members = group
+                .into_iter()
+                .map(|i| {
+                    let a = &settings.accounts[i];
+                    Member {
+                        index: i,
+                        identifier: a.identifier(),
+                        receiver: Receiver {
+                            account_id: a.account_id,
+                            user_id: a.user_id,
+                            labels: a.labels.clone(),
+                        },
+                    }
+                })
+                .collect();
+            connections.spawn(connection::run(shared.clone(), conn, members));
+        }
+        tracing::info!(
+            subscriptions = settings.accounts.len(),
+            sockets,
+            sink = settings.sink.kind(),
+            topic = settings.topic.as_str(),
+            "bridge started"
+        );
+        Ok(Bridge {
+            shutdown,
+            connections,
+            writer,
+            sink,
+            status,
+            metrics,
+            sink_metrics,
+            sockets,
+        })
+    }
+
+    /// The live state board.
+    pub fn status(&self) -> Arc<StatusBoard> {
+        self.status.clone()
+    }
+
+    /// The runtime's counters.
+    pub fn metrics(&self) -> &BridgeMetrics {
+        &self.metrics
+    }
+
+    /// The sink's and buffer's metrics.
+    pub fn sink_metrics(&self) -> &SinkMetrics {
+        &self.sink_metrics
+    }
+
+    /// How many sockets the subscriptions are spread over.
+    pub fn sockets(&self) -> usize {
+        self.sockets
+    }
+
+    /// Records waiting in the buffer or unacknowledged.
+    pub fn buffered(&self) -> usize {
+        self.writer.depth()
+    }
+
+    /// Whether the sink task is still running.
+    pub fn sink_running(&self) -> bool {
+        !self.sink.is_finished()
+    }
+
+    /// Stops reading, then gives the sink `drain_timeout` to deliver what was accepted.
+    pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
+        let _ = self.shutdown.send(true);
+        while self.connections.join_next().await.is_some() {}
+        self.writer.close();
+        let report = self.sink.shutdown(drain_timeout).await;
+        if report.undelivered > 0 {
+            tracing::error!(undelivered = report.undelivered, by_event = ?report.undelivered_by_event,
+                "shutdown deadline passed with records undelivered");
+        } else {
+            tracing::info!(
+                delivered = report.delivered,
+                "stopped; everything accepted was delivered"
+            );
+        }
+        report
+    }
+}
+
+/// The Origin a browser on the platform's own site would send: `https://host` for `wss://host/…`.
+pub fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("wss", url));
+    let host = rest.split('/').next().unwrap_or(rest);
+    let scheme = if scheme == "ws" { "http" } else { "https" };
+    format!("{scheme}://{host}")
+}
+
+fn instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "voxsig-bridge".into())
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
+/// rustls with the system's roots (plus `ca_file`), verification always on.
+fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<Option<Connector>, StartError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
+        let mut reader = std::io::BufReader::new(pem.as_slice());
+        for cert in rustls_pemfile_certs(&mut reader) {
+            roots
+                .add(cert)
+                .map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Connector::Rustls(Arc::new(config))))
+}
+
+fn rustls_pemfile_certs(
+    reader: &mut dyn std::io::BufRead,
+) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut pem = Vec::new();
+    let _ = reader.read_to_end(&mut pem);
+    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect()
+}

@@ -1,0 +1,385 @@
+//! What the bridge's runtime does, in one place: each happening is one typed event that owns its
+//! log line and its counters. Code calls `emit(&metrics, Happening { .. })`; nowhere else pairs a
+//! `tracing` macro with a counter.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `voxsig_bridge_connects_total` | counter | `result` (`ok`, `error`) |
+//! | `voxsig_bridge_disconnects_total` | counter | `reason` (`stale`, `server_disconnect`, `server_refused`, `closed`, `error`, `shutdown`) |
+//! | `voxsig_bridge_reconnects_total` | counter | — |
+//! | `voxsig_bridge_stale_connections_total` | counter | — |
+//! | `voxsig_bridge_subscription_failures_total` | counter | `cause` (`rejected`, `unanswered`) |
+//! | `voxsig_bridge_subscriptions_confirmed_total` | counter | — |
+//! | `voxsig_bridge_presence_updates_sent_total` | counter | — |
+//! | `voxsig_bridge_events_received_total` | counter | `event` |
+//! | `voxsig_bridge_events_deduplicated_total` | counter | `event` |
+//! | `voxsig_bridge_events_filtered_total` | counter | `event` |
+//! | `voxsig_bridge_events_dropped_total` | counter | `reason` (`invalid_topic`, `buffer_closed`) |
+//! | `voxsig_bridge_frame_errors_total` | counter | `kind` (see `FrameError::kind`) |
+//! | `voxsig_bridge_token_logouts_total` | counter | — |
+//! | `voxsig_bridge_unknown_frames_total` | counter | — |
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+use voxsig_protocol::{EventKind, FrameError, PubsubToken};
+
+/// The runtime's counters, registered in a caller-supplied registry. Cheap to clone.
+#[derive(Clone)]
+pub struct BridgeMetrics {
+    inner: Arc<Counters>,
+}
+
+struct Counters {
+    connects: IntCounterVec,
+    disconnects: IntCounterVec,
+    reconnects: IntCounter,
+    stale: IntCounter,
+    subscription_failures: IntCounterVec,
+    confirmed: IntCounter,
+    presence: IntCounter,
+    received: IntCounterVec,
+    deduplicated: IntCounterVec,
+    filtered: IntCounterVec,
+    dropped: IntCounterVec,
+    frame_errors: IntCounterVec,
+    logouts: IntCounter,
+    unknown_frames: IntCounter,
+}
+
+impl std::fmt::Debug for BridgeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BridgeMetrics")
+    }
+}
+
+/// Label values known up front, so every series exists (at 0) from the first scrape.
+const DISCONNECT_REASONS: &[&str] = &[
+    "stale",
+    "server_disconnect",
+    "server_refused",
+    "closed",
+    "error",
+    "shutdown",
+];
+
+impl BridgeMetrics {
+    /// Creates the counters in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let one = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counters = Counters {
+            connects: vec("voxsig_bridge_connects_total", "WebSocket connection attempts by result.", "result")?,
+            disconnects: vec("voxsig_bridge_disconnects_total", "WebSocket connections ended, by reason.", "reason")?,
+            reconnects: one("voxsig_bridge_reconnects_total", "Connections re-established after a loss.")?,
+            stale: one("voxsig_bridge_stale_connections_total", "Connections closed for silence (no ping or frame).")?,
+            subscription_failures: vec("voxsig_bridge_subscription_failures_total", "Subscriptions rejected or left unanswered, by cause.", "cause")?,
+            confirmed: one("voxsig_bridge_subscriptions_confirmed_total", "Subscription confirmations received.")?,
+            presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,
+            received: vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?,
+            deduplicated: vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?,
+            filtered: vec("voxsig_bridge_events_filtered_total", "Events left out by route.include/exclude, by event.", "event")?,
+            dropped: vec("voxsig_bridge_events_dropped_total", "Events that could not become records, by reason.", "reason")?,
+            frame_errors: vec("voxsig_bridge_frame_errors_total", "Frames that could not be used, by kind.", "kind")?,
+            logouts: one("voxsig_bridge_token_logouts_total", "user:logout received: the platform rotated a token.")?,
+            unknown_frames: one("voxsig_bridge_unknown_frames_total", "Control frames of an unknown type (ignored).")?,
+        };
+        for result in ["ok", "error"] {
+            counters.connects.with_label_values(&[result]);
+        }
+        for reason in DISCONNECT_REASONS {
+            counters.disconnects.with_label_values(&[reason]);
+        }
+        for cause in ["rejected", "unanswered"] {
+            counters.subscription_failures.with_label_values(&[cause]);
+        }
+        for kind in FrameError::KINDS {
+            counters.frame_errors.with_label_values(&[kind]);
+        }
+        for reason in ["invalid_topic", "buffer_closed"] {
+            counters.dropped.with_label_values(&[reason]);
+        }
+        for kind in EventKind::ALL {
+            let name = kind.name().unwrap_or("other");
+            counters.received.with_label_values(&[name]);
+        }
+        Ok(BridgeMetrics {
+            inner: Arc::new(counters),
+        })
+    }
+
+    /// Counters in a private registry, for tests and tools that do not export metrics.
+    pub fn unregistered() -> Self {
+        // Registering into a fresh registry cannot clash.
+        Self::register(&Registry::new()).unwrap_or_else(|e| panic!("fresh registry: {e}"))
+    }
+}
+
+/// A happening that logs and counts itself.
+pub trait InternalEvent {
+    /// Logs and counts it.
+    fn emit(self, metrics: &BridgeMetrics);
+}
+
+/// Records one happening.
+pub fn emit(metrics: &BridgeMetrics, event: impl InternalEvent) {
+    event.emit(metrics);
+}
+
+/// A socket connected and upgraded.
+pub struct Connected {
+    /// The connection's number.
+    pub conn: usize,
+    /// Subscriptions it carries.
+    pub subscriptions: usize,
+    /// Whether it replaces a lost connection.
+    pub reconnect: bool,
+}
+
+impl InternalEvent for Connected {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::info!(
+            conn = self.conn,
+            subscriptions = self.subscriptions,
+            reconnect = self.reconnect,
+            "connected"
+        );
+        m.inner.connects.with_label_values(&["ok"]).inc();
+        if self.reconnect {
+            m.inner.reconnects.inc();
+        }
+    }
+}
+
+/// A connection attempt failed.
+pub struct ConnectFailed<'a> {
+    /// The connection's number.
+    pub conn: usize,
+    /// What went wrong (never holds a token: URLs carry none).
+    pub error: &'a dyn std::fmt::Display,
+    /// The wait before the next attempt.
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for ConnectFailed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::warn!(conn = self.conn, error = %self.error, retry_in = ?self.retry_in, "connect failed");
+        m.inner.connects.with_label_values(&["error"]).inc();
+    }
+}
+
+/// A connection ended.
+pub struct Disconnected<'a> {
+    /// The connection's number.
+    pub conn: usize,
+    /// One of the `voxsig_bridge_disconnects_total` reasons.
+    pub reason: &'static str,
+    /// Details (the server's reason, an I/O error).
+    pub detail: &'a str,
+    /// The wait before reconnecting (none on shutdown).
+    pub retry_in: Option<Duration>,
+}
+
+impl InternalEvent for Disconnected<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        match self.reason {
+            "shutdown" => tracing::debug!(conn = self.conn, "closed for shutdown"),
+            "server_refused" => {
+                tracing::warn!(conn = self.conn, detail = self.detail, retry_in = ?self.retry_in,
+                "server disconnected us and asked not to reconnect; backing off long")
+            }
+            _ => {
+                tracing::warn!(conn = self.conn, reason = self.reason, detail = self.detail, retry_in = ?self.retry_in, "disconnected")
+            }
+        }
+        m.inner.disconnects.with_label_values(&[self.reason]).inc();
+        if self.reason == "stale" {
+            m.inner.stale.inc();
+        }
+    }
+}
+
+/// A subscription was confirmed.
+pub struct SubscriptionConfirmed<'a> {
+    /// Its account.
+    pub account: u64,
+    /// Its token, redacted when logged.
+    pub token: &'a PubsubToken,
+    /// Time from subscribe to confirm.
+    pub after: Duration,
+}
+
+impl InternalEvent for SubscriptionConfirmed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::debug!(account = self.account, token = %self.token, after = ?self.after, "subscription confirmed");
+        m.inner.confirmed.inc();
+    }
+}
+
+/// A subscription was rejected or left unanswered.
+pub struct SubscriptionFailed<'a> {
+    /// Its account.
+    pub account: u64,
+    /// Its token, redacted when logged.
+    pub token: &'a PubsubToken,
+    /// `rejected` or `unanswered`.
+    pub cause: &'static str,
+    /// Consecutive failures.
+    pub attempt: u32,
+    /// Wait before the retry.
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for SubscriptionFailed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        let what = if self.cause == "rejected" {
+            "subscription rejected by the server (wrong token, account or user?)"
+        } else {
+            "subscription neither confirmed nor rejected in time (the platform's answer to an unknown token); unsubscribed"
+        };
+        tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = ?self.retry_in, "{what}");
+        m.inner
+            .subscription_failures
+            .with_label_values(&[self.cause])
+            .inc();
+    }
+}
+
+/// `update_presence` was sent.
+pub struct PresenceSent;
+
+impl InternalEvent for PresenceSent {
+    fn emit(self, m: &BridgeMetrics) {
+        m.inner.presence.inc();
+    }
+}
+
+/// A frame could not be used; it is skipped.
+pub struct FrameMalformed<'a> {
+    /// The connection's number.
+    pub conn: usize,
+    /// The error.
+    pub error: &'a FrameError,
+}
+
+impl InternalEvent for FrameMalformed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::warn!(conn = self.conn, kind = self.error.kind(), error = %self.error, "frame skipped");
+        m.inner
+            .frame_errors
+            .with_label_values(&[self.error.kind()])
+            .inc();
+    }
+}
+
+/// A control frame of an unknown type arrived.
+pub struct UnknownFrame<'a> {
+    /// The connection's number.
+    pub conn: usize,
+    /// Its type (cut to 64 characters).
+    pub kind: &'a str,
+}
+
+impl InternalEvent for UnknownFrame<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::debug!(
+            conn = self.conn,
+            kind = self.kind,
+            "unknown frame type ignored"
+        );
+        m.inner.unknown_frames.inc();
+    }
+}
+
+/// An event arrived.
+pub struct EventReceived {
+    /// Bounded label: the catalogue name or `other`.
+    pub event_label: &'static str,
+}
+
+impl InternalEvent for EventReceived {
+    fn emit(self, m: &BridgeMetrics) {
+        m.inner
+            .received
+            .with_label_values(&[self.event_label])
+            .inc();
+    }
+}
+
+/// A copy of a broadcast already published was suppressed.
+pub struct EventDeduplicated {
+    /// Bounded label.
+    pub event_label: &'static str,
+}
+
+impl InternalEvent for EventDeduplicated {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::trace!(event = self.event_label, "duplicate broadcast suppressed");
+        m.inner
+            .deduplicated
+            .with_label_values(&[self.event_label])
+            .inc();
+    }
+}
+
+/// The route filter left an event out.
+pub struct EventFiltered {
+    /// Bounded label.
+    pub event_label: &'static str,
+}
+
+impl InternalEvent for EventFiltered {
+    fn emit(self, m: &BridgeMetrics) {
+        m.inner
+            .filtered
+            .with_label_values(&[self.event_label])
+            .inc();
+    }
+}
+
+/// An event could not become a record.
+pub struct EventDropped<'a> {
+    /// `invalid_topic` or `buffer_closed`.
+    pub reason: &'static str,
+    /// Bounded label.
+    pub event_label: &'static str,
+    /// Details.
+    pub detail: &'a str,
+}
+
+impl InternalEvent for EventDropped<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::warn!(
+            reason = self.reason,
+            event = self.event_label,
+            detail = self.detail,
+            "event dropped"
+        );
+        m.inner.dropped.with_label_values(&[self.reason]).inc();
+    }
+}
+
+/// The platform sent `user:logout` for a token: it was rotated and must be replaced.
+pub struct TokenLoggedOut<'a> {
+    /// The subscription's account.
+    pub account: u64,
+    /// The token, redacted when logged.
+    pub token: &'a PubsubToken,
+}
+
+impl InternalEvent for TokenLoggedOut<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        tracing::error!(account = self.account, token = %self.token,
+            "the platform logged this token out (rotated?): update its pubsub token; other accounts keep running");
+        m.inner.logouts.inc();
+    }
+}
