@@ -426,13 +426,23 @@ mod tests {
                 count: 2,
             },
         );
-        for family in registry.gather() {
-            let name = family.name();
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split(' ').skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
             assert!(name.starts_with("voxsig_bridge_"), "{name}");
-            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+            if kind == "counter" {
                 assert!(name.ends_with("_total"), "{name}");
             }
         }
+        assert!(text.contains(
+            "voxsig_bridge_buffer_records_dropped_total{event=\"other\",reason=\"drop_oldest\"} 2"
+        ));
         assert!(SinkMetrics::register(&registry).is_err());
     }
 }

@@ -15,7 +15,7 @@
 //! The event loop's `poll` future is never cancelled while records are in flight, so the
 //! correspondence between requests and packet ids cannot slip.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::pin;
 use std::time::Duration;
 
@@ -157,8 +157,12 @@ struct Tracker {
     /// How many of `unassigned` (from the front) sit in rumqttc's `pending` queue after a
     /// connection error (the rest are still in its request channel).
     in_pending: usize,
-    /// Numbered, awaiting PUBACK / PUBCOMP.
-    by_pkid: HashMap<u16, Slot>,
+    /// Numbered, awaiting PUBACK / PUBCOMP, oldest first. rumqttc may hand a QoS 2 packet id
+    /// out again once PUBREC arrived, before PUBCOMP: the broker's answers come in order, so
+    /// the front of the queue is the one an acknowledgement is for.
+    by_pkid: HashMap<u16, VecDeque<Slot>>,
+    /// Packet ids rumqttc is about to re-send after resuming a session.
+    resends: HashSet<u16>,
     /// A publish rumqttc holds back because its packet id collided with an unacknowledged one.
     collided: Option<(u16, Slot)>,
     records_outstanding: usize,
@@ -251,14 +255,14 @@ impl Tracker {
     /// `Outgoing::Publish(pkid)`: a publish was written to the socket.
     fn on_sent(&mut self, pkid: u16, reader: &BufferReader) {
         if pkid != 0 {
-            if self.by_pkid.contains_key(&pkid) {
-                // A re-send of an unacknowledged publish after a reconnect (counted on CONNACK).
-                return;
-            }
             if matches!(&self.collided, Some((p, _)) if *p == pkid) {
                 if let Some((_, slot)) = self.collided.take() {
-                    self.by_pkid.insert(pkid, slot);
+                    self.by_pkid.entry(pkid).or_default().push_back(slot);
                 }
+                return;
+            }
+            if self.resends.remove(&pkid) {
+                // A re-send of an unacknowledged publish after a reconnect (counted on CONNACK).
                 return;
             }
         }
@@ -271,7 +275,7 @@ impl Tracker {
             // QoS 0: written is as delivered as it gets.
             self.settle(slot, reader);
         } else {
-            self.by_pkid.insert(pkid, slot);
+            self.by_pkid.entry(pkid).or_default().push_back(slot);
         }
     }
 
@@ -285,7 +289,17 @@ impl Tracker {
 
     /// PUBACK / PUBCOMP for `pkid`.
     fn on_acked(&mut self, pkid: u16, reader: &BufferReader) {
-        match self.by_pkid.remove(&pkid) {
+        let slot = match self.by_pkid.get_mut(&pkid) {
+            Some(queue) => {
+                let slot = queue.pop_front();
+                if queue.is_empty() {
+                    self.by_pkid.remove(&pkid);
+                }
+                slot
+            }
+            None => None,
+        };
+        match slot {
             Some(slot) => self.settle(slot, reader),
             None => tracing::debug!(pkid, "mqtt: acknowledgement for an unknown packet id"),
         }
@@ -304,14 +318,28 @@ impl Tracker {
 
     /// CONNACK: on a resumed session rumqttc re-sends what is unacknowledged; on a new one
     /// it dropped those publishes, so they go back to the buffer.
-    fn on_connected(&mut self, session_present: bool, reader: &BufferReader) {
+    fn on_connected(
+        &mut self,
+        session_present: bool,
+        eventloop: &EventLoop,
+        reader: &BufferReader,
+    ) {
         self.connected = true;
         let on_wire = self
             .by_pkid
             .values()
+            .flatten()
             .filter(|s| matches!(s, Slot::Record(_)))
             .count() as u64;
         if session_present {
+            self.resends = eventloop
+                .pending
+                .iter()
+                .filter_map(|r| match r {
+                    Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+                    _ => None,
+                })
+                .collect();
             emit(
                 &self.metrics,
                 RecordsRedelivered {
@@ -323,10 +351,11 @@ impl Tracker {
             return;
         }
         let lost_pending = self.in_pending.min(self.unassigned.len());
+        self.resends.clear();
         let lost: Vec<Slot> = self
             .by_pkid
             .drain()
-            .map(|(_, slot)| slot)
+            .flat_map(|(_, slots)| slots)
             .chain(self.unassigned.drain(..lost_pending))
             .chain(self.collided.take().map(|(_, slot)| slot))
             .collect();
@@ -347,9 +376,26 @@ impl Tracker {
         );
     }
 
-    /// A connection error: rumqttc moved unsent requests into its `pending` queue.
-    fn on_disconnected(&mut self, eventloop: &EventLoop) {
+    /// Publish bookkeeping for one event (CONNACK is handled by the caller).
+    fn on_event(&mut self, event: &Event, reader: &BufferReader) {
+        match event {
+            Event::Incoming(Packet::PubAck(ack)) => self.on_acked(ack.pkid, reader),
+            Event::Incoming(Packet::PubComp(comp)) => self.on_acked(comp.pkid, reader),
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.on_sent(*pkid, reader),
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.on_collision(*pkid),
+            _ => {}
+        }
+    }
+
+    /// A connection error: rumqttc moved unsent requests into its `pending` queue. Events it
+    /// generated before failing (a publish numbered and written but not flushed, acks read in
+    /// the same batch) are still queued inside it: take them now, so that every numbered
+    /// publish is in `by_pkid` and every other handed-over one is counted in `in_pending`.
+    fn on_disconnected(&mut self, eventloop: &mut EventLoop, reader: &BufferReader) {
         self.connected = false;
+        while let Some(event) = eventloop.state.events.pop_front() {
+            self.on_event(&event, reader);
+        }
         self.in_pending = eventloop
             .pending
             .iter()
@@ -402,6 +448,7 @@ impl MqttSink {
             unassigned: VecDeque::new(),
             in_pending: 0,
             by_pkid: HashMap::new(),
+            resends: HashSet::new(),
             collided: None,
             records_outstanding: 0,
             connected: false,
@@ -458,19 +505,20 @@ impl MqttSink {
                             },
                         },
                     );
-                    t.on_connected(ack.session_present, &reader);
+                    if !ack.session_present {
+                        // A publish held back for a packet-id collision belongs to the
+                        // forgotten session; the tracker sends it again.
+                        eventloop.state.collision = None;
+                    }
+                    t.on_connected(ack.session_present, &eventloop, &reader);
                     if let (Some(status), None) = (&self.status, stop_deadline) {
                         t.send_status(&client, status, true);
                     }
                 }
-                Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => t.on_acked(ack.pkid, &reader),
-                Some(Ok(Event::Incoming(Packet::PubComp(comp)))) => t.on_acked(comp.pkid, &reader),
-                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => t.on_sent(pkid, &reader),
-                Some(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => t.on_collision(pkid),
                 Some(Ok(Event::Outgoing(Outgoing::Disconnect))) if disconnecting => break,
-                Some(Ok(_)) => {}
+                Some(Ok(event)) => t.on_event(&event, &reader),
                 Some(Err(error)) => {
-                    t.on_disconnected(&eventloop);
+                    t.on_disconnected(&mut eventloop, &reader);
                     if disconnecting || stop_deadline.is_some() && reader.is_finished() {
                         break;
                     }

@@ -1,0 +1,475 @@
+//! The MQTT sink against a real mosquitto started on a free port.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{eventually, metric, Mosquitto, MosquittoOptions};
+use voxsig_sinks::testing::{record, seq_of, Generator, Layout};
+use voxsig_sinks::{
+    buffer, spawn, BufferConfig, BufferWriter, MqttConfig, Secret, SinkConfig, SinkHandle,
+    SinkMetrics,
+};
+
+#[derive(Debug, Clone)]
+struct Received {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+}
+
+/// A rumqttc subscriber that (re)subscribes whenever its session is new.
+struct Subscriber {
+    received: Arc<Mutex<Vec<Received>>>,
+    subacks: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    fn start(port: u16, id: &str, login: Option<(&str, &str)>, clean: bool, filter: &str) -> Self {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(clean)
+            .set_max_packet_size(4 << 20, 4 << 20);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let subacks = Arc::new(Mutex::new(0));
+        let (r, s, filter) = (received.clone(), subacks.clone(), filter.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                        let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() += 1,
+                    Ok(Event::Incoming(Packet::Publish(p))) => r.lock().unwrap().push(Received {
+                        topic: p.topic,
+                        payload: p.payload,
+                        retain: p.retain,
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        Subscriber {
+            received,
+            subacks,
+            task,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn subacks(&self) -> u32 {
+        *self.subacks.lock().unwrap()
+    }
+
+    /// Received generated records by seq (count of copies each).
+    fn by_seq(&self) -> BTreeMap<u64, Vec<Received>> {
+        let mut map: BTreeMap<u64, Vec<Received>> = BTreeMap::new();
+        for r in self.received() {
+            if let Some(seq) = seq_of(&r.payload) {
+                map.entry(seq).or_default().push(r);
+            }
+        }
+        map
+    }
+
+    async fn wait_subscribed(&self, n: u32) {
+        assert!(
+            eventually(Duration::from_secs(10), || self.subacks() >= n).await,
+            "subscriber did not subscribe"
+        );
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start_sink(
+    config: MqttConfig,
+    buffer_config: BufferConfig,
+) -> (BufferWriter, SinkHandle, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = SinkMetrics::register(&registry).unwrap();
+    let (writer, reader) = buffer(buffer_config, metrics);
+    let sink = SinkConfig::Mqtt(config)
+        .build("test")
+        .expect("build the sink");
+    (writer, spawn(sink, reader), registry)
+}
+
+fn fast_reconnect(config: &mut MqttConfig) {
+    config.reconnect.min_backoff_ms = 50;
+    config.reconnect.max_backoff_ms = 500;
+}
+
+/// Checks every seq in `seqs` but `allowed_missing` arrived at least once, each copy with the
+/// generator's topic and payload; returns the number of duplicates.
+fn check_complete(
+    sub: &Subscriber,
+    generator: &Generator,
+    seqs: std::ops::Range<u64>,
+    allowed_missing: usize,
+) -> u64 {
+    let by_seq = sub.by_seq();
+    let missing: Vec<u64> = seqs.clone().filter(|s| !by_seq.contains_key(s)).collect();
+    assert!(
+        missing.len() <= allowed_missing,
+        "{} of {seqs:?} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let mut duplicates = 0;
+    for (seq, copies) in &by_seq {
+        let expected = generator.record(*seq);
+        for copy in copies {
+            assert_eq!(copy.topic, expected.topic, "topic of seq {seq}");
+            assert_eq!(copy.payload, expected.payload, "payload of seq {seq}");
+        }
+        duplicates += copies.len() as u64 - 1;
+    }
+    duplicates
+}
+
+async fn push_all(writer: &BufferWriter, generator: &Generator, range: std::ops::Range<u64>) {
+    for n in range {
+        writer.push(generator.record(n)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_test_writer()
+        .try_init();
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    for qos in [0u8, 1, 2] {
+        let prefix = format!("voxsig-q{qos}");
+        let generator = Generator::new(&prefix, Layout::Mqtt);
+        let sub = Subscriber::start(
+            broker.port,
+            &format!("sub-q{qos}"),
+            None,
+            true,
+            &format!("{prefix}/#"),
+        );
+        sub.wait_subscribed(1).await;
+        let mut config = MqttConfig::new(broker.url());
+        config.qos = qos;
+        config.client_id = Some(format!("bridge-q{qos}"));
+        config.status.topic = format!("{prefix}/bridge/{{instance}}/status");
+        let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+        let n = 3_000;
+        push_all(&writer, &generator, 0..n).await;
+        assert!(
+            eventually(Duration::from_secs(20), || sub.by_seq().len() as u64 >= n).await,
+            "qos {qos}: {} of {n} arrived",
+            sub.by_seq().len()
+        );
+        let duplicates = check_complete(&sub, &generator, 0..n, 0);
+        assert_eq!(duplicates, 0, "qos {qos}: no reconnect, no duplicates");
+        assert!(
+            sub.received().iter().all(|r| !r.retain),
+            "live subscribers see retain=0"
+        );
+        let published = || {
+            metric(
+                &registry,
+                "voxsig_bridge_sink_records_published_total",
+                &[("sink", "mqtt")],
+            )
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || published() == n as f64).await,
+            "qos {qos}: acknowledged {} of {n}",
+            published()
+        );
+
+        // A dashboard connecting later sees the retained presence and the bridge's status.
+        let late = Subscriber::start(
+            broker.port,
+            &format!("late-q{qos}"),
+            None,
+            true,
+            &format!("{prefix}/#"),
+        );
+        assert!(eventually(Duration::from_secs(5), || late.received().len() >= 8).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let retained = late.received();
+        assert!(retained.iter().all(|r| r.retain));
+        let status: Vec<_> = retained
+            .iter()
+            .filter(|r| r.topic.ends_with("/status"))
+            .collect();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].topic, format!("{prefix}/bridge/test/status"));
+        assert_eq!(&status[0].payload[..], b"online");
+        let mut presence: Vec<_> = retained
+            .iter()
+            .filter(|r| !r.topic.ends_with("/status"))
+            .map(|r| r.topic.clone())
+            .collect();
+        presence.sort();
+        let expected: Vec<String> = (1..=7)
+            .map(|a| format!("{prefix}/{a}/presence.update"))
+            .collect();
+        assert_eq!(
+            presence, expected,
+            "only presence.update is retained, one per account"
+        );
+
+        let report = handle.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((report.delivered, report.undelivered), (n, 0));
+        // A clean stop leaves `offline` behind.
+        let after = Subscriber::start(
+            broker.port,
+            &format!("after-q{qos}"),
+            None,
+            true,
+            &format!("{prefix}/bridge/#"),
+        );
+        assert!(eventually(Duration::from_secs(5), || !after.received().is_empty()).await);
+        assert_eq!(&after.received()[0].payload[..], b"offline");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
+    let users = vec![
+        ("bridge".to_owned(), "bridge-pw".to_owned()),
+        ("sub".to_owned(), "sub-pw".to_owned()),
+    ];
+    let mut broker = Mosquitto::start(MosquittoOptions {
+        persistence: false,
+        users: users.clone(),
+    });
+    let sub = Subscriber::start(
+        broker.port,
+        "sub",
+        Some(("sub", "sub-pw")),
+        false,
+        "voxsig/#",
+    );
+    sub.wait_subscribed(1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "bridge-pw\n").unwrap();
+    let mut config = MqttConfig::new(broker.url());
+    config.username = Some("bridge".into());
+    config.password = Some(Secret::from_file(&pw_file));
+    fast_reconnect(&mut config);
+    let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+
+    let generator = Generator::new("voxsig", Layout::Mqtt);
+    let n = 6_000;
+    let producer = {
+        let (writer, generator) = (writer.clone(), generator.clone());
+        tokio::spawn(async move {
+            // As fast as the buffer takes them: a full in-flight window when the broker dies.
+            for i in 0..n {
+                writer.push(generator.record(i)).await.unwrap();
+            }
+        })
+    };
+    assert!(eventually(Duration::from_secs(20), || sub.by_seq().len() >= 1_000).await);
+    broker.kill();
+    // Records the broker acknowledged before it crashed are the broker's to lose (mosquitto
+    // acknowledges before it forwards; without persistence a crash in between loses them).
+    // The first session publishes and is acknowledged in seq order, so those are 0..acked.
+    let connected = || metric(&registry, "voxsig_bridge_sink_connected", &[]);
+    assert!(eventually(Duration::from_secs(5), || connected() == 0.0).await);
+    let acked_before_crash =
+        metric(&registry, "voxsig_bridge_sink_records_published_total", &[]) as u64;
+    // Restart with the bridge locked out until the subscriber has re-subscribed (the broker
+    // forgot every session), so the check below sees what the bridge re-publishes.
+    broker.write_passwords(&users[1..]);
+    broker.restart();
+    sub.wait_subscribed(2).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    broker.write_passwords(&users);
+    broker.reload();
+
+    producer.await.unwrap();
+    let unacked_arrived = || {
+        let by_seq = sub.by_seq();
+        (acked_before_crash..n).all(|s| by_seq.contains_key(&s))
+    };
+    assert!(
+        eventually(Duration::from_secs(30), unacked_arrived).await,
+        "{} of {n} arrived (acknowledged before the crash: {acked_before_crash})",
+        sub.by_seq().len()
+    );
+    let arrived = sub.by_seq();
+    let lost_by_broker = (0..acked_before_crash)
+        .filter(|s| !arrived.contains_key(s))
+        .count();
+    assert!(
+        lost_by_broker < 100,
+        "{lost_by_broker} acknowledged records lost by the crash"
+    );
+    let duplicates = check_complete(&sub, &generator, 0..n, lost_by_broker);
+    let redelivered = metric(&registry, "voxsig_bridge_sink_redeliveries_total", &[]) + 0.0;
+    let auth = metric(
+        &registry,
+        "voxsig_bridge_sink_connection_errors_total",
+        &[("kind", "auth")],
+    );
+    eprintln!("kill/restart: {n} records, {acked_before_crash} acknowledged before the crash, {lost_by_broker} of those lost by it, {duplicates} duplicates, {redelivered} redelivered, {auth} auth refusals");
+    assert!(
+        auth >= 1.0,
+        "the locked-out bridge was refused and kept going"
+    );
+    assert!(
+        redelivered >= 1.0,
+        "publishes unacknowledged at the kill were sent again"
+    );
+    assert!(
+        duplicates as f64 <= redelivered,
+        "duplicates only from redeliveries"
+    );
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.delivered, report.undelivered), (n, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_with_persistence_resumes_the_session() {
+    let mut broker = Mosquitto::start(MosquittoOptions {
+        persistence: true,
+        users: vec![],
+    });
+    let sub = Subscriber::start(broker.port, "sub-persist", None, false, "voxsig/#");
+    sub.wait_subscribed(1).await;
+    let mut config = MqttConfig::new(broker.url());
+    fast_reconnect(&mut config);
+    let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+    let generator = Generator::new("voxsig", Layout::Mqtt);
+    let n = 4_000;
+    let producer = {
+        let (writer, generator) = (writer.clone(), generator.clone());
+        tokio::spawn(async move {
+            for i in 0..n {
+                writer.push(generator.record(i)).await.unwrap();
+                if i % 25 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        })
+    };
+    assert!(eventually(Duration::from_secs(20), || sub.by_seq().len() >= 1_000).await);
+    broker.stop();
+    broker.restart();
+    producer.await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || sub.by_seq().len() as u64 >= n).await,
+        "{} of {n} arrived",
+        sub.by_seq().len()
+    );
+    let duplicates = check_complete(&sub, &generator, 0..n, 0);
+    let errors = metric(&registry, "voxsig_bridge_sink_connection_errors_total", &[]);
+    eprintln!("stop/restart with persistence: {duplicates} duplicates, {errors} connection errors");
+    assert!(errors >= 1.0);
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.delivered, report.undelivered), (n, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topics_and_oversized_records_are_rejected_and_counted() {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let sub = Subscriber::start(broker.port, "sub-invalid", None, true, "#");
+    sub.wait_subscribed(1).await;
+    let (writer, handle, registry) =
+        start_sink(MqttConfig::new(broker.url()), BufferConfig::default());
+    let bad_topics = ["voxsig/+/x", "voxsig/#", "$SYS/x", "", "a\0b"];
+    let mut valid = 0;
+    for (i, bad) in bad_topics.iter().enumerate() {
+        writer
+            .push(record(&format!("ok/{i}"), i as u64))
+            .await
+            .unwrap();
+        writer.push(record(bad, 100 + i as u64)).await.unwrap();
+        valid += 1;
+    }
+    let mut big = record("ok/big", 999);
+    big.payload = Bytes::from(vec![b'x'; 2 << 20]);
+    writer.push(big).await.unwrap();
+    writer.push(record("ok/last", 1000)).await.unwrap();
+    valid += 1;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            sub.received()
+                .iter()
+                .filter(|r| r.topic.starts_with("ok/"))
+                .count()
+                >= valid
+        })
+        .await
+    );
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.rejected, 6);
+    assert_eq!(report.delivered, valid as u64);
+    let failed = |reason| {
+        metric(
+            &registry,
+            "voxsig_bridge_sink_records_failed_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(failed("invalid_topic"), 5.0);
+    assert_eq!(failed("too_large"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
+    let broker = Mosquitto::start(MosquittoOptions {
+        persistence: false,
+        users: vec![("bridge".into(), "right".into())],
+    });
+    let mut wrong = MqttConfig::new(broker.url());
+    wrong.username = Some("bridge".into());
+    wrong.password = Some(Secret::inline("wrong"));
+    fast_reconnect(&mut wrong);
+    let mut nowhere = MqttConfig::new(format!("mqtt://127.0.0.1:{}", support::free_port()));
+    fast_reconnect(&mut nowhere);
+    for (config, kind) in [(wrong, "auth"), (nowhere, "refused")] {
+        let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+        for i in 0..10 {
+            writer.push(record("voxsig/1/x", i)).await.unwrap();
+        }
+        let errors = || {
+            metric(
+                &registry,
+                "voxsig_bridge_sink_connection_errors_total",
+                &[("kind", kind)],
+            )
+        };
+        assert!(
+            eventually(Duration::from_secs(5), || errors() >= 2.0).await,
+            "{kind}: {}",
+            errors()
+        );
+        assert!(!handle.is_finished(), "the sink keeps trying");
+        assert_eq!(writer.depth(), 10, "nothing accepted is dropped");
+        assert_eq!(metric(&registry, "voxsig_bridge_sink_connected", &[]), 0.0);
+        let report = handle.shutdown(Duration::from_millis(200)).await;
+        assert!(report.deadline_hit);
+        assert_eq!((report.delivered, report.undelivered), (0, 10));
+        assert_eq!(report.undelivered_by_event, vec![("message.created", 10)]);
+    }
+}

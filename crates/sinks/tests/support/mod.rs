@@ -1,0 +1,321 @@
+//! Test support: real broker processes (mosquitto, tansu) on free loopback ports.
+//!
+//! Each broker runs in its own temporary directory, is killed on drop, and can be killed and
+//! restarted on the same port. A missing binary fails the test with a pointer to
+//! `scripts/install-brokers.sh`; tests never pass silently without their broker.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Finds a broker binary on PATH or in the usual places, or fails the test clearly.
+pub fn binary(name: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    candidates.push(Path::new("/usr/sbin").join(name));
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin").join(name));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` not found (PATH, /usr/sbin, ~/.cargo/bin): run scripts/install-brokers.sh")
+        })
+}
+
+fn wait_listening(port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("broker exited with {status} before listening on {port}:\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker not listening on {port} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
+}
+
+/// Mosquitto options.
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoOptions {
+    /// Keep sessions and messages across restarts (saved on a clean stop).
+    pub persistence: bool,
+    /// `(user, password)` pairs; when set, anonymous clients are refused.
+    pub users: Vec<(String, String)>,
+}
+
+/// A mosquitto process.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    options: MosquittoOptions,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(options: MosquittoOptions) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            options,
+            child: None,
+        };
+        m.write_passwords(&m.options.users.clone());
+        m.spawn();
+        m
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    /// Rewrites the password file (takes effect on start or [`Mosquitto::reload`]).
+    pub fn write_passwords(&self, users: &[(String, String)]) {
+        if self.options.users.is_empty() {
+            return;
+        }
+        let file = self.dir.path().join("passwords");
+        let _ = std::fs::remove_file(&file);
+        std::fs::write(&file, "").expect("password file");
+        for (user, password) in users {
+            let status = Command::new(binary("mosquitto_passwd"))
+                .arg("-b")
+                .arg(&file)
+                .arg(user)
+                .arg(password)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("mosquitto_passwd");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\n\
+             log_dest file {log}\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             max_queued_messages 1000000\n\
+             max_inflight_messages 1000\n\
+             persistence {persistence}\n\
+             persistence_location {dir}/\n\
+             autosave_interval 3600\n",
+            port = self.port,
+            log = self.log_path().display(),
+            persistence = self.options.persistence,
+            dir = dir.display(),
+        );
+        if running_as_root() {
+            conf.push_str("user root\n");
+        }
+        if self.options.users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                dir.join("passwords").display()
+            ));
+        }
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let mut child = Command::new(binary("mosquitto"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        wait_listening(self.port, &mut child, &self.log_path());
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: a crash; nothing is saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: a clean stop; with persistence the database is saved.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "-TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port (and directory).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGHUP: reload the password file.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "-HUP");
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tansu process with in-memory storage.
+pub struct Tansu {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let mut t = Tansu {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        t.spawn();
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("tansu log");
+        let mut child = Command::new(binary("tansu"))
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu");
+        wait_listening(self.port, &mut child, &self.log_path());
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `condition` holds, polling every 10 ms; false after `timeout`.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+/// The sum of a metric's samples (counter or gauge) that carry all the given labels, read from
+/// the text exposition (independent of the prometheus crate's protobuf feature).
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus::Encoder;
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .expect("encode metrics");
+    String::from_utf8(text)
+        .expect("utf-8")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (metric_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
