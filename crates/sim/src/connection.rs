@@ -3,6 +3,8 @@
 
 use crate::config::Refusal;
 use crate::hub::{Outgoing, SocketEntry, Target};
+use crate::truth::Ticket;
+use std::sync::atomic::Ordering;
 use crate::shared::{Admitted, Shared};
 use crate::truth::PresenceRecord;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -65,7 +67,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         Ok(resp)
     };
     let max = shared.config.max_client_message;
+    // Client frames are small: a small read chunk keeps 10k sockets cheap (tungstenite
+    // allocates and zeroes a chunk per read).
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let handshake =
@@ -84,7 +89,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let id = shared.hub.next_connection_id();
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(shared.config.queue_capacity.max(4));
-    let _ = tx.try_send(Outgoing::Text(Utf8Bytes::from_static(WELCOME), None));
+    let _ = tx.try_send(Outgoing::Text(Utf8Bytes::from_static(WELCOME)));
     let (go, ready) = oneshot::channel();
     let writer = tokio::spawn(write_loop(shared.clone(), id, sink, rx));
     let reader = tokio::spawn(read_loop(shared.clone(), id, stream, tx.clone(), ready));
@@ -100,28 +105,67 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     debug!(connection = id, "connected");
 }
 
-/// Drains the socket's queue, a batch per flush; a slow-writer fault delays every frame.
+/// A socket writer's queue and what it fed but has not flushed yet. However the writer ends
+/// (socket error, close, abort), dropping this counts every event frame left as dropped; their
+/// tickets mark the ground truth.
+struct Queue {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Outgoing>,
+    unflushed: u64,
+    tickets: Vec<Ticket>,
+}
+
+impl Queue {
+    fn flushed(&mut self) {
+        let counters = &self.shared.counters;
+        counters.written.fetch_add(self.unflushed, Ordering::Relaxed);
+        self.unflushed = 0;
+        self.tickets.drain(..).for_each(Ticket::written);
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut dropped = self.unflushed;
+        while let Ok(item) = self.rx.try_recv() {
+            dropped += u64::from(matches!(item, Outgoing::Event(..)));
+        }
+        self.shared
+            .counters
+            .dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+/// Drains the socket's queue, a batch per flush; a slow-writer fault delays and flushes every
+/// frame.
 async fn write_loop(
     shared: Arc<Shared>,
     id: u64,
     mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    rx: mpsc::Receiver<Outgoing>,
 ) {
-    let mut tickets = Vec::new();
-    'socket: while let Some(first) = rx.recv().await {
+    let mut q = Queue {
+        shared: shared.clone(),
+        rx,
+        unflushed: 0,
+        tickets: Vec::new(),
+    };
+    'socket: while let Some(first) = q.rx.recv().await {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(item) = next.take() {
-            let slow = shared.knobs.slow_writer();
-            if let Some(delay) = slow {
-                tokio::time::sleep(delay).await;
-            }
-            let sent = match item {
-                Outgoing::Text(text, ticket) => {
-                    tickets.extend(ticket);
-                    sink.feed(Message::Text(text)).await
+            // Account for the frame as soon as it leaves the queue, so an abort in the middle
+            // still counts it.
+            let msg = match item {
+                Outgoing::Text(text) => Message::Text(text),
+                Outgoing::Event(text, ticket) => {
+                    q.unflushed += 1;
+                    q.tickets.extend(ticket);
+                    Message::Text(text)
                 }
-                Outgoing::Binary(bytes) => sink.feed(Message::Binary(bytes)).await,
+                Outgoing::Binary(bytes) => Message::Binary(bytes),
                 Outgoing::Disconnect(frame) => {
                     let close = Message::Close(Some(CloseFrame {
                         code: CloseCode::Normal,
@@ -130,28 +174,32 @@ async fn write_loop(
                     if sink.feed(Message::Text(frame)).await.is_ok()
                         && sink.send(close).await.is_ok()
                     {
-                        tickets.drain(..).for_each(|t| t.written());
+                        q.flushed();
                     }
                     // The client answers the close; if it does not, cut the socket.
                     tokio::time::sleep(CLOSE_GRACE).await;
                     break 'socket;
                 }
             };
-            if sent.is_err() {
+            let slow = shared.knobs.slow_writer();
+            if let Some(delay) = slow {
+                tokio::time::sleep(delay).await;
+            }
+            let fed = sink.feed(msg).await;
+            if fed.is_err() {
                 break 'socket;
             }
             n += 1;
             if slow.is_none() && n < WRITE_BATCH {
-                next = rx.try_recv().ok();
+                next = q.rx.try_recv().ok();
             }
         }
         if sink.flush().await.is_err() {
             break;
         }
-        tickets.drain(..).for_each(|t| t.written());
+        q.flushed();
     }
-    // Unwritten tickets drop here and in the closed queue: they are recorded as dropped.
-    rx.close();
+    drop(q);
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
     shared.hub.abort_socket(id);
 }
@@ -168,11 +216,11 @@ struct ClientFrame {
 /// An identifier held by a socket.
 enum Held {
     Confirmed {
-        target: Target,
+        target: Arc<Target>,
         admitted: Admitted,
     },
     /// Refused silently; `Some` when it still streams its token's events.
-    Pending(Option<Target>),
+    Pending(Option<Arc<Target>>),
 }
 
 /// The reader's state; dropping it (socket closed or aborted) unregisters the socket.
@@ -257,7 +305,7 @@ impl Conn {
     }
 
     async fn send(&self, frame: Utf8Bytes) {
-        let send = self.tx.send(Outgoing::Text(frame, None));
+        let send = self.tx.send(Outgoing::Text(frame));
         let _ = tokio::time::timeout(self.shared.config.send_timeout, send).await;
     }
 
@@ -272,13 +320,13 @@ impl Conn {
             return;
         }
         let identifier: Arc<str> = Arc::from(identifier);
-        let target = Target {
+        let target = Arc::new(Target {
             connection: self.id,
             token: Arc::from(key.pubsub_token.expose()),
             escaped: escape(&identifier),
             identifier: identifier.clone(),
             tx: self.tx.clone(),
-        };
+        });
         let hub = &self.shared.hub;
         match self.shared.authorize(&key) {
             Ok(admitted) => {

@@ -3,12 +3,13 @@
 
 use crate::error::{Result, SimError};
 use crate::hub::{Outgoing, Target};
-use crate::payload::{self, has_conversation, Scene};
+use crate::payload::{self, has_conversation, Scene, Times};
 use crate::rng::Rng;
 use crate::shared::{Member, Shared};
 use crate::truth::{DeliveryLog, EventLog, Origin, Ticket};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -198,7 +199,8 @@ pub(crate) struct Emitter {
     next_message: u64,
     next_notification: u64,
     round_robin: usize,
-    targets: Vec<Target>,
+    targets: Vec<Arc<Target>>,
+    times: Times,
 }
 
 impl Emitter {
@@ -211,7 +213,19 @@ impl Emitter {
             next_notification: 400_000,
             round_robin: 0,
             targets: Vec::new(),
+            times: Times::default(),
         }
+    }
+
+    /// Refreshes the cached timestamps when the second changes; returns the milliseconds.
+    fn tick(&mut self) -> u16 {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if d.as_secs() != self.times.now {
+            self.times = Times::at(d.as_secs());
+        }
+        d.subsec_millis() as u16
     }
 
     fn next_seq(&mut self, account_id: u64) -> u64 {
@@ -221,21 +235,41 @@ impl Emitter {
     }
 }
 
-/// An event ready to send.
+/// An event ready to send. `frame` is the first subscription's whole frame
+/// (`{"identifier":"…"` then the body), or the body alone when nobody is subscribed; the body,
+/// `","message":{"event":"NAME","data":DATA}}`, starts at `body` and DATA spans `data`.
 struct Rendered {
     kind: EventKind,
     account_id: u64,
     sim_seq: u64,
     conversation_id: Option<u64>,
     origin: Origin,
-    data: String,
+    frame: String,
+    body: usize,
+    data: Range<usize>,
 }
 
-fn unix_now() -> (u64, u16) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs(), d.subsec_millis() as u16)
+/// Writes the start of a frame: the first target's identifier, then the body up to `data`.
+/// Returns the buffer, where the body starts, and where the data starts.
+fn frame_start(kind: EventKind, first: Option<&Target>, capacity: usize) -> (String, usize, usize) {
+    let mut frame = String::with_capacity(capacity);
+    if let Some(t) = first {
+        frame.push_str("{\"identifier\":\"");
+        frame.push_str(&t.escaped);
+    }
+    let body = frame.len();
+    frame.push_str("\",\"message\":{\"event\":\"");
+    frame.push_str(kind.name().unwrap_or("other"));
+    frame.push_str("\",\"data\":");
+    let data = frame.len();
+    (frame, body, data)
+}
+
+/// Closes the frame after the data; returns the data's span.
+fn frame_end(frame: &mut String, data: usize) -> Range<usize> {
+    let end = frame.len();
+    frame.push_str("}}");
+    data..end
 }
 
 /// Checks that a selection names only known accounts and catalogued events.
@@ -312,7 +346,7 @@ impl Shared {
         if kind.shape() == PayloadShape::Notification {
             em.next_notification += 1;
         }
-        let (now, now_ms) = unix_now();
+        let now_ms = em.tick();
         let sim_seq = em.next_seq(account_id);
         let scene = Scene {
             account: &world.accounts[acc.position],
@@ -322,12 +356,26 @@ impl Shared {
             agent,
             by_contact,
             private,
-            now,
+            times: &em.times,
             now_ms,
             message_id: em.next_message,
             notification_id: em.next_notification,
             sim_seq,
         };
+        // Notifications are for one user; everything else for every user of the account, and
+        // conversation events also for the conversation's contact unless private.
+        let to_contact = kind.audience() == Some(Audience::AgentsAndContacts)
+            && has_conversation(kind)
+            && !private;
+        let contact_token = to_contact.then(|| world.contacts[contact].pubsub_token.as_str());
+        em.targets.clear();
+        if kind.shape() == PayloadShape::Notification {
+            self.hub
+                .targets(std::iter::once(agent.pubsub_token.as_str()), &mut em.targets);
+        } else {
+            let users = acc.users.iter().map(|i| world.users[*i].pubsub_token.as_str());
+            self.hub.targets(users.chain(contact_token), &mut em.targets);
+        }
         let users_online: Vec<(u64, &str)> = if kind == EventKind::PresenceUpdate {
             acc.users
                 .iter()
@@ -336,42 +384,30 @@ impl Shared {
         } else {
             Vec::new()
         };
-        let mut data = String::with_capacity(2048);
-        payload::render(&mut data, kind, &scene, &users_online, &mut em.rng);
-
-        // Notifications are for one user; everything else for every user of the account, and
-        // conversation events also for the conversation's contact unless private.
-        let to_contact = kind.audience() == Some(Audience::AgentsAndContacts)
-            && has_conversation(kind)
-            && !private;
-        let contact_token = to_contact.then(|| world.contacts[contact].pubsub_token.as_str());
-        if kind.shape() == PayloadShape::Notification {
-            self.hub
-                .targets(std::iter::once(agent.pubsub_token.as_str()), &mut em.targets);
-        } else {
-            let users = acc.users.iter().map(|i| world.users[*i].pubsub_token.as_str());
-            self.hub.targets(users.chain(contact_token), &mut em.targets);
-        }
+        let (mut frame, body, data) = frame_start(kind, em.targets.first().map(|t| &**t), 4096);
+        payload::render(&mut frame, kind, &scene, &users_online, &mut em.rng);
+        let data = frame_end(&mut frame, data);
         Ok(Rendered {
             kind,
             account_id,
             sim_seq,
             conversation_id: has_conversation(kind).then_some(conversation_id),
             origin: Origin::Broadcast,
+            frame,
+            body,
             data,
         })
     }
 
-    /// Records the event and queues one frame per target: `{"identifier":"…",` then the message
-    /// part, rendered once.
-    async fn deliver(&self, em: &mut Emitter, ev: Rendered, targets: &[Target]) -> EmittedEvent {
+    /// Records the event and queues one frame per target: the rendered frame for the first,
+    /// `{"identifier":"…"` and a copy of the body for the others.
+    async fn deliver(
+        &self,
+        em: &mut Emitter,
+        ev: Rendered,
+        targets: &[Arc<Target>],
+    ) -> EmittedEvent {
         let name = ev.kind.name().unwrap_or("other");
-        let mut suffix = String::with_capacity(ev.data.len() + 48);
-        suffix.push_str("\",\"message\":{\"event\":\"");
-        suffix.push_str(name);
-        suffix.push_str("\",\"data\":");
-        suffix.push_str(&ev.data);
-        suffix.push_str("}}");
         em.next_id += 1;
         let log = self.truth.recording().then(|| {
             Arc::new(EventLog {
@@ -383,7 +419,7 @@ impl Shared {
                 conversation_id: ev.conversation_id,
                 origin: ev.origin,
                 at_ms: self.millis(),
-                data: Arc::from(ev.data),
+                data: Arc::from(&ev.frame[ev.data.clone()]),
                 deliveries: targets
                     .iter()
                     .map(|t| DeliveryLog {
@@ -396,31 +432,48 @@ impl Shared {
             })
         });
         self.truth.record(log.clone());
-        for (i, t) in targets.iter().enumerate() {
-            let mut frame = String::with_capacity(16 + t.escaped.len() + suffix.len());
+        self.counters
+            .queued
+            .fetch_add(targets.len() as u64, Ordering::Relaxed);
+        let body = &ev.frame[ev.body..];
+        for (i, t) in targets.iter().enumerate().skip(1) {
+            let mut frame = String::with_capacity(16 + t.escaped.len() + body.len());
             frame.push_str("{\"identifier\":\"");
             frame.push_str(&t.escaped);
-            frame.push_str(&suffix);
-            let ticket = Ticket::new(
-                self.counters.clone(),
-                log.as_ref().map(|l| (l.clone(), i)),
-            );
-            match t.tx.try_send(Outgoing::Text(frame.into(), Some(ticket))) {
-                Ok(()) | Err(TrySendError::Closed(_)) => {}
-                // A full queue: wait for the writer, up to the send timeout (a dropped frame
-                // drops its ticket, which records it as dropped).
-                Err(TrySendError::Full(item)) => {
-                    let _ = t.tx.send_timeout(item, self.config.send_timeout).await;
-                }
-            }
+            frame.push_str(body);
+            self.queue(t, frame, log.as_ref().map(|l| Ticket::new(l.clone(), i)))
+                .await;
         }
-        EmittedEvent {
+        let sent = EmittedEvent {
             id: em.next_id,
             event: name,
             account_id: ev.account_id,
             sim_seq: ev.sim_seq,
             conversation_id: ev.conversation_id,
             frames: targets.len(),
+        };
+        if let Some(first) = targets.first() {
+            self.queue(first, ev.frame, log.map(|l| Ticket::new(l, 0)))
+                .await;
+        }
+        sent
+    }
+
+    /// Queues one event frame; a full queue is waited for up to the send timeout.
+    async fn queue(&self, target: &Target, frame: String, ticket: Option<Ticket>) {
+        let item = Outgoing::Event(frame.into(), ticket);
+        let lost = match target.tx.try_send(item) {
+            Ok(()) => false,
+            Err(TrySendError::Closed(_)) => true,
+            Err(TrySendError::Full(item)) => target
+                .tx
+                .send_timeout(item, self.config.send_timeout)
+                .await
+                .is_err(),
+        };
+        // A frame that never entered the queue (its ticket, dropped here, records it too).
+        if lost {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -430,7 +483,6 @@ impl Shared {
         spec: &EventSpec,
         sel: &Selection,
     ) -> Result<EmittedEvent> {
-        em.targets.clear();
         let rendered = self.render(em, spec, sel)?;
         let targets = std::mem::take(&mut em.targets);
         let sent = self.deliver(em, rendered, &targets).await;
@@ -524,7 +576,12 @@ impl Shared {
 
     /// Answers a subscribe or `update_presence` with the account's presence, to that
     /// subscription only (contacts get no contacts map).
-    pub(crate) async fn reply_presence(&self, target: &Target, account_id: u64, member: Member) {
+    pub(crate) async fn reply_presence(
+        &self,
+        target: &Arc<Target>,
+        account_id: u64,
+        member: Member,
+    ) {
         let (users, contacts) = self.presence_maps(account_id, matches!(member, Member::User(_)));
         let users: Vec<(u64, &str)> = users.iter().map(|(id, s)| (*id, s.as_str())).collect();
         let contacts: Option<Vec<(u64, &str)>> = contacts
@@ -532,14 +589,17 @@ impl Shared {
             .map(|v| v.iter().map(|(id, s)| (*id, s.as_str())).collect());
         let mut em = self.emitter.lock().await;
         let sim_seq = em.next_seq(account_id);
-        let mut data = String::with_capacity(128);
-        payload::presence(&mut data, account_id, &users, contacts.as_deref(), sim_seq);
+        let (mut frame, body, data) = frame_start(EventKind::PresenceUpdate, Some(target), 512);
+        payload::presence(&mut frame, account_id, &users, contacts.as_deref(), sim_seq);
+        let data = frame_end(&mut frame, data);
         let rendered = Rendered {
             kind: EventKind::PresenceUpdate,
             account_id,
             sim_seq,
             conversation_id: None,
             origin: Origin::Reply,
+            frame,
+            body,
             data,
         };
         self.deliver(&mut em, rendered, std::slice::from_ref(target))

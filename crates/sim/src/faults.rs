@@ -28,7 +28,7 @@ pub enum Malformed {
 
 impl Malformed {
     fn frame(self) -> Outgoing {
-        let text = |s: String| Outgoing::Text(Utf8Bytes::from(s), None);
+        let text = |s: String| Outgoing::Text(Utf8Bytes::from(s));
         match self {
             Malformed::InvalidJson => text(
                 r#"{"identifier":"{\"channel\":\"RoomChannel\"}","message":{"event":"message.created","data":{"id":"#

@@ -12,8 +12,10 @@ use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 /// A frame for one socket's writer.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A text frame; event frames carry a ticket that records their delivery.
-    Text(Utf8Bytes, Option<Ticket>),
+    /// A control text frame (welcome, ping, confirm, reject, a malformed frame).
+    Text(Utf8Bytes),
+    /// An event frame; a recorded event's frame carries the ticket that records its delivery.
+    Event(Utf8Bytes, Option<Ticket>),
     /// A binary frame (a fault).
     Binary(Bytes),
     /// A `disconnect` frame, then a close frame with code 1000, then the socket closes.
@@ -78,7 +80,7 @@ pub struct Stats {
 pub(crate) struct Hub {
     sockets: Mutex<HashMap<u64, SocketEntry>>,
     /// Token to the subscriptions streaming it.
-    streams: RwLock<HashMap<Arc<str>, Vec<Target>>>,
+    streams: RwLock<HashMap<Arc<str>, Vec<Arc<Target>>>>,
     pub(crate) gauges: watch::Sender<Stats>,
     next_connection: AtomicU64,
     pub(crate) pings_skipped: AtomicU64,
@@ -137,7 +139,7 @@ impl Hub {
     }
 
     /// Makes `target` receive its token's events.
-    pub(crate) fn add_stream(&self, target: Target) {
+    pub(crate) fn add_stream(&self, target: Arc<Target>) {
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
         streams.entry(target.token.clone()).or_default().push(target);
     }
@@ -154,7 +156,11 @@ impl Hub {
     }
 
     /// Appends the subscriptions streaming each token to `out`.
-    pub(crate) fn targets<'a>(&self, tokens: impl Iterator<Item = &'a str>, out: &mut Vec<Target>) {
+    pub(crate) fn targets<'a>(
+        &self,
+        tokens: impl Iterator<Item = &'a str>,
+        out: &mut Vec<Arc<Target>>,
+    ) {
         let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
         for token in tokens {
             if let Some(targets) = streams.get(token) {

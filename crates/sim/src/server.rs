@@ -106,7 +106,7 @@ pub(crate) fn spawn_pings(shared: Arc<Shared>) -> JoinHandle<()> {
                 .as_secs();
             let frame = Utf8Bytes::from(format!("{{\"type\":\"ping\",\"message\":{now}}}"));
             for (_, tx) in shared.hub.socket_queues() {
-                if tx.try_send(Outgoing::Text(frame.clone(), None)).is_err() {
+                if tx.try_send(Outgoing::Text(frame.clone())).is_err() {
                     shared.hub.pings_skipped.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -211,7 +211,8 @@ impl EventLog {
     }
 }
 
-/// Counters of event frames, shared with every frame in flight.
+/// Counters of event frames: queued by the generator (once per event), written by each socket
+/// writer (once per flush), dropped where a frame is discarded.
 #[derive(Debug, Default)]
 pub(crate) struct FrameCounters {
     pub(crate) queued: AtomicU64,
@@ -219,50 +220,37 @@ pub(crate) struct FrameCounters {
     pub(crate) dropped: AtomicU64,
 }
 
-/// Rides with an event frame through the socket queue: marks the delivery written when the
-/// writer has flushed it, and dropped if it is discarded first (queue dropped, send timed out).
+/// Rides with a recorded event's frame through the socket queue: the writer marks the delivery
+/// written once flushed; dropped unwritten (queue discarded, send timed out), it marks it dropped.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    counters: Arc<FrameCounters>,
-    log: Option<(Arc<EventLog>, usize)>,
-    done: bool,
+    log: Arc<EventLog>,
+    index: usize,
 }
 
 impl Ticket {
-    pub(crate) fn new(counters: Arc<FrameCounters>, log: Option<(Arc<EventLog>, usize)>) -> Self {
-        counters.queued.fetch_add(1, Ordering::Relaxed);
-        Ticket {
-            counters,
-            log,
-            done: false,
-        }
+    pub(crate) fn new(log: Arc<EventLog>, index: usize) -> Self {
+        Ticket { log, index }
     }
 
-    fn finish(&mut self, status: DeliveryStatus) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let counter = match status {
-            DeliveryStatus::Written => &self.counters.written,
-            _ => &self.counters.dropped,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if let Some((log, i)) = &self.log {
-            log.deliveries[*i]
-                .status
-                .store(status as u8, Ordering::Release);
-        }
+    fn mark(&self, status: DeliveryStatus) {
+        // Only a queued delivery changes: written or dropped is final.
+        let _ = self.log.deliveries[self.index].status.compare_exchange(
+            DeliveryStatus::Queued as u8,
+            status as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
-    pub(crate) fn written(mut self) {
-        self.finish(DeliveryStatus::Written);
+    pub(crate) fn written(self) {
+        self.mark(DeliveryStatus::Written);
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.finish(DeliveryStatus::Dropped);
+        self.mark(DeliveryStatus::Dropped);
     }
 }
 
@@ -372,17 +360,13 @@ mod tests {
     }
 
     #[test]
-    fn tickets_mark_deliveries_and_count() {
-        let counters = Arc::new(FrameCounters::default());
+    fn tickets_mark_deliveries() {
         let l = log(1);
-        Ticket::new(counters.clone(), Some((l.clone(), 0))).written();
-        assert_eq!(DeliveryStatus::from_u8(l.deliveries[0].status.load(Ordering::Acquire)), DeliveryStatus::Written);
+        Ticket::new(l.clone(), 0).written();
+        assert_eq!(l.snapshot(true).deliveries[0].status, DeliveryStatus::Written);
         let l2 = log(2);
-        drop(Ticket::new(counters.clone(), Some((l2.clone(), 0))));
+        drop(Ticket::new(l2.clone(), 0));
         assert_eq!(l2.snapshot(true).deliveries[0].status, DeliveryStatus::Dropped);
-        assert_eq!(counters.queued.load(Ordering::Relaxed), 2);
-        assert_eq!(counters.written.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]
