@@ -69,9 +69,10 @@ async fn clients(sim: &Sim, ids: Vec<Vec<RoomIdentifier>>, counts: Arc<Counts>, 
     for (n, socket_ids) in ids.into_iter().enumerate() {
         // Small read chunks: tungstenite zeroes the whole chunk before every read.
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(sim.url(), Some(config), false)
-            .await
-            .unwrap_or_else(|e| panic!("socket {n}: {e}"));
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(sim.url(), Some(config), false)
+                .await
+                .unwrap_or_else(|e| panic!("socket {n}: {e}"));
         for id in &socket_ids {
             ws.send(Message::Text(Command::Subscribe(id).encode().into()))
                 .await
@@ -146,7 +147,10 @@ async fn throughput(
     let note = if frames < expected {
         format!("INCOMPLETE: {frames} of {expected} frames by the deadline")
     } else {
-        format!("emit alone {:.0} events/s", report.map_or(0.0, |r| r.events_per_sec))
+        format!(
+            "emit alone {:.0} events/s",
+            report.map_or(0.0, |r| r.events_per_sec)
+        )
     };
     let mbytes = counts.bytes.load(Ordering::Relaxed) as f64 / 1e6;
     sim.shutdown().await;
@@ -163,7 +167,13 @@ async fn throughput(
 
 /// `subscriptions` user tokens over `sockets` sockets; then a burst giving every subscription
 /// `per_sub` events.
-async fn concurrency(scenario: &str, sockets: usize, subscriptions: usize, per_sub: u64, limit: Duration) -> Row {
+async fn concurrency(
+    scenario: &str,
+    sockets: usize,
+    subscriptions: usize,
+    per_sub: u64,
+    limit: Duration,
+) -> Row {
     // One user per subscription: accounts of 50 users, so each event fans out to 50 subscriptions.
     let users = 50.min(subscriptions);
     let accounts = subscriptions / users;
@@ -189,10 +199,11 @@ async fn concurrency(scenario: &str, sockets: usize, subscriptions: usize, per_s
         .filter(|k| !k.to_string().starts_with("notification"))
         .collect();
     let events = per_sub * accounts as u64;
-    let report = tokio::time::timeout_at(deadline, sim.burst(events, &Selection::all().kinds(kinds)))
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let report =
+        tokio::time::timeout_at(deadline, sim.burst(events, &Selection::all().kinds(kinds)))
+            .await
+            .ok()
+            .and_then(Result::ok);
     let expected = sim.stats().event_frames_queued - base;
     let secs = until(&counts, replies + expected, t0, deadline).await;
     let frames = counts.frames.load(Ordering::Relaxed) - replies;
@@ -201,12 +212,19 @@ async fn concurrency(scenario: &str, sockets: usize, subscriptions: usize, per_s
         "{} subscriptions confirmed in {subscribe_secs:.2} s; RSS {:.0} MiB (sim + client){}",
         stats.subscriptions,
         rss_mib(),
-        if frames < expected { "; INCOMPLETE" } else { "" }
+        if frames < expected {
+            "; INCOMPLETE"
+        } else {
+            ""
+        }
     );
     sim.shutdown().await;
     Row {
         scenario: scenario.to_owned(),
-        shape: format!("{sockets} sockets x {} subscriptions", subscriptions / sockets),
+        shape: format!(
+            "{sockets} sockets x {} subscriptions",
+            subscriptions / sockets
+        ),
         events: report.map_or(0, |r| r.events),
         frames,
         secs,

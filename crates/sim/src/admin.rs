@@ -57,7 +57,10 @@ pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
     let app = router(shared);
     tokio::spawn(async move {
         let stop = async move { crate::server::shutting_down(&mut shutdown).await };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::warn!(error = %e, "admin endpoint failed");
         }
     });
@@ -111,7 +114,10 @@ struct ExportQuery {
     accounts: Option<String>,
 }
 
-async fn bridge_config(State(s): AppState, Query(q): Query<ExportQuery>) -> Result<Response, ApiError> {
+async fn bridge_config(
+    State(s): AppState,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
     let tokens = match q.tokens.as_deref() {
         Some(t) => t.parse()?,
         None => TokenSelection::Users,
@@ -305,7 +311,8 @@ struct IntervalBody {
 }
 
 async fn ping_interval(State(s): AppState, Json(b): Json<IntervalBody>) -> Reply {
-    s.knobs.set_ping_interval(Duration::from_millis(b.ms.max(1)));
+    s.knobs
+        .set_ping_interval(Duration::from_millis(b.ms.max(1)));
     ok(json!({ "ping_interval_ms": b.ms.max(1) }))
 }
 

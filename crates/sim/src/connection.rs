@@ -3,14 +3,14 @@
 
 use crate::config::Refusal;
 use crate::hub::{Outgoing, SocketEntry, Target};
-use crate::truth::Ticket;
-use std::sync::atomic::Ordering;
 use crate::shared::{Admitted, Shared};
 use crate::truth::PresenceRecord;
+use crate::truth::Ticket;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -45,27 +45,8 @@ type Ws = WebSocketStream<TcpStream>;
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let path = shared.config.path.clone();
-    let check = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != path {
-            let mut not_found = ErrorResponse::new(Some("not found".to_owned()));
-            *not_found.status_mut() = StatusCode::NOT_FOUND;
-            return Err(not_found);
-        }
-        let offered = req
-            .headers()
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == SUBPROTOCOL);
-        if offered {
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
-        }
-        Ok(resp)
-    };
+    #[allow(clippy::result_large_err)] // The signature is tungstenite's handshake callback.
+    let check = move |req: &Request, resp: Response| check_request(&path, req, resp);
     let max = shared.config.max_client_message;
     // Client frames are small: a small read chunk keeps 10k sockets cheap (tungstenite
     // allocates and zeroes a chunk per read).
@@ -73,8 +54,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
         .read_buffer_size(8 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(ws_config));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(ws_config));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -118,7 +98,9 @@ struct Queue {
 impl Queue {
     fn flushed(&mut self) {
         let counters = &self.shared.counters;
-        counters.written.fetch_add(self.unflushed, Ordering::Relaxed);
+        counters
+            .written
+            .fetch_add(self.unflushed, Ordering::Relaxed);
         self.unflushed = 0;
         self.tickets.drain(..).for_each(Ticket::written);
     }
@@ -136,6 +118,31 @@ impl Drop for Queue {
             .dropped
             .fetch_add(dropped, Ordering::Relaxed);
     }
+}
+
+/// Answers 404 off the WebSocket path, and chooses `actioncable-v1-json` when the client offers
+/// it (a client offering nothing is accepted too, as Rails does).
+#[allow(clippy::result_large_err)] // The signature is tungstenite's handshake callback.
+fn check_request(path: &str, req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() != path {
+        let mut not_found = ErrorResponse::new(Some("not found".to_owned()));
+        *not_found.status_mut() = StatusCode::NOT_FOUND;
+        return Err(not_found);
+    }
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if offered {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(resp)
 }
 
 /// Drains the socket's queue, a batch per flush; a slow-writer fault delays and flushes every
@@ -247,12 +254,9 @@ impl Drop for Conn {
                 }
             }
         }
-        self.shared.hub.remove_socket(
-            self.id,
-            tokens.iter().map(|t| &**t),
-            confirmed,
-            pending,
-        );
+        self.shared
+            .hub
+            .remove_socket(self.id, tokens.iter().map(|t| &**t), confirmed, pending);
         debug!(connection = self.id, "disconnected");
     }
 }

@@ -133,8 +133,8 @@ pub struct EmitReport {
     pub events: u64,
     /// Event frames queued to sockets.
     pub frames: u64,
-    /// Time taken.
-    #[serde(serialize_with = "millis")]
+    /// Time taken (`elapsed_ms` in JSON).
+    #[serde(rename = "elapsed_ms", serialize_with = "millis")]
     pub elapsed: Duration,
     /// `events` per second over `elapsed`.
     pub events_per_sec: f64,
@@ -326,9 +326,7 @@ impl Shared {
         };
         let rng = &mut em.rng;
         let agent = &world.users[*rng.pick(&acc.users)];
-        let assignee = rng
-            .chance(80)
-            .then(|| &world.users[*rng.pick(&acc.users)]);
+        let assignee = rng.chance(80).then(|| &world.users[*rng.pick(&acc.users)]);
         let by_contact = match kind.shape() {
             PayloadShape::Message => kind != EventKind::FirstReplyCreated && rng.chance(50),
             PayloadShape::Typing => rng.chance(50),
@@ -337,7 +335,9 @@ impl Shared {
         let private = !by_contact
             && matches!(
                 kind,
-                EventKind::MessageCreated | EventKind::MessageUpdated | EventKind::ConversationTypingOn
+                EventKind::MessageCreated
+                    | EventKind::MessageUpdated
+                    | EventKind::ConversationTypingOn
             )
             && rng.chance(10);
         if kind.shape() == PayloadShape::Message {
@@ -370,11 +370,17 @@ impl Shared {
         let contact_token = to_contact.then(|| world.contacts[contact].pubsub_token.as_str());
         em.targets.clear();
         if kind.shape() == PayloadShape::Notification {
-            self.hub
-                .targets(std::iter::once(agent.pubsub_token.as_str()), &mut em.targets);
+            self.hub.targets(
+                std::iter::once(agent.pubsub_token.as_str()),
+                &mut em.targets,
+            );
         } else {
-            let users = acc.users.iter().map(|i| world.users[*i].pubsub_token.as_str());
-            self.hub.targets(users.chain(contact_token), &mut em.targets);
+            let users = acc
+                .users
+                .iter()
+                .map(|i| world.users[*i].pubsub_token.as_str());
+            self.hub
+                .targets(users.chain(contact_token), &mut em.targets);
         }
         let users_online: Vec<(u64, &str)> = if kind == EventKind::PresenceUpdate {
             acc.users
@@ -510,7 +516,10 @@ impl Shared {
             let mut em = self.emitter.lock().await;
             // A few events per lock: cheap, and replies still get their turn.
             for _ in 0..(count - events).min(64) {
-                frames += self.emit_locked(&mut em, &EventSpec::default(), sel).await?.frames as u64;
+                frames += self
+                    .emit_locked(&mut em, &EventSpec::default(), sel)
+                    .await?
+                    .frames as u64;
                 events += 1;
             }
             drop(em);

@@ -141,7 +141,10 @@ impl Hub {
     /// Makes `target` receive its token's events.
     pub(crate) fn add_stream(&self, target: Arc<Target>) {
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        streams.entry(target.token.clone()).or_default().push(target);
+        streams
+            .entry(target.token.clone())
+            .or_default()
+            .push(target);
     }
 
     /// Stops one subscription's events.

@@ -225,8 +225,6 @@ impl Sim {
         self.shared.shutdown.send_replace(true);
         let _ = self.shared.stop_listener().await;
         self.faults().drop_connections();
-        let _ = self
-            .wait_for_sockets(0, Duration::from_secs(2))
-            .await;
+        let _ = self.wait_for_sockets(0, Duration::from_secs(2)).await;
     }
 }

@@ -211,7 +211,11 @@ async fn main() -> Result<()> {
                     Some(Audience::AgentsAndContacts) => "agents, contacts",
                     _ => "agents",
                 };
-                println!("{:<32} {:<14} {to}", kind.to_string(), format!("{:?}", kind.shape()));
+                println!(
+                    "{:<32} {:<14} {to}",
+                    kind.to_string(),
+                    format!("{:?}", kind.shape())
+                );
             }
             Ok(())
         }
@@ -229,7 +233,9 @@ fn world(args: WorldArgs) -> Result<()> {
         }
     };
     match args.out {
-        Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display())),
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        }
         None => {
             print!("{text}");
             Ok(())
@@ -293,7 +299,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     if let Some(run) = run {
         run.stop();
         if let Ok(report) = run.wait().await {

@@ -153,17 +153,55 @@ fn push_time(out: &mut String, unix: u64, rails_log_style: bool) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     let _ = if rails_log_style {
-        write!(out, "\"{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC\"")
+        write!(
+            out,
+            "\"{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC\""
+        )
     } else {
-        write!(out, "\"{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.000Z\"")
+        write!(
+            out,
+            "\"{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.000Z\""
+        )
     };
 }
 
 const WORDS: &[&str] = &[
-    "hello", "please", "help", "today", "urgent", "update", "refund", "delivery", "payment",
-    "order", "subscription", "cancel", "issue", "thanks", "invoice", "account", "password",
-    "shipping", "tracking", "number", "still", "waiting", "could", "you", "check", "again",
-    "when", "will", "arrive", "my", "the", "package", "was", "damaged", "replacement", "soon",
+    "hello",
+    "please",
+    "help",
+    "today",
+    "urgent",
+    "update",
+    "refund",
+    "delivery",
+    "payment",
+    "order",
+    "subscription",
+    "cancel",
+    "issue",
+    "thanks",
+    "invoice",
+    "account",
+    "password",
+    "shipping",
+    "tracking",
+    "number",
+    "still",
+    "waiting",
+    "could",
+    "you",
+    "check",
+    "again",
+    "when",
+    "will",
+    "arrive",
+    "my",
+    "the",
+    "package",
+    "was",
+    "damaged",
+    "replacement",
+    "soon",
 ];
 
 /// Who wrote a message or is typing.
@@ -301,7 +339,11 @@ fn message_obj(out: &mut String, s: &Scene<'_>, rng: &mut Rng, with_seq: bool) {
         .str("sender_type", if s.by_contact { "Contact" } else { "User" })
         .num(
             "sender_id",
-            if s.by_contact { s.contact.id } else { s.agent.id },
+            if s.by_contact {
+                s.contact.id
+            } else {
+                s.agent.id
+            },
         )
         .raw("external_source_ids", "{}")
         .raw("additional_attributes", "{}")
@@ -441,10 +483,22 @@ fn typing(out: &mut String, s: &Scene<'_>, rng: &mut Rng, on: bool) {
 
 fn notification(out: &mut String, s: &Scene<'_>, rng: &mut Rng, kind: EventKind) {
     const TYPES: &[(&str, &str)] = &[
-        ("conversation_creation", "A new conversation (#{}) has been created in Website"),
-        ("conversation_assignment", "A new conversation (#{}) has been assigned to you"),
-        ("assigned_conversation_new_message", "New message in your assigned conversation (#{})"),
-        ("conversation_mention", "You have been mentioned in conversation (#{})"),
+        (
+            "conversation_creation",
+            "A new conversation (#{}) has been created in Website",
+        ),
+        (
+            "conversation_assignment",
+            "A new conversation (#{}) has been assigned to you",
+        ),
+        (
+            "assigned_conversation_new_message",
+            "New message in your assigned conversation (#{})",
+        ),
+        (
+            "conversation_mention",
+            "You have been mentioned in conversation (#{})",
+        ),
     ];
     let (ty, title) = *rng.pick(TYPES);
     let mut o = Obj::new(out);
@@ -673,10 +727,19 @@ mod tests {
     #[test]
     fn conversation_ids_are_where_the_schema_puts_them() {
         let conv = World::generate(&WorldSpec::default()).unwrap().contacts[0].conversations[0];
-        assert_eq!(rendered(EventKind::MessageCreated, true).1["conversation_id"], conv);
+        assert_eq!(
+            rendered(EventKind::MessageCreated, true).1["conversation_id"],
+            conv
+        );
         assert_eq!(rendered(EventKind::AssigneeChanged, true).1["id"], conv);
-        assert_eq!(rendered(EventKind::TeamChanged, true).1["meta"]["team"]["id"], 1);
-        assert_eq!(rendered(EventKind::ConversationTypingOff, true).1["conversation"]["id"], conv);
+        assert_eq!(
+            rendered(EventKind::TeamChanged, true).1["meta"]["team"]["id"],
+            1
+        );
+        assert_eq!(
+            rendered(EventKind::ConversationTypingOff, true).1["conversation"]["id"],
+            conv
+        );
         let n = rendered(EventKind::NotificationCreated, true).1;
         assert_eq!(n["notification"]["primary_actor_type"], "Conversation");
         assert_eq!(n["notification"]["primary_actor_id"], conv);

@@ -47,9 +47,7 @@ impl Rng {
     /// A token of `len` characters from the alphabet Rails' `has_secure_token` uses.
     pub(crate) fn token(&mut self, len: usize) -> String {
         const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-        (0..len)
-            .map(|_| *self.pick(ALPHABET) as char)
-            .collect()
+        (0..len).map(|_| *self.pick(ALPHABET) as char).collect()
     }
 }
 
@@ -59,11 +57,12 @@ mod tests {
 
     #[test]
     fn a_seed_reproduces_the_sequence() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(7);
-            move |_| r.next_u64()
-        })
-        .collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
         let mut r = Rng::new(7);
         assert_eq!(a, (0..5).map(|_| r.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::new(8).next_u64(), a[0]);

@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use voxsig_protocol::IdentifierKey;
 
+/// Ids online and their status, for a presence map.
+pub(crate) type PresenceMap = Vec<(u64, String)>;
+
 /// Who a subscription or presence entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Member {
@@ -235,7 +238,7 @@ impl Shared {
         &self,
         account_id: u64,
         with_contacts: bool,
-    ) -> (Vec<(u64, String)>, Option<Vec<(u64, String)>>) {
+    ) -> (PresenceMap, Option<PresenceMap>) {
         let state = self.world();
         let seen = lock(&self.presence);
         let ttl = self.config.presence_ttl;

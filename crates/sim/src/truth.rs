@@ -363,10 +363,16 @@ mod tests {
     fn tickets_mark_deliveries() {
         let l = log(1);
         Ticket::new(l.clone(), 0).written();
-        assert_eq!(l.snapshot(true).deliveries[0].status, DeliveryStatus::Written);
+        assert_eq!(
+            l.snapshot(true).deliveries[0].status,
+            DeliveryStatus::Written
+        );
         let l2 = log(2);
         drop(Ticket::new(l2.clone(), 0));
-        assert_eq!(l2.snapshot(true).deliveries[0].status, DeliveryStatus::Dropped);
+        assert_eq!(
+            l2.snapshot(true).deliveries[0].status,
+            DeliveryStatus::Dropped
+        );
     }
 
     #[test]

@@ -233,7 +233,11 @@ impl World {
                 world.users.push(User {
                     id: user_id,
                     name,
-                    role: if u == 0 { Role::Administrator } else { Role::Agent },
+                    role: if u == 0 {
+                        Role::Administrator
+                    } else {
+                        Role::Agent
+                    },
                     availability: if rng.chance(20) { "busy" } else { "online" }.to_owned(),
                     pubsub_token: rng.token(24),
                     accounts: vec![a],
@@ -285,7 +289,8 @@ impl World {
 
     /// Decodes and validates a world written as TOML (`[[accounts]]`, `[[users]]`, `[[contacts]]`).
     pub fn from_toml(text: &str) -> Result<World> {
-        let world: World = toml::from_str(text).map_err(|e| SimError::InvalidWorld(e.to_string()))?;
+        let world: World =
+            toml::from_str(text).map_err(|e| SimError::InvalidWorld(e.to_string()))?;
         world.validate()?;
         Ok(world)
     }
@@ -346,7 +351,10 @@ impl World {
                 return invalid(format!("contact {} appears twice", c.id));
             }
             if !accounts.contains(&c.account_id) {
-                return invalid(format!("contact {} names unknown account {}", c.id, c.account_id));
+                return invalid(format!(
+                    "contact {} names unknown account {}",
+                    c.id, c.account_id
+                ));
             }
             if !tokens.insert(c.pubsub_token.as_str()) || c.pubsub_token.is_empty() {
                 return invalid(format!("contact {} has an empty or duplicate token", c.id));
@@ -425,23 +433,36 @@ impl World {
 
     /// The tokens selected by `options`, one entry per (user, account) membership and per contact.
     pub fn bridge_accounts(&self, options: &ExportOptions) -> Vec<BridgeAccount> {
-        let wanted = |a: u64| options.accounts.as_ref().is_none_or(|list| list.contains(&a));
+        let wanted = |a: u64| {
+            options
+                .accounts
+                .as_ref()
+                .is_none_or(|list| list.contains(&a))
+        };
         let limit = options.max_per_account.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         for account in self.accounts.iter().filter(|a| wanted(a.id)) {
             if options.tokens != TokenSelection::Contacts {
-                out.extend(self.users_of(account.id).take(limit).map(|u| BridgeAccount {
-                    account_id: account.id,
-                    user_id: Some(u.id),
-                    pubsub_token: u.pubsub_token.clone(),
-                }));
+                out.extend(
+                    self.users_of(account.id)
+                        .take(limit)
+                        .map(|u| BridgeAccount {
+                            account_id: account.id,
+                            user_id: Some(u.id),
+                            pubsub_token: u.pubsub_token.clone(),
+                        }),
+                );
             }
             if options.tokens != TokenSelection::Users {
-                out.extend(self.contacts_of(account.id).take(limit).map(|c| BridgeAccount {
-                    account_id: account.id,
-                    user_id: None,
-                    pubsub_token: c.pubsub_token.clone(),
-                }));
+                out.extend(
+                    self.contacts_of(account.id)
+                        .take(limit)
+                        .map(|c| BridgeAccount {
+                            account_id: account.id,
+                            user_id: None,
+                            pubsub_token: c.pubsub_token.clone(),
+                        }),
+                );
             }
         }
         out
@@ -514,7 +535,9 @@ impl WorldIndex {
             }
         }
         for (i, c) in world.contacts.iter().enumerate() {
-            index.tokens.insert(c.pubsub_token.clone(), Owner::Contact(i));
+            index
+                .tokens
+                .insert(c.pubsub_token.clone(), Owner::Contact(i));
             if let Some(acc) = index.accounts.get_mut(&c.account_id) {
                 acc.contacts.push(i);
                 acc.conversations
@@ -649,8 +672,14 @@ mod tests {
         state.rotate(&old, "fresh".into()).unwrap();
         assert!(!state.index.tokens.contains_key(&old));
         assert_eq!(state.index.tokens.get("fresh"), Some(&Owner::User(0)));
-        assert!(matches!(state.rotate(&old, "x".into()), Err(SimError::UnknownToken)));
+        assert!(matches!(
+            state.rotate(&old, "x".into()),
+            Err(SimError::UnknownToken)
+        ));
         let other = state.world.users[1].pubsub_token.clone();
-        assert!(matches!(state.rotate("fresh", other), Err(SimError::TokenInUse)));
+        assert!(matches!(
+            state.rotate("fresh", other),
+            Err(SimError::TokenInUse)
+        ));
     }
 }

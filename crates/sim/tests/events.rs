@@ -46,10 +46,16 @@ async fn every_catalogued_event_reaches_exactly_the_tokens_entitled_to_it() {
     let mut c = Client::connect(&sim).await;
     let mut ids = Vec::new();
     for u in &world.users {
-        ids.push((u.pubsub_token.clone(), world.user_identifier(u.id, u.accounts[0]).unwrap()));
+        ids.push((
+            u.pubsub_token.clone(),
+            world.user_identifier(u.id, u.accounts[0]).unwrap(),
+        ));
     }
     for ct in &world.contacts {
-        ids.push((ct.pubsub_token.clone(), world.contact_identifier(ct.id).unwrap()));
+        ids.push((
+            ct.pubsub_token.clone(),
+            world.contact_identifier(ct.id).unwrap(),
+        ));
     }
     for (_, id) in &ids {
         c.subscribe_confirmed(id).await;
@@ -62,7 +68,9 @@ async fn every_catalogued_event_reaches_exactly_the_tokens_entitled_to_it() {
             sim.emit(spec).await.unwrap();
         }
         // And the other account, random conversations.
-        sim.burst(10, &Selection::all().accounts([2])).await.unwrap();
+        sim.burst(10, &Selection::all().accounts([2]))
+            .await
+            .unwrap();
     }
     sim.wait_for_delivery(LONG).await.unwrap();
     let received = decode(&c.drain(SHORT).await);
@@ -79,7 +87,9 @@ async fn every_catalogued_event_reaches_exactly_the_tokens_entitled_to_it() {
     // Exactly once per (identifier, event), byte-identical, and every written frame received.
     let mut by_key: HashMap<(String, u64, u64), String> = HashMap::new();
     for (identifier, account, seq, _, data) in &received {
-        assert!(by_key.insert((identifier.clone(), *account, *seq), data.clone()).is_none());
+        assert!(by_key
+            .insert((identifier.clone(), *account, *seq), data.clone())
+            .is_none());
     }
     for ev in truth.broadcasts() {
         for d in &ev.deliveries {
@@ -91,7 +101,10 @@ async fn every_catalogued_event_reaches_exactly_the_tokens_entitled_to_it() {
     }
     // Routing rules.
     let tokens_of = |account: u64| -> BTreeSet<String> {
-        world.users_of(account).map(|u| u.pubsub_token.clone()).collect()
+        world
+            .users_of(account)
+            .map(|u| u.pubsub_token.clone())
+            .collect()
     };
     for ev in truth.broadcasts().filter(|e| e.account_id == 1) {
         let to: BTreeSet<String> = ev.deliveries.iter().map(|d| d.token.clone()).collect();
@@ -119,7 +132,10 @@ async fn every_catalogued_event_reaches_exactly_the_tokens_entitled_to_it() {
         .written_to(&contact.pubsub_token)
         .map(|e| e.event)
         .collect();
-    assert!(contact_kinds.contains("conversation.created"), "{contact_kinds:?}");
+    assert!(
+        contact_kinds.contains("conversation.created"),
+        "{contact_kinds:?}"
+    );
     assert!(!contact_kinds.contains("contact.created"));
     assert!(!contact_kinds.contains("assignee.changed"));
     // Nobody of account 1 got account 2's events and vice versa.
@@ -151,7 +167,9 @@ async fn conversation_ids_in_frames_match_the_ground_truth() {
     let mut c = Client::connect(&sim).await;
     c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
         .await;
-    sim.burst(200, &Selection::all().accounts([1])).await.unwrap();
+    sim.burst(200, &Selection::all().accounts([1]))
+        .await
+        .unwrap();
     sim.wait_for_delivery(LONG).await.unwrap();
     let truth = sim.ground_truth();
     for text in c.drain(SHORT).await {
@@ -201,7 +219,9 @@ async fn sequence_numbers_are_per_account_and_arrive_in_order() {
     // Users receive every one of their account's non-notification broadcasts.
     let expected = broadcasts
         .iter()
-        .filter(|e| e.written_to(&world.users[0].pubsub_token) || e.written_to(&world.users[2].pubsub_token))
+        .filter(|e| {
+            e.written_to(&world.users[0].pubsub_token) || e.written_to(&world.users[2].pubsub_token)
+        })
         .count();
     assert_eq!(received.len(), expected);
     sim.shutdown().await;
@@ -218,16 +238,30 @@ async fn a_user_of_two_accounts_receives_both_on_one_subscription() {
     let world = sim.world();
     let shared_user = world.users.iter().find(|u| u.accounts.len() == 2).unwrap();
     let mut c = Client::connect(&sim).await;
-    let id = world.user_identifier(shared_user.id, shared_user.accounts[0]).unwrap();
+    let id = world
+        .user_identifier(shared_user.id, shared_user.accounts[0])
+        .unwrap();
     c.subscribe_confirmed(&id).await;
     // The second account's id is also accepted for that token.
-    c.subscribe_confirmed(&world.user_identifier(shared_user.id, shared_user.accounts[1]).unwrap())
-        .await;
-    c.unsubscribe(&world.user_identifier(shared_user.id, shared_user.accounts[1]).unwrap())
-        .await;
-    sim.wait_until("one subscription", LONG, |s| s.subscriptions == 1).await.unwrap();
+    c.subscribe_confirmed(
+        &world
+            .user_identifier(shared_user.id, shared_user.accounts[1])
+            .unwrap(),
+    )
+    .await;
+    c.unsubscribe(
+        &world
+            .user_identifier(shared_user.id, shared_user.accounts[1])
+            .unwrap(),
+    )
+    .await;
+    sim.wait_until("one subscription", LONG, |s| s.subscriptions == 1)
+        .await
+        .unwrap();
     for account in &shared_user.accounts {
-        sim.emit(EventSpec::new(*account, EventKind::MessageCreated)).await.unwrap();
+        sim.emit(EventSpec::new(*account, EventKind::MessageCreated))
+            .await
+            .unwrap();
     }
     let first = c.json(LONG).await;
     let second = c.json(LONG).await;
@@ -298,10 +332,16 @@ async fn runs_keep_their_rate_and_stop_on_time_or_count() {
 async fn emit_rejects_what_the_world_does_not_have() {
     let sim = start().await;
     let world = sim.world();
-    assert!(sim.emit(EventSpec::new(9, EventKind::MessageCreated)).await.is_err());
+    assert!(sim
+        .emit(EventSpec::new(9, EventKind::MessageCreated))
+        .await
+        .is_err());
     let other_account_conversation = world.contacts_of(2).next().unwrap().conversations[0];
     assert!(sim
-        .emit(EventSpec::new(1, EventKind::MessageCreated).in_conversation(other_account_conversation))
+        .emit(
+            EventSpec::new(1, EventKind::MessageCreated)
+                .in_conversation(other_account_conversation)
+        )
         .await
         .is_err());
     assert!(sim.emit(EventSpec::new(1, EventKind::Other)).await.is_err());

@@ -45,10 +45,16 @@ async fn disconnect_sends_the_frame_then_closes_with_1000() {
     assert_eq!(sim.faults().disconnect("unauthorized", false).await, 2);
     for c in [&mut a, &mut b] {
         let frame = c.text(LONG).await;
-        assert_eq!(frame, r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#);
+        assert_eq!(
+            frame,
+            r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
+        );
         assert!(matches!(
             ServerFrame::parse(&frame),
-            Ok(ServerFrame::Disconnect { reconnect: Some(false), .. })
+            Ok(ServerFrame::Disconnect {
+                reconnect: Some(false),
+                ..
+            })
         ));
         match c.next(LONG).await {
             Got::Close(code) => assert_eq!(code, Some(1000)),
@@ -94,7 +100,10 @@ async fn malformed_frames_of_each_kind() {
     let f = sim.faults();
     f.send_malformed(Malformed::InvalidJson).await;
     let text = c.text(LONG).await;
-    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err(), "{text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "{text}"
+    );
     f.send_malformed(Malformed::UnknownType).await;
     assert!(matches!(
         ServerFrame::parse(&c.text(LONG).await),
@@ -119,16 +128,24 @@ async fn a_slow_writer_delays_frames_and_a_drop_counts_what_was_lost() {
     sim.faults().slow_writer(Some(Duration::from_millis(40)));
     let started = tokio::time::Instant::now();
     for _ in 0..5 {
-        sim.emit(EventSpec::new(1, EventKind::ContactUpdated)).await.unwrap();
+        sim.emit(EventSpec::new(1, EventKind::ContactUpdated))
+            .await
+            .unwrap();
     }
     for _ in 0..5 {
         c.text(LONG).await;
     }
-    assert!(started.elapsed() >= Duration::from_millis(180), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Queue 10 more, drop the socket part way: every frame is written or dropped, none lost track of.
     for _ in 0..10 {
-        sim.emit(EventSpec::new(1, EventKind::ContactUpdated)).await.unwrap();
+        sim.emit(EventSpec::new(1, EventKind::ContactUpdated))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     sim.faults().drop_connections();
@@ -140,7 +157,10 @@ async fn a_slow_writer_delays_frames_and_a_drop_counts_what_was_lost() {
     );
     // 1 presence reply + 5 + 10 frames.
     assert_eq!(written + dropped, 16);
-    assert!(dropped >= 5 && written >= 7, "written {written}, dropped {dropped}");
+    assert!(
+        dropped >= 5 && written >= 7,
+        "written {written}, dropped {dropped}"
+    );
     let stats = sim.stats();
     assert_eq!(stats.event_frames_dropped as usize, dropped);
     sim.faults().slow_writer(None);
@@ -174,7 +194,9 @@ async fn the_listener_stops_and_restarts_on_the_same_port() {
     assert!(Client::connect_url(&sim.url(), true).await.is_err());
     assert!(sim.faults().stop_listener().await.is_err());
     // Open sockets are untouched.
-    sim.emit(EventSpec::new(1, EventKind::ContactCreated)).await.unwrap();
+    sim.emit(EventSpec::new(1, EventKind::ContactCreated))
+        .await
+        .unwrap();
     assert!(open.text(LONG).await.contains("contact.created"));
     sim.faults().start_listener().await.unwrap();
     assert!(sim.stats().listening);
@@ -185,7 +207,9 @@ async fn the_listener_stops_and_restarts_on_the_same_port() {
 
 #[tokio::test]
 async fn a_rotated_token_is_refused_and_its_old_subscriptions_go_quiet() {
-    let sim = Sim::start(common::config().with_refusal(Refusal::Reject)).await.unwrap();
+    let sim = Sim::start(common::config().with_refusal(Refusal::Reject))
+        .await
+        .unwrap();
     let before = sim.world();
     let user = &before.users[0];
     let old_id = before.user_identifier(user.id, 1).unwrap();
@@ -201,12 +225,19 @@ async fn a_rotated_token_is_refused_and_its_old_subscriptions_go_quiet() {
     assert!(fresh.text(LONG).await.contains("reject_subscription"));
     let new_id = after.user_identifier(user.id, 1).unwrap();
     fresh.subscribe_confirmed(&new_id).await;
-    sim.emit(EventSpec::new(1, EventKind::ContactUpdated)).await.unwrap();
+    sim.emit(EventSpec::new(1, EventKind::ContactUpdated))
+        .await
+        .unwrap();
     assert_eq!(fresh.json(LONG).await["identifier"], new_id.wire());
     c.expect_silence(SHORT).await;
     assert!(sim.faults().rotate_token("no-such-token").is_err());
-    sim.faults().rotate_token_to(&new_token, "chosen-token").unwrap();
-    assert!(sim.faults().rotate_token_to("chosen-token", &before.users[1].pubsub_token).is_err());
+    sim.faults()
+        .rotate_token_to(&new_token, "chosen-token")
+        .unwrap();
+    assert!(sim
+        .faults()
+        .rotate_token_to("chosen-token", &before.users[1].pubsub_token)
+        .is_err());
     sim.shutdown().await;
 }
 
@@ -225,13 +256,19 @@ async fn streaming_before_auth_leaks_events_to_a_refused_known_token() {
     let mut c = Client::connect(&sim).await;
     c.subscribe(&wrong).await;
     c.expect_silence(SHORT).await;
-    sim.emit(EventSpec::new(1, EventKind::MessageCreated)).await.unwrap();
+    sim.emit(EventSpec::new(1, EventKind::MessageCreated))
+        .await
+        .unwrap();
     let frame = c.json(LONG).await;
     assert_eq!(frame["identifier"], wrong.wire());
     assert_eq!(sim.stats().subscriptions, 0);
     c.unsubscribe(&wrong).await;
-    sim.wait_until("released", LONG, |s| s.pending_subscriptions == 0).await.unwrap();
-    sim.emit(EventSpec::new(1, EventKind::MessageCreated)).await.unwrap();
+    sim.wait_until("released", LONG, |s| s.pending_subscriptions == 0)
+        .await
+        .unwrap();
+    sim.emit(EventSpec::new(1, EventKind::MessageCreated))
+        .await
+        .unwrap();
     c.expect_silence(SHORT).await;
     sim.shutdown().await;
 }

@@ -18,20 +18,35 @@ async fn welcome_first_then_pings_at_the_configured_cadence() {
     while pings.len() < 4 {
         match c.next(LONG).await {
             Got::Text(t) => {
-                assert!(matches!(ServerFrame::parse(&t), Ok(ServerFrame::Ping { .. })), "{t}");
+                assert!(
+                    matches!(ServerFrame::parse(&t), Ok(ServerFrame::Ping { .. })),
+                    "{t}"
+                );
                 let v: Value = serde_json::from_str(&t).unwrap();
-                pings.push((started.elapsed(), v["message"].as_u64().expect("integer seconds")));
+                pings.push((
+                    started.elapsed(),
+                    v["message"].as_u64().expect("integer seconds"),
+                ));
             }
             other => panic!("{other:?}"),
         }
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(pings.iter().all(|(_, secs)| now.abs_diff(*secs) <= 2));
     // Four pings at 150 ms: about 600 ms, never bunched.
     let total = pings[3].0;
-    assert!(total >= Duration::from_millis(400) && total < Duration::from_millis(1500), "{total:?}");
+    assert!(
+        total >= Duration::from_millis(400) && total < Duration::from_millis(1500),
+        "{total:?}"
+    );
     for pair in pings.windows(2) {
-        assert!(pair[1].0 - pair[0].0 >= Duration::from_millis(80), "{pings:?}");
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(80),
+            "{pings:?}"
+        );
     }
     sim.shutdown().await;
 }
@@ -43,7 +58,10 @@ async fn a_client_offering_no_subprotocol_is_accepted_and_other_paths_are_not() 
     assert_eq!(plain.protocol, None);
     assert_eq!(plain.text(LONG).await, r#"{"type":"welcome"}"#);
     let wrong = sim.url().replace("/cable", "/other");
-    let err = Client::connect_url(&wrong, true).await.err().expect("refused");
+    let err = Client::connect_url(&wrong, true)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("404"), "{err}");
     sim.shutdown().await;
 }
@@ -59,7 +77,10 @@ async fn user_subscription_is_confirmed_then_answered_with_presence() {
     let confirm = c.text(LONG).await;
     assert_eq!(
         confirm,
-        format!(r#"{{"identifier":"{}","type":"confirm_subscription"}}"#, id.escaped())
+        format!(
+            r#"{{"identifier":"{}","type":"confirm_subscription"}}"#,
+            id.escaped()
+        )
     );
     let presence = c.text(LONG).await;
     let ServerFrame::Event(ev) = ServerFrame::parse(&presence).unwrap() else {
@@ -68,8 +89,14 @@ async fn user_subscription_is_confirmed_then_answered_with_presence() {
     assert_eq!(ev.kind, EventKind::PresenceUpdate);
     assert_eq!(ev.account_id, Some(1));
     let data: Value = serde_json::from_str(ev.data).unwrap();
-    assert_eq!(data["users"][user.id.to_string()], user.availability.as_str());
-    assert!(data["contacts"].is_object(), "users see the contacts map: {data}");
+    assert_eq!(
+        data["users"][user.id.to_string()],
+        user.availability.as_str()
+    );
+    assert!(
+        data["contacts"].is_object(),
+        "users see the contacts map: {data}"
+    );
     assert_eq!(data["sim_seq"], 1);
     let stats = sim.wait_for_subscriptions(1, LONG).await.unwrap();
     assert_eq!((stats.sockets, stats.confirmed_total), (1, 1));
@@ -93,13 +120,19 @@ async fn contact_subscription_is_the_token_alone_and_sees_no_contacts_map() {
     let data = &presence["message"]["data"];
     assert_eq!(data["account_id"], contact.account_id);
     assert!(data.get("contacts").is_none(), "{data}");
-    assert!(data["users"][world.users[0].id.to_string()].is_string(), "{data}");
+    assert!(
+        data["users"][world.users[0].id.to_string()].is_string(),
+        "{data}"
+    );
     // The agent's own next presence shows the contact online.
     agent
         .update_presence(&world.user_identifier(world.users[0].id, 1).unwrap())
         .await;
     let again = agent.json(LONG).await;
-    assert_eq!(again["message"]["data"]["contacts"][contact.id.to_string()], "online");
+    assert_eq!(
+        again["message"]["data"]["contacts"][contact.id.to_string()],
+        "online"
+    );
     sim.shutdown().await;
 }
 
@@ -150,14 +183,19 @@ async fn refusals_are_silent_by_default_and_the_socket_stays_usable() {
 
 #[tokio::test]
 async fn the_switch_sends_reject_subscription_and_allows_retrying() {
-    let sim = Sim::start(config().with_refusal(Refusal::Reject)).await.unwrap();
+    let sim = Sim::start(config().with_refusal(Refusal::Reject))
+        .await
+        .unwrap();
     let mut c = Client::connect(&sim).await;
     for id in refused_identifiers(&sim) {
         c.subscribe(&id).await;
         let reject = c.text(LONG).await;
         assert_eq!(
             reject,
-            format!(r#"{{"identifier":"{}","type":"reject_subscription"}}"#, id.escaped())
+            format!(
+                r#"{{"identifier":"{}","type":"reject_subscription"}}"#,
+                id.escaped()
+            )
         );
         // Not held after a reject: the same identifier may be tried again.
         c.subscribe(&id).await;
@@ -181,7 +219,8 @@ async fn repeated_subscribe_unknown_commands_and_bad_json_get_no_answer() {
     c.subscribe(&id).await;
     c.send("not json").await;
     c.send(r#"{"command":"dance","identifier":"{}"}"#).await;
-    c.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#).await;
+    c.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#)
+        .await;
     // update_presence for an identifier that is not subscribed.
     c.update_presence(&world.user_identifier(world.users[1].id, 1).unwrap())
         .await;
@@ -209,8 +248,12 @@ async fn several_subscriptions_on_one_socket_are_routed_by_identifier() {
         .await;
     assert_eq!(c.json(LONG).await["identifier"], reordered.as_str());
     c.json(LONG).await; // its presence
-    sim.emit(EventSpec::new(1, EventKind::ConversationCreated)).await.unwrap();
-    sim.emit(EventSpec::new(2, EventKind::ContactCreated)).await.unwrap();
+    sim.emit(EventSpec::new(1, EventKind::ConversationCreated))
+        .await
+        .unwrap();
+    sim.emit(EventSpec::new(2, EventKind::ContactCreated))
+        .await
+        .unwrap();
     sim.wait_for_delivery(LONG).await.unwrap();
     let frames: Vec<Value> = c
         .drain(SHORT)
@@ -249,7 +292,10 @@ async fn unsubscribe_stops_the_events_of_that_identifier_only() {
     sim.wait_until("unsubscribed", LONG, |s| s.subscriptions == 1)
         .await
         .unwrap();
-    let sent = sim.emit(EventSpec::new(1, EventKind::ContactUpdated)).await.unwrap();
+    let sent = sim
+        .emit(EventSpec::new(1, EventKind::ContactUpdated))
+        .await
+        .unwrap();
     assert_eq!(sent.frames, 1);
     let frame = c.json(LONG).await;
     assert_eq!(frame["identifier"], b.wire());
@@ -278,9 +324,14 @@ async fn update_presence_is_recorded_per_token_and_answered() {
     assert!(answer["message"]["data"].get("contacts").is_none());
     let log = sim.presence_of(&world.users[0].pubsub_token);
     assert_eq!(log.len(), 3);
-    assert!(log.iter().all(|r| r.identifier == user.wire() && r.connection == log[0].connection));
+    assert!(log
+        .iter()
+        .all(|r| r.identifier == user.wire() && r.connection == log[0].connection));
     for pair in log.windows(2) {
-        assert!(pair[1].at - pair[0].at >= Duration::from_millis(25), "{log:?}");
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(25),
+            "{log:?}"
+        );
     }
     assert_eq!(sim.presence_of(&world.contacts[0].pubsub_token).len(), 1);
     assert_eq!(sim.presence_log().len(), 4);

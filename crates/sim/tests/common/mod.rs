@@ -55,7 +55,9 @@ pub struct Client {
 impl Client {
     /// Connects offering `actioncable-v1-json`, and checks the welcome.
     pub async fn connect(sim: &Sim) -> Client {
-        let mut c = Client::connect_url(&sim.url(), true).await.expect("connects");
+        let mut c = Client::connect_url(&sim.url(), true)
+            .await
+            .expect("connects");
         assert_eq!(c.text(LONG).await, r#"{"type":"welcome"}"#);
         c
     }
@@ -106,9 +108,7 @@ impl Client {
                 Ok(None) | Ok(Some(Err(_))) => return Got::Ended,
                 Ok(Some(Ok(Message::Text(t)))) => return Got::Text(t.to_string()),
                 Ok(Some(Ok(Message::Binary(b)))) => return Got::Binary(b.to_vec()),
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return Got::Close(f.map(|f| u16::from(f.code)))
-                }
+                Ok(Some(Ok(Message::Close(f)))) => return Got::Close(f.map(|f| u16::from(f.code))),
                 Ok(Some(Ok(_))) => continue,
             }
         }
@@ -159,7 +159,10 @@ impl Client {
         assert_eq!(confirm["type"], "confirm_subscription", "{confirm}");
         assert_eq!(confirm["identifier"], id.wire());
         let presence = self.json(LONG).await;
-        assert_eq!(presence["message"]["event"], "presence.update", "{presence}");
+        assert_eq!(
+            presence["message"]["event"], "presence.update",
+            "{presence}"
+        );
         presence
     }
 }
@@ -182,7 +185,10 @@ pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text[9..12].parse().expect("status");
     let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -211,5 +217,8 @@ pub async fn get_json(base: &str, path: &str) -> Value {
 
 pub async fn post_json(base: &str, path: &str, body: &str) -> (u16, Value) {
     let (status, text) = http(base, "POST", path, Some(body)).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
