@@ -1,0 +1,280 @@
+//! End to end: voxsig-sim -> voxsig-bridge -> an in-memory sink, checked against the sim's
+//! ground truth.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use voxsig_protocol::EventKind;
+use voxsig_sim::{
+    EventSpec, Malformed, Rate, Refusal, RunSpec, Selection, SimConfig, TokenSelection,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_users_and_contacts_every_event_exactly_once() {
+    let sim = sim(world(1, 2, 3, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    rig.confirmed(5).await;
+    rig.sim.burst(300, &Selection::all()).await.unwrap();
+    let n = rig.assert_exactly_once(WAIT).await;
+    assert!(n >= 250, "{n}");
+    // Two agents and the contacts all received most broadcasts: copies were suppressed.
+    assert!(rig.metric("voxsig_bridge_events_deduplicated_total", &[]) > 0.0);
+    let report = rig.stop().await;
+    assert_eq!(report.undelivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_accounts_with_users_in_two_accounts() {
+    // Each account's first user also belongs to the next account: its token receives both
+    // accounts' events, which must be published under the account in the data, once.
+    let sim = sim(world(100, 2, 1, 1), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    let subs = rig.tokens.len();
+    rig.confirmed(subs).await;
+    rig.sim.burst(2000, &Selection::all()).await.unwrap();
+    let n = rig.assert_exactly_once(WAIT).await;
+    assert!(n >= 1500, "{n}");
+    assert_eq!(rig.bridge().sockets(), subs.div_ceil(50));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_accounts() {
+    let sim = sim(world(1000, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    assert_eq!(rig.tokens.len(), 2000);
+    rig.confirmed(2000).await;
+    rig.sim.burst(4000, &Selection::all()).await.unwrap();
+    let n = rig.assert_exactly_once(WAIT).await;
+    assert!(n >= 3000, "{n}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_is_reported_while_the_others_flow() {
+    let sim = sim(
+        world(2, 1, 1, 0),
+        SimConfig::default().with_refusal(Refusal::Reject),
+    )
+    .await;
+    let bogus = "[[accounts]]\naccount_id = 1\nuser_id = 999\npubsub_token = \"notARealToken000000000000\"\n";
+    let rig = rig_on(sim, TokenSelection::All, "", bogus).await;
+    rig.confirmed(4).await;
+    eventually("the reject is counted", WAIT, || {
+        rig.metric(
+            "voxsig_bridge_subscription_failures_total",
+            &[("cause", "rejected")],
+        ) >= 1.0
+    })
+    .await;
+    rig.sim.burst(200, &Selection::all()).await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    let snapshot = rig.bridge().status().snapshot();
+    let bogus = snapshot
+        .subscriptions
+        .iter()
+        .find(|s| s.user_id == Some(999))
+        .unwrap();
+    assert_eq!(bogus.state, voxsig_bridge::status::SubState::Rejected);
+    assert!(!serde_json::to_string(&snapshot)
+        .unwrap()
+        .contains("notARealToken"));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_token_times_out_and_is_retried_while_the_others_flow() {
+    // The platform's own behaviour for an unknown token: no confirm, no reject.
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let bogus = "[[accounts]]\naccount_id = 1\nuser_id = 999\npubsub_token = \"notARealToken000000000000\"\n";
+    let rig = rig_on(sim, TokenSelection::All, "", bogus).await;
+    rig.confirmed(2).await;
+    eventually("two unanswered attempts", WAIT, || {
+        rig.metric(
+            "voxsig_bridge_subscription_failures_total",
+            &[("cause", "unanswered")],
+        ) >= 2.0
+    })
+    .await;
+    rig.sim.burst(100, &Selection::all()).await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_restart_mid_stream_reconnects_resubscribes_and_resumes() {
+    let sim = sim(world(3, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    rig.confirmed(6).await;
+    let run = rig
+        .sim
+        .run(RunSpec {
+            selection: Selection::all(),
+            rate: Rate::Total(400.0),
+            duration: Duration::from_secs(3),
+            max_events: Some(1200),
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    rig.sim.faults().stop_listener().await.unwrap();
+    rig.sim.faults().drop_connections();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.sim.faults().start_listener().await.unwrap();
+    rig.confirmed(6).await;
+    run.wait().await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    assert!(rig.metric("voxsig_bridge_reconnects_total", &[]) >= 1.0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_frames_both_ways() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    rig.confirmed(2).await;
+    // reconnect: true: back quickly.
+    rig.sim.faults().disconnect("server_restart", true).await;
+    eventually("a reconnect", WAIT, || {
+        rig.metric("voxsig_bridge_reconnects_total", &[]) >= 1.0
+    })
+    .await;
+    rig.confirmed(2).await;
+    // reconnect: false: a long back-off (2 s in this test), not a tight loop.
+    let before = rig.sim.stats().connections_total;
+    rig.sim.faults().disconnect("unauthorized", false).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        rig.sim.stats().connections_total,
+        before,
+        "no reconnect during the refusal back-off"
+    );
+    assert!(
+        rig.metric(
+            "voxsig_bridge_disconnects_total",
+            &[("reason", "server_refused")]
+        ) >= 1.0
+    );
+    rig.confirmed(2).await;
+    assert!(rig.sim.stats().connections_total > before);
+    rig.sim.burst(50, &Selection::all()).await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_is_detected_as_stale_and_flow_resumes() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::Users, "", "").await;
+    rig.confirmed(1).await;
+    rig.sim.faults().stop_pings();
+    eventually("a stale detection", WAIT, || {
+        rig.metric("voxsig_bridge_stale_connections_total", &[]) >= 1.0
+    })
+    .await;
+    rig.sim.faults().resume_pings();
+    rig.confirmed(1).await;
+    rig.sim.burst(50, &Selection::all()).await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_mid_stream_are_counted_and_skipped() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "", "").await;
+    rig.confirmed(2).await;
+    rig.sim.burst(50, &Selection::all()).await.unwrap();
+    let faults = rig.sim.faults();
+    faults.send_malformed(Malformed::InvalidJson).await;
+    faults.send_malformed(Malformed::UnknownType).await;
+    faults.send_malformed(Malformed::Binary).await;
+    faults
+        .send_malformed(Malformed::Oversize(5 * 1024 * 1024))
+        .await;
+    rig.sim.burst(50, &Selection::all()).await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    let errors = |kind| rig.metric("voxsig_bridge_frame_errors_total", &[("kind", kind)]);
+    assert!(errors("invalid_json") >= 1.0);
+    assert!(errors("binary") >= 1.0);
+    assert!(errors("too_large") >= 1.0);
+    assert!(rig.metric("voxsig_bridge_unknown_frames_total", &[]) >= 1.0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_heartbeats_at_the_interval() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(
+        sim,
+        TokenSelection::All,
+        "[source]\npresence_interval = \"1s\"\n",
+        "",
+    )
+    .await;
+    rig.confirmed(2).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for token in &rig.tokens {
+        let log = rig.sim.presence_of(token);
+        assert!((3..=5).contains(&log.len()), "{} heartbeats", log.len());
+        for pair in log.windows(2) {
+            let gap = pair[1].at.duration_since(pair[0].at);
+            assert!(
+                gap >= Duration::from_millis(900) && gap <= Duration::from_millis(1300),
+                "{gap:?}"
+            );
+        }
+    }
+    assert!(rig.metric("voxsig_bridge_presence_updates_sent_total", &[]) >= 6.0);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_delivers_everything_accepted() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let mut rig = rig_on(sim, TokenSelection::All, "", "").await;
+    rig.confirmed(4).await;
+    rig.memory.set_delay(Duration::from_millis(3));
+    rig.sim.burst(400, &Selection::all()).await.unwrap();
+    rig.sim.wait_for_delivery(WAIT).await.unwrap();
+    // Let the bridge accept what was sent, then stop while the slow sink is still busy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = rig.expected(&rig.sim.ground_truth());
+    assert!(
+        rig.memory.len() < expected.len(),
+        "the sink should still be behind"
+    );
+    let report = rig
+        .bridge
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(20))
+        .await;
+    assert_eq!(report.undelivered, 0);
+    check_records(&rig.sim.ground_truth(), &expected, &rig.memory.records());
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_of_an_event_is_the_one_in_its_data() {
+    let sim = sim(world(2, 1, 1, 1), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::Users, "", "").await;
+    rig.confirmed(rig.tokens.len()).await;
+    for account in [1, 2] {
+        for _ in 0..10 {
+            rig.sim
+                .emit(EventSpec::new(account, EventKind::MessageCreated))
+                .await
+                .unwrap();
+        }
+    }
+    rig.assert_exactly_once(WAIT).await;
+    let topics: std::collections::BTreeSet<String> =
+        rig.memory.records().into_iter().map(|r| r.topic).collect();
+    assert!(
+        topics.contains("voxsig/1/message.created") && topics.contains("voxsig/2/message.created")
+    );
+    rig.stop().await;
+}

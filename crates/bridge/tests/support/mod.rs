@@ -1,0 +1,261 @@
+//! A simulator, a bridge between it and an in-memory sink, and checks against the sim's ground
+//! truth.
+#![allow(dead_code)]
+
+use prometheus::Registry;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use voxsig_bridge::{Bridge, Config};
+use voxsig_sim::{
+    DeliveryStatus, ExportOptions, GroundTruth, Origin, Sim, SimConfig, TokenSelection, WorldSpec,
+};
+use voxsig_sinks::{MemoryHandle, MemorySink, Record};
+
+/// Bridge settings for tests: fast timers, fast connects.
+pub const FAST: &str = r#"
+[source]
+stale_after = "1500ms"
+confirm_timeout = "1s"
+connect_rate = 2000.0
+reconnect = { initial = "50ms", max = "400ms", after_refusal = "2s" }
+[route]
+exclude = ["presence.update"]
+[shutdown]
+drain_timeout = "10s"
+"#;
+
+pub struct Rig {
+    pub sim: Sim,
+    pub bridge: Option<Bridge>,
+    pub memory: MemoryHandle,
+    pub registry: Registry,
+    pub tokens: HashSet<String>,
+}
+
+pub fn world(accounts: usize, users: usize, contacts: usize, shared: usize) -> WorldSpec {
+    WorldSpec {
+        accounts,
+        users_per_account: users,
+        contacts_per_account: contacts,
+        conversations_per_contact: 1,
+        shared_users: shared,
+        seed: 7,
+    }
+}
+
+pub async fn sim(spec: WorldSpec, config: SimConfig) -> Sim {
+    let config = config
+        .with_world_spec(spec)
+        .with_ping_interval(Duration::from_millis(300));
+    Sim::start(config).await.expect("sim starts")
+}
+
+/// Starts a bridge over `tokens` of the sim's world, with `FAST` settings then `extra` TOML.
+pub async fn rig_on(sim: Sim, tokens: TokenSelection, extra: &str, extra_accounts: &str) -> Rig {
+    // A user in two accounts is exported once per account with the same token; a bridge config
+    // lists each token once (its events carry their account in the data).
+    let mut seen = HashSet::new();
+    let exported: String = sim
+        .world()
+        .bridge_accounts(&ExportOptions {
+            tokens,
+            ..ExportOptions::default()
+        })
+        .into_iter()
+        .filter(|a| seen.insert(a.pubsub_token.clone()))
+        .map(|a| {
+            let user = a
+                .user_id
+                .map_or(String::new(), |u| format!("user_id = {u}\n"));
+            format!(
+                "[[accounts]]\naccount_id = {}\n{user}pubsub_token = \"{}\"\n",
+                a.account_id, a.pubsub_token
+            )
+        })
+        .collect();
+    let url = sim.url();
+    // `extra` may start with `[source]` lines: they join FAST's [source] table.
+    let (source_extra, extra) = match extra.strip_prefix("[source]\n") {
+        Some(rest) => rest
+            .split_once("\n[")
+            .map_or((rest, String::new()), |(a, b)| (a, format!("[{b}"))),
+        None => ("", extra.to_owned()),
+    };
+    let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}").replacen(
+        "[source]",
+        &format!("[source]\nurl = \"{url}\"\n{source_extra}"),
+        1,
+    );
+    let settings = Config::from_toml(&toml)
+        .expect("config parses")
+        .validate()
+        .expect("config valid");
+    let tokens = settings
+        .accounts
+        .iter()
+        .map(|a| a.token.expose().to_owned())
+        .collect();
+    let (sink, memory) = MemorySink::new();
+    let registry = Registry::new();
+    let bridge = Bridge::start_with_sink(settings, Box::new(sink), &registry)
+        .await
+        .expect("bridge starts");
+    Rig {
+        sim,
+        bridge: Some(bridge),
+        memory,
+        registry,
+        tokens,
+    }
+}
+
+impl Rig {
+    pub fn bridge(&self) -> &Bridge {
+        self.bridge.as_ref().expect("running")
+    }
+
+    /// Waits until the sim holds `n` confirmed subscriptions.
+    pub async fn confirmed(&self, n: usize) {
+        self.sim
+            .wait_for_subscriptions(n, Duration::from_secs(30))
+            .await
+            .expect("subscriptions confirmed");
+    }
+
+    /// The broadcasts that were written to a socket of one of our tokens (what the bridge must
+    /// publish exactly once), leaving out presence.update, which the test route excludes.
+    pub fn expected(&self, truth: &GroundTruth) -> Vec<(u64, u64)> {
+        truth
+            .events
+            .iter()
+            .filter(|e| e.origin == Origin::Broadcast && e.event != "presence.update")
+            .filter(|e| {
+                e.deliveries
+                    .iter()
+                    .any(|d| d.status == DeliveryStatus::Written && self.tokens.contains(&d.token))
+            })
+            .map(|e| (e.account_id, e.sim_seq))
+            .collect()
+    }
+
+    /// Waits until the sink holds exactly what the ground truth says was written, then checks
+    /// every record: once each, right topic, key and byte-identical payload.
+    pub async fn assert_exactly_once(&self, timeout: Duration) -> usize {
+        self.sim
+            .wait_for_delivery(Duration::from_secs(30))
+            .await
+            .expect("sim delivered");
+        let truth = self.sim.ground_truth();
+        let expected = self.expected(&truth);
+        let arrived = self.memory.wait_for(expected.len(), timeout).await;
+        // Give stray duplicates a moment to show up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let records = self.memory.records();
+        assert!(
+            arrived,
+            "only {} of {} records arrived",
+            records.len(),
+            expected.len()
+        );
+        check_records(&truth, &expected, &records);
+        expected.len()
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, name, labels)
+    }
+
+    pub async fn stop(mut self) -> voxsig_sinks::DrainReport {
+        let report = self
+            .bridge
+            .take()
+            .expect("running")
+            .shutdown(Duration::from_secs(10))
+            .await;
+        self.sim.shutdown().await;
+        report
+    }
+}
+
+pub fn check_records(truth: &GroundTruth, expected: &[(u64, u64)], records: &[Record]) {
+    let by_key: HashMap<(u64, u64), &voxsig_sim::SentEvent> = truth
+        .events
+        .iter()
+        .map(|e| ((e.account_id, e.sim_seq), e))
+        .collect();
+    let mut seen: HashMap<(u64, u64), usize> = HashMap::new();
+    for record in records {
+        let data: serde_json::Value =
+            serde_json::from_slice(&record.payload).expect("payload is JSON");
+        let key = (
+            data["account_id"].as_u64().expect("account_id"),
+            data["sim_seq"].as_u64().expect("sim_seq"),
+        );
+        *seen.entry(key).or_default() += 1;
+        let sent = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("record {key:?} was never sent"));
+        assert_eq!(
+            &record.payload[..],
+            sent.data.as_bytes(),
+            "payload of {key:?} is byte-identical"
+        );
+        assert_eq!(
+            record.topic,
+            format!("voxsig/{}/{}", sent.account_id, sent.event)
+        );
+        let conversation = sent
+            .conversation_id
+            .map_or("none".to_owned(), |c| c.to_string());
+        assert_eq!(
+            record.key.as_deref(),
+            Some(format!("{}/{conversation}", sent.account_id).as_str())
+        );
+        assert_eq!(record.headers.event, sent.event);
+        assert_eq!(record.headers.account_id, Some(sent.account_id));
+    }
+    let expected: HashSet<(u64, u64)> = expected.iter().copied().collect();
+    for key in &expected {
+        assert_eq!(
+            seen.get(key).copied().unwrap_or(0),
+            1,
+            "event {key:?} must arrive exactly once"
+        );
+    }
+    let extra: Vec<_> = seen.keys().filter(|k| !expected.contains(k)).collect();
+    assert!(
+        extra.is_empty(),
+        "records for events never written to our sockets: {extra:?}"
+    );
+}
+
+/// The value of a metric (summed over series matching `labels`).
+pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        // Counters and gauges: the absent one reads as 0.
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
