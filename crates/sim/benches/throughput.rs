@@ -61,11 +61,17 @@ async fn start(accounts: usize, users: usize) -> Sim {
     Sim::start(config).await.expect("sim starts")
 }
 
-/// Opens `sockets` client sockets; socket `i` subscribes the identifiers `ids[i]`. Each socket
+/// Opens `sockets` client sockets and subscribes every user of the world, spread round robin
+/// over them. Each socket
 /// is read by its own task, counting event frames into `counts` (the presence replies to the
 /// subscribes included: this returns once they are all in).
-async fn clients(sim: &Sim, ids: Vec<Vec<RoomIdentifier>>, counts: Arc<Counts>, deadline: Instant) {
-    let total: usize = ids.iter().map(Vec::len).sum();
+async fn clients(sim: &Sim, sockets: usize, counts: Arc<Counts>, deadline: Instant) {
+    let world = sim.world();
+    let mut ids: Vec<Vec<RoomIdentifier>> = vec![Vec::new(); sockets];
+    for (i, u) in world.users.iter().enumerate() {
+        ids[i % sockets].push(world.user_identifier(u.id, u.accounts[0]).expect("user"));
+    }
+    let total = world.users.len();
     for (n, socket_ids) in ids.into_iter().enumerate() {
         // Small read chunks: tungstenite zeroes the whole chunk before every read.
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
@@ -124,14 +130,9 @@ async fn throughput(
     limit: Duration,
 ) -> Row {
     let sim = start(accounts, 1).await;
-    let world = sim.world();
-    let mut ids = vec![Vec::new(); sockets];
-    for (i, u) in world.users.iter().enumerate() {
-        ids[i % sockets].push(world.user_identifier(u.id, u.accounts[0]).expect("user"));
-    }
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + limit;
-    clients(&sim, ids, counts.clone(), deadline).await;
+    clients(&sim, sockets, counts.clone(), deadline).await;
     let replies = counts.frames.load(Ordering::Relaxed);
     let base = sim.stats().event_frames_queued;
     let t0 = Instant::now();
@@ -178,15 +179,10 @@ async fn concurrency(
     let users = 50.min(subscriptions);
     let accounts = subscriptions / users;
     let sim = start(accounts, users).await;
-    let world = sim.world();
-    let mut ids = vec![Vec::new(); sockets];
-    for (i, u) in world.users.iter().enumerate() {
-        ids[i % sockets].push(world.user_identifier(u.id, u.accounts[0]).expect("user"));
-    }
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + limit;
     let t_sub = Instant::now();
-    clients(&sim, ids, counts.clone(), deadline).await;
+    clients(&sim, sockets, counts.clone(), deadline).await;
     let subscribe_secs = t_sub.elapsed().as_secs_f64();
     let stats = sim.stats();
     let replies = counts.frames.load(Ordering::Relaxed);

@@ -502,6 +502,21 @@ impl Shared {
         self.emit_locked(&mut em, spec, &Selection::default()).await
     }
 
+    /// Emits `n` events from `sel` under one lock, then yields; returns the frames queued.
+    async fn emit_batch(&self, n: u64, sel: &Selection) -> Result<u64> {
+        let mut em = self.emitter.lock().await;
+        let mut frames = 0;
+        for _ in 0..n {
+            let sent = self
+                .emit_locked(&mut em, &EventSpec::default(), sel)
+                .await?;
+            frames += sent.frames as u64;
+        }
+        drop(em);
+        tokio::task::yield_now().await;
+        Ok(frames)
+    }
+
     /// Emits `count` events as fast as the sockets take them.
     pub(crate) async fn burst(&self, count: u64, sel: &Selection) -> Result<EmitReport> {
         check_selection(self, sel)?;
@@ -513,17 +528,10 @@ impl Shared {
                 stopped = StopReason::Stopped;
                 break;
             }
-            let mut em = self.emitter.lock().await;
             // A few events per lock: cheap, and replies still get their turn.
-            for _ in 0..(count - events).min(64) {
-                frames += self
-                    .emit_locked(&mut em, &EventSpec::default(), sel)
-                    .await?
-                    .frames as u64;
-                events += 1;
-            }
-            drop(em);
-            tokio::task::yield_now().await;
+            let n = (count - events).min(64);
+            frames += self.emit_batch(n, sel).await?;
+            events += n;
         }
         Ok(EmitReport::new(events, frames, started, stopped))
     }
@@ -567,16 +575,9 @@ impl Shared {
                     tokio::time::sleep_until(next.min(started + spec.duration)).await;
                     continue;
                 }
-                let mut em = shared.emitter.lock().await;
-                for _ in 0..due.min(256) {
-                    frames += shared
-                        .emit_locked(&mut em, &EventSpec::default(), &spec.selection)
-                        .await?
-                        .frames as u64;
-                    events += 1;
-                }
-                drop(em);
-                tokio::task::yield_now().await;
+                let n = due.min(256);
+                frames += shared.emit_batch(n, &spec.selection).await?;
+                events += n;
             };
             Ok(EmitReport::new(events, frames, started, stopped))
         });

@@ -12,7 +12,7 @@ async fn read_endpoints_serve_world_stats_truth_and_presence() {
     let admin = sim.admin_url().unwrap();
     let world = sim.world();
     let mut c = Client::connect(&sim).await;
-    let id = world.user_identifier(world.users[0].id, 1).unwrap();
+    let id = user(&world, 0);
     c.subscribe_confirmed(&id).await;
     c.update_presence(&id).await;
     c.json(LONG).await;
@@ -72,8 +72,7 @@ async fn emit_burst_and_run_over_http() {
     let admin = sim.admin_url().unwrap();
     let world = sim.world();
     let mut c = Client::connect(&sim).await;
-    c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    c.subscribe_confirmed(&user(&world, 0)).await;
 
     let (status, sent) = post_json(
         &admin,
@@ -135,7 +134,7 @@ async fn every_fault_has_an_endpoint() {
     let sim = start().await;
     let admin = sim.admin_url().unwrap();
     let world = sim.world();
-    let id = world.user_identifier(world.users[0].id, 1).unwrap();
+    let id = user(&world, 0);
     let mut c = Client::connect(&sim).await;
 
     let (status, v) = post_json(

@@ -165,8 +165,7 @@ async fn conversation_ids_in_frames_match_the_ground_truth() {
     let sim = start().await;
     let world = sim.world();
     let mut c = Client::connect(&sim).await;
-    c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    c.subscribe_confirmed(&user(&world, 0)).await;
     sim.burst(200, &Selection::all().accounts([1]))
         .await
         .unwrap();
@@ -191,8 +190,8 @@ async fn sequence_numbers_are_per_account_and_arrive_in_order() {
     let sim = start().await;
     let world = sim.world();
     let mut c = Client::connect(&sim).await;
-    let a1 = world.user_identifier(world.users[0].id, 1).unwrap();
-    let a2 = world.user_identifier(world.users[2].id, 2).unwrap();
+    let a1 = user(&world, 0);
+    let a2 = user(&world, 2);
     c.subscribe_confirmed(&a1).await;
     c.subscribe_confirmed(&a2).await;
     let report = sim.burst(1000, &Selection::all()).await.unwrap();

@@ -7,14 +7,6 @@ use std::time::Duration;
 use voxsig_protocol::{EventKind, ServerFrame};
 use voxsig_sim::{DeliveryStatus, EventSpec, Malformed, Refusal, Sim, SimConfig};
 
-async fn subscribed(sim: &Sim) -> Client {
-    let world = sim.world();
-    let mut c = Client::connect(sim).await;
-    c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
-    c
-}
-
 #[tokio::test]
 async fn dropping_connections_ends_sockets_without_a_close_frame() {
     let sim = start().await;
@@ -82,8 +74,7 @@ async fn stopped_pings_leave_a_stale_open_connection() {
     }
     // Still open: events flow.
     let world = sim.world();
-    c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    c.subscribe_confirmed(&user(&world, 0)).await;
     sim.faults().resume_pings();
     sim.faults().set_ping_interval(Duration::from_millis(50));
     match c.next(Duration::from_millis(400)).await {
@@ -171,7 +162,7 @@ async fn a_slow_writer_delays_frames_and_a_drop_counts_what_was_lost() {
 async fn refusing_every_subscription_rejects_or_ignores_even_valid_tokens() {
     let sim = start().await;
     let world = sim.world();
-    let id = world.user_identifier(world.users[0].id, 1).unwrap();
+    let id = user(&world, 0);
     let mut c = Client::connect(&sim).await;
     sim.faults().refuse_subscriptions(Some(Refusal::Reject));
     c.subscribe(&id).await;

@@ -111,9 +111,7 @@ async fn contact_subscription_is_the_token_alone_and_sees_no_contacts_map() {
     let mut c = Client::connect(&sim).await;
     // A user subscriber first, so the contact's presence shows a user online.
     let mut agent = Client::connect(&sim).await;
-    agent
-        .subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    agent.subscribe_confirmed(&user(&world, 0)).await;
     let presence = c
         .subscribe_confirmed(&world.contact_identifier(contact.id).unwrap())
         .await;
@@ -125,9 +123,7 @@ async fn contact_subscription_is_the_token_alone_and_sees_no_contacts_map() {
         "{data}"
     );
     // The agent's own next presence shows the contact online.
-    agent
-        .update_presence(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    agent.update_presence(&user(&world, 0)).await;
     let again = agent.json(LONG).await;
     assert_eq!(
         again["message"]["data"]["contacts"][contact.id.to_string()],
@@ -176,8 +172,7 @@ async fn refusals_are_silent_by_default_and_the_socket_stays_usable() {
     c.expect_silence(SHORT).await;
     assert_eq!(sim.stats().refused_silently_total, refused.len() as u64 + 1);
     let world = sim.world();
-    c.subscribe_confirmed(&world.user_identifier(world.users[0].id, 1).unwrap())
-        .await;
+    c.subscribe_confirmed(&user(&world, 0)).await;
     sim.shutdown().await;
 }
 
@@ -213,7 +208,7 @@ async fn the_switch_sends_reject_subscription_and_allows_retrying() {
 async fn repeated_subscribe_unknown_commands_and_bad_json_get_no_answer() {
     let sim = start().await;
     let world = sim.world();
-    let id = world.user_identifier(world.users[0].id, 1).unwrap();
+    let id = user(&world, 0);
     let mut c = Client::connect(&sim).await;
     c.subscribe_confirmed(&id).await;
     c.subscribe(&id).await;
@@ -222,8 +217,7 @@ async fn repeated_subscribe_unknown_commands_and_bad_json_get_no_answer() {
     c.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#)
         .await;
     // update_presence for an identifier that is not subscribed.
-    c.update_presence(&world.user_identifier(world.users[1].id, 1).unwrap())
-        .await;
+    c.update_presence(&user(&world, 1)).await;
     c.expect_silence(SHORT).await;
     assert_eq!(sim.stats().subscriptions, 1);
     assert!(sim.presence_log().is_empty());
@@ -234,8 +228,8 @@ async fn repeated_subscribe_unknown_commands_and_bad_json_get_no_answer() {
 async fn several_subscriptions_on_one_socket_are_routed_by_identifier() {
     let sim = start().await;
     let world = sim.world();
-    let a1 = world.user_identifier(world.users[0].id, 1).unwrap();
-    let a2 = world.user_identifier(world.users[2].id, 2).unwrap();
+    let a1 = user(&world, 0);
+    let a2 = user(&world, 2);
     // The same token as a1, encoded differently: a second subscription, echoed byte for byte.
     let reordered = format!(
         r#"{{"account_id":"1","user_id":{},"pubsub_token":"{}","channel":"RoomChannel"}}"#,
@@ -283,8 +277,8 @@ async fn several_subscriptions_on_one_socket_are_routed_by_identifier() {
 async fn unsubscribe_stops_the_events_of_that_identifier_only() {
     let sim = start().await;
     let world = sim.world();
-    let a = world.user_identifier(world.users[0].id, 1).unwrap();
-    let b = world.user_identifier(world.users[1].id, 1).unwrap();
+    let a = user(&world, 0);
+    let b = user(&world, 1);
     let mut c = Client::connect(&sim).await;
     c.subscribe_confirmed(&a).await;
     c.subscribe_confirmed(&b).await;
@@ -307,7 +301,7 @@ async fn unsubscribe_stops_the_events_of_that_identifier_only() {
 async fn update_presence_is_recorded_per_token_and_answered() {
     let sim = start().await;
     let world = sim.world();
-    let user = world.user_identifier(world.users[0].id, 1).unwrap();
+    let user = user(&world, 0);
     let contact = world.contact_identifier(world.contacts[0].id).unwrap();
     let mut c = Client::connect(&sim).await;
     c.subscribe_confirmed(&user).await;

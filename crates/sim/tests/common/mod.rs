@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::{Command, RoomIdentifier};
-use voxsig_sim::{Sim, SimConfig, WorldSpec};
+use voxsig_sim::{Sim, SimConfig, World, WorldSpec};
 
 pub const SHORT: Duration = Duration::from_millis(250);
 pub const LONG: Duration = Duration::from_secs(5);
@@ -32,6 +32,19 @@ pub fn config() -> SimConfig {
 
 pub async fn start() -> Sim {
     Sim::start(config()).await.expect("sim starts")
+}
+
+/// The identifier of the world's `index`-th user, on its first account.
+pub fn user(world: &World, index: usize) -> RoomIdentifier {
+    let u = &world.users[index];
+    world.user_identifier(u.id, u.accounts[0]).expect("user")
+}
+
+/// A client with the first user's subscription confirmed.
+pub async fn subscribed(sim: &Sim) -> Client {
+    let mut c = Client::connect(sim).await;
+    c.subscribe_confirmed(&user(&sim.world(), 0)).await;
+    c
 }
 
 /// What a socket read gave.
