@@ -155,7 +155,7 @@ async fn push_all(writer: &BufferWriter, generator: &Generator, range: std::ops:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos() {
     let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
+        .with_max_level(tracing::Level::INFO)
         .with_test_writer()
         .try_init();
     let broker = Mosquitto::start(MosquittoOptions::default());

@@ -8,7 +8,7 @@
 //! given up while a broker is away.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -34,6 +34,14 @@ use crate::{DrainReport, Sink, SinkError, SinkMetrics};
 
 /// How often the task looks for a fatal producer error when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Pause before records whose delivery failed are sent again (librdkafka reconnects by
+/// itself; this only keeps a failing broker from being flooded).
+const RETRY_BACKOFF: ReconnectConfig = ReconnectConfig {
+    min_backoff_ms: 100,
+    max_backoff_ms: 5_000,
+};
+/// Longest wait for purged records to come back before a new producer is created.
+const PURGE_WAIT: Duration = Duration::from_secs(5);
 /// Admin API operation timeout.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,6 +50,7 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     endpoint: String,
     max_in_flight: usize,
+    message_timeout: Duration,
     create_topics: CreateTopics,
 }
 
@@ -80,6 +89,7 @@ impl KafkaSink {
             client_config: cc,
             endpoint: config.brokers.joined(),
             max_in_flight: config.max_in_flight,
+            message_timeout: Duration::from_millis(config.message_timeout_ms),
             create_topics: config.create_topics.clone(),
         })
     }
@@ -99,6 +109,8 @@ struct Context {
     metrics: SinkMetrics,
     acker: Acker,
     in_flight: AtomicUsize,
+    /// Successful deliveries, so the task can reset its retry back-off.
+    acked: AtomicU64,
     connected: AtomicBool,
     delivered: Notify,
     failures: mpsc::UnboundedSender<Failure>,
@@ -107,11 +119,10 @@ struct Context {
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "librdkafka: {message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(facility = fac, "librdkafka: {message}")
+            }
+            // Connection trouble also arrives through `error` below, counted there.
             _ => tracing::debug!(facility = fac, "librdkafka: {message}"),
         }
     }
@@ -157,6 +168,7 @@ impl ProducerContext for Context {
                     );
                 }
                 self.acker.ack(*claim);
+                self.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((error, _message)) => {
                 let failure = Failure {
@@ -230,6 +242,10 @@ struct Task {
     known_topics: HashSet<String>,
     backoff: Backoff,
     pause_until: Option<tokio::time::Instant>,
+    /// Last delivery (or producer creation).
+    last_progress: tokio::time::Instant,
+    /// Some attempt timed out since then.
+    timed_out: bool,
 }
 
 impl KafkaSink {
@@ -244,8 +260,10 @@ impl KafkaSink {
             create_topics: self.create_topics.clone(),
             admin: None,
             known_topics: HashSet::new(),
-            backoff: Backoff::new(&ReconnectConfig::default()),
+            backoff: Backoff::new(&RETRY_BACKOFF),
             pause_until: None,
+            last_progress: tokio::time::Instant::now(),
+            timed_out: false,
         };
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
         let acker = reader.acker();
@@ -255,6 +273,7 @@ impl KafkaSink {
             metrics: metrics.clone(),
             acker: acker.clone(),
             in_flight: AtomicUsize::new(0),
+            acked: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             delivered: Notify::new(),
             failures: failures_tx.clone(),
@@ -264,7 +283,15 @@ impl KafkaSink {
             None => return reader.report(),
         };
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut acked = 0;
         loop {
+            let now_acked = producer.context().acked.load(Ordering::Relaxed);
+            if now_acked != acked {
+                acked = now_acked;
+                task.backoff.reset();
+                task.timed_out = false;
+                task.last_progress = tokio::time::Instant::now();
+            }
             if reader.is_aborted() {
                 break;
             }
@@ -297,21 +324,36 @@ impl KafkaSink {
                 () = reader.done(), if in_flight == 0 => {}
                 () = reader.aborted() => break,
                 _ = housekeeping.tick() => {
-                    if let Some((code, reason)) = producer.client().fatal_error() {
+                    let problem = match producer.client().fatal_error() {
+                        Some((code, reason)) => Some(("fatal", format!("{code:?}: {reason}"))),
+                        // Attempts keep timing out although librdkafka holds a connection: a
+                        // broker restarted without its state no longer knows this idempotent
+                        // producer. A new producer (new producer id) gets going again.
+                        None if task.timed_out && task.last_progress.elapsed() > self.message_timeout * 2 => {
+                            Some(("stalled", "no delivery for two message timeouts".to_owned()))
+                        }
+                        None => None,
+                    };
+                    if let Some((kind, reason)) = problem {
                         emit(&metrics, ConnectionFailed {
-                            sink, endpoint: &self.endpoint, kind: "fatal",
-                            error: &format_args!("{code:?}: {reason}; re-creating the producer"),
+                            sink, endpoint: &self.endpoint, kind,
+                            error: &format_args!("{reason}; re-creating the producer"),
                             retry_in: None,
                         });
                         // Hand every in-flight record back (purge reports them as failures).
                         producer.purge(PurgeConfig::default().queue().inflight());
-                        while producer.context().in_flight.load(Ordering::SeqCst) > 0 {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        let drained = eventually_zero(&producer.context().in_flight, PURGE_WAIT);
+                        tokio::select! {
+                            () = drained => {}
+                            () = reader.aborted() => break,
                         }
                         producer = match task.producer(&make_context, &reader).await {
                             Some(p) => p,
                             None => break,
                         };
+                        acked = 0;
+                        task.timed_out = false;
+                        task.last_progress = tokio::time::Instant::now();
                     }
                 }
             }
@@ -376,7 +418,11 @@ impl Task {
             }
             if self.create_topics.enabled && !self.known_topics.contains(&record.topic) {
                 let topic = record.topic.clone();
-                if let Err(error) = self.ensure_topic(&topic).await {
+                let ensured = tokio::select! {
+                    r = self.ensure_topic(&topic) => r,
+                    () = reader.aborted() => Err("drain deadline passed".to_owned()),
+                };
+                if let Err(error) = ensured {
                     self.retry_later(claim, "create_topic", &error, reader);
                     return;
                 }
@@ -508,7 +554,15 @@ impl Task {
             },
         );
         reader.requeue(claim);
-        self.pause_until = Some(tokio::time::Instant::now() + self.backoff.next_delay());
+        self.pause(true);
+    }
+
+    /// Pauses sending after failures; the back-off grows once per pause, not per failure.
+    fn pause(&mut self, failed: bool) {
+        let now = tokio::time::Instant::now();
+        if failed && self.pause_until.is_none_or(|t| t <= now) {
+            self.pause_until = Some(now + self.backoff.next_delay());
+        }
     }
 
     fn on_failures(&mut self, batch: Vec<Failure>, reader: &BufferReader) {
@@ -527,6 +581,10 @@ impl Task {
                     reader.requeue(failure.claim);
                 }
                 Verdict::Retry(reason) => {
+                    self.timed_out |= reason == "timeout";
+                    // A broker that lost its data (restarted empty) may have lost the topic
+                    // too: ensure it again before the next attempt.
+                    self.known_topics.remove(&failure.claim.record().topic);
                     pause = true;
                     retried += 1;
                     self.report_retry(&failure, reason);
@@ -542,11 +600,7 @@ impl Task {
                 cause: "delivery failed",
             },
         );
-        if pause {
-            self.pause_until = Some(tokio::time::Instant::now() + self.backoff.next_delay());
-        } else {
-            self.backoff.reset();
-        }
+        self.pause(pause);
     }
 
     fn report_retry(&self, failure: &Failure, reason: &'static str) {
@@ -561,6 +615,14 @@ impl Task {
                 error: &failure.error,
             },
         );
+    }
+}
+
+/// Waits until `counter` is zero, at most `limit`.
+async fn eventually_zero(counter: &AtomicUsize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while counter.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
