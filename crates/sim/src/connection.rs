@@ -173,6 +173,7 @@ async fn write_loop(
                     Message::Text(text)
                 }
                 Outgoing::Binary(bytes) => Message::Binary(bytes),
+                Outgoing::Finish => break 'socket,
                 Outgoing::Disconnect(frame) => {
                     let close = Message::Close(Some(CloseFrame {
                         code: CloseCode::Normal,
@@ -282,6 +283,10 @@ async fn read_loop(
             Ok(_) => {}
         }
     }
+    // Unregister (no more events), then let the writer answer the close and stop.
+    let tx = conn.tx.clone();
+    drop(conn);
+    let _ = tokio::time::timeout(CLOSE_GRACE, tx.send(Outgoing::Finish)).await;
 }
 
 /// JSON-escapes an identifier for use inside a frame (without the quotes).

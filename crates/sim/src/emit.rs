@@ -490,8 +490,11 @@ impl Shared {
         sel: &Selection,
     ) -> Result<EmittedEvent> {
         let rendered = self.render(em, spec, sel)?;
-        let targets = std::mem::take(&mut em.targets);
+        let mut targets = std::mem::take(&mut em.targets);
         let sent = self.deliver(em, rendered, &targets).await;
+        // Keep the capacity, not the sockets' queues: a closed socket's writer ends when the
+        // last sender goes.
+        targets.clear();
         em.targets = targets;
         Ok(sent)
     }

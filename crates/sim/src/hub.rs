@@ -20,6 +20,8 @@ pub(crate) enum Outgoing {
     Binary(Bytes),
     /// A `disconnect` frame, then a close frame with code 1000, then the socket closes.
     Disconnect(Utf8Bytes),
+    /// The client has gone or closed: finish the close handshake and stop.
+    Finish,
 }
 
 /// Where an event for one subscription goes.

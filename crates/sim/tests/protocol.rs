@@ -332,3 +332,30 @@ async fn update_presence_is_recorded_per_token_and_answered() {
     assert_eq!(sim.stats().presence_updates_total, 4);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_and_the_socket_forgotten() {
+    let sim = start().await;
+    let mut c = subscribed(&sim).await;
+    sim.emit(EventSpec::new(1, EventKind::ContactCreated))
+        .await
+        .unwrap();
+    c.text(LONG).await;
+    c.close().await;
+    let started = tokio::time::Instant::now();
+    loop {
+        match c.next(LONG).await {
+            Got::Text(t) if t.contains("ping") => continue,
+            Got::Close(_) | Got::Ended => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = sim.wait_for_sockets(0, LONG).await.unwrap();
+    assert_eq!(stats.subscriptions, 0);
+    sim.shutdown().await;
+}

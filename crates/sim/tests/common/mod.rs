@@ -101,6 +101,11 @@ impl Client {
             .expect("send");
     }
 
+    /// Starts the close handshake.
+    pub async fn close(&mut self) {
+        self.ws.close(None).await.expect("close");
+    }
+
     pub async fn subscribe(&mut self, id: &RoomIdentifier) {
         self.send(Command::Subscribe(id).encode()).await;
     }
