@@ -64,6 +64,36 @@ pub struct Config {
     /// The HTTP listener for metrics, health and status.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Which share of the accounts this replica serves, when several split them.
+    #[serde(default)]
+    pub shard: ShardConfig,
+}
+
+/// Splits the accounts between replicas: this one keeps the entries whose account hashes to
+/// `index` modulo `count`. Every entry of one account lands on the same replica, so dedup
+/// across an account's tokens keeps working. Kubernetes sets `index` from the pod ordinal.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardConfig {
+    /// This replica's share, `0..count`.
+    pub index: u32,
+    /// How many replicas split the accounts.
+    pub count: u32,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig { index: 0, count: 1 }
+    }
+}
+
+impl ShardConfig {
+    /// Whether this replica serves `account_id`.
+    pub fn owns(&self, account_id: u64) -> bool {
+        self.count <= 1
+            || xxhash_rust::xxh3::xxh3_64(&account_id.to_le_bytes()) % u64::from(self.count)
+                == u64::from(self.index)
+    }
 }
 
 /// The platform's WebSocket endpoint and how to talk to it.
@@ -468,6 +498,15 @@ impl Config {
         if let Some(file) = &self.accounts_file {
             entries.extend(load_accounts_file(file)?);
         }
+        if self.shard.count == 0 || self.shard.index >= self.shard.count {
+            return Err(ConfigError::new(
+                "shard.index",
+                format!(
+                    "must be below shard.count ({}), which must be at least 1",
+                    self.shard.count
+                ),
+            ));
+        }
         if entries.is_empty() {
             return Err(ConfigError::new(
                 "accounts",
@@ -483,6 +522,9 @@ impl Config {
                     key,
                     format!("uses the same pubsub token as {first}; each token may appear once"),
                 ));
+            }
+            if !self.shard.owns(entry.account_id) {
+                continue;
             }
             accounts.push(Account {
                 account_id: entry.account_id,

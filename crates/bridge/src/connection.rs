@@ -465,7 +465,14 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
     let event_label = event.kind.name().unwrap_or("other");
     let m = &shared.metrics;
     let received_at = SystemTime::now();
-    emit(m, t::EventReceived { event_label });
+    let account = Router::account_of(event, &member.receiver);
+    emit(
+        m,
+        t::EventReceived {
+            event_label,
+            account,
+        },
+    );
     shared.status.event(member.index, now_ms());
     if event.kind == EventKind::UserLogout {
         shared.status.set_logged_out(member.index);
@@ -483,7 +490,6 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
     }
     let accepted_at = Instant::now().into_std();
     if let Some(dedup) = &shared.dedup {
-        let account = Router::account_of(event, &member.receiver);
         let verdict = dedup.check(
             account,
             &event.name,

@@ -10,6 +10,8 @@
 pub mod config;
 pub mod connection;
 pub mod dedup;
+pub mod demo;
+pub mod http;
 pub mod route;
 pub mod runtime;
 pub mod status;

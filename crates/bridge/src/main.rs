@@ -3,8 +3,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use voxsig_bridge::demo::DemoOptions;
 use voxsig_bridge::tail::TailSink;
 use voxsig_bridge::{Bridge, Config, Settings};
 
@@ -16,7 +18,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "VOXSIG_BRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `voxsig_bridge=debug`.
-    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,rumqttd=warn",
+        env = "RUST_LOG"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -37,6 +44,31 @@ enum Command {
         /// The config file (TOML); `VOXSIG_BRIDGE_*` variables override it.
         #[arg(short, long)]
         config: PathBuf,
+        /// Serve /metrics, /healthz, /readyz and /status here instead of `metrics.listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Run the whole job on an embedded default: a simulated Voxsig, an embedded MQTT broker and
+    /// the bridge between them, with a live progress line. No config needed.
+    Demo {
+        /// Simulated accounts.
+        #[arg(long, default_value_t = 3)]
+        accounts: usize,
+        /// Events per second, in total.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Print events on stdout instead of publishing them to the embedded MQTT broker.
+        #[arg(long)]
+        stdout: bool,
+        /// Port of the embedded MQTT broker (default: a free one).
+        #[arg(long, default_value_t = 0)]
+        mqtt_port: u16,
+        /// Serve /metrics, /healthz, /readyz and /status here.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+        metrics_addr: SocketAddr,
+        /// Stop after this long (e.g. `30s`) instead of waiting for Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
     },
     /// Validate a config and print it resolved, secrets redacted; exit non-zero when invalid.
     Check {
@@ -97,12 +129,38 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            metrics_addr,
+        } => {
             let settings = load(&config)?;
             let drain = settings.config.shutdown.drain_timeout;
+            let listen = metrics_addr.unwrap_or(settings.config.metrics.listen);
             let registry = prometheus::Registry::new();
             let bridge = Bridge::start(settings, &registry).await?;
+            bridge
+                .serve_http(listen)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
             run_until_signal(bridge, drain).await
+        }
+        Command::Demo {
+            accounts,
+            rate,
+            stdout,
+            mqtt_port,
+            metrics_addr,
+            duration,
+        } => {
+            voxsig_bridge::demo::run(DemoOptions {
+                accounts,
+                rate,
+                stdout,
+                mqtt_port,
+                metrics_addr,
+                duration,
+            })
+            .await
         }
         Command::Tail {
             config,

@@ -4,6 +4,7 @@
 use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
+use crate::http::{Gauges, HttpState};
 use crate::route::{Charset, Receiver, Router};
 use crate::status::StatusBoard;
 use crate::telemetry::BridgeMetrics;
@@ -40,6 +41,7 @@ pub struct Bridge {
     metrics: BridgeMetrics,
     sink_metrics: SinkMetrics,
     sockets: usize,
+    http: HttpState,
 }
 
 impl Bridge {
@@ -59,9 +61,14 @@ impl Bridge {
         sink: Box<dyn Sink>,
         registry: &Registry,
     ) -> Result<Bridge, StartError> {
-        let metrics = BridgeMetrics::register(registry)?;
-        let sink_metrics = SinkMetrics::register(registry)?;
         let config = &settings.config;
+        let per_account = config
+            .metrics
+            .per_account_labels
+            .then_some(config.metrics.max_accounts);
+        let metrics = BridgeMetrics::register(registry, per_account)?;
+        let sink_metrics = SinkMetrics::register(registry)?;
+        let gauges = Gauges::register(registry)?;
         let (writer, reader) = voxsig_sinks::buffer(config.buffer.clone(), sink_metrics.clone());
         let sink = voxsig_sinks::spawn(sink, reader);
 
@@ -150,6 +157,12 @@ impl Bridge {
             topic = settings.topic.as_str(),
             "bridge started"
         );
+        let http = HttpState {
+            registry: registry.clone(),
+            status: status.clone(),
+            gauges,
+            ready_fraction: config.metrics.ready_fraction,
+        };
         Ok(Bridge {
             shutdown,
             connections,
@@ -159,7 +172,22 @@ impl Bridge {
             metrics,
             sink_metrics,
             sockets,
+            http,
         })
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` and `/status` on `addr` (port 0 picks one).
+    pub async fn serve_http(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let (bound, _task) = crate::http::serve(addr, self.http.clone()).await?;
+        Ok(bound)
+    }
+
+    /// What the HTTP endpoints read, e.g. to check readiness in-process.
+    pub fn http_state(&self) -> &HttpState {
+        &self.http
     }
 
     /// The live state board.

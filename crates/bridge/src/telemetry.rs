@@ -45,6 +45,35 @@ struct Counters {
     frame_errors: IntCounterVec,
     logouts: IntCounter,
     unknown_frames: IntCounter,
+    per_account: Option<AccountCounters>,
+}
+
+/// `voxsig_bridge_account_events_received_total{account}`, capped: the first `max` accounts
+/// seen get their own series, the rest share `account="other"`, so 10,000 accounts cannot
+/// explode a Prometheus server.
+struct AccountCounters {
+    vec: IntCounterVec,
+    max: usize,
+    counters: std::sync::Mutex<std::collections::HashMap<u64, IntCounter>>,
+    other: IntCounter,
+}
+
+impl AccountCounters {
+    fn inc(&self, account: u64) {
+        let Ok(mut counters) = self.counters.lock() else {
+            self.other.inc();
+            return;
+        };
+        if let Some(c) = counters.get(&account) {
+            c.inc();
+        } else if counters.len() < self.max {
+            let c = self.vec.with_label_values(&[&account.to_string()]);
+            c.inc();
+            counters.insert(account, c);
+        } else {
+            self.other.inc();
+        }
+    }
 }
 
 impl std::fmt::Debug for BridgeMetrics {
@@ -64,8 +93,12 @@ const DISCONNECT_REASONS: &[&str] = &[
 ];
 
 impl BridgeMetrics {
-    /// Creates the counters in `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// Creates the counters in `registry`; `per_account` caps the distinct `account` labels
+    /// (`None`: no per-account series).
+    pub fn register(
+        registry: &Registry,
+        per_account: Option<usize>,
+    ) -> Result<Self, prometheus::Error> {
         let vec =
             |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
                 let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
@@ -92,6 +125,14 @@ impl BridgeMetrics {
             frame_errors: vec("voxsig_bridge_frame_errors_total", "Frames that could not be used, by kind.", "kind")?,
             logouts: one("voxsig_bridge_token_logouts_total", "user:logout received: the platform rotated a token.")?,
             unknown_frames: one("voxsig_bridge_unknown_frames_total", "Control frames of an unknown type (ignored).")?,
+            per_account: match per_account {
+                Some(max) => {
+                    let vec = vec("voxsig_bridge_account_events_received_total", "Events received by account (capped; the rest under account=\"other\").", "account")?;
+                    let other = vec.with_label_values(&["other"]);
+                    Some(AccountCounters { vec, max, counters: Default::default(), other })
+                }
+                None => None,
+            },
         };
         for result in ["ok", "error"] {
             counters.connects.with_label_values(&[result]);
@@ -120,7 +161,7 @@ impl BridgeMetrics {
     /// Counters in a private registry, for tests and tools that do not export metrics.
     pub fn unregistered() -> Self {
         // Registering into a fresh registry cannot clash.
-        Self::register(&Registry::new()).unwrap_or_else(|e| panic!("fresh registry: {e}"))
+        Self::register(&Registry::new(), None).unwrap_or_else(|e| panic!("fresh registry: {e}"))
     }
 }
 
@@ -304,6 +345,8 @@ impl InternalEvent for UnknownFrame<'_> {
 pub struct EventReceived {
     /// Bounded label: the catalogue name or `other`.
     pub event_label: &'static str,
+    /// The event's account.
+    pub account: u64,
 }
 
 impl InternalEvent for EventReceived {
@@ -312,6 +355,9 @@ impl InternalEvent for EventReceived {
             .received
             .with_label_values(&[self.event_label])
             .inc();
+        if let Some(per_account) = &m.inner.per_account {
+            per_account.inc(self.account);
+        }
     }
 }
 

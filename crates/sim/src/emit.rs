@@ -52,7 +52,9 @@ impl EventSpec {
 pub struct Selection {
     /// Accounts, visited in round-robin order (empty: every account of the world).
     pub accounts: Vec<u64>,
-    /// Events, drawn at random (empty: the whole catalogue, [`EventKind::ALL`]).
+    /// Events, drawn at random (empty: the whole catalogue, [`EventKind::ALL`], except
+    /// `user:logout`, a control message the platform sends only when it rotates a token; emit it
+    /// explicitly with [`EventSpec`]).
     pub kinds: Vec<EventKind>,
 }
 
@@ -314,7 +316,7 @@ impl Shared {
         let kind = match spec.kind {
             Some(EventKind::Other) => return Err(SimError::UnknownEvent("other".into())),
             Some(k) => k,
-            None if sel.kinds.is_empty() => *em.rng.pick(EventKind::ALL),
+            None if sel.kinds.is_empty() => *em.rng.pick(&RANDOM_KINDS),
             None => *em.rng.pick(&sel.kinds),
         };
         let (conversation_id, contact) = match spec.conversation_id {
@@ -619,3 +621,12 @@ impl Shared {
             .await;
     }
 }
+
+/// What an unrestricted selection draws from: the catalogue without `user:logout`.
+static RANDOM_KINDS: std::sync::LazyLock<Vec<EventKind>> = std::sync::LazyLock::new(|| {
+    EventKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| *k != EventKind::UserLogout)
+        .collect()
+});

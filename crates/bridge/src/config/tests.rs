@@ -135,3 +135,33 @@ fn origin_defaults_to_the_sites_own() {
         "http://127.0.0.1:3000"
     );
 }
+
+#[test]
+fn shards_split_accounts_and_together_cover_all() {
+    let mut toml = String::from("[source]\nurl = \"ws://h/cable\"\n");
+    for account in 1..=200 {
+        toml.push_str(&format!(
+            "[[accounts]]\naccount_id = {account}\npubsub_token = \"t{account}\"\n"
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for index in 0..3 {
+        let sharded = format!("[shard]\nindex = {index}\ncount = 3\n{toml}");
+        let s = Config::from_toml(&sharded).unwrap().validate().unwrap();
+        assert!(
+            s.accounts.len() > 30 && s.accounts.len() < 110,
+            "{}",
+            s.accounts.len()
+        );
+        for a in &s.accounts {
+            assert!(
+                seen.insert(a.account_id),
+                "account {} in two shards",
+                a.account_id
+            );
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    let e = error_of(&format!("[shard]\nindex = 3\ncount = 3\n{toml}"));
+    assert_eq!(e.key, "shard.index");
+}
