@@ -31,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "buffer",
     "shutdown",
     "metrics",
+    "shard",
 ];
 
 /// The whole configuration, as written.
@@ -640,11 +641,15 @@ impl Settings {
 }
 
 fn env() -> Env {
-    Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
-        SECTIONS
-            .iter()
-            .any(|s| key.as_str().split('.').next() == Some(*s))
-    })
+    Env::prefixed(ENV_PREFIX)
+        // Decide on the key as written (`SOURCE__URL`): its first `__`-separated part.
+        .filter(|key| {
+            let section = key.as_str().split("__").next().unwrap_or("");
+            SECTIONS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(section))
+        })
+        .split("__")
 }
 
 /// Turns figment's error (which names the key and the file) into ours.

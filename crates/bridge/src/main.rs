@@ -106,7 +106,6 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -1,0 +1,254 @@
+//! The `voxsig-bridge` command as an operator uses it.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use support::*;
+use voxsig_sim::{Selection, SimConfig};
+
+fn bridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
+    // A developer's own overrides must not leak into these tests.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" {
+            c.env_remove(key);
+        }
+    }
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+const CONFIG: &str = r#"
+[source]
+url = "ws://127.0.0.1:9/cable"
+[[accounts]]
+account_id = 1
+user_id = 7
+pubsub_token = "furNHtAQnqxQN2FmkLzf8x4T"
+"#;
+
+#[test]
+fn help_and_version() {
+    let o = bridge().arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert!(text(&o).0.contains(env!("CARGO_PKG_VERSION")));
+    for sub in ["run", "check", "tail", "demo"] {
+        let o = bridge().args([sub, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{sub} --help");
+        assert!(text(&o).0.contains("Usage: voxsig-bridge"), "{sub}");
+    }
+}
+
+#[test]
+fn check_prints_the_resolved_config_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let o = bridge()
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("VOXSIG_BRIDGE_SOURCE__PRESENCE_INTERVAL", "20s")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("presence_interval = \"20s\""),
+        "env override applied:\n{out}"
+    );
+    assert!(out.contains("tok…8x4T"), "{out}");
+    assert!(!out.contains("furNHtAQnqxQN2FmkLzf8x4T") && !err.contains("furNHtAQnqxQN2FmkLzf8x4T"));
+    assert!(out.contains("# OK: 1 subscriptions on 1 sockets"), "{out}");
+}
+
+#[test]
+fn a_bad_config_is_one_clear_message_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, CONFIG.replace("user_id = 7", "user_id = \"seven\"")).unwrap();
+    let o = bridge().args(["check", "-c"]).arg(&path).output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("accounts.0.user_id"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    let o = bridge()
+        .args(["check", "-c", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("/nonexistent.toml"));
+}
+
+#[test]
+fn the_example_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(&token, "contactToken").unwrap();
+    std::fs::write(
+        &accounts,
+        "[[accounts]]\naccount_id = 3\npubsub_token = \"x3\"\n",
+    )
+    .unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let original = std::fs::read_to_string(&path).unwrap();
+        // Point the examples' secrets and account files at real files.
+        let patched = original
+            .replace(
+                "/run/secrets/voxsig-contact-42",
+                &token.display().to_string(),
+            )
+            .replace("/run/secrets/voxsig-2-11", &token.display().to_string())
+            .replace(
+                "/etc/voxsig-bridge/accounts.toml",
+                &accounts.display().to_string(),
+            )
+            .replace("/tmp/sim-accounts.toml", &accounts.display().to_string());
+        let copy = dir.path().join(path.file_name().unwrap());
+        std::fs::write(&copy, patched).unwrap();
+        let o = bridge()
+            .args(["check", "-c"])
+            .arg(&copy)
+            .env("VOXSIG_TOKEN_ACME_ALICE", "aliceToken")
+            .env("VOXSIG_TOKEN_1_7", "t17")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", path.display(), text(&o).1);
+        checked += 1;
+    }
+    assert!(checked >= 4);
+}
+
+fn signal(pid: u32, sig: &str) {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_publishes_and_sigterm_drains_and_exits_zero() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let accounts = sim
+        .world()
+        .bridge_config_toml(&voxsig_sim::ExportOptions::default());
+    let config = format!(
+        "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n{accounts}",
+        sim.url(),
+        out.display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = bridge()
+        .args([
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "-c",
+        ])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sim.wait_for_subscriptions(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    sim.burst(100, &Selection::all()).await.unwrap();
+    sim.wait_for_delivery(Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(child.id(), "-TERM");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    // JSON logs, and no token in them.
+    assert!(err.lines().all(|l| l.starts_with('{')), "{err}");
+    for account in sim
+        .world()
+        .bridge_accounts(&voxsig_sim::ExportOptions::default())
+    {
+        assert!(!err.contains(&account.pubsub_token));
+    }
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let written = sim
+        .ground_truth()
+        .broadcasts()
+        .filter(|e| !e.deliveries.is_empty())
+        .count();
+    assert!(
+        lines.lines().count() >= written,
+        "{} lines for {written} broadcasts",
+        lines.lines().count()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_matching_events_live() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = sim
+        .world()
+        .bridge_config_toml(&voxsig_sim::ExportOptions::default());
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[source]\nurl = \"{}\"\n{accounts}", sim.url()),
+    )
+    .unwrap();
+    let child = bridge()
+        .args(["tail", "--event", "message.*", "-c"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sim.wait_for_subscriptions(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let kinds = [
+        voxsig_protocol::EventKind::MessageCreated,
+        voxsig_protocol::EventKind::ContactUpdated,
+    ];
+    sim.burst(40, &Selection::all().kinds(kinds)).await.unwrap();
+    sim.wait_for_delivery(Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(child.id(), "-INT");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.lines().count() > 5, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains(" voxsig/1/message.created key=1/")),
+        "{out}"
+    );
+    sim.shutdown().await;
+}
