@@ -20,17 +20,17 @@ if [ -z "$PROMTOOL" ]; then
       exit 1
     fi
     workdir="$(mktemp -d)"
-    trap 'rm -rf "$workdir"' EXIT
     apt-get update -qq
     # `apt-get download` fetches the .deb only: no dependencies, no maintainer scripts, so no
-    # prometheus service is created or started. promtool is a static Go binary.
+    # prometheus service is created or started. promtool is a Go binary needing only libc.
     (cd "$workdir" && apt-get download -qq -o APT::Sandbox::User=root prometheus)
     dpkg-deb -x "$workdir"/prometheus_*.deb "$workdir/root"
     install -m 0755 "$workdir/root/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$workdir"
     PROMTOOL=/usr/local/bin/promtool
   fi
 fi
-"$PROMTOOL" --version 2>&1 | head -n 1
+"$PROMTOOL" --version 2>&1 | sed -n 1p
 
 echo "== promtool check rules deploy/prometheus/alerts.yml"
 "$PROMTOOL" check rules deploy/prometheus/alerts.yml
@@ -39,6 +39,31 @@ echo "== promtool test rules deploy/prometheus/alerts.test.yml"
 echo "== promtool check config deploy/prometheus/prometheus.yml"
 # The rule file is referenced relative to the config, so this checks it again in place.
 "$PROMTOOL" check config deploy/prometheus/prometheus.yml
+
+echo "== promtool check rules: the Grafana dashboard's queries"
+# Every panel query, with Grafana's variables filled in, as a recording rule: promtool then
+# parses each one as PromQL.
+if command -v python3 >/dev/null 2>&1; then
+  queries="$(mktemp --suffix=.yml)"
+  trap 'rm -f "$queries"' EXIT
+  python3 - deploy/grafana/voxsig-bridge.json "$queries" <<'PY'
+import json, sys
+dashboard = json.load(open(sys.argv[1]))
+rules = []
+def walk(panels):
+    for panel in panels:
+        walk(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*")
+            rules.append({"record": "dashboard:panel_%d:%s" % (panel["id"], target["refId"]), "expr": expr})
+walk(dashboard["panels"])
+json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"), indent=1)
+print("%d dashboard queries" % len(rules))
+PY
+  "$PROMTOOL" check rules "$queries"
+else
+  echo "python3 not found: skipping"
+fi
 
 if command -v kubectl >/dev/null 2>&1; then
   echo "== kubectl kustomize deploy/k8s"
