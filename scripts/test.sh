@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what the tests need, then runs every test.
+# The whole test suite, on a fresh machine: installs what the tests need (real brokers, the
+# toolchain librdkafka builds with, promtool), then runs every test.
+#   - every crate's unit, integration and end-to-end tests (they start their own mosquitto and
+#     tansu processes on free loopback ports), benchmarks as smoke tests, doc tests;
+#   - promtool on the deploy/ rules, their unit tests, and on a /metrics scrape taken during
+#     an end-to-end run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
-# Real brokers the end-to-end tests start on free ports (they never use a system-wide instance).
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "installing mosquitto (Debian package)"
-  apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients
-fi
+scripts/install-brokers.sh
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+
+scripts/check-deploy.sh
+PROMTOOL="$(command -v promtool || echo /usr/local/bin/promtool)"
+scrape=target/e2e-metrics.prom
+if [ ! -s "$scrape" ]; then
+  echo "error: the end-to-end run left no /metrics scrape at $scrape" >&2
+  exit 1
+fi
+echo "promtool check metrics $scrape"
+"$PROMTOOL" check metrics < "$scrape"

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::backoff::{Backoff, Jitter, Rng};
-use voxsig_protocol::session::{CloseReason, Delivery, Happening, SubscriptionId};
+use voxsig_protocol::session::{
+    CloseReason, Delivery, Happening, SubscriptionId, SubscriptionState,
+};
 use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
 use voxsig_sinks::BufferWriter;
 
@@ -169,8 +171,12 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
             },
         );
         ever_connected = true;
-        for m in &members {
-            shared.status.set_sub(m.index, SubState::Waiting);
+        // Subscriptions backing off after a reject or timeout keep showing why.
+        for (i, m) in members.iter().enumerate() {
+            let state = session.subscription_state(SubscriptionId(i as u32));
+            if matches!(state, Some(SubscriptionState::Waiting)) {
+                shared.status.set_sub(m.index, SubState::Waiting);
+            }
         }
 
         let (ended, welcomed) =
