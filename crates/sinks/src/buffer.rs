@@ -517,6 +517,23 @@ impl BufferReader {
         take_front(&mut self.acker.shared.lock())
     }
 
+    /// Takes up to `max` queued records at once (one lock), appending them to `out`; returns how
+    /// many were taken.
+    pub fn try_recv_many(&mut self, max: usize, out: &mut Vec<Claim>) -> usize {
+        if self.is_aborted() {
+            return 0;
+        }
+        let mut state = self.acker.shared.lock();
+        let before = out.len();
+        while out.len() - before < max {
+            match take_front(&mut state) {
+                Some(claim) => out.push(claim),
+                None => break,
+            }
+        }
+        out.len() - before
+    }
+
     /// Waits until a record is queued, the buffer is closed, or the deadline passed; takes
     /// nothing. Use it in `select!` beside other work (it is cancel-safe).
     pub async fn readable(&self) {

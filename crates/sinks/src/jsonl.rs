@@ -182,12 +182,7 @@ impl Sink for JsonLinesSink {
             let mut bytes = Vec::with_capacity(64 * 1024);
             while let Some(first) = reader.recv().await {
                 batch.push(first);
-                while batch.len() < BATCH {
-                    match reader.try_recv() {
-                        Some(claim) => batch.push(claim),
-                        None => break,
-                    }
-                }
+                reader.try_recv_many(BATCH - 1, &mut batch);
                 bytes.clear();
                 for claim in &batch {
                     write_line(&mut bytes, claim.record());

@@ -40,6 +40,8 @@ const RETRY_BACKOFF: ReconnectConfig = ReconnectConfig {
     min_backoff_ms: 100,
     max_backoff_ms: 5_000,
 };
+/// Most records taken from the buffer per fill.
+const FILL_BATCH: usize = 1024;
 /// Longest wait for purged records to come back before a new producer is created.
 const PURGE_WAIT: Duration = Duration::from_secs(5);
 /// Admin API operation timeout.
@@ -407,10 +409,12 @@ impl Task {
         reader: &mut BufferReader,
         max_in_flight: usize,
     ) {
-        while producer.context().in_flight.load(Ordering::SeqCst) < max_in_flight {
-            let Some(claim) = reader.try_recv() else {
-                return;
-            };
+        let mut batch = Vec::new();
+        let room =
+            max_in_flight.saturating_sub(producer.context().in_flight.load(Ordering::SeqCst));
+        reader.try_recv_many(room.min(FILL_BATCH), &mut batch);
+        let mut claims = batch.into_iter();
+        while let Some(claim) = claims.next() {
             let record = claim.record();
             if let Err(e) = check_kafka_topic(&record.topic) {
                 self.reject(claim, "invalid_topic", &e, reader);
@@ -424,6 +428,7 @@ impl Task {
                 };
                 if let Err(error) = ensured {
                     self.retry_later(claim, "create_topic", &error, reader);
+                    claims.for_each(|c| reader.requeue(c));
                     return;
                 }
             }
@@ -463,6 +468,7 @@ impl Task {
                     _ => {
                         // Queue full or a transient local error: wait for deliveries.
                         reader.requeue(claim);
+                        claims.for_each(|c| reader.requeue(c));
                         self.pause_until =
                             Some(tokio::time::Instant::now() + Duration::from_millis(10));
                         return;

@@ -168,6 +168,8 @@ struct Tracker {
     records_outstanding: usize,
     connected: bool,
     offline_acked: bool,
+    /// Reused buffer for claims taken from the buffer.
+    batch: Vec<Claim>,
 }
 
 impl Tracker {
@@ -177,10 +179,10 @@ impl Tracker {
 
     /// Hands queued records to rumqttc while the in-flight window has room.
     fn fill(&mut self, client: &AsyncClient, reader: &mut BufferReader) {
-        while self.has_room() {
-            let Some(claim) = reader.try_recv() else {
-                return;
-            };
+        let mut batch = std::mem::take(&mut self.batch);
+        reader.try_recv_many(self.window - self.records_outstanding, &mut batch);
+        let mut claims = batch.drain(..);
+        for claim in claims.by_ref() {
             let record = claim.record();
             let problem = match check_mqtt_topic(&record.topic) {
                 Err(e) => Some(("invalid_topic", e.to_string())),
@@ -226,11 +228,14 @@ impl Tracker {
             if !matches!(sent, Some(Ok(()))) {
                 // The request channel is full (cannot happen within the window) or closed.
                 reader.requeue(claim);
-                return;
+                claims.by_ref().for_each(|c| reader.requeue(c));
+                break;
             }
             self.unassigned.push_back(Slot::Record(claim));
             self.records_outstanding += 1;
         }
+        drop(claims);
+        self.batch = batch;
     }
 
     fn send_status(&mut self, client: &AsyncClient, status: &Status, online: bool) {
@@ -453,6 +458,7 @@ impl MqttSink {
             records_outstanding: 0,
             connected: false,
             offline_acked: false,
+            batch: Vec::new(),
         };
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         let mut disconnecting = false;
