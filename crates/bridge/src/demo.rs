@@ -14,20 +14,26 @@ use voxsig_sim::{
     ExportOptions, Rate, RunSpec, Selection, Sim, SimConfig, TokenSelection, WorldSpec,
 };
 
-/// Options of the demo.
-#[derive(Debug, Clone)]
+/// Options of the demo (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
     /// Simulated accounts.
+    #[arg(long, default_value_t = 3)]
     pub accounts: usize,
     /// Events per second, in total.
+    #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
-    /// Print events on stdout instead of publishing to the embedded broker.
+    /// Print events on stdout instead of publishing them to the embedded MQTT broker.
+    #[arg(long)]
     pub stdout: bool,
-    /// MQTT port of the embedded broker (0: a free one).
+    /// Port of the embedded MQTT broker (default: a free one).
+    #[arg(long, default_value_t = 0)]
     pub mqtt_port: u16,
-    /// Where `/metrics` is served.
+    /// Serve /metrics, /healthz, /readyz and /status here.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
     pub metrics_addr: SocketAddr,
-    /// Stop after this long (`None`: until Ctrl-C).
+    /// Stop after this long (e.g. `30s`) instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 }
 

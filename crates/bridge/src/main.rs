@@ -50,26 +50,7 @@ enum Command {
     },
     /// Run the whole job on an embedded default: a simulated Voxsig, an embedded MQTT broker and
     /// the bridge between them, with a live progress line. No config needed.
-    Demo {
-        /// Simulated accounts.
-        #[arg(long, default_value_t = 3)]
-        accounts: usize,
-        /// Events per second, in total.
-        #[arg(long, default_value_t = 20.0)]
-        rate: f64,
-        /// Print events on stdout instead of publishing them to the embedded MQTT broker.
-        #[arg(long)]
-        stdout: bool,
-        /// Port of the embedded MQTT broker (default: a free one).
-        #[arg(long, default_value_t = 0)]
-        mqtt_port: u16,
-        /// Serve /metrics, /healthz, /readyz and /status here.
-        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
-        metrics_addr: SocketAddr,
-        /// Stop after this long (e.g. `30s`) instead of waiting for Ctrl-C.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-    },
+    Demo(DemoOptions),
     /// Validate a config and print it resolved, secrets redacted; exit non-zero when invalid.
     Check {
         /// The config file (TOML).
@@ -143,24 +124,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
             run_until_signal(bridge, drain).await
         }
-        Command::Demo {
-            accounts,
-            rate,
-            stdout,
-            mqtt_port,
-            metrics_addr,
-            duration,
-        } => {
-            voxsig_bridge::demo::run(DemoOptions {
-                accounts,
-                rate,
-                stdout,
-                mqtt_port,
-                metrics_addr,
-                duration,
-            })
-            .await
-        }
+        Command::Demo(options) => voxsig_bridge::demo::run(options).await,
         Command::Tail {
             config,
             events,
