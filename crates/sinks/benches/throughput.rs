@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use support::{Mosquitto, MosquittoOptions, Tansu};
-use voxsig_sinks::kafka::SINGLE_TOPIC;
+use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
 use voxsig_sinks::testing::{Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, KafkaConfig, MqttConfig, Record, SinkConfig, SinkMetrics,
@@ -28,7 +27,7 @@ use voxsig_sinks::{
 
 /// Longest a single measured loop may run.
 const LOOP_LIMIT: Duration = Duration::from_secs(60);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn records(n: u64, layout: Layout) -> Vec<Record> {
     let generator = Generator::new("voxsig", layout);
@@ -159,21 +158,7 @@ async fn bare_kafka(brokers: &str, records: &[Record], warmup: &[Record]) -> f64
 async fn send_all(producer: &FutureProducer, records: &[Record]) {
     let mut deliveries = Vec::with_capacity(records.len());
     for r in records {
-        let account = r.headers.account_id.map(|a| a.to_string());
-        let received_at = r.headers.received_at_ms.to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "event",
-                value: Some(r.headers.event.as_bytes()),
-            })
-            .insert(Header {
-                key: "account_id",
-                value: account.as_deref().map(str::as_bytes),
-            })
-            .insert(Header {
-                key: "received_at",
-                value: Some(received_at.as_bytes()),
-            });
+        let headers = kafka_headers(r);
         let mut record = FutureRecord::to(&r.topic)
             .payload(r.payload.as_ref())
             .headers(headers)

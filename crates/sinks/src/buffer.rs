@@ -7,6 +7,7 @@
 //! queued record, or drop the new one; every drop is counted.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Display;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::telemetry::{
-    emit, BufferCreated, BufferLevel, DropReason, RecordDelivered, RecordDropped,
+    emit, BufferCreated, BufferLevel, DropReason, PublishFailed, RecordDelivered, RecordDropped,
 };
 use crate::{ConfigError, DrainReport, Record, SinkMetrics};
 
@@ -200,6 +201,20 @@ impl Shared {
             && state.held_bytes + size <= self.config.max_bytes
     }
 
+    /// Counts and reports one dropped record (the lock is released before logging).
+    fn drop_one(&self, mut state: MutexGuard<'_, State>, reason: DropReason, record: &Record) {
+        state.dropped += 1;
+        drop(state);
+        emit(
+            &self.metrics,
+            RecordDropped {
+                reason,
+                event_label: record.headers.event_label,
+                count: 1,
+            },
+        );
+    }
+
     fn release(&self, state: &mut State, size: usize, label: &'static str) {
         state.held_events -= 1;
         state.held_bytes -= size;
@@ -275,15 +290,7 @@ impl BufferWriter {
         let shared = &*self.shared;
         let size = record.size_bytes();
         if size > shared.config.max_bytes {
-            shared.lock().dropped += 1;
-            emit(
-                &shared.metrics,
-                RecordDropped {
-                    reason: DropReason::TooLarge,
-                    event_label: record.headers.event_label,
-                    count: 1,
-                },
-            );
+            shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
             return Ok(());
         }
         loop {
@@ -294,41 +301,23 @@ impl BufferWriter {
                 if state.closed {
                     return Err(BufferClosed);
                 }
-                if !shared.fits(&state, size) {
-                    match shared.config.when_full {
-                        WhenFull::Block => {}
-                        WhenFull::DropNewest => {
-                            state.dropped += 1;
-                            drop(state);
-                            emit(
-                                &shared.metrics,
-                                RecordDropped {
-                                    reason: DropReason::Newest,
-                                    event_label: record.headers.event_label,
-                                    count: 1,
-                                },
-                            );
+                let room = match shared.config.when_full {
+                    _ if shared.fits(&state, size) => true,
+                    WhenFull::Block => false,
+                    WhenFull::DropNewest => {
+                        shared.drop_one(state, DropReason::Newest, &record);
+                        return Ok(());
+                    }
+                    WhenFull::DropOldest => {
+                        if !self.drop_oldest_until_fits(&mut state, size) {
+                            // Everything held is in flight: nothing queued can make room.
+                            shared.drop_one(state, DropReason::Newest, &record);
                             return Ok(());
                         }
-                        WhenFull::DropOldest => {
-                            if !self.drop_oldest_until_fits(&mut state, size) {
-                                // Everything held is in flight: nothing queued can make room.
-                                state.dropped += 1;
-                                drop(state);
-                                emit(
-                                    &shared.metrics,
-                                    RecordDropped {
-                                        reason: DropReason::Newest,
-                                        event_label: record.headers.event_label,
-                                        count: 1,
-                                    },
-                                );
-                                return Ok(());
-                            }
-                        }
+                        true
                     }
-                }
-                if shared.fits(&state, size) {
+                };
+                if room {
                     let seq = state.next_seq;
                     state.next_seq += 1;
                     state.held_events += 1;
@@ -461,6 +450,33 @@ impl Acker {
         self.shared.data.notify_waiters();
     }
 
+    /// Rejects `claim` for good (see [`Acker::reject`]), reporting why: counted in
+    /// `voxsig_bridge_sink_records_failed_total{reason}` and logged.
+    pub fn reject_because(&self, claim: Claim, reason: &'static str, error: &dyn Display) {
+        self.failed(&claim, reason, true, error);
+        self.reject(claim);
+    }
+
+    /// Requeues `claim` after a failed attempt (see [`Acker::requeue`]), reporting why.
+    pub fn retry_because(&self, claim: Claim, reason: &'static str, error: &dyn Display) {
+        self.failed(&claim, reason, false, error);
+        self.requeue(claim);
+    }
+
+    fn failed(&self, claim: &Claim, reason: &'static str, permanent: bool, error: &dyn Display) {
+        emit(
+            &self.shared.metrics,
+            PublishFailed {
+                sink: self.sink,
+                event_label: claim.record.headers.event_label,
+                reason,
+                permanent,
+                topic: &claim.record.topic,
+                error,
+            },
+        );
+    }
+
     fn wake_if_finished(&self) {
         let finished = {
             let state = self.shared.lock();
@@ -566,6 +582,16 @@ impl BufferReader {
     /// See [`Acker::requeue`].
     pub fn requeue(&self, claim: Claim) {
         self.acker.requeue(claim);
+    }
+
+    /// See [`Acker::reject_because`].
+    pub fn reject_because(&self, claim: Claim, reason: &'static str, error: &dyn Display) {
+        self.acker.reject_because(claim, reason, error);
+    }
+
+    /// See [`Acker::retry_because`].
+    pub fn retry_because(&self, claim: Claim, reason: &'static str, error: &dyn Display) {
+        self.acker.retry_because(claim, reason, error);
     }
 
     /// A cloneable handle for acknowledging from other tasks.

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
-use crate::telemetry::{emit, ConnectionFailed, PublishFailed, SinkConnected};
+use crate::telemetry::{emit, ConnectionFailed, SinkConnected};
 use crate::{DrainReport, Record, Sink, SinkError};
 
 /// Most records written and flushed together.
@@ -208,19 +208,8 @@ impl Sink for JsonLinesSink {
                                 retry_in: Some(retry_in),
                             },
                         );
-                        for claim in batch.drain(..).rev() {
-                            emit(
-                                &metrics,
-                                PublishFailed {
-                                    sink: kind,
-                                    event_label: claim.record().headers.event_label,
-                                    reason: "io",
-                                    permanent: false,
-                                    topic: &claim.record().topic,
-                                    error: &error,
-                                },
-                            );
-                            reader.requeue(claim);
+                        for claim in batch.drain(..) {
+                            reader.retry_because(claim, "io", &error);
                         }
                         sleep_unless_aborted(&reader, retry_in).await;
                     }

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::buffer::BufferReader;
 use crate::jsonl::sleep_unless_aborted;
-use crate::telemetry::{emit, PublishFailed, SinkConnected};
+use crate::telemetry::{emit, SinkConnected};
 use crate::{DrainReport, Record, Sink};
 
 /// How long a failing memory sink waits before retrying a record.
@@ -124,18 +124,7 @@ impl Sink for MemorySink {
             );
             while let Some(claim) = reader.recv().await {
                 if inner.failing.load(Ordering::SeqCst) {
-                    emit(
-                        &metrics,
-                        PublishFailed {
-                            sink: "memory",
-                            event_label: claim.record().headers.event_label,
-                            reason: "injected",
-                            permanent: false,
-                            topic: &claim.record().topic,
-                            error: &"injected failure",
-                        },
-                    );
-                    reader.requeue(claim);
+                    reader.retry_because(claim, "injected", &"injected failure");
                     sleep_unless_aborted(&reader, FAIL_RETRY).await;
                     continue;
                 }

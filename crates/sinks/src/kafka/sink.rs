@@ -26,11 +26,9 @@ use super::config::{CreateTopics, KafkaConfig};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{Acker, BufferReader, Claim};
 use crate::jsonl::sleep_unless_aborted;
-use crate::telemetry::{
-    emit, ConnectionFailed, PublishFailed, RecordsRedelivered, SinkConnected, TopicCreated,
-};
+use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected, TopicCreated};
 use crate::topic::check_kafka_topic;
-use crate::{DrainReport, Sink, SinkError, SinkMetrics};
+use crate::{DrainReport, Record, Sink, SinkError, SinkMetrics};
 
 /// How often the task looks for a fatal producer error when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -417,7 +415,7 @@ impl Task {
         while let Some(claim) = claims.next() {
             let record = claim.record();
             if let Err(e) = check_kafka_topic(&record.topic) {
-                self.reject(claim, "invalid_topic", &e, reader);
+                reader.reject_because(claim, "invalid_topic", &e);
                 continue;
             }
             if self.create_topics.enabled && !self.known_topics.contains(&record.topic) {
@@ -427,7 +425,8 @@ impl Task {
                     () = reader.aborted() => Err("drain deadline passed".to_owned()),
                 };
                 if let Err(error) = ensured {
-                    self.retry_later(claim, "create_topic", &error, reader);
+                    reader.retry_because(claim, "create_topic", &error);
+                    self.pause(true);
                     claims.for_each(|c| reader.requeue(c));
                     return;
                 }
@@ -436,21 +435,7 @@ impl Task {
             let topic = record.topic.clone();
             let key = record.key.clone();
             let payload = record.payload.clone();
-            let account = record.headers.account_id.map(|a| a.to_string());
-            let received_at = record.headers.received_at_ms.to_string();
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: "event",
-                    value: Some(record.headers.event.as_bytes()),
-                })
-                .insert(Header {
-                    key: "account_id",
-                    value: account.as_deref().map(str::as_bytes),
-                })
-                .insert(Header {
-                    key: "received_at",
-                    value: Some(received_at.as_bytes()),
-                });
+            let headers = kafka_headers(record);
             let timestamp = record.headers.received_at_ms;
             let mut base = BaseRecord::with_opaque_to(&topic, Box::new(claim))
                 .payload(payload.as_ref())
@@ -464,7 +449,7 @@ impl Task {
                 producer.context().in_flight.fetch_sub(1, Ordering::SeqCst);
                 let claim = *base.delivery_opaque;
                 match verdict(error.rdkafka_error_code()) {
-                    Verdict::Reject(reason) => self.reject(claim, reason, &error, reader),
+                    Verdict::Reject(reason) => reader.reject_because(claim, reason, &error),
                     _ => {
                         // Queue full or a transient local error: wait for deliveries.
                         reader.requeue(claim);
@@ -520,49 +505,6 @@ impl Task {
         Ok(())
     }
 
-    fn reject(
-        &self,
-        claim: Claim,
-        reason: &'static str,
-        error: &dyn std::fmt::Display,
-        reader: &BufferReader,
-    ) {
-        emit(
-            &self.metrics,
-            PublishFailed {
-                sink: self.sink,
-                event_label: claim.record().headers.event_label,
-                reason,
-                permanent: true,
-                topic: &claim.record().topic,
-                error,
-            },
-        );
-        reader.reject(claim);
-    }
-
-    fn retry_later(
-        &mut self,
-        claim: Claim,
-        reason: &'static str,
-        error: &dyn std::fmt::Display,
-        reader: &BufferReader,
-    ) {
-        emit(
-            &self.metrics,
-            PublishFailed {
-                sink: self.sink,
-                event_label: claim.record().headers.event_label,
-                reason,
-                permanent: false,
-                topic: &claim.record().topic,
-                error,
-            },
-        );
-        reader.requeue(claim);
-        self.pause(true);
-    }
-
     /// Pauses sending after failures; the back-off grows once per pause, not per failure.
     fn pause(&mut self, failed: bool) {
         let now = tokio::time::Instant::now();
@@ -573,30 +515,21 @@ impl Task {
 
     fn on_failures(&mut self, batch: Vec<Failure>, reader: &BufferReader) {
         let mut retried = 0;
-        let mut pause = false;
         for failure in batch {
-            match verdict(failure.code) {
+            let reason = match verdict(failure.code) {
                 Verdict::Reject(reason) => {
-                    self.reject(failure.claim, reason, &failure.error, reader)
+                    reader.reject_because(failure.claim, reason, &failure.error);
+                    continue;
                 }
-                Verdict::MissingTopic => {
-                    self.known_topics.remove(&failure.claim.record().topic);
-                    pause = true;
-                    retried += 1;
-                    self.report_retry(&failure, "unknown_topic");
-                    reader.requeue(failure.claim);
-                }
-                Verdict::Retry(reason) => {
-                    self.timed_out |= reason == "timeout";
-                    // A broker that lost its data (restarted empty) may have lost the topic
-                    // too: ensure it again before the next attempt.
-                    self.known_topics.remove(&failure.claim.record().topic);
-                    pause = true;
-                    retried += 1;
-                    self.report_retry(&failure, reason);
-                    reader.requeue(failure.claim);
-                }
-            }
+                Verdict::MissingTopic => "unknown_topic",
+                Verdict::Retry(reason) => reason,
+            };
+            self.timed_out |= reason == "timeout";
+            // A missing topic, or a broker that lost its data (restarted empty) and with it the
+            // topic: ensure it again before the next attempt.
+            self.known_topics.remove(&failure.claim.record().topic);
+            retried += 1;
+            reader.retry_because(failure.claim, reason, &failure.error);
         }
         emit(
             &self.metrics,
@@ -606,22 +539,28 @@ impl Task {
                 cause: "delivery failed",
             },
         );
-        self.pause(pause);
+        self.pause(retried > 0);
     }
+}
 
-    fn report_retry(&self, failure: &Failure, reason: &'static str) {
-        emit(
-            &self.metrics,
-            PublishFailed {
-                sink: self.sink,
-                event_label: failure.claim.record().headers.event_label,
-                reason,
-                permanent: false,
-                topic: &failure.claim.record().topic,
-                error: &failure.error,
-            },
-        );
-    }
+/// The Kafka headers of a record: `event`, `account_id` (absent value when unknown) and
+/// `received_at` (Unix ms).
+pub fn kafka_headers(record: &Record) -> OwnedHeaders {
+    let account = record.headers.account_id.map(|a| a.to_string());
+    let received_at = record.headers.received_at_ms.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "event",
+            value: Some(record.headers.event.as_bytes()),
+        })
+        .insert(Header {
+            key: "account_id",
+            value: account.as_deref().map(str::as_bytes),
+        })
+        .insert(Header {
+            key: "received_at",
+            value: Some(received_at.as_bytes()),
+        })
 }
 
 /// Waits until `counter` is zero, at most `limit`.

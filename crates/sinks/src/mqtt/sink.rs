@@ -31,7 +31,7 @@ use super::config::{parse_url, MqttConfig, RetainMatcher, DEFAULT_CLIENT_ID};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::jsonl::sleep_unless_aborted;
-use crate::telemetry::{emit, ConnectionFailed, PublishFailed, RecordsRedelivered, SinkConnected};
+use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected};
 use crate::topic::check_mqtt_topic;
 use crate::{DrainReport, Sink, SinkError, SinkMetrics};
 
@@ -202,18 +202,7 @@ impl Tracker {
                 Ok(()) => None,
             };
             if let Some((reason, error)) = problem {
-                emit(
-                    &self.metrics,
-                    PublishFailed {
-                        sink: self.sink,
-                        event_label: record.headers.event_label,
-                        reason,
-                        permanent: true,
-                        topic: &record.topic,
-                        error: &error,
-                    },
-                );
-                reader.reject(claim);
+                reader.reject_because(claim, reason, &error);
                 continue;
             }
             let retain = self.retain.retains(&record.headers.event);

@@ -65,6 +65,80 @@ fn signal(child: &Child, sig: &str) {
         .status();
 }
 
+/// A broker process on a fixed port with its own directory; killed on drop.
+pub struct Process {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new() -> Process {
+        Process {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir().join("broker.log")
+    }
+
+    /// Spawns `command` (output to the log) and waits until it listens on the port.
+    fn spawn(&mut self, mut command: Command) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("broker log");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        wait_listening(self.port, &mut child, &self.log_path());
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: a crash; nothing is saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "-TERM");
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            signal(child, sig);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Mosquitto options.
 #[derive(Debug, Clone, Default)]
 pub struct MosquittoOptions {
@@ -77,18 +151,17 @@ pub struct MosquittoOptions {
 /// A mosquitto process.
 pub struct Mosquitto {
     pub port: u16,
-    dir: tempfile::TempDir,
+    process: Process,
     options: MosquittoOptions,
-    child: Option<Child>,
 }
 
 impl Mosquitto {
     pub fn start(options: MosquittoOptions) -> Mosquitto {
+        let process = Process::new();
         let mut m = Mosquitto {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
+            port: process.port,
+            process,
             options,
-            child: None,
         };
         m.write_passwords(&m.options.users.clone());
         m.spawn();
@@ -99,17 +172,12 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("mosquitto.log")
-    }
-
     /// Rewrites the password file (takes effect on start or [`Mosquitto::reload`]).
     pub fn write_passwords(&self, users: &[(String, String)]) {
         if self.options.users.is_empty() {
             return;
         }
-        let file = self.dir.path().join("passwords");
-        let _ = std::fs::remove_file(&file);
+        let file = self.process.dir().join("passwords");
         std::fs::write(&file, "").expect("password file");
         for (user, password) in users {
             let status = Command::new(binary("mosquitto_passwd"))
@@ -126,18 +194,16 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) {
-        let dir = self.dir.path();
+        let dir = self.process.dir();
         let mut conf = format!(
             "listener {port} 127.0.0.1\n\
-             log_dest file {log}\n\
-             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             log_dest stderr\n\
              max_queued_messages 1000000\n\
              max_inflight_messages 1000\n\
              persistence {persistence}\n\
              persistence_location {dir}/\n\
              autosave_interval 3600\n",
             port = self.port,
-            log = self.log_path().display(),
             persistence = self.options.persistence,
             dir = dir.display(),
         );
@@ -154,71 +220,49 @@ impl Mosquitto {
         }
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let mut child = Command::new(binary("mosquitto"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto");
-        wait_listening(self.port, &mut child, &self.log_path());
-        self.child = Some(child);
+        let mut command = Command::new(binary("mosquitto"));
+        command.arg("-c").arg(&conf_path);
+        self.process.spawn(command);
     }
 
     /// SIGKILL: a crash; nothing is saved.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM: a clean stop; with persistence the database is saved.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "-TERM");
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     /// Starts again on the same port (and directory).
     pub fn restart(&mut self) {
-        self.kill();
+        self.process.kill();
         self.spawn();
     }
 
     /// SIGHUP: reload the password file.
     pub fn reload(&self) {
-        if let Some(child) = &self.child {
-            signal(child, "-HUP");
-        }
+        self.process.signal("-HUP");
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.log()
     }
 }
 
 /// A tansu process with in-memory storage.
 pub struct Tansu {
     pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
+        let process = Process::new();
         let mut t = Tansu {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+            port: process.port,
+            process,
         };
         t.spawn();
         t
@@ -228,18 +272,10 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
-    }
-
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("tansu log");
-        let mut child = Command::new(binary("tansu"))
+        let mut command = Command::new(binary("tansu"));
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -248,36 +284,21 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tansu");
-        wait_listening(self.port, &mut child, &self.log_path());
-        self.child = Some(child);
+            .env("RUST_LOG", "warn");
+        self.process.spawn(command);
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     pub fn restart(&mut self) {
-        self.kill();
+        self.process.kill();
         self.spawn();
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.log()
     }
 }
 
