@@ -256,7 +256,15 @@ async fn tail_prints_matching_events_live() {
 #[test]
 fn demo_runs_the_whole_job_with_no_config() {
     let o = bridge()
-        .args(["demo", "--duration", "4s", "--rate", "50", "--metrics-addr", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--duration",
+            "4s",
+            "--rate",
+            "50",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let (_, err) = text(&o);
@@ -265,8 +273,17 @@ fn demo_runs_the_whole_job_with_no_config() {
     assert!(err.contains("/metrics"), "{err}");
     let delivered: u64 = err
         .lines()
-        .find_map(|l| l.strip_prefix("delivered ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("delivered ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no delivery report in:\n{err}"));
-    assert!(delivered >= 100, "{delivered} records in 4 s at 50 events/s\n{err}");
+    assert!(
+        delivered >= 100,
+        "{delivered} records in 4 s at 50 events/s\n{err}"
+    );
     assert!(err.contains(" 0 undelivered"), "{err}");
 }
