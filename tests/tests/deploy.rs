@@ -69,6 +69,33 @@ fn known_metric(name: &str) -> bool {
     })
 }
 
+/// Every metric listed above is registered somewhere in the crates (a string literal), and the
+/// HTTP paths the probes use are routed: a rename in the code breaks this test, not a dashboard.
+#[test]
+fn listed_metrics_and_paths_exist_in_the_source() {
+    let mut source = String::new();
+    for path in files_under(&repo().join("crates")) {
+        if path.extension().is_some_and(|x| x == "rs")
+            && !path.components().any(|c| c.as_os_str() == "target")
+        {
+            source.push_str(&read(&path));
+        }
+    }
+    for name in COUNTERS.iter().chain(GAUGES).chain(HISTOGRAMS) {
+        assert!(
+            source.contains(&format!("\"{name}\"")),
+            "{name} is not registered in crates/: update the list, the dashboard and the alerts"
+        );
+    }
+    let http = read(&repo().join("crates/bridge/src/http.rs"));
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+        assert!(
+            http.contains(&format!("\"{path}\"")),
+            "{path} is not routed"
+        );
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Files.
 
@@ -1429,6 +1456,33 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
             ignore.lines().any(|l| l.trim() == format!("!{top}/")),
             "Dockerfile.dockerignore excludes {top}/"
         );
+    }
+    // Files compiled in with include_str!/include_bytes! are inside the copied directories.
+    let copied: Vec<PathBuf> = copies
+        .iter()
+        .filter_map(|c| c.split_whitespace().next())
+        .filter(|c| !c.starts_with("--"))
+        .map(|c| repo().join(c))
+        .collect();
+    for path in files_under(&repo().join("crates")) {
+        if path.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let text = read(&path);
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in text.match_indices(macro_name) {
+                let rest = &text[at + macro_name.len()..];
+                let included = &rest[..rest.find('"').unwrap()];
+                let resolved = path.parent().unwrap().join(included).canonicalize();
+                let resolved =
+                    resolved.unwrap_or_else(|e| panic!("{}: {included}: {e}", path.display()));
+                assert!(
+                    copied.iter().any(|c| resolved.starts_with(c)),
+                    "{} includes {included}, outside what the Dockerfile copies",
+                    path.display()
+                );
+            }
+        }
     }
     for file in ["Cargo.toml", "Cargo.lock"] {
         assert!(ignore.lines().any(|l| l.trim() == format!("!{file}")));
