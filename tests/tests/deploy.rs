@@ -237,6 +237,17 @@ fn array_at<'a>(value: &'a Value, pointer: &str) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("{pointer} is not a list in {value}"))
 }
 
+/// A list of strings.
+fn strings_at<'a>(value: &'a Value, pointer: &str) -> Vec<&'a str> {
+    array_at(value, pointer)
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("{pointer} holds a non-string"))
+        })
+        .collect()
+}
+
 /// A mapping of strings (labels, selectors) as a sorted map.
 fn string_map(value: &Value, pointer: &str) -> BTreeMap<String, String> {
     value
@@ -696,10 +707,7 @@ fn statefulset_shards_probes_resources_and_security() {
     for mount in array_at(c, "/volumeMounts") {
         volume(str_at(mount, "/name"));
     }
-    let args: Vec<&str> = array_at(c, "/args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = strings_at(c, "/args");
     assert_eq!(args, ["run", "-c", "/etc/voxsig-bridge/config.toml"]);
     let config_mount = array_at(c, "/volumeMounts")
         .iter()
@@ -932,12 +940,9 @@ fn compose_services_reference_files_and_services_that_exist() {
     // The bridge: both configs mounted where `command` looks, the accounts file where the configs
     // look, metrics published.
     let bridge = service(&compose, "bridge");
-    let command: Vec<String> = array_at(bridge, "/command")
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
+    let command = strings_at(bridge, "/command");
     assert_eq!(command[..2], ["run", "-c"]);
-    let default_config = compose_defaults(&command[2]);
+    let default_config = compose_defaults(command[2]);
     assert_eq!(mounted_at(bridge, "compose/config.toml"), default_config);
     let config_dir = Path::new(&default_config).parent().unwrap();
     assert_eq!(
@@ -1074,19 +1079,14 @@ fn compose_accounts_match_the_simulated_world() {
 #[test]
 fn prometheus_config_scrapes_the_bridge_and_loads_the_alerts() {
     let config = yaml_doc(&deploy().join("prometheus/prometheus.yml"));
-    let rule_files: Vec<&str> = array_at(&config, "/rule_files")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(rule_files, ["alerts.yml"]);
+    assert_eq!(strings_at(&config, "/rule_files"), ["alerts.yml"]);
     let job = array_at(&config, "/scrape_configs")
         .iter()
         .find(|j| str_at(j, "/job_name") == "voxsig-bridge")
         .expect("a voxsig-bridge scrape job");
     let targets: Vec<&str> = array_at(job, "/static_configs")
         .iter()
-        .flat_map(|s| array_at(s, "/targets"))
-        .filter_map(Value::as_str)
+        .flat_map(|s| strings_at(s, "/targets"))
         .collect();
     assert_eq!(targets, ["bridge:9898"]);
     assert!(compose().pointer("/services/bridge").is_some());
@@ -1259,11 +1259,7 @@ fn alerts_name_known_metrics_and_are_documented() {
 #[test]
 fn every_alert_has_firing_and_quiet_unit_tests() {
     let tests = yaml_doc(&deploy().join("prometheus/alerts.test.yml"));
-    let rule_files: Vec<&str> = array_at(&tests, "/rule_files")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(rule_files, ["alerts.yml"]);
+    assert_eq!(strings_at(&tests, "/rule_files"), ["alerts.yml"]);
     let mut fires = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for case in array_at(&tests, "/tests") {
