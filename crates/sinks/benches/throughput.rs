@@ -10,13 +10,13 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use support::{Mosquitto, MosquittoOptions, Tansu};
 use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
@@ -44,7 +44,7 @@ fn records(n: u64, layout: Layout) -> Vec<Record> {
 
 /// Pushes `records` through a sink built from `config`; returns records/s from the first push to
 /// the last acknowledgement (the sink is warmed up, connected, before timing).
-async fn through_sink(config: SinkConfig, records: &[Record], warmup: &[Record]) -> f64 {
+async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: &[Record]) -> f64 {
     let (writer, reader) = buffer(
         BufferConfig {
             max_events: records.len().max(warmup.len()) + 1,
@@ -57,6 +57,29 @@ async fn through_sink(config: SinkConfig, records: &[Record], warmup: &[Record])
         writer.push(r.clone()).await.expect("push");
     }
     wait_drained(&writer).await;
+    let n = records.len();
+    let start = Instant::now();
+    for r in records {
+        writer.push(r).await.expect("push");
+    }
+    wait_drained(&writer).await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.undelivered, 0);
+    rate
+}
+
+/// The buffer and an instant sink, no broker: the sinks' fixed cost per record.
+async fn through_memory(records: &[Record]) -> f64 {
+    let (writer, reader) = buffer(
+        BufferConfig {
+            max_events: records.len() + 1,
+            ..BufferConfig::default()
+        },
+        SinkMetrics::unregistered(),
+    );
+    let (sink, _handle) = voxsig_sinks::MemorySink::new();
+    let running = spawn(Box::new(sink), reader);
     let batch: Vec<Record> = records.to_vec();
     let start = Instant::now();
     for r in batch {
@@ -64,8 +87,7 @@ async fn through_sink(config: SinkConfig, records: &[Record], warmup: &[Record])
     }
     wait_drained(&writer).await;
     let rate = records.len() as f64 / start.elapsed().as_secs_f64();
-    let report = handle.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(report.undelivered, 0);
+    running.shutdown(Duration::from_secs(5)).await;
     rate
 }
 
@@ -145,49 +167,64 @@ fn producer_config(brokers: &str) -> ClientConfig {
     c
 }
 
-/// A bare rdkafka loop with the sink's producer settings: send every record, await every
-/// delivery report.
+/// Counts delivery reports on librdkafka's polling thread.
+#[derive(Default)]
+struct Counting {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// A bare rdkafka loop with the sink's producer settings (a `ThreadedProducer` counting
+/// delivery reports in its callback): send every record, wait for every report.
 async fn bare_kafka(brokers: &str, records: &[Record], warmup: &[Record]) -> f64 {
-    let producer: FutureProducer = producer_config(brokers).create().expect("producer");
+    let producer: ThreadedProducer<Counting> = producer_config(brokers)
+        .create_with_context(Counting::default())
+        .expect("producer");
     send_all(&producer, warmup).await;
     let start = Instant::now();
     send_all(&producer, records).await;
     records.len() as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn send_all(producer: &FutureProducer, records: &[Record]) {
-    let mut deliveries = Vec::with_capacity(records.len());
+async fn send_all(producer: &ThreadedProducer<Counting>, records: &[Record]) {
+    let context = producer.context();
+    let target = context.ok.load(Ordering::Relaxed) + records.len();
     for r in records {
-        let headers = kafka_headers(r);
-        let mut record = FutureRecord::to(&r.topic)
+        let mut record = BaseRecord::to(&r.topic)
             .payload(r.payload.as_ref())
-            .headers(headers)
+            .headers(kafka_headers(r))
             .timestamp(r.headers.received_at_ms);
         if let Some(key) = r.key.as_deref() {
             record = record.key(key.as_bytes());
         }
-        deliveries.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .expect("enqueue"),
+        producer.send(record).map_err(|(e, _)| e).expect("enqueue");
+    }
+    let deadline = Instant::now() + LOOP_LIMIT;
+    while context.ok.load(Ordering::Relaxed) < target {
+        assert_eq!(
+            context.failed.load(Ordering::Relaxed),
+            0,
+            "a bare delivery failed"
         );
+        assert!(
+            Instant::now() < deadline,
+            "bare loop exceeded {LOOP_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let all = futures_util::future::join_all(deliveries);
-    let results = tokio::time::timeout(LOOP_LIMIT, all)
-        .await
-        .expect("bare loop time limit");
-    for r in results {
-        if matches!(r, Ok(Ok(_))) {
-            delivered.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    assert_eq!(
-        delivered.load(Ordering::Relaxed),
-        records.len(),
-        "every bare delivery succeeded"
-    );
 }
 
 async fn create_topic(brokers: &str) {
@@ -216,6 +253,25 @@ struct Row {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
+    if std::env::args().any(|a| a == "--kafka-sink-only") {
+        let tansu = Tansu::start();
+        create_topic(&tansu.brokers()).await;
+        let recs = records(300_000, Layout::Kafka);
+        let warmup = records(1_000, Layout::Kafka);
+        let config = SinkConfig::Kafka(KafkaConfig::new(tansu.brokers()));
+        println!(
+            "kafka sink: {:.0} rec/s",
+            through_sink(config, recs, &warmup).await
+        );
+        return;
+    }
+    if std::env::args().any(|a| a == "--memory") {
+        let recs = records(200_000, Layout::Kafka);
+        for _ in 0..3 {
+            println!("memory sink: {:.0} rec/s", through_memory(&recs).await);
+        }
+        return;
+    }
     let mosquitto = Mosquitto::start(MosquittoOptions::default());
     let tansu = Tansu::start();
     let mut rows = Vec::new();
@@ -233,7 +289,14 @@ async fn main() {
         let (mut bare, mut sink) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             bare.push(bare_mqtt(mosquitto.port, qos, &recs).await);
-            sink.push(through_sink(SinkConfig::Mqtt(config.clone()), &recs, &warmup).await);
+            sink.push(
+                through_sink(
+                    SinkConfig::Mqtt(config.clone()),
+                    records(n, Layout::Mqtt),
+                    &warmup,
+                )
+                .await,
+            );
         }
         rows.push(Row {
             name,
@@ -251,7 +314,14 @@ async fn main() {
     let (mut bare, mut sink) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         bare.push(bare_kafka(&tansu.brokers(), &recs, &warmup).await);
-        sink.push(through_sink(SinkConfig::Kafka(config.clone()), &recs, &warmup).await);
+        sink.push(
+            through_sink(
+                SinkConfig::Kafka(config.clone()),
+                records(n, Layout::Kafka),
+                &warmup,
+            )
+            .await,
+        );
     }
     rows.push(Row {
         name: "tansu (memory), acks=all, lz4",

@@ -9,16 +9,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::telemetry::{
-    emit, BufferCreated, BufferLevel, DropReason, PublishFailed, RecordDelivered, RecordDropped,
+    emit, BufferCreated, BufferLevel, DropReason, PublishFailed, RecordDropped, RecordsDelivered,
 };
 use crate::{ConfigError, DrainReport, Record, SinkMetrics};
+
+/// Pushes between two updates of the fill-level gauges.
+const LEVEL_EVERY: usize = 64;
 
 /// What [`BufferWriter::push`] does when the buffer is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -100,7 +103,9 @@ pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, Buff
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         space: Notify::new(),
+        space_waiters: AtomicUsize::new(0),
         data: Notify::new(),
+        data_waiters: AtomicUsize::new(0),
         aborted_flag: AtomicBool::new(false),
         aborted: Notify::new(),
         config,
@@ -117,10 +122,12 @@ pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, Buff
 
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Writers waiting for room.
+    /// Writers waiting for room, and how many (so acknowledgements skip the wake-up when none).
     space: Notify,
-    /// The reader waiting for records (or for close/abort).
+    space_waiters: AtomicUsize,
+    /// The reader waiting for records (or for close/abort), and how many such waits.
     data: Notify,
+    data_waiters: AtomicUsize,
     aborted_flag: AtomicBool,
     aborted: Notify,
     config: BufferConfig,
@@ -134,7 +141,7 @@ struct State {
     held_events: usize,
     held_bytes: usize,
     /// In-flight records by event label (for the drain report).
-    in_flight_by_label: HashMap<&'static str, u64>,
+    in_flight_by_label: LabelCounts,
     next_seq: u64,
     closed: bool,
     delivered: u64,
@@ -165,6 +172,12 @@ impl Claim {
     /// The record.
     pub fn record(&self) -> &Record {
         &self.record
+    }
+
+    /// The record, for a sink that moves parts out while they are with a client library (and
+    /// restores them before handing the claim back for a retry).
+    pub(crate) fn record_mut(&mut self) -> &mut Record {
+        &mut self.record
     }
 
     /// The order in which the buffer accepted the record (strictly increasing).
@@ -218,8 +231,20 @@ impl Shared {
     fn release(&self, state: &mut State, size: usize, label: &'static str) {
         state.held_events -= 1;
         state.held_bytes -= size;
-        if let Some(n) = state.in_flight_by_label.get_mut(label) {
-            *n = n.saturating_sub(1);
+        state.in_flight_by_label.dec(label);
+    }
+
+    /// Wakes blocked writers, if any.
+    fn wake_writers(&self) {
+        if self.space_waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Wakes the waiting reader, if any.
+    fn wake_reader(&self) {
+        if self.data_waiters.load(Ordering::SeqCst) > 0 {
+            self.data.notify_waiters();
         }
     }
 
@@ -244,9 +269,10 @@ impl Shared {
         let state = self.lock();
         let mut by_event: HashMap<&'static str, u64> = state
             .in_flight_by_label
+            .0
             .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(label, n)| (*label, *n))
+            .filter(|(_, n)| *n > 0)
+            .copied()
             .collect();
         for entry in &state.queue {
             *by_event
@@ -296,6 +322,7 @@ impl BufferWriter {
         loop {
             let mut space = pin!(shared.space.notified());
             space.as_mut().enable();
+            let _waiting = Waiting::on(&shared.space_waiters);
             {
                 let mut state = shared.lock();
                 if state.closed {
@@ -318,6 +345,8 @@ impl BufferWriter {
                     }
                 };
                 if room {
+                    // The reader only sleeps on an empty queue: wake it on the first record.
+                    let was_empty = state.queue.is_empty();
                     let seq = state.next_seq;
                     state.next_seq += 1;
                     state.held_events += 1;
@@ -328,9 +357,14 @@ impl BufferWriter {
                         attempts: 0,
                         record,
                     });
-                    shared.level(&state);
+                    if was_empty || state.held_events % LEVEL_EVERY == 0 {
+                        // The gauges follow pushes coarsely (acknowledgements set them exactly).
+                        shared.level(&state);
+                    }
                     drop(state);
-                    shared.data.notify_waiters();
+                    if was_empty {
+                        shared.wake_reader();
+                    }
                     return Ok(());
                 }
             }
@@ -392,37 +426,51 @@ pub struct Acker {
 impl Acker {
     /// The broker acknowledged the record: it leaves the buffer and counts as delivered.
     pub fn ack(&self, claim: Claim) {
-        let label = claim.record.headers.event_label;
-        {
-            let mut state = self.shared.lock();
-            self.shared.release(&mut state, claim.size, label);
-            state.delivered += 1;
-            self.shared.level(&state);
+        self.ack_all(std::slice::from_ref(&claim));
+    }
+
+    /// [`Acker::ack`] for many records at once (one lock); drains `claims`.
+    pub fn ack_many(&self, claims: &mut Vec<Claim>) {
+        self.ack_all(claims);
+        claims.clear();
+    }
+
+    fn ack_all(&self, claims: &[Claim]) {
+        if claims.is_empty() {
+            return;
         }
-        self.shared.space.notify_waiters();
+        let finished = {
+            let mut state = self.shared.lock();
+            for claim in claims {
+                self.shared
+                    .release(&mut state, claim.size, claim.record.headers.event_label);
+            }
+            state.delivered += claims.len() as u64;
+            self.shared.level(&state);
+            state.closed && state.held_events == 0
+        };
+        self.after_release(finished);
         emit(
             &self.shared.metrics,
-            RecordDelivered {
+            RecordsDelivered {
                 sink: self.sink,
-                event_label: label,
-                latency: claim.record.accepted_at.elapsed(),
+                claims,
             },
         );
-        self.wake_if_finished();
     }
 
     /// The record can never be delivered (invalid topic, too large for the broker, forbidden):
     /// it leaves the buffer and counts as rejected. The caller emits the failure with its reason.
     pub fn reject(&self, claim: Claim) {
-        {
+        let finished = {
             let mut state = self.shared.lock();
             self.shared
                 .release(&mut state, claim.size, claim.record.headers.event_label);
             state.rejected += 1;
             self.shared.level(&state);
-        }
-        self.shared.space.notify_waiters();
-        self.wake_if_finished();
+            state.closed && state.held_events == 0
+        };
+        self.after_release(finished);
     }
 
     /// The attempt failed but the record may still be delivered: it goes back into the queue at
@@ -430,12 +478,9 @@ impl Acker {
     pub fn requeue(&self, claim: Claim) {
         {
             let mut state = self.shared.lock();
-            if let Some(n) = state
+            state
                 .in_flight_by_label
-                .get_mut(claim.record.headers.event_label)
-            {
-                *n = n.saturating_sub(1);
-            }
+                .dec(claim.record.headers.event_label);
             let at = state.queue.partition_point(|e| e.seq < claim.seq);
             state.queue.insert(
                 at,
@@ -447,7 +492,7 @@ impl Acker {
                 },
             );
         }
-        self.shared.data.notify_waiters();
+        self.shared.wake_reader();
     }
 
     /// Rejects `claim` for good (see [`Acker::reject`]), reporting why: counted in
@@ -477,11 +522,9 @@ impl Acker {
         );
     }
 
-    fn wake_if_finished(&self) {
-        let finished = {
-            let state = self.shared.lock();
-            state.closed && state.held_events == 0
-        };
+    /// Room was made: wake blocked writers, and the reader when everything is done.
+    fn after_release(&self, finished: bool) {
+        self.shared.wake_writers();
         if finished {
             self.shared.data.notify_waiters();
         }
@@ -509,6 +552,7 @@ impl BufferReader {
         loop {
             let mut data = pin!(self.acker.shared.data.notified());
             data.as_mut().enable();
+            let _waiting = Waiting::on(&self.acker.shared.data_waiters);
             if self.is_aborted() {
                 return None;
             }
@@ -556,6 +600,7 @@ impl BufferReader {
         loop {
             let mut data = pin!(self.acker.shared.data.notified());
             data.as_mut().enable();
+            let _waiting = Waiting::on(&self.acker.shared.data_waiters);
             if self.is_aborted() {
                 return;
             }
@@ -572,6 +617,11 @@ impl BufferReader {
     /// See [`Acker::ack`].
     pub fn ack(&self, claim: Claim) {
         self.acker.ack(claim);
+    }
+
+    /// See [`Acker::ack_many`].
+    pub fn ack_many(&self, claims: &mut Vec<Claim>) {
+        self.acker.ack_many(claims);
     }
 
     /// See [`Acker::reject`].
@@ -637,6 +687,7 @@ impl BufferReader {
         loop {
             let mut data = pin!(self.acker.shared.data.notified());
             data.as_mut().enable();
+            let _waiting = Waiting::on(&self.acker.shared.data_waiters);
             if self.is_aborted() || self.is_finished() {
                 return;
             }
@@ -672,16 +723,58 @@ impl BufferReader {
 
 fn take_front(state: &mut State) -> Option<Claim> {
     let entry = state.queue.pop_front()?;
-    *state
+    state
         .in_flight_by_label
-        .entry(entry.record.headers.event_label)
-        .or_default() += 1;
+        .inc(entry.record.headers.event_label);
     Some(Claim {
         seq: entry.seq,
         size: entry.size,
         attempts: entry.attempts,
         record: entry.record,
     })
+}
+
+/// Counts per event label; labels come from a small fixed set, so a short list beats a map.
+#[derive(Default)]
+struct LabelCounts(Vec<(&'static str, u64)>);
+
+impl LabelCounts {
+    fn slot(&mut self, label: &'static str) -> &mut u64 {
+        let at = self
+            .0
+            .iter()
+            .position(|(l, _)| std::ptr::eq(*l, label) || *l == label);
+        let at = at.unwrap_or_else(|| {
+            self.0.push((label, 0));
+            self.0.len() - 1
+        });
+        &mut self.0[at].1
+    }
+
+    fn inc(&mut self, label: &'static str) {
+        *self.slot(label) += 1;
+    }
+
+    fn dec(&mut self, label: &'static str) {
+        let n = self.slot(label);
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// Counts a waiter while it lives, so wake-ups can be skipped when nobody waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

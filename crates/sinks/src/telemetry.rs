@@ -179,28 +179,48 @@ impl DropReason {
     }
 }
 
-/// The broker acknowledged a record.
-pub(crate) struct RecordDelivered {
+/// The broker acknowledged records.
+pub(crate) struct RecordsDelivered<'a> {
     pub sink: &'static str,
-    pub event_label: &'static str,
-    pub latency: Duration,
+    pub claims: &'a [crate::Claim],
 }
 
-impl InternalEvent for RecordDelivered {
+impl InternalEvent for RecordsDelivered<'_> {
     fn emit(self, m: &SinkMetrics) {
         tracing::trace!(
             sink = self.sink,
-            event = self.event_label,
-            "record delivered"
+            count = self.claims.len(),
+            "records delivered"
         );
-        m.inner
-            .published
-            .with_label_values(&[self.sink, self.event_label])
-            .inc();
-        m.inner
-            .latency
-            .with_label_values(&[self.sink])
-            .observe(self.latency.as_secs_f64());
+        let latency = m.inner.latency.with_label_values(&[self.sink]);
+        let now = std::time::Instant::now();
+        let mut run: Option<(&'static str, u64)> = None;
+        for claim in self.claims {
+            let record = claim.record();
+            latency.observe(
+                now.saturating_duration_since(record.accepted_at)
+                    .as_secs_f64(),
+            );
+            let label = record.headers.event_label;
+            run = match run {
+                Some((l, n)) if l == label => Some((l, n + 1)),
+                other => {
+                    if let Some((l, n)) = other {
+                        m.inner
+                            .published
+                            .with_label_values(&[self.sink, l])
+                            .inc_by(n);
+                    }
+                    Some((label, 1))
+                }
+            };
+        }
+        if let Some((l, n)) = run {
+            m.inner
+                .published
+                .with_label_values(&[self.sink, l])
+                .inc_by(n);
+        }
     }
 }
 
@@ -412,10 +432,9 @@ mod tests {
         let _other = SinkMetrics::unregistered();
         emit(
             &m,
-            RecordDelivered {
+            RecordsDelivered {
                 sink: "memory",
-                event_label: "message.created",
-                latency: Duration::from_millis(3),
+                claims: &[],
             },
         );
         emit(

@@ -8,7 +8,8 @@
 //! given up while a broker is away.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -16,7 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -109,10 +110,14 @@ struct Context {
     metrics: SinkMetrics,
     acker: Acker,
     in_flight: AtomicUsize,
-    /// Successful deliveries, so the task can reset its retry back-off.
-    acked: AtomicU64,
+    /// The in-flight window.
+    max_in_flight: usize,
+    /// Wakes the task when the window has room again.
+    room: Notify,
+    /// Delivered claims waiting for the task to acknowledge them.
+    delivered: Mutex<Vec<Box<Claim>>>,
+    delivered_ready: Notify,
     connected: AtomicBool,
-    delivered: Notify,
     failures: mpsc::UnboundedSender<Failure>,
 }
 
@@ -155,6 +160,11 @@ impl ProducerContext for Context {
     type DeliveryOpaque = Box<Claim>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, claim: Box<Claim>) {
+        // Out of flight first: once the claim is handed back the task may look for the end.
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == self.max_in_flight {
+            // The window was full: the task may be waiting for room.
+            self.room.notify_one();
+        }
         match result {
             Ok(_) => {
                 if !self.connected.swap(true, Ordering::SeqCst) {
@@ -167,12 +177,24 @@ impl ProducerContext for Context {
                         },
                     );
                 }
-                self.acker.ack(*claim);
-                self.acked.fetch_add(1, Ordering::Relaxed);
+                // Acknowledged in batches by the task: this thread only queues the claim.
+                let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                delivered.push(claim);
+                if delivered.len() == 1 {
+                    self.delivered_ready.notify_one();
+                }
             }
-            Err((error, _message)) => {
+            Err((error, message)) => {
+                let mut claim = *claim;
+                let record = claim.record_mut();
+                record.topic = message.topic().to_owned();
+                record.key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned());
+                record.payload =
+                    bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
                 let failure = Failure {
-                    claim: *claim,
+                    claim,
                     code: error.rdkafka_error_code(),
                     error: error.to_string(),
                 };
@@ -182,8 +204,6 @@ impl ProducerContext for Context {
                 }
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.delivered.notify_one();
     }
 }
 
@@ -246,6 +266,8 @@ struct Task {
     last_progress: tokio::time::Instant,
     /// Some attempt timed out since then.
     timed_out: bool,
+    /// The last topic that passed the topic rules.
+    last_valid_topic: String,
 }
 
 impl KafkaSink {
@@ -264,6 +286,7 @@ impl KafkaSink {
             pause_until: None,
             last_progress: tokio::time::Instant::now(),
             timed_out: false,
+            last_valid_topic: String::new(),
         };
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
         let acker = reader.acker();
@@ -273,9 +296,11 @@ impl KafkaSink {
             metrics: metrics.clone(),
             acker: acker.clone(),
             in_flight: AtomicUsize::new(0),
-            acked: AtomicU64::new(0),
+            max_in_flight: self.max_in_flight,
+            room: Notify::new(),
+            delivered: Mutex::new(Vec::new()),
+            delivered_ready: Notify::new(),
             connected: AtomicBool::new(false),
-            delivered: Notify::new(),
             failures: failures_tx.clone(),
         };
         let mut producer = match task.producer(&make_context, &reader).await {
@@ -283,11 +308,9 @@ impl KafkaSink {
             None => return reader.report(),
         };
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        let mut acked = 0;
+        let mut acks = Vec::new();
         loop {
-            let now_acked = producer.context().acked.load(Ordering::Relaxed);
-            if now_acked != acked {
-                acked = now_acked;
+            if task.ack_delivered(&producer, &reader, &mut acks) > 0 {
                 task.backoff.reset();
                 task.timed_out = false;
                 task.last_progress = tokio::time::Instant::now();
@@ -308,7 +331,8 @@ impl KafkaSink {
             }
             let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
             let room = in_flight < self.max_in_flight && !paused;
-            let delivered = producer.context().delivered.notified();
+            let room_again = producer.context().room.notified();
+            let delivered = producer.context().delivered_ready.notified();
             let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 Some(first) = failures.recv() => {
@@ -318,10 +342,11 @@ impl KafkaSink {
                     }
                     task.on_failures(batch, &reader);
                 }
+                () = room_again, if in_flight >= self.max_in_flight => {}
                 () = delivered => {}
                 () = reader.readable(), if room && !reader.is_closed() => {}
                 () = tokio::time::sleep_until(resume_at), if paused => {}
-                () = reader.done(), if in_flight == 0 => {}
+                () = reader.done() => {}
                 () = reader.aborted() => break,
                 _ = housekeeping.tick() => {
                     let problem = match producer.client().fatal_error() {
@@ -351,7 +376,6 @@ impl KafkaSink {
                             Some(p) => p,
                             None => break,
                         };
-                        acked = 0;
                         task.timed_out = false;
                         task.last_progress = tokio::time::Instant::now();
                     }
@@ -362,6 +386,7 @@ impl KafkaSink {
             // Deadline passed: whatever librdkafka still holds stays undelivered.
             producer.purge(PurgeConfig::default().queue().inflight());
         }
+        task.ack_delivered(&producer, &reader, &mut acks);
         drop(producer);
         while let Ok(failure) = failures.try_recv() {
             reader.requeue(failure.claim);
@@ -371,6 +396,27 @@ impl KafkaSink {
 }
 
 impl Task {
+    /// Acknowledges what librdkafka reported delivered; returns how many.
+    fn ack_delivered(
+        &mut self,
+        producer: &Producer_,
+        reader: &BufferReader,
+        acks: &mut Vec<Claim>,
+    ) -> usize {
+        let delivered = {
+            let mut queue = producer
+                .context()
+                .delivered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *queue)
+        };
+        let n = delivered.len();
+        acks.extend(delivered.into_iter().map(|claim| *claim));
+        reader.ack_many(acks);
+        n
+    }
+
     /// Creates the producer, retrying with back-off until it works or the deadline passes.
     async fn producer(
         &mut self,
@@ -414,9 +460,13 @@ impl Task {
         let mut claims = batch.into_iter();
         while let Some(claim) = claims.next() {
             let record = claim.record();
-            if let Err(e) = check_kafka_topic(&record.topic) {
-                reader.reject_because(claim, "invalid_topic", &e);
-                continue;
+            // Records come in runs of one topic: check each new one once.
+            if self.last_valid_topic != record.topic {
+                if let Err(e) = check_kafka_topic(&record.topic) {
+                    reader.reject_because(claim, "invalid_topic", &e);
+                    continue;
+                }
+                self.last_valid_topic.clone_from(&record.topic);
             }
             if self.create_topics.enabled && !self.known_topics.contains(&record.topic) {
                 let topic = record.topic.clone();
@@ -431,12 +481,16 @@ impl Task {
                     return;
                 }
             }
-            let record = claim.record();
-            let topic = record.topic.clone();
-            let key = record.key.clone();
-            let payload = record.payload.clone();
-            let headers = kafka_headers(record);
-            let timestamp = record.headers.received_at_ms;
+            // librdkafka copies topic, key and payload: lend them from here, and keep them out
+            // of the claim that travels to (and is freed on) librdkafka's thread. A failed
+            // delivery puts them back from the returned message.
+            let mut claim = claim;
+            let headers = kafka_headers(claim.record());
+            let timestamp = claim.record().headers.received_at_ms;
+            let record = claim.record_mut();
+            let topic = std::mem::take(&mut record.topic);
+            let key = record.key.take();
+            let payload = std::mem::take(&mut record.payload);
             let mut base = BaseRecord::with_opaque_to(&topic, Box::new(claim))
                 .payload(payload.as_ref())
                 .headers(headers)
@@ -447,7 +501,9 @@ impl Task {
             producer.context().in_flight.fetch_add(1, Ordering::SeqCst);
             if let Err((error, base)) = producer.send(base) {
                 producer.context().in_flight.fetch_sub(1, Ordering::SeqCst);
-                let claim = *base.delivery_opaque;
+                let mut claim = *base.delivery_opaque;
+                let record = claim.record_mut();
+                (record.topic, record.key, record.payload) = (topic, key, payload);
                 match verdict(error.rdkafka_error_code()) {
                     Verdict::Reject(reason) => reader.reject_because(claim, reason, &error),
                     _ => {
@@ -546,8 +602,12 @@ impl Task {
 /// The Kafka headers of a record: `event`, `account_id` (absent value when unknown) and
 /// `received_at` (Unix ms).
 pub fn kafka_headers(record: &Record) -> OwnedHeaders {
-    let account = record.headers.account_id.map(|a| a.to_string());
-    let received_at = record.headers.received_at_ms.to_string();
+    let (mut account_buf, mut received_buf) = ([0u8; 24], [0u8; 24]);
+    let account = record
+        .headers
+        .account_id
+        .map(|a| decimal(a, &mut account_buf));
+    let received_at = decimal(record.headers.received_at_ms, &mut received_buf);
     OwnedHeaders::new_with_capacity(3)
         .insert(Header {
             key: "event",
@@ -555,12 +615,22 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
         })
         .insert(Header {
             key: "account_id",
-            value: account.as_deref().map(str::as_bytes),
+            value: account,
         })
         .insert(Header {
             key: "received_at",
-            value: Some(received_at.as_bytes()),
+            value: Some(received_at),
         })
+}
+
+/// Formats `n` in decimal into `buf` without allocating.
+fn decimal(n: impl std::fmt::Display, buf: &mut [u8; 24]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 24 bytes hold any u64 or i64.
+    let _ = write!(cursor, "{n}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..len]
 }
 
 /// Waits until `counter` is zero, at most `limit`.
