@@ -114,7 +114,9 @@ struct Context {
     max_in_flight: usize,
     /// Wakes the task when the window has room again.
     room: Notify,
-    /// Delivered claims waiting for the task to acknowledge them.
+    /// Delivered claims waiting for the task to acknowledge them. Kept boxed: the boxes were
+    /// allocated on the task's thread and are freed there, not on librdkafka's.
+    #[allow(clippy::vec_box)]
     delivered: Mutex<Vec<Box<Claim>>>,
     delivered_ready: Notify,
     connected: AtomicBool,
