@@ -2,8 +2,9 @@
 # Installs what the sink tests and benchmarks need, on a fresh Debian machine (run as root).
 # Idempotent: installs only what is missing.
 #   - mosquitto (+ mosquitto_passwd)       Debian package `mosquitto`
-#   - a C toolchain for librdkafka         build-essential, pkg-config, libssl-dev, zlib1g-dev
+#   - a C toolchain for librdkafka         build-essential, pkg-config, libssl-dev, zlib1g-dev, perl
 #     (rdkafka builds librdkafka from its bundled sources with ./configure + make; no cmake)
+#   - the openssl CLI                      openssl (certificates for the mqtts test)
 #   - tansu (Kafka-compatible broker)      cargo install tansu --locked --features dynostore
 set -euo pipefail
 
@@ -22,11 +23,11 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 
 missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev perl; do
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev perl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "install-brokers: installing ${missing[*]} (needed to build librdkafka)"
+  echo "install-brokers: installing ${missing[*]} (librdkafka build; openssl CLI for the TLS test)"
   apt_install "${missing[@]}"
 fi
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{eventually, metric, Mosquitto, MosquittoOptions};
+use support::{eventually, metric, Mosquitto, MosquittoOptions, TestPki};
 use voxsig_sinks::testing::{record, seq_of, Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, BufferWriter, MqttConfig, Secret, SinkConfig, SinkHandle,
@@ -256,8 +256,8 @@ async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
         ("sub".to_owned(), "sub-pw".to_owned()),
     ];
     let mut broker = Mosquitto::start(MosquittoOptions {
-        persistence: false,
         users: users.clone(),
+        ..MosquittoOptions::default()
     });
     let sub = Subscriber::start(
         broker.port,
@@ -352,7 +352,7 @@ async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
 async fn broker_restarted_with_persistence_resumes_the_session() {
     let mut broker = Mosquitto::start(MosquittoOptions {
         persistence: true,
-        users: vec![],
+        ..MosquittoOptions::default()
     });
     let sub = Subscriber::start(broker.port, "sub-persist", None, false, "voxsig/#");
     sub.wait_subscribed(1).await;
@@ -438,8 +438,8 @@ async fn invalid_topics_and_oversized_records_are_rejected_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
     let broker = Mosquitto::start(MosquittoOptions {
-        persistence: false,
         users: vec![("bridge".into(), "right".into())],
+        ..MosquittoOptions::default()
     });
     let mut wrong = MqttConfig::new(broker.url());
     wrong.username = Some("bridge".into());
@@ -472,4 +472,49 @@ async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
         assert_eq!((report.delivered, report.undelivered), (0, 10));
         assert_eq!(report.undelivered_by_event, vec![("message.created", 10)]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_verifies_the_broker_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(pki_dir.path(), "good");
+    let stranger = TestPki::create(pki_dir.path(), "stranger");
+    let broker = Mosquitto::start(MosquittoOptions {
+        tls: Some(pki.clone()),
+        ..MosquittoOptions::default()
+    });
+    assert!(broker.url().starts_with("mqtts://"));
+
+    // Trusting the right CA: delivered over TLS.
+    let mut trusted = MqttConfig::new(broker.url());
+    trusted.tls.ca_file = Some(pki.ca.clone());
+    trusted.client_id = Some("tls-ok".into());
+    let (writer, handle, _registry) = start_sink(trusted, BufferConfig::default());
+    for i in 0..20 {
+        writer.push(record("voxsig/1/x", i)).await.unwrap();
+    }
+    let report = handle.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((report.delivered, report.undelivered), (20, 0));
+
+    // Trusting another CA: the handshake fails, counted as `tls`, nothing lost or crashed.
+    let mut untrusted = MqttConfig::new(broker.url());
+    untrusted.tls.ca_file = Some(stranger.ca.clone());
+    untrusted.client_id = Some("tls-bad".into());
+    fast_reconnect(&mut untrusted);
+    let (writer, handle, registry) = start_sink(untrusted, BufferConfig::default());
+    writer.push(record("voxsig/1/x", 1)).await.unwrap();
+    let tls_errors = || {
+        metric(
+            &registry,
+            "voxsig_bridge_sink_connection_errors_total",
+            &[("kind", "tls")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || tls_errors() >= 1.0).await,
+        "{}",
+        tls_errors()
+    );
+    let report = handle.shutdown(Duration::from_millis(200)).await;
+    assert_eq!((report.delivered, report.undelivered), (0, 1));
 }

@@ -146,6 +146,95 @@ pub struct MosquittoOptions {
     pub persistence: bool,
     /// `(user, password)` pairs; when set, anonymous clients are refused.
     pub users: Vec<(String, String)>,
+    /// Serve TLS with this certificate (see [`TestPki`]).
+    pub tls: Option<TestPki>,
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn create(dir: &Path, name: &str) -> TestPki {
+        let path = |file: &str| dir.join(format!("{name}-{file}"));
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl not found: run scripts/install-brokers.sh");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
+        let (cert, key, csr, ext) = (
+            path("server.pem"),
+            path("server.key"),
+            path("server.csr"),
+            path("ext.cnf"),
+        );
+        let s = |p: &PathBuf| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
+            &s(&ca),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&ca),
+            "-CAkey",
+            &s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &s(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+        ]);
+        TestPki { ca, cert, key }
+    }
 }
 
 /// A mosquitto process.
@@ -169,7 +258,12 @@ impl Mosquitto {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Rewrites the password file (takes effect on start or [`Mosquitto::reload`]).
@@ -209,6 +303,14 @@ impl Mosquitto {
         );
         if running_as_root() {
             conf.push_str("user root\n");
+        }
+        if let Some(pki) = &self.options.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                pki.ca.display(),
+                pki.cert.display(),
+                pki.key.display()
+            ));
         }
         if self.options.users.is_empty() {
             conf.push_str("allow_anonymous true\n");
