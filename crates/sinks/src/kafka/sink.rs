@@ -374,6 +374,8 @@ impl KafkaSink {
                             () = drained => {}
                             () = reader.aborted() => break,
                         }
+                        // Delivered before the purge: acknowledge before the old producer goes.
+                        task.ack_delivered(&producer, &reader, &mut acks);
                         producer = match task.producer(&make_context, &reader).await {
                             Some(p) => p,
                             None => break,
