@@ -278,3 +278,73 @@ async fn the_account_of_an_event_is_the_one_in_its_data() {
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_slows_reading_and_memory_stays_bounded() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "[buffer]\nmax_events = 50\n", "").await;
+    rig.confirmed(4).await;
+    rig.memory.set_delay(Duration::from_millis(2));
+    let burst = {
+        let sim = rig.sim.clone();
+        tokio::spawn(async move { sim.burst(600, &Selection::all()).await })
+    };
+    // While the sink lags, the buffer never holds more than its capacity: reading waits.
+    let mut peak = 0;
+    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch {
+        peak = peak.max(rig.bridge().buffered());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    burst.await.unwrap().unwrap();
+    assert!(
+        peak <= 50,
+        "buffer held {peak} records with a capacity of 50"
+    );
+    assert!(
+        peak >= 40,
+        "the buffer filled up ({peak}): the sink really was the bottleneck"
+    );
+    rig.assert_exactly_once(WAIT).await;
+    assert_eq!(
+        rig.metric("voxsig_bridge_buffer_records_dropped_total", &[]),
+        0.0,
+        "block never drops"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_token_is_reported_and_the_others_keep_flowing() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::Users, "", "").await;
+    rig.confirmed(2).await;
+    rig.sim
+        .emit(EventSpec::new(1, EventKind::UserLogout))
+        .await
+        .unwrap();
+    eventually("the logout is counted", WAIT, || {
+        rig.metric("voxsig_bridge_token_logouts_total", &[]) >= 1.0
+    })
+    .await;
+    let snapshot = rig.bridge().status().snapshot();
+    let states: Vec<_> = snapshot
+        .subscriptions
+        .iter()
+        .map(|s| (s.account_id, s.state))
+        .collect();
+    assert!(
+        states.contains(&(1, voxsig_bridge::status::SubState::LoggedOut)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(2, voxsig_bridge::status::SubState::Confirmed)),
+        "{states:?}"
+    );
+    rig.sim
+        .burst(100, &Selection::all().accounts([2]))
+        .await
+        .unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    rig.stop().await;
+}
