@@ -46,43 +46,39 @@ impl ReconnectConfig {
     }
 }
 
-/// Exponential back-off with "equal jitter": each wait is in `[d/2, d]`, `d` doubling up to the cap.
+/// A reconnect loop's back-off state: the shared policy of `voxsig_protocol::backoff`
+/// (exponential, capped, "equal jitter": each wait in `[d/2, d]`) and the attempt count.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
+    policy: voxsig_protocol::backoff::Backoff,
+    attempt: u32,
+    rng: voxsig_protocol::backoff::Rng,
 }
 
 impl Backoff {
     pub(crate) fn new(config: &ReconnectConfig) -> Self {
-        let min = Duration::from_millis(config.min_backoff_ms);
         Backoff {
-            min,
-            max: Duration::from_millis(config.max_backoff_ms),
-            current: min,
-            seed: RandomState::new().build_hasher().finish() | 1,
+            policy: voxsig_protocol::backoff::Backoff {
+                initial: Duration::from_millis(config.min_backoff_ms),
+                max: Duration::from_millis(config.max_backoff_ms),
+                jitter: voxsig_protocol::backoff::Jitter::Equal,
+            },
+            attempt: 0,
+            // Each sink spreads differently from its neighbours.
+            rng: voxsig_protocol::backoff::Rng::new(RandomState::new().build_hasher().finish()),
         }
     }
 
     /// The next wait.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        // xorshift64
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let d = self.current;
-        let half = d / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let wait = half + Duration::from_nanos(self.seed % jitter_ns.max(1));
-        self.current = (self.current * 2).min(self.max);
+        let wait = self.policy.delay(self.attempt, &mut self.rng);
+        self.attempt = self.attempt.saturating_add(1);
         wait
     }
 
     /// After a success: start again from the minimum.
     pub(crate) fn reset(&mut self) {
-        self.current = self.min;
+        self.attempt = 0;
     }
 }
 
