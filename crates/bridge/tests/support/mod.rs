@@ -73,7 +73,12 @@ pub async fn rig_on(sim: Sim, tokens: TokenSelection, extra: &str, extra_account
             )
         })
         .collect();
-    let url = sim.url();
+    // `extra` may set its own url (a proxy in front of the sim); otherwise, the sim's.
+    let url = if extra.contains("url = ") {
+        String::new()
+    } else {
+        format!("url = \"{}\"\n", sim.url())
+    };
     // `extra` may start with `[source]` lines: they join FAST's [source] table.
     let (source_extra, extra) = match extra.strip_prefix("[source]\n") {
         Some(rest) => rest
@@ -83,7 +88,7 @@ pub async fn rig_on(sim: Sim, tokens: TokenSelection, extra: &str, extra_account
     };
     let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}").replacen(
         "[source]",
-        &format!("[source]\nurl = \"{url}\"\n{source_extra}"),
+        &format!("[source]\n{url}{source_extra}"),
         1,
     );
     let settings = Config::from_toml(&toml)
