@@ -4,7 +4,6 @@
 mod support;
 
 #[path = "../../sinks/tests/support/mod.rs"]
-#[allow(dead_code)]
 mod brokers;
 
 use rustls::pki_types::pem::PemObject;
