@@ -54,10 +54,10 @@ pub struct Config {
     #[serde(default)]
     pub dedup: DedupConfig,
     /// Where records go (`kind = "mqtt" | "kafka" | "stdout" | "file"`); stdout when absent.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub sink: Option<SinkConfig>,
     /// The bounded buffer between the sockets and the sink.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub buffer: BufferConfig,
     /// Shutdown behaviour.
     #[serde(default)]
@@ -627,16 +627,9 @@ impl Settings {
             })
             .collect();
         shown.route.topic = Some(self.topic.as_str().to_owned());
+        shown.sink = Some(self.sink.clone());
         shown.route.key = self.key.as_str().to_owned();
-        let mut out =
-            toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-        // Sink settings, secrets redacted by their Debug.
-        out.push_str(&format!("\n# [buffer]\n# {:?}\n", self.config.buffer));
-        out.push_str(&format!(
-            "\n# [sink] (secrets redacted)\n# {:?}\n",
-            self.sink
-        ));
-        out
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 

@@ -26,6 +26,12 @@ fn text(o: &Output) -> (String, String) {
 }
 
 const CONFIG: &str = r#"
+[sink]
+kind = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+username = "bridge"
+password = "mqttSecretPw"
+
 [source]
 url = "ws://127.0.0.1:9/cable"
 [[accounts]]
@@ -66,6 +72,16 @@ fn check_prints_the_resolved_config_redacted() {
     assert!(out.contains("tok…8x4T"), "{out}");
     assert!(!out.contains("furNHtAQnqxQN2FmkLzf8x4T") && !err.contains("furNHtAQnqxQN2FmkLzf8x4T"));
     assert!(out.contains("# OK: 1 subscriptions on 1 sockets"), "{out}");
+    // Everything, the sink included, as TOML that loads again; secrets redacted.
+    assert!(out.contains("[sink]\nkind = \"mqtt\""), "{out}");
+    assert!(out.contains("password = \"<redacted>\""), "{out}");
+    assert!(!out.contains("mqttSecretPw") && !err.contains("mqttSecretPw"));
+    assert!(out.contains("[buffer]\nmax_events = 100000"), "{out}");
+    let reparsed: toml::Value = toml::from_str(&out).expect("check prints TOML");
+    assert_eq!(
+        reparsed["source"]["presence_interval"].as_str(),
+        Some("20s")
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::telemetry::{
@@ -24,7 +24,7 @@ use crate::{ConfigError, DrainReport, Record, SinkMetrics};
 const LEVEL_EVERY: usize = 64;
 
 /// What [`BufferWriter::push`] does when the buffer is full.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Wait until the sink acknowledges records (backpressure up to the sockets). The default.
@@ -48,7 +48,7 @@ impl WhenFull {
 }
 
 /// Bounds of the buffer (`[buffer]` in the bridge's configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
     /// Maximum records held (queued plus in flight). Default 100,000.

@@ -1,6 +1,6 @@
 //! [`SinkConfig`]: the bridge's `[sink]` table, tagged by `kind`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 use crate::kafka::{KafkaConfig, KafkaSink};
@@ -17,7 +17,7 @@ use crate::{ConfigError, Sink, SinkError};
 /// config.validate().unwrap();
 /// assert_eq!(config.default_topic_template(), "voxsig/{account}/{event}");
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SinkConfig {
     /// An MQTT broker.

@@ -25,7 +25,7 @@ use crate::{DrainReport, Record, Sink, SinkError};
 const BATCH: usize = 1024;
 
 /// `kind = "stdout"`: JSON lines on standard output.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {
     /// Topic template (the bridge renders it); default `voxsig/{account}/{event}`.
@@ -34,7 +34,7 @@ pub struct StdoutConfig {
 }
 
 /// `kind = "file"`: JSON lines appended to a file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// The file; created when missing, appended to otherwise. Required.

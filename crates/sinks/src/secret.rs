@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Where a secret comes from: `"inline"`, `{ env = "NAME" }` or `{ file = "/path" }`.
+///
+/// Serialises (for `voxsig-bridge check`) as where it comes from, an inline value redacted.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawSecret")]
 pub struct Secret(Source);
@@ -30,6 +32,25 @@ struct SecretTable {
     env: Option<String>,
     file: Option<PathBuf>,
     value: Option<String>,
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match &self.0 {
+            Source::Inline(_) => serializer.serialize_str("<redacted>"),
+            Source::Env(name) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("env", name)?;
+                map.end()
+            }
+            Source::File(path) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("file", path)?;
+                map.end()
+            }
+        }
+    }
 }
 
 impl TryFrom<RawSecret> for Secret {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::topic::{check_kafka_topic, sample_of_template};
 use crate::{ConfigError, Secret};
@@ -33,7 +33,7 @@ const RESERVED: &[(&str, &str)] = &[
 ];
 
 /// Brokers as a list or a comma-separated string.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Brokers {
     /// `"host1:9092,host2:9092"`.
@@ -53,7 +53,7 @@ impl Brokers {
 }
 
 /// Compression codec of produced batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// None.
@@ -80,7 +80,7 @@ impl Compression {
 }
 
 /// Creating topics through the admin API before producing to them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateTopics {
     /// Create missing topics. Default false (the broker's auto-creation, if any, applies).
@@ -102,7 +102,7 @@ impl Default for CreateTopics {
 }
 
 /// The Kafka sink's configuration (`[sink]` with `kind = "kafka"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `"host:port,..."` or a list. Required.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backoff::ReconnectConfig;
 use crate::topic::{check_mqtt_topic, sample_of_template};
@@ -16,7 +16,7 @@ pub const DEFAULT_STATUS_TOPIC: &str = "voxsig/bridge/{instance}/status";
 pub const DEFAULT_CLIENT_ID: &str = "voxsig-bridge-{instance}";
 
 /// The MQTT sink's configuration (`[sink]` with `kind = "mqtt"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883, TLS). Required.
@@ -69,7 +69,7 @@ pub struct MqttConfig {
 }
 
 /// Birth (`online` on connect) and last will (`offline`), both retained, on one topic.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
     /// Publish them at all. Default true.
@@ -94,7 +94,7 @@ impl Default for StatusConfig {
 }
 
 /// TLS files for `mqtts://`. Without `ca_file` the system's trust store is used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA certificates to trust instead of the system store.
