@@ -42,24 +42,16 @@ async fn start_sim() -> Sim {
 
 /// A bridge config for the sim's tokens (each once) and the given `[sink]`/`[route]` text.
 fn bridge_config(sim: &Sim, tail: &str) -> (voxsig_bridge::Settings, HashSet<String>) {
-    let mut tokens = HashSet::new();
-    let accounts: String = sim
+    let options = voxsig_sim::ExportOptions {
+        tokens: voxsig_sim::TokenSelection::All,
+        ..Default::default()
+    };
+    let accounts = sim.world().bridge_config_toml(&options);
+    let tokens = sim
         .world()
-        .bridge_accounts(&voxsig_sim::ExportOptions {
-            tokens: voxsig_sim::TokenSelection::All,
-            ..Default::default()
-        })
+        .bridge_accounts(&options)
         .into_iter()
-        .filter(|a| tokens.insert(a.pubsub_token.clone()))
-        .map(|a| {
-            let user = a
-                .user_id
-                .map_or(String::new(), |u| format!("user_id = {u}\n"));
-            format!(
-                "[[accounts]]\naccount_id = {}\n{user}pubsub_token = \"{}\"\n",
-                a.account_id, a.pubsub_token
-            )
-        })
+        .map(|a| a.pubsub_token)
         .collect();
     let toml = format!(
         "[source]\nurl = \"{}\"\nconnect_rate = 1000.0\nreconnect = {{ initial = \"50ms\", max = \"500ms\" }}\n{tail}\n{accounts}",

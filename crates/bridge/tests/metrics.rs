@@ -47,6 +47,17 @@ fn total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Frames the sim has written to sockets of the rig's tokens.
+fn written(rig: &Rig) -> f64 {
+    rig.sim
+        .ground_truth()
+        .events
+        .iter()
+        .flat_map(|e| &e.deliveries)
+        .filter(|d| d.status == DeliveryStatus::Written && rig.tokens.contains(&d.token))
+        .count() as f64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_status_tell_what_happened() {
     let sim = sim(
@@ -71,14 +82,32 @@ async fn metrics_health_and_status_tell_what_happened() {
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
     // A reconnect, then a burst.
+    let first_generation = rig.sim.stats().connections_total;
     rig.sim.faults().drop_connections();
     eventually("a reconnect", Duration::from_secs(20), || {
         rig.metric("voxsig_bridge_reconnects_total", &[]) >= 1.0
     })
     .await;
     rig.confirmed(6).await;
+    // Frames written around the drop may never be read; count from a settled point on.
+    eventually("the reconnect's confirms", Duration::from_secs(20), || {
+        let counts = rig.bridge().status().sub_counts();
+        counts
+            .iter()
+            .any(|(state, n)| state.label() == "confirmed" && *n == 6)
+    })
+    .await;
+    rig.sim
+        .wait_for_delivery(Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received_before = rig.metric("voxsig_bridge_events_received_total", &[]);
+    let written_before = written(&rig);
     rig.sim.burst(300, &Selection::all()).await.unwrap();
-    let published = rig.assert_exactly_once(Duration::from_secs(30)).await;
+    rig.assert_exactly_once_across_a_drop(first_generation, Duration::from_secs(30))
+        .await;
+    let published = rig.memory.len();
     eventually("the rejected subscription", Duration::from_secs(20), || {
         rig.metric(
             "voxsig_bridge_subscription_failures_total",
@@ -86,14 +115,17 @@ async fn metrics_health_and_status_tell_what_happened() {
         ) >= 1.0
     })
     .await;
-    // Frames the sim wrote to our sockets: each one counts as received.
-    let truth = rig.sim.ground_truth();
-    let frames = truth
-        .events
-        .iter()
-        .flat_map(|e| &e.deliveries)
-        .filter(|d| d.status == DeliveryStatus::Written && rig.tokens.contains(&d.token))
-        .count();
+    // Every frame the sim wrote to our sockets since then counts as received (presence replies
+    // may still be on their way, so wait for the two to agree).
+    eventually(
+        "every written frame counted",
+        Duration::from_secs(20),
+        || {
+            rig.metric("voxsig_bridge_events_received_total", &[]) - received_before
+                == written(&rig) - written_before
+        },
+    )
+    .await;
 
     let (code, text) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
@@ -102,8 +134,8 @@ async fn metrics_health_and_status_tell_what_happened() {
     std::fs::write(&path, &text).unwrap();
 
     assert_eq!(
-        total(&text, "voxsig_bridge_events_received_total"),
-        frames as f64,
+        total(&text, "voxsig_bridge_events_received_total") - received_before,
+        written(&rig) - written_before,
         "every frame received is counted"
     );
     assert_eq!(
@@ -183,6 +215,12 @@ async fn readyz_is_503_until_enough_subscriptions_are_confirmed() {
         .await
         .unwrap();
     rig.confirmed(1).await;
+    eventually(
+        "the bridge saw the confirm",
+        Duration::from_secs(20),
+        || rig.metric("voxsig_bridge_subscriptions_confirmed_total", &[]) >= 1.0,
+    )
+    .await;
     let (code, body) = get(addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();

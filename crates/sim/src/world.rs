@@ -127,7 +127,7 @@ impl Default for WorldSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenSelection {
-    /// User tokens only (one entry per account the user belongs to).
+    /// User tokens only (each once, under the first account of its user).
     #[default]
     Users,
     /// Contact tokens only.
@@ -431,7 +431,8 @@ impl World {
         )))
     }
 
-    /// The tokens selected by `options`, one entry per (user, account) membership and per contact.
+    /// The tokens selected by `options`, each once: a user under the first of its accounts (its
+    /// token receives all of them), a contact under its account.
     pub fn bridge_accounts(&self, options: &ExportOptions) -> Vec<BridgeAccount> {
         let wanted = |a: u64| {
             options
@@ -441,11 +442,15 @@ impl World {
         };
         let limit = options.max_per_account.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        // A user in several accounts has one token; a bridge config lists each token once (the
+        // token receives every account's events, each carrying its account_id).
+        let mut users_seen = std::collections::HashSet::new();
         for account in self.accounts.iter().filter(|a| wanted(a.id)) {
             if options.tokens != TokenSelection::Contacts {
                 out.extend(
                     self.users_of(account.id)
                         .take(limit)
+                        .filter(|u| users_seen.insert(u.id))
                         .map(|u| BridgeAccount {
                             account_id: account.id,
                             user_id: Some(u.id),
