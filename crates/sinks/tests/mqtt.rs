@@ -435,6 +435,72 @@ async fn invalid_topics_and_oversized_records_are_rejected_and_counted() {
     assert_eq!(failed("too_large"), 1.0);
 }
 
+/// mosquitto 2 closes the connection of an MQTT 3.1.1 client that sends a packet over its
+/// `max_packet_size` (no PUBACK, nothing forwarded). The sink must give up on that record after a
+/// few such losses instead of re-sending it forever, and deliver everything around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_refuses_is_rejected_and_the_rest_delivered() {
+    let broker = Mosquitto::start(MosquittoOptions {
+        extra_config: "max_packet_size 4000\n".into(),
+        ..MosquittoOptions::default()
+    });
+    for (clean_session, qos) in [(false, 1), (true, 1), (false, 2)] {
+        let sub = Subscriber::start(
+            broker.port,
+            &format!("sub-refused-{clean_session}-{qos}"),
+            None,
+            true,
+            "voxsig/#",
+        );
+        sub.wait_subscribed(1).await;
+        let mut config = MqttConfig::new(broker.url());
+        config.client_id = Some(format!("sink-refused-{clean_session}-{qos}"));
+        config.qos = qos;
+        config.clean_session = clean_session;
+        fast_reconnect(&mut config);
+        let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+        let generator = Generator::new("voxsig", Layout::Mqtt);
+        push_all(&writer, &generator, 0..200).await;
+        let mut big = generator.record(200);
+        big.payload = Bytes::from(vec![b'x'; 20_000]);
+        // The only record with this label: the failure counted below is this record's.
+        big.headers.event_label = "other";
+        writer.push(big).await.unwrap();
+        push_all(&writer, &generator, 201..400).await;
+        let arrived = eventually(Duration::from_secs(30), || {
+            let by_seq = sub.by_seq();
+            (0..400)
+                .filter(|s| *s != 200)
+                .all(|s| by_seq.contains_key(&s))
+        })
+        .await;
+        let report = handle.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            arrived,
+            "records around the refused one arrive ({report:?})"
+        );
+        check_complete(&sub, &generator, 0..200, 0);
+        check_complete(&sub, &generator, 201..400, 0);
+        assert!(
+            !sub.by_seq().contains_key(&200),
+            "the big record never arrives"
+        );
+        assert_eq!(report.rejected, 1, "{report:?}");
+        assert_eq!(report.undelivered, 0, "{report:?}");
+        assert_eq!(report.delivered, 399, "{report:?}");
+        let refused = metric(
+            &registry,
+            "voxsig_bridge_sink_records_failed_total",
+            &[("reason", "refused_by_broker"), ("event", "other")],
+        );
+        assert_eq!(refused, 1.0, "the big record is the one refused");
+        assert!(
+            broker.log().contains("oversize packet"),
+            "mosquitto disconnected the sink for the oversize packet"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
     let broker = Mosquitto::start(MosquittoOptions {

@@ -14,10 +14,14 @@
 //! unacknowledged record back to the buffer to be published again (counted as redeliveries).
 //! The event loop's `poll` future is never cancelled while records are in flight, so the
 //! correspondence between requests and packet ids cannot slip.
+//!
+//! A record the broker refuses by closing the connection (mosquitto's `max_packet_size`) is
+//! isolated and rejected after a few losses instead of wedging the sink: see
+//! `Tracker::on_connection_lost`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -41,6 +45,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 const CHANNEL_SLACK: usize = 8;
 /// MQTT fixed header + topic length prefix + packet id, at most.
 const PUBLISH_OVERHEAD: usize = 9;
+/// A record is refused by the broker (rejected, `reason="refused_by_broker"`) when this many
+/// established connections in a row were lost while it was the first unacknowledged publish
+/// written on them, each within [`POISON_WINDOW`] of writing it.
+const POISON_STRIKES: u32 = 3;
+/// "Right after it was sent": how soon after a record was written a connection loss counts
+/// against it.
+const POISON_WINDOW: Duration = Duration::from_secs(5);
 
 /// The MQTT sink (rumqttc, MQTT 3.1.1).
 pub struct MqttSink {
@@ -144,6 +155,23 @@ enum Slot {
     Status(bool),
 }
 
+/// A numbered publish awaiting its acknowledgement.
+#[derive(Debug)]
+struct Numbered {
+    slot: Slot,
+    written: Written,
+}
+
+/// When a numbered publish was last written to the socket.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The connection (counted by CONNACK) it was written on.
+    connection: u64,
+    /// Write order on the wire.
+    order: u64,
+    at: Instant,
+}
+
 /// Ties rumqttc's packet ids to records. See the module documentation.
 struct Tracker {
     sink: &'static str,
@@ -160,7 +188,7 @@ struct Tracker {
     /// Numbered, awaiting PUBACK / PUBCOMP, oldest first. rumqttc may hand a QoS 2 packet id
     /// out again once PUBREC arrived, before PUBCOMP: the broker's answers come in order, so
     /// the front of the queue is the one an acknowledgement is for.
-    by_pkid: HashMap<u16, VecDeque<Slot>>,
+    by_pkid: HashMap<u16, VecDeque<Numbered>>,
     /// Packet ids rumqttc is about to re-send after resuming a session.
     resends: HashSet<u16>,
     /// A publish rumqttc holds back because its packet id collided with an unacknowledged one.
@@ -170,17 +198,45 @@ struct Tracker {
     offline_acked: bool,
     /// Reused buffer for claims taken from the buffer.
     batch: Vec<Claim>,
+    /// Connections established so far (CONNACKs).
+    connection: u64,
+    /// Publishes written so far (wire order).
+    writes: u64,
+    /// The record (by buffer seq) suspected of making the broker close the connection, and on
+    /// how many consecutive connection losses it was the suspect.
+    suspect: Option<(u64, u32)>,
+    /// Records still to settle one at a time after a loss right after publishing (0: not
+    /// isolating). See [`Tracker::on_connection_lost`].
+    isolating: usize,
+    /// Numbered re-sends held back while isolating, fed to rumqttc one at a time.
+    held: VecDeque<Request>,
+    /// The packet id of the held re-send handed to rumqttc and not yet acknowledged.
+    fed: Option<u16>,
+    /// The `online` status waits until no re-send is held (a new publish could otherwise be
+    /// numbered with a held one's packet id).
+    status_due: bool,
 }
 
 impl Tracker {
+    /// How many more records may be handed to rumqttc.
+    fn room(&self) -> usize {
+        if self.isolating == 0 && self.held.is_empty() && self.fed.is_none() {
+            self.window - self.records_outstanding
+        } else if self.held.is_empty() && self.fed.is_none() {
+            1usize.saturating_sub(self.records_outstanding)
+        } else {
+            0
+        }
+    }
+
     fn has_room(&self) -> bool {
-        self.records_outstanding < self.window
+        self.room() > 0
     }
 
     /// Hands queued records to rumqttc while the in-flight window has room.
     fn fill(&mut self, client: &AsyncClient, reader: &mut BufferReader) {
         let mut batch = std::mem::take(&mut self.batch);
-        reader.try_recv_many(self.window - self.records_outstanding, &mut batch);
+        reader.try_recv_many(self.room(), &mut batch);
         let mut claims = batch.drain(..);
         for claim in claims.by_ref() {
             let record = claim.record();
@@ -246,17 +302,33 @@ impl Tracker {
         }
     }
 
+    fn written(&mut self) -> Written {
+        self.writes += 1;
+        Written {
+            connection: self.connection,
+            order: self.writes,
+            at: Instant::now(),
+        }
+    }
+
     /// `Outgoing::Publish(pkid)`: a publish was written to the socket.
     fn on_sent(&mut self, pkid: u16, reader: &BufferReader) {
         if pkid != 0 {
             if matches!(&self.collided, Some((p, _)) if *p == pkid) {
                 if let Some((_, slot)) = self.collided.take() {
-                    self.by_pkid.entry(pkid).or_default().push_back(slot);
+                    let written = self.written();
+                    let queue = self.by_pkid.entry(pkid).or_default();
+                    queue.push_back(Numbered { slot, written });
                 }
                 return;
             }
             if self.resends.remove(&pkid) {
-                // A re-send of an unacknowledged publish after a reconnect (counted on CONNACK).
+                // A re-send of an unacknowledged publish after a reconnect (counted on CONNACK);
+                // a re-sent QoS 2 publish is the newest holder of its id.
+                let written = self.written();
+                if let Some(numbered) = self.by_pkid.get_mut(&pkid).and_then(|q| q.back_mut()) {
+                    numbered.written = written;
+                }
                 return;
             }
         }
@@ -269,7 +341,9 @@ impl Tracker {
             // QoS 0: written is as delivered as it gets.
             self.settle(slot, reader);
         } else {
-            self.by_pkid.entry(pkid).or_default().push_back(slot);
+            let written = self.written();
+            let queue = self.by_pkid.entry(pkid).or_default();
+            queue.push_back(Numbered { slot, written });
         }
     }
 
@@ -293,8 +367,11 @@ impl Tracker {
             }
             None => None,
         };
+        if self.fed == Some(pkid) {
+            self.fed = None;
+        }
         match slot {
-            Some(slot) => self.settle(slot, reader),
+            Some(numbered) => self.settle(numbered.slot, reader),
             None => tracing::debug!(pkid, "mqtt: acknowledgement for an unknown packet id"),
         }
     }
@@ -303,6 +380,7 @@ impl Tracker {
         match slot {
             Slot::Record(claim) => {
                 self.records_outstanding -= 1;
+                self.isolating = self.isolating.saturating_sub(1);
                 reader.ack(claim);
             }
             Slot::Status(false) => self.offline_acked = true,
@@ -319,11 +397,12 @@ impl Tracker {
         reader: &BufferReader,
     ) {
         self.connected = true;
+        self.connection += 1;
         let on_wire = self
             .by_pkid
             .values()
             .flatten()
-            .filter(|s| matches!(s, Slot::Record(_)))
+            .filter(|n| matches!(n.slot, Slot::Record(_)))
             .count() as u64;
         if session_present {
             self.resends = eventloop
@@ -346,10 +425,13 @@ impl Tracker {
         }
         let lost_pending = self.in_pending.min(self.unassigned.len());
         self.resends.clear();
+        // Held re-sends belong to the forgotten session: their records go back to the buffer.
+        self.held.clear();
+        self.fed = None;
         let lost: Vec<Slot> = self
             .by_pkid
             .drain()
-            .flat_map(|(_, slots)| slots)
+            .flat_map(|(_, queue)| queue.into_iter().map(|n| n.slot))
             .chain(self.unassigned.drain(..lost_pending))
             .chain(self.collided.take().map(|(_, slot)| slot))
             .collect();
@@ -386,15 +468,182 @@ impl Tracker {
     /// the same batch) are still queued inside it: take them now, so that every numbered
     /// publish is in `by_pkid` and every other handed-over one is counted in `in_pending`.
     fn on_disconnected(&mut self, eventloop: &mut EventLoop, reader: &BufferReader) {
-        self.connected = false;
+        let was_connected = std::mem::replace(&mut self.connected, false);
         while let Some(event) = eventloop.state.events.pop_front() {
             self.on_event(&event, reader);
+        }
+        // `clean()` appended the publishes numbered on the lost connection *behind* what was
+        // still pending, including fresh requests (no packet id yet). Re-sends go first again:
+        // otherwise a fresh publish could be numbered with the id of a re-send still waiting
+        // behind it, and its event be taken for that re-send.
+        let (numbered, fresh): (VecDeque<Request>, VecDeque<Request>) =
+            eventloop.pending.drain(..).partition(is_numbered);
+        eventloop.pending = numbered;
+        eventloop.pending.extend(fresh);
+        if was_connected {
+            self.on_connection_lost(eventloop, reader);
         }
         self.in_pending = eventloop
             .pending
             .iter()
             .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
             .count();
+    }
+
+    /// An established connection was lost: look for a record the broker refuses.
+    ///
+    /// A broker that refuses one record (mosquitto's `max_packet_size`, an ACL that disconnects)
+    /// closes the connection as soon as it reads it; the acknowledgements it sent for the
+    /// records just before are then often lost with the connection (reset), so the culprit
+    /// cannot be told from its neighbours while many publishes are in flight. So a loss right
+    /// after publishing (within [`POISON_WINDOW`]) starts *isolation*: the records that were
+    /// outstanding are sent again one at a time (re-sends fed from `held`, the rest through a
+    /// window of one) until as many records were settled. A record on which the connection is
+    /// lost [`POISON_STRIKES`] times in a row while isolated is rejected
+    /// (`reason="refused_by_broker"`) and taken out of rumqttc's re-sends, so the records
+    /// behind it are delivered. An ordinary outage loses the connection once, then fails to
+    /// connect (no strike); its records go through isolation once and are delivered.
+    fn on_connection_lost(&mut self, eventloop: &mut EventLoop, reader: &BufferReader) {
+        let connection = self.connection;
+        let just_written = self
+            .by_pkid
+            .iter()
+            .flat_map(|(pkid, queue)| queue.iter().enumerate().map(move |(i, n)| (*pkid, i, n)))
+            .filter(|(_, _, n)| {
+                n.written.connection == connection && n.written.at.elapsed() <= POISON_WINDOW
+            })
+            .filter_map(|(pkid, i, n)| match &n.slot {
+                Slot::Record(claim) => Some((n.written.order, pkid, i, claim.seq())),
+                Slot::Status(_) => None,
+            })
+            .min();
+        if self.isolating > 0 {
+            self.strike(
+                just_written.map(|(_, pkid, i, seq)| (pkid, i, seq)),
+                eventloop,
+                reader,
+            );
+        } else if just_written.is_some() && self.records_outstanding > 0 {
+            self.isolating = self.records_outstanding;
+            self.suspect = None;
+            tracing::debug!(
+                records = self.isolating,
+                "mqtt: connection lost right after publishing; re-sending one at a time"
+            );
+        }
+        if self.isolating == 0 && self.held.is_empty() {
+            return;
+        }
+        // Numbered re-sends wait in `held`, fed one at a time; fresh requests go back to the
+        // buffer (statuses are sent again on connect) and come back through a window of one.
+        self.fed = None;
+        let mut rest = VecDeque::new();
+        let mut numbered = VecDeque::new();
+        let mut fresh = 0;
+        for request in eventloop.pending.drain(..) {
+            match request {
+                r if is_numbered(&r) => numbered.push_back(r),
+                Request::Publish(_) => fresh += 1,
+                other => rest.push_back(other),
+            }
+        }
+        eventloop.pending = rest;
+        numbered.append(&mut self.held);
+        self.held = numbered;
+        for slot in self.unassigned.drain(..fresh.min(self.unassigned.len())) {
+            if let Slot::Record(claim) = slot {
+                self.records_outstanding -= 1;
+                reader.requeue(claim);
+            }
+        }
+    }
+
+    /// A loss while isolating: `written` is the record written on the lost connection.
+    fn strike(
+        &mut self,
+        written: Option<(u16, usize, u64)>,
+        eventloop: &mut EventLoop,
+        reader: &BufferReader,
+    ) {
+        let Some((pkid, at, seq)) = written else {
+            // Lost before anything was sent: says nothing about any record.
+            return;
+        };
+        let strikes = match self.suspect {
+            Some((s, n)) if s == seq => n + 1,
+            _ => 1,
+        };
+        if strikes < POISON_STRIKES {
+            tracing::debug!(
+                pkid,
+                seq,
+                strikes,
+                "mqtt: connection lost right after a publish"
+            );
+            self.suspect = Some((seq, strikes));
+            return;
+        }
+        self.suspect = None;
+        let Some(queue) = self.by_pkid.get_mut(&pkid) else {
+            return;
+        };
+        let Some(numbered) = queue.remove(at) else {
+            return;
+        };
+        if queue.is_empty() {
+            self.by_pkid.remove(&pkid);
+        }
+        // rumqttc holds the unacknowledged publishes in `pending`, to re-send them on a resumed
+        // session; this one must not go again.
+        if let Some(i) = eventloop
+            .pending
+            .iter()
+            .position(|r| matches!(r, Request::Publish(p) if p.pkid == pkid))
+        {
+            eventloop.pending.remove(i);
+        }
+        let Slot::Record(claim) = numbered.slot else {
+            return;
+        };
+        self.records_outstanding -= 1;
+        self.isolating = self.isolating.saturating_sub(1);
+        let record = claim.record();
+        let error = format!(
+            "the broker closed the connection right after this record ({} bytes of topic and \
+             payload), {POISON_STRIKES} times in a row with nothing else in flight; a broker \
+             limit (e.g. mosquitto's max_packet_size) or an ACL refuses it",
+            record.topic.len() + record.payload.len()
+        );
+        reader.reject_because(claim, "refused_by_broker", &error);
+    }
+
+    /// While isolating, hands rumqttc the next held re-send once the previous one is settled.
+    fn feed(&mut self, eventloop: &mut EventLoop) {
+        if !self.connected || self.fed.is_some() {
+            return;
+        }
+        let Some(request) = self.held.pop_front() else {
+            return;
+        };
+        match &request {
+            Request::Publish(p) => {
+                // Its `Outgoing::Publish` is a re-send, not a new request.
+                self.resends.insert(p.pkid);
+                self.fed = Some(p.pkid);
+            }
+            Request::PubRel(r) => self.fed = Some(r.pkid),
+            _ => {}
+        }
+        eventloop.pending.push_back(request);
+    }
+}
+
+/// A request rumqttc already numbered: a publish to re-send, or a QoS 2 release.
+fn is_numbered(request: &Request) -> bool {
+    match request {
+        Request::Publish(p) => p.pkid != 0,
+        Request::PubRel(_) => true,
+        _ => false,
     }
 }
 
@@ -448,6 +697,13 @@ impl MqttSink {
             connected: false,
             offline_acked: false,
             batch: Vec::new(),
+            connection: 0,
+            writes: 0,
+            suspect: None,
+            isolating: 0,
+            held: VecDeque::new(),
+            fed: None,
+            status_due: false,
         };
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         let mut disconnecting = false;
@@ -466,6 +722,13 @@ impl MqttSink {
             if t.offline_acked && !disconnecting {
                 disconnecting = client.disconnect().now_or_never().is_some();
             }
+            if let (Some(status), true) = (&self.status, t.status_due) {
+                if t.connected && t.held.is_empty() && t.fed.is_none() {
+                    t.status_due = false;
+                    t.send_status(&client, status, true);
+                }
+            }
+            t.feed(&mut eventloop);
             let event = {
                 let mut poll = pin!(eventloop.poll());
                 loop {
@@ -506,9 +769,7 @@ impl MqttSink {
                         eventloop.state.collision = None;
                     }
                     t.on_connected(ack.session_present, &eventloop, &reader);
-                    if let (Some(status), None) = (&self.status, stop_deadline) {
-                        t.send_status(&client, status, true);
-                    }
+                    t.status_due = self.status.is_some() && stop_deadline.is_none();
                 }
                 Some(Ok(Event::Outgoing(Outgoing::Disconnect))) if disconnecting => break,
                 Some(Ok(event)) => t.on_event(&event, &reader),

@@ -148,6 +148,8 @@ pub struct MosquittoOptions {
     pub users: Vec<(String, String)>,
     /// Serve TLS with this certificate (see [`TestPki`]).
     pub tls: Option<TestPki>,
+    /// More configuration lines, appended as they are (e.g. `max_packet_size 2000\n`).
+    pub extra_config: String,
 }
 
 /// A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI.
@@ -320,6 +322,7 @@ impl Mosquitto {
                 dir.join("passwords").display()
             ));
         }
+        conf.push_str(&self.options.extra_config);
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
         let mut command = Command::new(binary("mosquitto"));
