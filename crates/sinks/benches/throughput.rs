@@ -237,6 +237,15 @@ async fn create_topic(brokers: &str) {
         .expect("create topic");
 }
 
+/// Records for `--kafka-sink-only` / `--kafka-bare-only`: 300,000, or `VOXSIG_BENCH_RECORDS`
+/// (fewer, for profiling under `valgrind --tool=callgrind`).
+fn profile_records() -> u64 {
+    std::env::var("VOXSIG_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -256,12 +265,23 @@ async fn main() {
     if std::env::args().any(|a| a == "--kafka-sink-only") {
         let tansu = Tansu::start();
         create_topic(&tansu.brokers()).await;
-        let recs = records(300_000, Layout::Kafka);
+        let recs = records(profile_records(), Layout::Kafka);
         let warmup = records(1_000, Layout::Kafka);
         let config = SinkConfig::Kafka(KafkaConfig::new(tansu.brokers()));
         println!(
             "kafka sink: {:.0} rec/s",
             through_sink(config, recs, &warmup).await
+        );
+        return;
+    }
+    if std::env::args().any(|a| a == "--kafka-bare-only") {
+        let tansu = Tansu::start();
+        create_topic(&tansu.brokers()).await;
+        let recs = records(profile_records(), Layout::Kafka);
+        let warmup = records(1_000, Layout::Kafka);
+        println!(
+            "bare kafka: {:.0} rec/s",
+            bare_kafka(&tansu.brokers(), &recs, &warmup).await
         );
         return;
     }

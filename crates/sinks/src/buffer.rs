@@ -174,12 +174,6 @@ impl Claim {
         &self.record
     }
 
-    /// The record, for a sink that moves parts out while they are with a client library (and
-    /// restores them before handing the claim back for a retry).
-    pub(crate) fn record_mut(&mut self) -> &mut Record {
-        &mut self.record
-    }
-
     /// The order in which the buffer accepted the record (strictly increasing).
     pub fn seq(&self) -> u64 {
         self.seq
@@ -319,10 +313,15 @@ impl BufferWriter {
             shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
             return Ok(());
         }
+        // Fast path: room now, so no wake-up registration (which costs the waker list's lock and
+        // contends with acknowledgements). Otherwise register first, then check again.
+        let mut registered = false;
         loop {
             let mut space = pin!(shared.space.notified());
-            space.as_mut().enable();
-            let _waiting = Waiting::on(&shared.space_waiters);
+            let _waiting = registered.then(|| {
+                space.as_mut().enable();
+                Waiting::on(&shared.space_waiters)
+            });
             {
                 let mut state = shared.lock();
                 if state.closed {
@@ -368,7 +367,10 @@ impl BufferWriter {
                     return Ok(());
                 }
             }
-            space.await;
+            if registered {
+                space.await;
+            }
+            registered = true;
         }
     }
 

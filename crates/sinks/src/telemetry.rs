@@ -180,6 +180,9 @@ impl DropReason {
 }
 
 /// The broker acknowledged records.
+/// Batches at least this large observe their latencies through a local histogram.
+const LOCAL_LATENCY_FROM: usize = 32;
+
 pub(crate) struct RecordsDelivered<'a> {
     pub sink: &'static str,
     pub claims: &'a [crate::Claim],
@@ -193,14 +196,20 @@ impl InternalEvent for RecordsDelivered<'_> {
             "records delivered"
         );
         let latency = m.inner.latency.with_label_values(&[self.sink]);
+        // A large batch is observed locally (no atomics per record) and added to the shared
+        // histogram once; a few records (MQTT acknowledges one by one) go straight in.
+        let local = (self.claims.len() >= LOCAL_LATENCY_FROM).then(|| latency.local());
         let now = std::time::Instant::now();
         let mut run: Option<(&'static str, u64)> = None;
         for claim in self.claims {
             let record = claim.record();
-            latency.observe(
-                now.saturating_duration_since(record.accepted_at)
-                    .as_secs_f64(),
-            );
+            let seconds = now
+                .saturating_duration_since(record.accepted_at)
+                .as_secs_f64();
+            match &local {
+                Some(local) => local.observe(seconds),
+                None => latency.observe(seconds),
+            }
             let label = record.headers.event_label;
             run = match run {
                 Some((l, n)) if l == label => Some((l, n + 1)),
@@ -220,6 +229,9 @@ impl InternalEvent for RecordsDelivered<'_> {
                 .published
                 .with_label_values(&[self.sink, l])
                 .inc_by(n);
+        }
+        if let Some(local) = local {
+            local.flush();
         }
     }
 }

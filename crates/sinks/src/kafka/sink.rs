@@ -1,15 +1,18 @@
 //! The Kafka sink's running task: an idempotent librdkafka producer (`acks=all`) whose delivery
 //! reports acknowledge records to the buffer.
 //!
-//! Each record travels to librdkafka with its [`Claim`] as the delivery opaque. The delivery
-//! callback (on librdkafka's polling thread) acknowledges successes directly and passes failures
-//! back to the task, which rejects what can never succeed (invalid topic, too large, forbidden)
-//! and requeues the rest — after re-creating the topic when it vanished — so nothing accepted is
-//! given up while a broker is away.
+//! The task keeps every claim handed to librdkafka in a slab ([`InFlight`]); the record travels
+//! with its slot number as the delivery opaque, and librdkafka copies topic, key and payload
+//! straight from the claim (nothing is moved out, boxed or freed on librdkafka's thread). The
+//! delivery callback (on librdkafka's polling thread) only queues slot numbers: successes are
+//! acknowledged to the buffer by the task in batches; failures come back to the task, which
+//! rejects what can never succeed (invalid topic, too large, forbidden) and requeues the rest —
+//! after re-creating the topic when it vanished — so nothing accepted is given up while a broker
+//! is away. A claim leaves the slab, and the record the buffer, only on its delivery report.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -17,7 +20,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::config::{CreateTopics, KafkaConfig};
 use crate::backoff::{Backoff, ReconnectConfig};
-use crate::buffer::{Acker, BufferReader, Claim};
+use crate::buffer::{BufferReader, Claim};
 use crate::jsonl::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected, TopicCreated};
 use crate::topic::check_kafka_topic;
@@ -98,9 +101,134 @@ impl KafkaSink {
 
 /// A failed delivery handed back to the task.
 struct Failure {
-    claim: Claim,
+    /// The claim's slot in [`InFlight`].
+    slot: usize,
     code: Option<RDKafkaErrorCode>,
     error: String,
+}
+
+/// Delivery reports queued by librdkafka's polling thread for the task, shared by every
+/// producer the task creates (and outliving them, for the reports made while one is dropped).
+#[derive(Default)]
+struct Reports {
+    /// Slots of delivered claims, acknowledged by the task in batches.
+    delivered: Mutex<Vec<usize>>,
+    /// The task may be waiting for the first one.
+    ready: Notify,
+}
+
+impl Reports {
+    /// Swaps the queued slots into `out` (emptied first), keeping both allocations.
+    fn take(&self, out: &mut Vec<usize>) {
+        out.clear();
+        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *delivered, out);
+    }
+}
+
+/// Acknowledges delivered claims to the buffer on its own thread: the buffer's bookkeeping, the
+/// metrics and freeing the records stay off the task, whose thread feeding librdkafka is the
+/// sink's bottleneck. Claims reach it only after their delivery report.
+struct AckThread {
+    batches: Option<std::sync::mpsc::Sender<Vec<Claim>>>,
+    /// Emptied batches coming back, to be reused.
+    spare: std::sync::mpsc::Receiver<Vec<Claim>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AckThread {
+    fn spawn(reader: &BufferReader) -> Self {
+        let (batches, received) = std::sync::mpsc::channel::<Vec<Claim>>();
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let acker = reader.acker();
+        let thread = std::thread::Builder::new()
+            .name("voxsig-kafka-ack".into())
+            .spawn(move || {
+                for mut claims in received {
+                    acker.ack_many(&mut claims);
+                    let _ = spare_tx.send(claims);
+                }
+            });
+        match thread {
+            Ok(thread) => AckThread {
+                batches: Some(batches),
+                spare,
+                thread: Some(thread),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "kafka: no acknowledgement thread; acknowledging inline");
+                AckThread {
+                    batches: None,
+                    spare,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    /// An empty batch to fill.
+    fn batch(&self) -> Vec<Claim> {
+        self.spare.try_recv().unwrap_or_default()
+    }
+
+    /// Acknowledges `claims` (on the thread, or here when there is none).
+    fn ack(&self, mut claims: Vec<Claim>, reader: &BufferReader) {
+        if let Some(batches) = &self.batches {
+            match batches.send(claims) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(back)) => claims = back,
+            }
+        }
+        reader.ack_many(&mut claims);
+    }
+
+    /// Waits until everything sent was acknowledged.
+    fn finish(&mut self) {
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The claims handed to librdkafka, by slot; a slot number is a record's delivery opaque.
+#[derive(Default)]
+struct InFlight {
+    slots: Vec<Option<Claim>>,
+    free: Vec<usize>,
+}
+
+impl InFlight {
+    fn insert(&mut self, claim: Claim) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(claim);
+                slot
+            }
+            None => {
+                self.slots.push(Some(claim));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get(&self, slot: usize) -> Option<&Claim> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    fn take(&mut self, slot: usize) -> Option<Claim> {
+        let claim = self.slots.get_mut(slot)?.take();
+        if claim.is_some() {
+            self.free.push(slot);
+        }
+        claim
+    }
+
+    /// Every claim still held (the producer is gone: no report will come for them).
+    fn drain(&mut self) -> impl Iterator<Item = Claim> + '_ {
+        self.free.clear();
+        self.slots.drain(..).flatten()
+    }
 }
 
 /// Callbacks from librdkafka's threads.
@@ -108,17 +236,12 @@ struct Context {
     sink: &'static str,
     endpoint: String,
     metrics: SinkMetrics,
-    acker: Acker,
     in_flight: AtomicUsize,
     /// The in-flight window.
     max_in_flight: usize,
     /// Wakes the task when the window has room again.
     room: Notify,
-    /// Delivered claims waiting for the task to acknowledge them. Kept boxed: the boxes were
-    /// allocated on the task's thread and are freed there, not on librdkafka's.
-    #[allow(clippy::vec_box)]
-    delivered: Mutex<Vec<Box<Claim>>>,
-    delivered_ready: Notify,
+    reports: Arc<Reports>,
     connected: AtomicBool,
     failures: mpsc::UnboundedSender<Failure>,
 }
@@ -159,9 +282,9 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<Claim>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, claim: Box<Claim>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
         // Out of flight first: once the claim is handed back the task may look for the end.
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == self.max_in_flight {
             // The window was full: the task may be waiting for room.
@@ -179,31 +302,25 @@ impl ProducerContext for Context {
                         },
                     );
                 }
-                // Acknowledged in batches by the task: this thread only queues the claim.
-                let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-                delivered.push(claim);
+                // Acknowledged in batches by the task: this thread only queues the slot.
+                let mut delivered = self
+                    .reports
+                    .delivered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                delivered.push(slot);
                 if delivered.len() == 1 {
-                    self.delivered_ready.notify_one();
+                    self.reports.ready.notify_one();
                 }
             }
-            Err((error, message)) => {
-                let mut claim = *claim;
-                let record = claim.record_mut();
-                record.topic = message.topic().to_owned();
-                record.key = message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned());
-                record.payload =
-                    bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
-                let failure = Failure {
-                    claim,
+            Err((error, _)) => {
+                // The claim, record intact, is still in the task's slab. If the task is gone the
+                // slab went with it and the buffer reports the record undelivered.
+                let _ = self.failures.send(Failure {
+                    slot,
                     code: error.rdkafka_error_code(),
                     error: error.to_string(),
-                };
-                if let Err(mpsc::error::SendError(failure)) = self.failures.send(failure) {
-                    // The task is gone (shutdown): hand the record back so it is reported.
-                    self.acker.requeue(failure.claim);
-                }
+                });
             }
         }
     }
@@ -270,6 +387,12 @@ struct Task {
     timed_out: bool,
     /// The last topic that passed the topic rules.
     last_valid_topic: String,
+    /// The claims librdkafka holds, by delivery opaque.
+    slab: InFlight,
+    /// Reused buffers: delivered slots, and claims taken from the buffer.
+    delivered: Vec<usize>,
+    batch: Vec<Claim>,
+    acks: AckThread,
 }
 
 impl KafkaSink {
@@ -289,19 +412,21 @@ impl KafkaSink {
             last_progress: tokio::time::Instant::now(),
             timed_out: false,
             last_valid_topic: String::new(),
+            slab: InFlight::default(),
+            delivered: Vec::new(),
+            batch: Vec::new(),
+            acks: AckThread::spawn(&reader),
         };
         let (failures_tx, mut failures) = mpsc::unbounded_channel();
-        let acker = reader.acker();
+        let reports = Arc::new(Reports::default());
         let make_context = || Context {
             sink,
             endpoint: self.endpoint.clone(),
             metrics: metrics.clone(),
-            acker: acker.clone(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: self.max_in_flight,
             room: Notify::new(),
-            delivered: Mutex::new(Vec::new()),
-            delivered_ready: Notify::new(),
+            reports: reports.clone(),
             connected: AtomicBool::new(false),
             failures: failures_tx.clone(),
         };
@@ -310,9 +435,8 @@ impl KafkaSink {
             None => return reader.report(),
         };
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        let mut acks = Vec::new();
         loop {
-            if task.ack_delivered(&producer, &reader, &mut acks) > 0 {
+            if task.ack_delivered(&reports, &reader) > 0 {
                 task.backoff.reset();
                 task.timed_out = false;
                 task.last_progress = tokio::time::Instant::now();
@@ -334,7 +458,7 @@ impl KafkaSink {
             let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
             let room = in_flight < self.max_in_flight && !paused;
             let room_again = producer.context().room.notified();
-            let delivered = producer.context().delivered_ready.notified();
+            let delivered = reports.ready.notified();
             let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 Some(first) = failures.recv() => {
@@ -375,7 +499,7 @@ impl KafkaSink {
                             () = reader.aborted() => break,
                         }
                         // Delivered before the purge: acknowledge before the old producer goes.
-                        task.ack_delivered(&producer, &reader, &mut acks);
+                        task.ack_delivered(&reports, &reader);
                         producer = match task.producer(&make_context, &reader).await {
                             Some(p) => p,
                             None => break,
@@ -390,10 +514,14 @@ impl KafkaSink {
             // Deadline passed: whatever librdkafka still holds stays undelivered.
             producer.purge(PurgeConfig::default().queue().inflight());
         }
-        task.ack_delivered(&producer, &reader, &mut acks);
+        task.ack_delivered(&reports, &reader);
+        // Dropping the producer purges what it holds; reports made meanwhile are queued.
         drop(producer);
-        while let Ok(failure) = failures.try_recv() {
-            reader.requeue(failure.claim);
+        task.ack_delivered(&reports, &reader);
+        task.acks.finish();
+        drop(failures);
+        for claim in task.slab.drain() {
+            reader.requeue(claim);
         }
         reader.report()
     }
@@ -401,23 +529,16 @@ impl KafkaSink {
 
 impl Task {
     /// Acknowledges what librdkafka reported delivered; returns how many.
-    fn ack_delivered(
-        &mut self,
-        producer: &Producer_,
-        reader: &BufferReader,
-        acks: &mut Vec<Claim>,
-    ) -> usize {
-        let delivered = {
-            let mut queue = producer
-                .context()
-                .delivered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *queue)
-        };
-        let n = delivered.len();
-        acks.extend(delivered.into_iter().map(|claim| *claim));
-        reader.ack_many(acks);
+    fn ack_delivered(&mut self, reports: &Reports, reader: &BufferReader) -> usize {
+        reports.take(&mut self.delivered);
+        if self.delivered.is_empty() {
+            return 0;
+        }
+        let mut claims = self.acks.batch();
+        let slab = &mut self.slab;
+        claims.extend(self.delivered.iter().filter_map(|&slot| slab.take(slot)));
+        let n = claims.len();
+        self.acks.ack(claims, reader);
         n
     }
 
@@ -457,11 +578,11 @@ impl Task {
         reader: &mut BufferReader,
         max_in_flight: usize,
     ) {
-        let mut batch = Vec::new();
         let room =
             max_in_flight.saturating_sub(producer.context().in_flight.load(Ordering::SeqCst));
+        let mut batch = std::mem::take(&mut self.batch);
         reader.try_recv_many(room.min(FILL_BATCH), &mut batch);
-        let mut claims = batch.into_iter();
+        let mut claims = batch.drain(..);
         while let Some(claim) = claims.next() {
             let record = claim.record();
             // Records come in runs of one topic: check each new one once.
@@ -481,46 +602,43 @@ impl Task {
                 if let Err(error) = ensured {
                     reader.retry_because(claim, "create_topic", &error);
                     self.pause(true);
-                    claims.for_each(|c| reader.requeue(c));
-                    return;
+                    claims.by_ref().for_each(|c| reader.requeue(c));
+                    break;
                 }
             }
-            // librdkafka copies topic, key and payload: lend them from here, and keep them out
-            // of the claim that travels to (and is freed on) librdkafka's thread. A failed
-            // delivery puts them back from the returned message.
-            let mut claim = claim;
-            let headers = kafka_headers(claim.record());
-            let timestamp = claim.record().headers.received_at_ms;
-            let record = claim.record_mut();
-            let topic = std::mem::take(&mut record.topic);
-            let key = record.key.take();
-            let payload = std::mem::take(&mut record.payload);
-            let mut base = BaseRecord::with_opaque_to(&topic, Box::new(claim))
-                .payload(payload.as_ref())
-                .headers(headers)
-                .timestamp(timestamp);
-            if let Some(key) = key.as_deref() {
+            // The claim waits in the slab; librdkafka copies topic, key and payload from it.
+            let slot = self.slab.insert(claim);
+            let Some(record) = self.slab.get(slot).map(Claim::record) else {
+                continue;
+            };
+            let mut base = BaseRecord::with_opaque_to(&record.topic, slot)
+                .payload(record.payload.as_ref())
+                .headers(kafka_headers(record))
+                .timestamp(record.headers.received_at_ms);
+            if let Some(key) = record.key.as_deref() {
                 base = base.key(key.as_bytes());
             }
             producer.context().in_flight.fetch_add(1, Ordering::SeqCst);
-            if let Err((error, base)) = producer.send(base) {
+            if let Err((error, _)) = producer.send(base) {
                 producer.context().in_flight.fetch_sub(1, Ordering::SeqCst);
-                let mut claim = *base.delivery_opaque;
-                let record = claim.record_mut();
-                (record.topic, record.key, record.payload) = (topic, key, payload);
+                let Some(claim) = self.slab.take(slot) else {
+                    continue;
+                };
                 match verdict(error.rdkafka_error_code()) {
                     Verdict::Reject(reason) => reader.reject_because(claim, reason, &error),
                     _ => {
                         // Queue full or a transient local error: wait for deliveries.
                         reader.requeue(claim);
-                        claims.for_each(|c| reader.requeue(c));
+                        claims.by_ref().for_each(|c| reader.requeue(c));
                         self.pause_until =
                             Some(tokio::time::Instant::now() + Duration::from_millis(10));
-                        return;
+                        break;
                     }
                 }
             }
         }
+        drop(claims);
+        self.batch = batch;
     }
 
     async fn ensure_topic(&mut self, topic: &str) -> Result<(), String> {
@@ -576,9 +694,12 @@ impl Task {
     fn on_failures(&mut self, batch: Vec<Failure>, reader: &BufferReader) {
         let mut retried = 0;
         for failure in batch {
+            let Some(claim) = self.slab.take(failure.slot) else {
+                continue;
+            };
             let reason = match verdict(failure.code) {
                 Verdict::Reject(reason) => {
-                    reader.reject_because(failure.claim, reason, &failure.error);
+                    reader.reject_because(claim, reason, &failure.error);
                     continue;
                 }
                 Verdict::MissingTopic => "unknown_topic",
@@ -587,9 +708,9 @@ impl Task {
             self.timed_out |= reason == "timeout";
             // A missing topic, or a broker that lost its data (restarted empty) and with it the
             // topic: ensure it again before the next attempt.
-            self.known_topics.remove(&failure.claim.record().topic);
+            self.known_topics.remove(&claim.record().topic);
             retried += 1;
-            reader.retry_because(failure.claim, reason, &failure.error);
+            reader.retry_because(claim, reason, &failure.error);
         }
         emit(
             &self.metrics,
@@ -610,8 +731,9 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
     let account = record
         .headers
         .account_id
-        .map(|a| decimal(a, &mut account_buf));
-    let received_at = decimal(record.headers.received_at_ms, &mut received_buf);
+        .map(|a| decimal(a, false, &mut account_buf));
+    let at = record.headers.received_at_ms;
+    let received_at = decimal(at.unsigned_abs(), at < 0, &mut received_buf);
     OwnedHeaders::new_with_capacity(3)
         .insert(Header {
             key: "event",
@@ -627,14 +749,23 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
         })
 }
 
-/// Formats `n` in decimal into `buf` without allocating.
-fn decimal(n: impl std::fmt::Display, buf: &mut [u8; 24]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // 24 bytes hold any u64 or i64.
-    let _ = write!(cursor, "{n}");
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    &buf[..len]
+/// Formats `n` (negated when `negative`) in decimal at the end of `buf`, without `fmt`.
+fn decimal(mut n: u64, negative: bool, buf: &mut [u8; 24]) -> &[u8] {
+    // 24 bytes hold the 20 digits of any u64 and a sign.
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 /// Waits until `counter` is zero, at most `limit`.
@@ -648,6 +779,21 @@ async fn eventually_zero(counter: &AtomicUsize, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals() {
+        let mut buf = [0u8; 24];
+        for (n, negative, text) in [
+            (0, false, "0"),
+            (7, false, "7"),
+            (1_732_000_000_123, false, "1732000000123"),
+            (u64::MAX, false, "18446744073709551615"),
+            (i64::MIN.unsigned_abs(), true, "-9223372036854775808"),
+            (42, true, "-42"),
+        ] {
+            assert_eq!(decimal(n, negative, &mut buf), text.as_bytes());
+        }
+    }
 
     #[test]
     fn verdicts() {
