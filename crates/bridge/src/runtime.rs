@@ -17,6 +17,9 @@ use tokio_tungstenite::Connector;
 use voxsig_protocol::SessionConfig;
 use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
 
+/// How long sockets get to stop reading before the buffer is closed under them.
+const STOP_READING_GRACE: Duration = Duration::from_secs(2);
+
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -223,8 +226,17 @@ impl Bridge {
     /// Stops reading, then gives the sink `drain_timeout` to deliver what was accepted.
     pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
         let _ = self.shutdown.send(true);
-        while self.connections.join_next().await.is_some() {}
+        // A socket stops at once unless it is waiting for room in a full buffer (the sink is
+        // slow or its broker away): give those a moment, then close the buffer so they give up.
+        // What they held was never accepted, so nothing accepted is lost by it.
+        let joined = tokio::time::timeout(STOP_READING_GRACE, async {
+            while self.connections.join_next().await.is_some() {}
+        })
+        .await;
         self.writer.close();
+        if joined.is_err() {
+            while self.connections.join_next().await.is_some() {}
+        }
         let report = self.sink.shutdown(drain_timeout).await;
         if report.undelivered > 0 {
             tracing::error!(undelivered = report.undelivered, by_event = ?report.undelivered_by_event,

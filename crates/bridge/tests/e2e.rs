@@ -350,3 +350,31 @@ async fn a_logged_out_token_is_reported_and_the_others_keep_flowing() {
     rig.assert_exactly_once(WAIT).await;
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_broker_away_and_the_buffer_full_ends_within_the_deadline() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let mut rig = rig_on(sim, TokenSelection::All, "[buffer]\nmax_events = 20\n", "").await;
+    rig.confirmed(2).await;
+    rig.memory.set_failing(true);
+    rig.sim.burst(200, &Selection::all()).await.unwrap();
+    eventually("the buffer filled", WAIT, || rig.bridge().buffered() >= 20).await;
+    let started = std::time::Instant::now();
+    let report = rig
+        .bridge
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(1))
+        .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert_eq!(report.undelivered, 20, "{report:?}");
+    assert!(report.deadline_hit);
+    assert!(
+        rig.metric(
+            "voxsig_bridge_events_dropped_total",
+            &[("reason", "buffer_closed")]
+        ) >= 1.0
+    );
+    rig.sim.shutdown().await;
+}
