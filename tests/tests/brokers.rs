@@ -6,6 +6,19 @@
 mod brokers;
 
 use brokers::{Mosquitto, MosquittoOptions, Tansu};
+
+/// A metric summed over all its series (the sinks' test helper, without label filters).
+fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
+    brokers::metric(registry, name, &[])
+}
+
+/// Waits for `check` (the sinks' test helper), failing with `what` on timeout.
+async fn eventually(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    assert!(
+        brokers::eventually(timeout, check).await,
+        "timed out: {what}"
+    );
+}
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -89,14 +102,6 @@ fn ids(payload: &[u8]) -> (u64, u64) {
         v["account_id"].as_u64().expect("account_id"),
         v["sim_seq"].as_u64().expect("sim_seq"),
     )
-}
-
-async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -254,16 +259,6 @@ async fn mqtt_every_event_on_its_topic_retained_presence_and_a_broker_restart_lo
     let report = bridge.shutdown(Duration::from_secs(10)).await;
     assert_eq!(report.undelivered, 0);
     sim.shutdown().await;
-}
-
-fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
