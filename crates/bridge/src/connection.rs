@@ -524,7 +524,6 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
                 );
             }
         }
-        Err(Unrouted::Filtered) => emit(m, t::EventFiltered { event_label }),
         Err(Unrouted::InvalidTopic(detail)) => emit(
             m,
             t::EventDropped {

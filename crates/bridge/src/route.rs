@@ -284,8 +284,6 @@ pub enum PayloadMode {
 /// Why an event did not become a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unrouted {
-    /// The event filter excluded it.
-    Filtered,
     /// The rendered topic broke the sink's rules.
     InvalidTopic(String),
 }
@@ -344,7 +342,8 @@ impl Router {
         event.account_id.unwrap_or(receiver.account_id)
     }
 
-    /// Renders one event into a record.
+    /// Renders one event into a record. The filter is not applied here: callers check
+    /// [`Router::allows`] first, before any other work on the event.
     pub fn route(
         &self,
         event: &EventRef<'_>,
@@ -352,9 +351,6 @@ impl Router {
         received_at: SystemTime,
         accepted_at: Instant,
     ) -> Result<Record, Unrouted> {
-        if !self.filter.allows(&event.name) {
-            return Err(Unrouted::Filtered);
-        }
         let account = Self::account_of(event, receiver);
         let ctx = Context {
             account,
