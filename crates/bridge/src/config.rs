@@ -366,6 +366,11 @@ impl ConfigError {
             problem: problem.into(),
         }
     }
+
+    /// The sinks' validation errors already name the full key (`sink.qos`, `buffer.max_bytes`).
+    fn from_sinks(e: voxsig_sinks::ConfigError) -> Self {
+        ConfigError::new(e.key(), e.message())
+    }
 }
 
 /// A configured subscription with its token resolved.
@@ -444,11 +449,8 @@ impl Config {
             None => serde_json::from_str(r#"{"kind":"stdout"}"#)
                 .map_err(|e| ConfigError::new("sink", e.to_string()))?,
         };
-        sink.validate()
-            .map_err(|e| ConfigError::new("sink", e.to_string()))?;
-        self.buffer
-            .validate()
-            .map_err(|e| ConfigError::new("buffer", e.to_string()))?;
+        sink.validate().map_err(ConfigError::from_sinks)?;
+        self.buffer.validate().map_err(ConfigError::from_sinks)?;
         if self.dedup.enabled && self.dedup.max_entries == 0 {
             return Err(ConfigError::new("dedup.max_entries", "must be at least 1"));
         }

@@ -23,6 +23,11 @@ impl ConfigError {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// What is wrong with it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 /// A sink could not be built.
@@ -34,8 +39,8 @@ pub enum SinkError {
     /// A secret could not be read.
     #[error("{key}: {source}")]
     Secret {
-        /// The key holding the secret.
-        key: &'static str,
+        /// The key holding the secret (`sink.password`, `sink.properties.sasl.password`, ...).
+        key: String,
         /// Why it could not be read.
         source: SecretError,
     },

@@ -165,3 +165,26 @@ fn shards_split_accounts_and_together_cover_all() {
     let e = error_of(&format!("[shard]\nindex = 3\ncount = 3\n{toml}"));
     assert_eq!(e.key, "shard.index");
 }
+
+#[test]
+fn kafka_properties_load_from_sink_kafka_properties_and_stay_redacted() {
+    let toml = format!(
+        "{MINIMAL}\n[sink]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n\
+         [sink.kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+         \"sasl.password\" = \"hunter2-secret\"\n"
+    );
+    let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+    let voxsig_sinks::SinkConfig::Kafka(kafka) = &s.sink else {
+        panic!("not kafka: {:?}", s.sink.kind());
+    };
+    let names: Vec<&str> = kafka.all_properties().map(|(_, name, _)| name).collect();
+    assert_eq!(names, ["sasl.password", "security.protocol"]);
+    let shown = s.redacted_toml();
+    assert!(!shown.contains("hunter2-secret"), "{shown}");
+    assert!(
+        shown.contains("[sink.kafka.properties]\n\"sasl.password\" = \"<redacted>\""),
+        "{shown}"
+    );
+    let reserved = format!("{MINIMAL}\n[sink]\nkind = \"kafka\"\nbrokers = \"b:1\"\n[sink.kafka.properties]\nacks = \"1\"\n");
+    assert_eq!(error_of(&reserved).key, "sink.kafka.properties.acks");
+}

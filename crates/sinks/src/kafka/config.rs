@@ -140,6 +140,25 @@ pub struct KafkaConfig {
     /// `"sasl.password" = { env = "KAFKA_PASSWORD" }`.
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
+    /// The same pass-through written as `[sink.kafka.properties]`; merged with `properties`
+    /// (a name set in both is a configuration error).
+    #[serde(default, skip_serializing_if = "KafkaSection::is_empty")]
+    pub kafka: KafkaSection,
+}
+
+/// `[sink.kafka]`: a home for `properties` under the sink's own name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// librdkafka properties, as `[sink.properties]`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Secret>,
+}
+
+impl KafkaSection {
+    fn is_empty(&self) -> bool {
+        self.properties.is_empty()
+    }
 }
 
 fn default_linger() -> u64 {
@@ -170,7 +189,25 @@ impl KafkaConfig {
             max_in_flight: default_in_flight(),
             create_topics: CreateTopics::default(),
             properties: BTreeMap::new(),
+            kafka: KafkaSection::default(),
         }
+    }
+
+    /// Every pass-through librdkafka property with the key it was configured under
+    /// (`sink.properties.<name>` or `sink.kafka.properties.<name>`).
+    pub fn all_properties(&self) -> impl Iterator<Item = (String, &str, &Secret)> {
+        let flat = self
+            .properties
+            .iter()
+            .map(|(name, value)| (format!("sink.properties.{name}"), name.as_str(), value));
+        let nested = self.kafka.properties.iter().map(|(name, value)| {
+            (
+                format!("sink.kafka.properties.{name}"),
+                name.as_str(),
+                value,
+            )
+        });
+        flat.chain(nested)
     }
 
     /// Checks every value; errors name the key.
@@ -219,13 +256,21 @@ impl KafkaConfig {
                 "must be at least 1",
             ));
         }
-        for name in self.properties.keys() {
-            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == name) {
-                return Err(ConfigError::new(
-                    format!("sink.properties.{name}"),
-                    format!("set by the sink: {why}"),
-                ));
+        for (key, name, _) in self.all_properties() {
+            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| *k == name) {
+                return Err(ConfigError::new(key, format!("set by the sink: {why}")));
             }
+        }
+        if let Some(name) = self
+            .kafka
+            .properties
+            .keys()
+            .find(|name| self.properties.contains_key(*name))
+        {
+            return Err(ConfigError::new(
+                format!("sink.kafka.properties.{name}"),
+                "also set in [sink.properties]; set it in one place",
+            ));
         }
         Ok(())
     }
@@ -245,7 +290,52 @@ mod tests {
         c.properties.insert("acks".into(), Secret::inline("1"));
         assert_eq!(c.validate().unwrap_err().key(), "sink.properties.acks");
         c.properties.clear();
+        c.kafka
+            .properties
+            .insert("linger.ms".into(), Secret::inline("1"));
+        assert_eq!(
+            c.validate().unwrap_err().key(),
+            "sink.kafka.properties.linger.ms"
+        );
+        c.kafka.properties.clear();
+        c.properties
+            .insert("client.rack".into(), Secret::inline("a"));
+        c.kafka
+            .properties
+            .insert("client.rack".into(), Secret::inline("b"));
+        assert_eq!(
+            c.validate().unwrap_err().key(),
+            "sink.kafka.properties.client.rack"
+        );
+        c.properties.clear();
+        c.kafka.properties.clear();
         c.brokers = Brokers::Csv("a:1,,b:2".into());
         assert_eq!(c.validate().unwrap_err().key(), "sink.brokers");
+    }
+
+    #[test]
+    fn properties_are_read_from_either_table() {
+        let c: KafkaConfig = toml_like(
+            r#"{"brokers": "127.0.0.1:9092",
+                "properties": {"security.protocol": "SASL_PLAINTEXT"},
+                "kafka": {"properties": {"sasl.password": {"env": "KAFKA_PASSWORD"}}}}"#,
+        );
+        c.validate().unwrap();
+        let keys: Vec<String> = c.all_properties().map(|(key, _, _)| key).collect();
+        assert_eq!(
+            keys,
+            [
+                "sink.properties.security.protocol",
+                "sink.kafka.properties.sasl.password"
+            ]
+        );
+        let unknown = serde_json::from_str::<KafkaConfig>(
+            r#"{"brokers": "b:1", "kafka": {"propertie": {}}}"#,
+        );
+        assert!(unknown.is_err());
+    }
+
+    fn toml_like(json: &str) -> KafkaConfig {
+        serde_json::from_str(json).unwrap()
     }
 }

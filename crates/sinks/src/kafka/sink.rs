@@ -64,11 +64,10 @@ impl KafkaSink {
     pub fn new(config: &KafkaConfig, instance: &str) -> Result<Self, SinkError> {
         config.validate()?;
         let mut cc = ClientConfig::new();
-        for (name, value) in &config.properties {
-            let value = value.resolve().map_err(|source| SinkError::Secret {
-                key: "sink.properties",
-                source,
-            })?;
+        for (key, name, value) in config.all_properties() {
+            let value = value
+                .resolve()
+                .map_err(|source| SinkError::Secret { key, source })?;
             cc.set(name, value.expose());
         }
         let client_id = config

@@ -103,7 +103,7 @@ impl MqttSink {
                 Some(secret) => secret
                     .resolve()
                     .map_err(|source| SinkError::Secret {
-                        key: "sink.password",
+                        key: "sink.password".into(),
                         source,
                     })?
                     .expose()
