@@ -3,7 +3,15 @@
 //! started on free loopback ports.
 //!
 //! `cargo bench -p voxsig-sinks --bench throughput` (optionally `-- --quick`). Every loop is
-//! bounded in count and time; prints a markdown table.
+//! bounded in count and time; prints a markdown table. Under `cargo test` (no `--bench`
+//! argument) it runs as a smoke test: one round of a hundredth of the records.
+//!
+//! Both sides take the records by value (a real publisher frees what it sent) and are warmed up
+//! with the same records first. Rounds alternate which side runs first, so a drift of the
+//! machine or the broker does not always favour one side; each row reports the medians, the
+//! median of the per-round ratios, and the client's CPU per record (every thread of this
+//! process, from `/proc/self/task/*/schedstat`), which the machine's noise moves much less than
+//! the rates.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(missing_docs)]
@@ -17,7 +25,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use support::{Mosquitto, MosquittoOptions, Tansu};
 use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
 use voxsig_sinks::testing::{Generator, Layout};
@@ -27,7 +35,38 @@ use voxsig_sinks::{
 
 /// Longest a single measured loop may run.
 const LOOP_LIMIT: Duration = Duration::from_secs(60);
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
+/// Rounds when run as a smoke test under `cargo test`.
+const SMOKE_ROUNDS: usize = 1;
+/// Records each side sends before it is timed (connections up, buffers at their working size).
+const WARMUP: u64 = 10_000;
+
+/// One timed run: records/s and the client's CPU per record.
+#[derive(Clone, Copy)]
+struct Measure {
+    rate: f64,
+    cpu_ns: f64,
+}
+
+/// CPU time of every live thread of this process, in ns (Linux; 0 elsewhere).
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Times `n` records from `start` (and the CPU from `cpu_start`) until now.
+fn measure(n: usize, start: Instant, cpu_start: u64) -> Measure {
+    let elapsed = start.elapsed().as_secs_f64();
+    Measure {
+        rate: n as f64 / elapsed,
+        cpu_ns: process_cpu_ns().saturating_sub(cpu_start) as f64 / n as f64,
+    }
+}
 
 fn records(n: u64, layout: Layout) -> Vec<Record> {
     let generator = Generator::new("voxsig", layout);
@@ -42,9 +81,9 @@ fn records(n: u64, layout: Layout) -> Vec<Record> {
         .collect()
 }
 
-/// Pushes `records` through a sink built from `config`; returns records/s from the first push to
-/// the last acknowledgement (the sink is warmed up, connected, before timing).
-async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: &[Record]) -> f64 {
+/// Pushes `records` through a sink built from `config`; measures from the first push to the
+/// last acknowledgement (the sink is warmed up, connected, before timing).
+async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: Vec<Record>) -> Measure {
     let (writer, reader) = buffer(
         BufferConfig {
             max_events: records.len().max(warmup.len()) + 1,
@@ -54,19 +93,20 @@ async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: &[Record
     );
     let handle = spawn(config.build("bench").expect("sink"), reader);
     for r in warmup {
-        writer.push(r.clone()).await.expect("push");
+        writer.push(r).await.expect("push");
     }
     wait_drained(&writer).await;
     let n = records.len();
+    let cpu = process_cpu_ns();
     let start = Instant::now();
     for r in records {
         writer.push(r).await.expect("push");
     }
     wait_drained(&writer).await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let measured = measure(n, start, cpu);
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0);
-    rate
+    measured
 }
 
 /// The buffer and an instant sink, no broker: the sinks' fixed cost per record.
@@ -103,7 +143,7 @@ async fn wait_drained(writer: &voxsig_sinks::BufferWriter) {
 }
 
 /// A bare rumqttc loop: publish every record, count PUBACKs (QoS 1) or writes (QoS 0).
-async fn bare_mqtt(port: u16, qos: QoS, records: &[Record]) -> f64 {
+async fn bare_mqtt(port: u16, qos: QoS, records: Vec<Record>, warmup: Vec<Record>) -> Measure {
     let mut options = MqttOptions::new(format!("bare-{}", fastish_id()), "127.0.0.1", port);
     options
         .set_keep_alive(Duration::from_secs(30))
@@ -115,23 +155,34 @@ async fn bare_mqtt(port: u16, qos: QoS, records: &[Record]) -> f64 {
             break;
         }
     }
+    let client = publish_all(client, &mut eventloop, qos, warmup).await;
     let n = records.len();
-    let batch: Vec<(String, bytes::Bytes)> = records
-        .iter()
-        .map(|r| (r.topic.clone(), r.payload.clone()))
-        .collect();
+    let cpu = process_cpu_ns();
     let start = Instant::now();
+    let _client = publish_all(client, &mut eventloop, qos, records).await;
+    measure(n, start, cpu)
+}
+
+/// Publishes `records` from a task while this one drives the event loop until every record was
+/// written (QoS 0) or acknowledged (QoS 1).
+async fn publish_all(
+    client: AsyncClient,
+    eventloop: &mut EventLoop,
+    qos: QoS,
+    records: Vec<Record>,
+) -> AsyncClient {
+    let n = records.len();
     let publisher = tokio::spawn(async move {
-        for (topic, payload) in batch {
+        for r in records {
             client
-                .publish_bytes(topic, qos, false, payload)
+                .publish_bytes(r.topic, qos, false, r.payload)
                 .await
                 .expect("publish");
         }
         client
     });
     let mut done = 0;
-    let deadline = start + LOOP_LIMIT;
+    let deadline = Instant::now() + LOOP_LIMIT;
     while done < n {
         assert!(
             Instant::now() < deadline,
@@ -143,9 +194,7 @@ async fn bare_mqtt(port: u16, qos: QoS, records: &[Record]) -> f64 {
             _ => {}
         }
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _client = publisher.await.expect("publisher");
-    rate
+    publisher.await.expect("publisher")
 }
 
 fn fastish_id() -> u128 {
@@ -189,28 +238,51 @@ impl ProducerContext for Counting {
 
 /// A bare rdkafka loop with the sink's producer settings (a `ThreadedProducer` counting
 /// delivery reports in its callback): send every record, wait for every report.
-async fn bare_kafka(brokers: &str, records: &[Record], warmup: &[Record]) -> f64 {
+///
+/// With `keep`, the loop borrows its records and frees them only after timing (the form of
+/// earlier versions of this bench): no real publisher can do that, and it changes how
+/// librdkafka's own allocations behave, so it is reported beside, not instead.
+async fn bare_kafka(
+    brokers: &str,
+    records: Vec<Record>,
+    warmup: Vec<Record>,
+    keep: bool,
+) -> Measure {
     let producer: ThreadedProducer<Counting> = producer_config(brokers)
         .create_with_context(Counting::default())
         .expect("producer");
-    send_all(&producer, warmup).await;
+    send_all(&producer, warmup, keep).await;
+    let n = records.len();
+    let cpu = process_cpu_ns();
     let start = Instant::now();
-    send_all(&producer, records).await;
-    records.len() as f64 / start.elapsed().as_secs_f64()
+    let kept = send_all(&producer, records, keep).await;
+    let measured = measure(n, start, cpu);
+    drop(kept);
+    measured
 }
 
-async fn send_all(producer: &ThreadedProducer<Counting>, records: &[Record]) {
+/// Sends each record (librdkafka copies it) and drops it (or keeps it, returned), then waits
+/// for every report.
+async fn send_all(
+    producer: &ThreadedProducer<Counting>,
+    records: Vec<Record>,
+    keep: bool,
+) -> Vec<Record> {
     let context = producer.context();
     let target = context.ok.load(Ordering::Relaxed) + records.len();
+    let mut kept = Vec::with_capacity(if keep { records.len() } else { 0 });
     for r in records {
         let mut record = BaseRecord::to(&r.topic)
             .payload(r.payload.as_ref())
-            .headers(kafka_headers(r))
+            .headers(kafka_headers(&r))
             .timestamp(r.headers.received_at_ms);
         if let Some(key) = r.key.as_deref() {
             record = record.key(key.as_bytes());
         }
         producer.send(record).map_err(|(e, _)| e).expect("enqueue");
+        if keep {
+            kept.push(r);
+        }
     }
     let deadline = Instant::now() + LOOP_LIMIT;
     while context.ok.load(Ordering::Relaxed) < target {
@@ -225,6 +297,7 @@ async fn send_all(producer: &ThreadedProducer<Counting>, records: &[Record]) {
         );
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
+    kept
 }
 
 async fn create_topic(brokers: &str) {
@@ -251,41 +324,105 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One table row: medians over the rounds.
 struct Row {
     name: &'static str,
-    count: usize,
+    count: u64,
     bare: f64,
     sink: f64,
+    /// Median, lowest and highest of the per-round sink / bare ratios.
+    ratio: (f64, f64, f64),
+    bare_cpu_ns: f64,
+    sink_cpu_ns: f64,
+}
+
+/// Runs `ROUNDS` rounds of both sides, alternating which goes first.
+async fn compare<B, S, FB, FS>(
+    rounds: usize,
+    name: &'static str,
+    count: u64,
+    mut bare: B,
+    mut sink: S,
+) -> Row
+where
+    B: FnMut() -> FB,
+    S: FnMut() -> FS,
+    FB: std::future::Future<Output = Measure>,
+    FS: std::future::Future<Output = Measure>,
+{
+    let (mut b, mut s) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = bare().await;
+            (x, sink().await)
+        } else {
+            let y = sink().await;
+            (bare().await, y)
+        };
+        println!(
+            "{name}, round {}: bare {:.0} rec/s ({:.0} ns CPU/record), sink {:.0} rec/s ({:.0} ns), sink / bare {:.2}",
+            round + 1,
+            x.rate,
+            x.cpu_ns,
+            y.rate,
+            y.cpu_ns,
+            y.rate / x.rate
+        );
+        b.push(x);
+        s.push(y);
+    }
+    let ratios: Vec<f64> = b.iter().zip(&s).map(|(x, y)| y.rate / x.rate).collect();
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(0.0, f64::max);
+    Row {
+        name,
+        count,
+        bare: median(b.iter().map(|m| m.rate).collect()),
+        sink: median(s.iter().map(|m| m.rate).collect()),
+        ratio: (median(ratios), lowest, highest),
+        bare_cpu_ns: median(b.iter().map(|m| m.cpu_ns).collect()),
+        sink_cpu_ns: median(s.iter().map(|m| m.cpu_ns).collect()),
+    }
+}
+
+fn mqtt_config(url: String, level: u8) -> MqttConfig {
+    let mut config = MqttConfig::new(url);
+    config.qos = level;
+    config.retain.clear();
+    config.client_id = Some(format!("bench-sink-q{level}"));
+    config
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
     let quick = std::env::args().any(|a| a == "--quick");
-    let scale = if quick { 10 } else { 1 };
-    if std::env::args().any(|a| a == "--kafka-sink-only") {
+    let scale = match (full, quick) {
+        (false, _) => 100,
+        (true, true) => 10,
+        (true, false) => 1,
+    };
+    let rounds = if full { ROUNDS } else { SMOKE_ROUNDS };
+    let warmup_n = WARMUP / scale;
+    let only = |flag: &str| std::env::args().any(|a| a == flag);
+    if only("--kafka-sink-only") || only("--kafka-bare-only") {
         let tansu = Tansu::start();
         create_topic(&tansu.brokers()).await;
         let recs = records(profile_records(), Layout::Kafka);
-        let warmup = records(1_000, Layout::Kafka);
-        let config = SinkConfig::Kafka(KafkaConfig::new(tansu.brokers()));
-        println!(
-            "kafka sink: {:.0} rec/s",
-            through_sink(config, recs, &warmup).await
-        );
+        let warmup = records(WARMUP, Layout::Kafka);
+        let (side, m) = if only("--kafka-sink-only") {
+            let config = SinkConfig::Kafka(KafkaConfig::new(tansu.brokers()));
+            ("kafka sink", through_sink(config, recs, warmup).await)
+        } else {
+            (
+                "bare kafka",
+                bare_kafka(&tansu.brokers(), recs, warmup, only("--keep")).await,
+            )
+        };
+        println!("{side}: {:.0} rec/s, {:.0} ns CPU/record", m.rate, m.cpu_ns);
         return;
     }
-    if std::env::args().any(|a| a == "--kafka-bare-only") {
-        let tansu = Tansu::start();
-        create_topic(&tansu.brokers()).await;
-        let recs = records(profile_records(), Layout::Kafka);
-        let warmup = records(1_000, Layout::Kafka);
-        println!(
-            "bare kafka: {:.0} rec/s",
-            bare_kafka(&tansu.brokers(), &recs, &warmup).await
-        );
-        return;
-    }
-    if std::env::args().any(|a| a == "--memory") {
+    if only("--memory") {
         let recs = records(200_000, Layout::Kafka);
         for _ in 0..3 {
             println!("memory sink: {:.0} rec/s", through_memory(&recs).await);
@@ -300,67 +437,82 @@ async fn main() {
         ("mosquitto QoS 0", QoS::AtMostOnce, 0u8, 100_000 / scale),
         ("mosquitto QoS 1", QoS::AtLeastOnce, 1u8, 50_000 / scale),
     ] {
-        let recs = records(n, Layout::Mqtt);
-        let warmup = records(1_000, Layout::Mqtt);
-        let mut config = MqttConfig::new(mosquitto.url());
-        config.qos = level;
-        config.retain.clear();
-        config.client_id = Some(format!("bench-sink-q{level}"));
-        let (mut bare, mut sink) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            bare.push(bare_mqtt(mosquitto.port, qos, &recs).await);
-            sink.push(
+        let config = mqtt_config(mosquitto.url(), level);
+        let row = compare(
+            rounds,
+            name,
+            n,
+            || {
+                bare_mqtt(
+                    mosquitto.port,
+                    qos,
+                    records(n, Layout::Mqtt),
+                    records(warmup_n, Layout::Mqtt),
+                )
+            },
+            || {
                 through_sink(
                     SinkConfig::Mqtt(config.clone()),
                     records(n, Layout::Mqtt),
-                    &warmup,
+                    records(warmup_n, Layout::Mqtt),
                 )
-                .await,
-            );
-        }
-        rows.push(Row {
+            },
+        )
+        .await;
+        rows.push(row);
+    }
+
+    let n = 200_000 / scale;
+    let brokers = tansu.brokers();
+    create_topic(&brokers).await;
+    let config = KafkaConfig::new(brokers.clone());
+    for (name, keep) in [
+        ("tansu (memory), acks=all, lz4", false),
+        ("tansu, bare loop borrowing its records", true),
+    ] {
+        let row = compare(
+            rounds,
             name,
-            count: n as usize,
-            bare: median(bare),
-            sink: median(sink),
-        });
+            n,
+            || {
+                bare_kafka(
+                    &brokers,
+                    records(n, Layout::Kafka),
+                    records(warmup_n, Layout::Kafka),
+                    keep,
+                )
+            },
+            || {
+                through_sink(
+                    SinkConfig::Kafka(config.clone()),
+                    records(n, Layout::Kafka),
+                    records(warmup_n, Layout::Kafka),
+                )
+            },
+        )
+        .await;
+        rows.push(row);
     }
 
-    let n = 100_000 / scale;
-    let recs = records(n, Layout::Kafka);
-    let warmup = records(1_000, Layout::Kafka);
-    create_topic(&tansu.brokers()).await;
-    let config = KafkaConfig::new(tansu.brokers());
-    let (mut bare, mut sink) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        bare.push(bare_kafka(&tansu.brokers(), &recs, &warmup).await);
-        sink.push(
-            through_sink(
-                SinkConfig::Kafka(config.clone()),
-                records(n, Layout::Kafka),
-                &warmup,
-            )
-            .await,
-        );
-    }
-    rows.push(Row {
-        name: "tansu (memory), acks=all, lz4",
-        count: n as usize,
-        bare: median(bare),
-        sink: median(sink),
-    });
-
-    println!("\n| broker | records | bare client (rec/s) | voxsig sink (rec/s) | sink / bare |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "\n| broker | records | bare client (rec/s) | voxsig sink (rec/s) | sink / bare (median; lowest-highest) | client CPU ns/record, bare / sink |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.0} / {:.0} |",
             r.name,
             r.count,
             r.bare,
             r.sink,
-            r.sink / r.bare
+            r.ratio.0,
+            r.ratio.1,
+            r.ratio.2,
+            r.bare_cpu_ns,
+            r.sink_cpu_ns
         );
     }
-    println!("\nmedian of {ROUNDS} alternating rounds; ~400-byte JSON payloads; 2 cores, loopback");
+    println!(
+        "\nmedians of {rounds} rounds alternating which side goes first; {warmup_n} warm-up records each; ~400-byte JSON payloads; loopback"
+    );
 }

@@ -11,7 +11,7 @@
 //! is away. A claim leaves the slab, and the record the buffer, only on its delivery report.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -211,6 +211,15 @@ impl InFlight {
         }
     }
 
+    /// Claims held.
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn get(&self, slot: usize) -> Option<&Claim> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
@@ -235,11 +244,6 @@ struct Context {
     sink: &'static str,
     endpoint: String,
     metrics: SinkMetrics,
-    in_flight: AtomicUsize,
-    /// The in-flight window.
-    max_in_flight: usize,
-    /// Wakes the task when the window has room again.
-    room: Notify,
     reports: Arc<Reports>,
     connected: AtomicBool,
     failures: mpsc::UnboundedSender<Failure>,
@@ -284,14 +288,13 @@ impl ProducerContext for Context {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
-        // Out of flight first: once the claim is handed back the task may look for the end.
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == self.max_in_flight {
-            // The window was full: the task may be waiting for room.
-            self.room.notify_one();
-        }
+        // Nothing here is touched per record by the task's thread: the task counts what is in
+        // flight itself (its slab), so this thread only queues the slot.
         match result {
             Ok(_) => {
-                if !self.connected.swap(true, Ordering::SeqCst) {
+                if !self.connected.load(Ordering::Relaxed)
+                    && !self.connected.swap(true, Ordering::SeqCst)
+                {
                     emit(
                         &self.metrics,
                         SinkConnected {
@@ -422,9 +425,6 @@ impl KafkaSink {
             sink,
             endpoint: self.endpoint.clone(),
             metrics: metrics.clone(),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: self.max_in_flight,
-            room: Notify::new(),
             reports: reports.clone(),
             connected: AtomicBool::new(false),
             failures: failures_tx.clone(),
@@ -443,8 +443,7 @@ impl KafkaSink {
             if reader.is_aborted() {
                 break;
             }
-            let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
-            if reader.is_finished() && in_flight == 0 {
+            if reader.is_finished() && task.slab.is_empty() {
                 break;
             }
             let paused = task
@@ -454,9 +453,8 @@ impl KafkaSink {
                 task.pause_until = None;
                 task.fill(&producer, &mut reader, self.max_in_flight).await;
             }
-            let in_flight = producer.context().in_flight.load(Ordering::SeqCst);
-            let room = in_flight < self.max_in_flight && !paused;
-            let room_again = producer.context().room.notified();
+            // A full window waits for deliveries (or failures), which free slots.
+            let room = task.slab.len() < self.max_in_flight && !paused;
             let delivered = reports.ready.notified();
             let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -467,7 +465,6 @@ impl KafkaSink {
                     }
                     task.on_failures(batch, &reader);
                 }
-                () = room_again, if in_flight >= self.max_in_flight => {}
                 () = delivered => {}
                 () = reader.readable(), if room && !reader.is_closed() => {}
                 () = tokio::time::sleep_until(resume_at), if paused => {}
@@ -492,13 +489,13 @@ impl KafkaSink {
                         });
                         // Hand every in-flight record back (purge reports them as failures).
                         producer.purge(PurgeConfig::default().queue().inflight());
-                        let drained = eventually_zero(&producer.context().in_flight, PURGE_WAIT);
+                        // Delivered before the purge are acknowledged, the rest requeued, before
+                        // the old producer goes.
+                        let drained = task.settle(&reports, &mut failures, &reader, PURGE_WAIT);
                         tokio::select! {
                             () = drained => {}
                             () = reader.aborted() => break,
                         }
-                        // Delivered before the purge: acknowledge before the old producer goes.
-                        task.ack_delivered(&reports, &reader);
                         producer = match task.producer(&make_context, &reader).await {
                             Some(p) => p,
                             None => break,
@@ -527,6 +524,32 @@ impl KafkaSink {
 }
 
 impl Task {
+    /// After a purge: acknowledges what was delivered and requeues what failed until librdkafka
+    /// has reported every claim, at most `limit`.
+    async fn settle(
+        &mut self,
+        reports: &Reports,
+        failures: &mut mpsc::UnboundedReceiver<Failure>,
+        reader: &BufferReader,
+        limit: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.ack_delivered(reports, reader);
+            let mut batch = Vec::new();
+            while let Ok(failure) = failures.try_recv() {
+                batch.push(failure);
+            }
+            if !batch.is_empty() {
+                self.on_failures(batch, reader);
+            }
+            if self.slab.is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Acknowledges what librdkafka reported delivered; returns how many.
     fn ack_delivered(&mut self, reports: &Reports, reader: &BufferReader) -> usize {
         reports.take(&mut self.delivered);
@@ -577,8 +600,7 @@ impl Task {
         reader: &mut BufferReader,
         max_in_flight: usize,
     ) {
-        let room =
-            max_in_flight.saturating_sub(producer.context().in_flight.load(Ordering::SeqCst));
+        let room = max_in_flight.saturating_sub(self.slab.len());
         let mut batch = std::mem::take(&mut self.batch);
         reader.try_recv_many(room.min(FILL_BATCH), &mut batch);
         let mut claims = batch.drain(..);
@@ -617,9 +639,7 @@ impl Task {
             if let Some(key) = record.key.as_deref() {
                 base = base.key(key.as_bytes());
             }
-            producer.context().in_flight.fetch_add(1, Ordering::SeqCst);
             if let Err((error, _)) = producer.send(base) {
-                producer.context().in_flight.fetch_sub(1, Ordering::SeqCst);
                 let Some(claim) = self.slab.take(slot) else {
                     continue;
                 };
@@ -765,14 +785,6 @@ fn decimal(mut n: u64, negative: bool, buf: &mut [u8; 24]) -> &[u8] {
         buf[at] = b'-';
     }
     &buf[at..]
-}
-
-/// Waits until `counter` is zero, at most `limit`.
-async fn eventually_zero(counter: &AtomicUsize, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while counter.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[cfg(test)]
