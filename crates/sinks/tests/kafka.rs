@@ -371,3 +371,46 @@ async fn mock_cluster_request_errors_and_broker_loss_are_retried() {
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!((report.delivered, report.undelivered), (n, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authentication_failure_is_counted_and_keeps_every_record() {
+    let broker = Tansu::start_authenticating();
+    let mut config = config(broker.brokers());
+    config.create_topics.enabled = false;
+    for (name, value) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanisms", "SCRAM-SHA-256"),
+        ("sasl.username", "bridge"),
+        ("sasl.password", "not-the-password-4711"),
+    ] {
+        config
+            .kafka
+            .properties
+            .insert(name.into(), voxsig_sinks::Secret::inline(value));
+    }
+    let (writer, handle, registry) = start_sink(config);
+    for i in 0..5 {
+        writer.push(record("voxsig.1.x", i)).await.unwrap();
+    }
+    let auth_errors = || {
+        metric(
+            &registry,
+            "voxsig_bridge_sink_connection_errors_total",
+            &[("kind", "auth")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || auth_errors() >= 1.0).await,
+        "no auth error counted; tansu log:\n{}",
+        broker.log()
+    );
+    // Nothing is given up while the broker refuses us, and the sink keeps running.
+    assert!(!handle.is_finished());
+    assert_eq!(writer.depth(), 5);
+    let report = handle.shutdown(Duration::from_millis(300)).await;
+    assert_eq!((report.delivered, report.undelivered), (0, 5));
+    let scrape = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(!scrape.contains("not-the-password-4711"));
+}

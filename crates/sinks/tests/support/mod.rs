@@ -360,14 +360,26 @@ impl Mosquitto {
 pub struct Tansu {
     pub port: u16,
     process: Process,
+    /// Started with `--authentication`: clients must authenticate (SASL).
+    authenticating: bool,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
+        Tansu::start_with(false)
+    }
+
+    /// A tansu that requires client authentication (and knows no users).
+    pub fn start_authenticating() -> Tansu {
+        Tansu::start_with(true)
+    }
+
+    fn start_with(authenticating: bool) -> Tansu {
         let process = Process::new();
         let mut t = Tansu {
             port: process.port,
             process,
+            authenticating,
         };
         t.spawn();
         t
@@ -390,6 +402,9 @@ impl Tansu {
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn");
+        if self.authenticating {
+            command.arg("--authentication");
+        }
         self.process.spawn(command);
     }
 
