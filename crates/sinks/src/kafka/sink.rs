@@ -458,13 +458,7 @@ impl KafkaSink {
             let delivered = reports.ready.notified();
             let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
-                Some(first) = failures.recv() => {
-                    let mut batch = vec![first];
-                    while let Ok(more) = failures.try_recv() {
-                        batch.push(more);
-                    }
-                    task.on_failures(batch, &reader);
-                }
+                Some(first) = failures.recv() => task.on_failures(Some(first), &mut failures, &reader),
                 () = delivered => {}
                 () = reader.readable(), if room && !reader.is_closed() => {}
                 () = tokio::time::sleep_until(resume_at), if paused => {}
@@ -536,13 +530,7 @@ impl Task {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             self.ack_delivered(reports, reader);
-            let mut batch = Vec::new();
-            while let Ok(failure) = failures.try_recv() {
-                batch.push(failure);
-            }
-            if !batch.is_empty() {
-                self.on_failures(batch, reader);
-            }
+            self.on_failures(None, failures, reader);
             if self.slab.is_empty() || tokio::time::Instant::now() >= deadline {
                 return;
             }
@@ -710,7 +698,20 @@ impl Task {
         }
     }
 
-    fn on_failures(&mut self, batch: Vec<Failure>, reader: &BufferReader) {
+    /// Handles `first` (when given) and every failure queued behind it, as one batch.
+    fn on_failures(
+        &mut self,
+        first: Option<Failure>,
+        queued: &mut mpsc::UnboundedReceiver<Failure>,
+        reader: &BufferReader,
+    ) {
+        let batch: Vec<Failure> = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| queued.try_recv().ok()))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
         let mut retried = 0;
         for failure in batch {
             let Some(claim) = self.slab.take(failure.slot) else {
