@@ -240,8 +240,8 @@ impl ProducerContext for Counting {
 /// delivery reports in its callback): send every record, wait for every report.
 ///
 /// With `keep`, the loop borrows its records and frees them only after timing (the form of
-/// earlier versions of this bench): no real publisher can do that, and it changes how
-/// librdkafka's own allocations behave, so it is reported beside, not instead.
+/// earlier versions of this bench): freeing then stays out of the timed window, which no
+/// real publisher can do, so it is reported beside, not instead.
 async fn bare_kafka(
     brokers: &str,
     records: Vec<Record>,
