@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "shutdown",
     "metrics",
     "shard",
+    "state",
 ];
 
 /// The whole configuration, as written.
@@ -68,6 +69,19 @@ pub struct Config {
     /// Which share of the accounts this replica serves, when several split them.
     #[serde(default)]
     pub shard: ShardConfig,
+    /// The bridge's data directory (catch-up checkpoints, the disk buffer).
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Where the bridge keeps what must survive a restart: catch-up checkpoints and, with
+/// `[buffer] kind = "disk"`, the buffer's segments (under `<dir>/buffer` by default). Without a
+/// `dir` nothing is kept across restarts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The data directory; created when missing.
+    pub dir: Option<PathBuf>,
 }
 
 /// Splits the accounts between replicas: this one keeps the entries whose account hashes to

@@ -379,6 +379,8 @@ impl Router {
                 event_label: event.kind.name().unwrap_or("other"),
                 account_id: Some(account),
                 received_at_ms,
+                event_id: None,
+                replayed: false,
             },
             accepted_at,
         })

@@ -38,6 +38,8 @@
 //!             event_label: "message.created",
 //!             account_id: Some(1),
 //!             received_at_ms: 1_700_000_000_000,
+//!             event_id: None,
+//!             replayed: false,
 //!         },
 //!         accepted_at: Instant::now(),
 //!     })

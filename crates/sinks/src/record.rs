@@ -36,6 +36,13 @@ pub struct Headers {
     pub account_id: Option<u64>,
     /// When the bridge received the frame, in Unix milliseconds.
     pub received_at_ms: i64,
+    /// A stable id of the event, the same for every copy of it (live, replayed or redelivered),
+    /// so downstream consumers can deduplicate: written as the Kafka header `event_id`, in the
+    /// envelope and by the stdout/file sinks. `None` when the producer of the record set none.
+    pub event_id: Option<String>,
+    /// Whether the record was recovered after a gap (catch-up over the platform's REST API)
+    /// rather than received live: Kafka header `replayed: 1`, envelope `"replayed": true`.
+    pub replayed: bool,
 }
 
 impl Record {
@@ -47,6 +54,7 @@ impl Record {
             + self.key.as_ref().map_or(0, String::len)
             + self.payload.len()
             + self.headers.event.len()
+            + self.headers.event_id.as_ref().map_or(0, String::len)
     }
 }
 
@@ -65,6 +73,8 @@ mod tests {
                 event_label: "message.created",
                 account_id: Some(1),
                 received_at_ms: 0,
+                event_id: None,
+                replayed: false,
             },
             accepted_at: Instant::now(),
         };

@@ -29,6 +29,8 @@ pub fn record(topic: &str, n: u64) -> Record {
             event_label: "message.created",
             account_id: Some(1),
             received_at_ms: 1_700_000_000_000,
+            event_id: None,
+            replayed: false,
         },
         accepted_at: Instant::now(),
     }
@@ -118,6 +120,8 @@ impl Generator {
                 event_label: event,
                 account_id: Some(account),
                 received_at_ms: 1_700_000_000_000 + n as i64,
+                event_id: None,
+                replayed: false,
             },
             accepted_at: Instant::now(),
         }
