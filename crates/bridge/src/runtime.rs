@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
-use crate::route::{Charset, Receiver, Router};
+use crate::route::{Receiver, Router};
 use crate::status::StatusBoard;
 use crate::telemetry::BridgeMetrics;
 use prometheus::Registry;
@@ -91,10 +91,7 @@ impl Bridge {
             groups.len(),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let charset = match settings.sink.kind() {
-            "kafka" => Charset::Kafka,
-            _ => Charset::MqttLevel,
-        };
+        let charset = settings.sink.value_charset();
         let sink_config = settings.sink.clone();
         let router = Router::new(
             settings.topic.clone(),

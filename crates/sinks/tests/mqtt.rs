@@ -494,9 +494,19 @@ async fn a_record_the_broker_refuses_is_rejected_and_the_rest_delivered() {
             &[("reason", "refused_by_broker"), ("event", "other")],
         );
         assert_eq!(refused, 1.0, "the big record is the one refused");
+        let log = broker.log();
         assert!(
-            broker.log().contains("oversize packet"),
+            log.contains("oversize packet"),
             "mosquitto disconnected the sink for the oversize packet"
+        );
+        // Issue 12: the refused record costs one lost connection among the others, then one
+        // more sent alone, and is rejected: at most two reconnects, so at most three connects.
+        let connects = log
+            .matches(&format!("as sink-refused-{clean_session}-{qos} "))
+            .count();
+        assert!(
+            connects <= 3,
+            "{connects} connects for one refused record (qos {qos}, clean {clean_session})"
         );
     }
 }

@@ -47,8 +47,10 @@ const CHANNEL_SLACK: usize = 8;
 const PUBLISH_OVERHEAD: usize = 9;
 /// A record is refused by the broker (rejected, `reason="refused_by_broker"`) when this many
 /// established connections in a row were lost while it was the first unacknowledged publish
-/// written on them, each within [`POISON_WINDOW`] of writing it.
-const POISON_STRIKES: u32 = 3;
+/// written on them, each within [`POISON_WINDOW`] of writing it. One: a refused record costs
+/// one lost connection among the others (which starts isolation) and one sent alone, never
+/// more (issue 12: each loss is a reconnect, an `offline` will and a stall for every record).
+const POISON_STRIKES: u32 = 1;
 /// "Right after it was sent": how soon after a record was written a connection loss counts
 /// against it.
 const POISON_WINDOW: Duration = Duration::from_secs(5);
@@ -149,6 +151,8 @@ impl MqttSink {
 
 /// What a packet id stands for.
 #[derive(Debug)]
+// Nearly every slot is a record: boxing it would cost an allocation per publish.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     Record(Claim),
     /// A status message; `true` for `online`.
@@ -610,7 +614,7 @@ impl Tracker {
         let record = claim.record();
         let error = format!(
             "the broker closed the connection right after this record ({} bytes of topic and \
-             payload), {POISON_STRIKES} times in a row with nothing else in flight; a broker \
+             payload) with nothing else in flight; a broker \
              limit (e.g. mosquitto's max_packet_size) or an ACL refuses it",
             record.topic.len() + record.payload.len()
         );
