@@ -176,13 +176,9 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Human => voxsig_bridge::logging::Format::Human,
+        LogFormat::Json => voxsig_bridge::logging::Format::Json,
+    };
+    voxsig_bridge::logging::init(format, filter);
 }

@@ -187,7 +187,7 @@ mod tests {
         let err = SinkConfig::Mqtt(c).build("t").err().unwrap().to_string();
         assert_eq!(
             err,
-            "sink.password: environment variable VOXSIG_SINKS_TEST_NO_SUCH_VAR is not set (or not UTF-8)"
+            "sink.password: the environment variable named by `env` is not set (or not UTF-8)"
         );
     }
 }
