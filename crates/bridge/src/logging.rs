@@ -10,7 +10,6 @@
 //!   format escapes them by construction.
 //! - Colours only on a terminal, and never when `NO_COLOR` is set (<https://no-color.org>).
 
-use std::fmt::Write as _;
 use std::io::IsTerminal;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{debug_fn, FmtSpan};
@@ -130,24 +129,6 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// At most `max` characters of untrusted `text` (a frame's event name, a server's reason),
-/// control characters escaped and a cut marked with `…`: what a message may quote of input.
-pub fn quote_prefix(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(max.min(text.len()) + 8);
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            let _ = write!(out, "…({} bytes)", text.len());
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,12 +144,13 @@ mod tests {
 
     #[test]
     fn quotes_are_short_and_escaped() {
-        assert_eq!(quote_prefix("abc", 8), "abc");
+        use voxsig_protocol::quote_untrusted;
+        assert_eq!(quote_untrusted("abc", 8), "abc");
         let long = "x".repeat(1 << 20);
-        let q = quote_prefix(&long, 64);
+        let q = quote_untrusted(&long, 64);
         assert!(q.len() < 100, "{q}");
         assert!(q.ends_with("…(1048576 bytes)"), "{q}");
-        assert_eq!(quote_prefix("\u{1b}[2J", 8), "\\u{1b}[2J");
+        assert_eq!(quote_untrusted("\u{1b}[2J", 8), "\\u{1b}[2J");
     }
 
     #[test]

@@ -18,11 +18,91 @@
 //! | `voxsig_bridge_frame_errors_total` | counter | `kind` (see `FrameError::kind`) |
 //! | `voxsig_bridge_token_logouts_total` | counter | — |
 //! | `voxsig_bridge_unknown_frames_total` | counter | — |
+//!
+//! Per-frame and per-event problems (a malformed frame, an unknown frame type, an event that
+//! cannot be routed) are counted always but logged through a [`LogLimiter`]: at most
+//! [`LOG_BURST`] lines per kind per [`LOG_INTERVAL`], the next line after a quiet spell saying
+//! how many were suppressed. A flood of junk frames is a counter, not gigabytes of log.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use std::sync::Arc;
-use std::time::Duration;
-use voxsig_protocol::{EventKind, FrameError, PubsubToken};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use voxsig_protocol::{quote_untrusted, EventKind, FrameError, PubsubToken};
+
+/// Lines logged per kind of per-frame problem per [`LOG_INTERVAL`].
+pub const LOG_BURST: u32 = 5;
+/// The interval of [`LOG_BURST`].
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The most a log line quotes of a server-sent text (a disconnect reason, an error detail).
+const QUOTED_DETAIL_CHARS: usize = 200;
+
+/// What the limiter says about one occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVerdict {
+    /// Log it; `suppressed` occurrences of this kind went unlogged since the last line.
+    Log {
+        /// Occurrences counted but not logged before this one.
+        suppressed: u64,
+        /// This is the last line before suppression starts.
+        last_before_suppression: bool,
+    },
+    /// Count it only.
+    Suppress,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Rate-limits log lines by kind: at most `burst` per `interval` each (sans-I/O: fed the time).
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    interval: Duration,
+    windows: Mutex<HashMap<&'static str, Window>>,
+}
+
+impl LogLimiter {
+    /// A limiter letting `burst` lines per kind through per `interval`.
+    pub fn new(burst: u32, interval: Duration) -> Self {
+        LogLimiter {
+            burst: burst.max(1),
+            interval,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One occurrence of `kind` at `now`.
+    pub fn check(&self, kind: &'static str, now: Instant) -> LogVerdict {
+        let Ok(mut windows) = self.windows.lock() else {
+            return LogVerdict::Suppress;
+        };
+        let window = windows.entry(kind).or_insert(Window {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.saturating_duration_since(window.start) >= self.interval {
+            window.start = now;
+            window.logged = 0;
+        }
+        if window.logged < self.burst {
+            window.logged += 1;
+            let suppressed = std::mem::take(&mut window.suppressed);
+            LogVerdict::Log {
+                suppressed,
+                last_before_suppression: window.logged == self.burst,
+            }
+        } else {
+            window.suppressed += 1;
+            LogVerdict::Suppress
+        }
+    }
+}
 
 /// The runtime's counters, registered in a caller-supplied registry. Cheap to clone.
 #[derive(Clone)]
@@ -46,6 +126,7 @@ struct Counters {
     logouts: IntCounter,
     unknown_frames: IntCounter,
     per_account: Option<AccountCounters>,
+    limiter: LogLimiter,
 }
 
 /// `voxsig_bridge_account_events_received_total{account}`, capped: the first `max` accounts
@@ -133,6 +214,7 @@ impl BridgeMetrics {
                 }
                 None => None,
             },
+            limiter: LogLimiter::new(LOG_BURST, LOG_INTERVAL),
         };
         for result in ["ok", "error"] {
             counters.connects.with_label_values(&[result]);
@@ -174,6 +256,17 @@ pub trait InternalEvent {
 /// Records one happening.
 pub fn emit(metrics: &BridgeMetrics, event: impl InternalEvent) {
     event.emit(metrics);
+}
+
+fn more_suppressed(last: bool) -> String {
+    if last {
+        format!(
+            " (more of this kind in the next {}s are counted, not logged)",
+            LOG_INTERVAL.as_secs()
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// A socket connected and upgraded.
@@ -235,11 +328,11 @@ impl InternalEvent for Disconnected<'_> {
         match self.reason {
             "shutdown" => tracing::debug!(conn = self.conn, "closed for shutdown"),
             "server_refused" => {
-                tracing::warn!(conn = self.conn, detail = self.detail, retry_in = ?self.retry_in,
+                tracing::warn!(conn = self.conn, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = ?self.retry_in,
                 "server disconnected us and asked not to reconnect; backing off long")
             }
             _ => {
-                tracing::warn!(conn = self.conn, reason = self.reason, detail = self.detail, retry_in = ?self.retry_in, "disconnected")
+                tracing::warn!(conn = self.conn, reason = self.reason, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = ?self.retry_in, "disconnected")
             }
         }
         m.inner.disconnects.with_label_values(&[self.reason]).inc();
@@ -314,7 +407,22 @@ pub struct FrameMalformed<'a> {
 
 impl InternalEvent for FrameMalformed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(conn = self.conn, kind = self.error.kind(), error = %self.error, "frame skipped");
+        let kind = self.error.kind();
+        if let LogVerdict::Log {
+            suppressed,
+            last_before_suppression,
+        } = m.inner.limiter.check(kind, Instant::now())
+        {
+            // FrameError messages quote no frame content beyond a short, escaped prefix.
+            tracing::warn!(
+                conn = self.conn,
+                kind,
+                error = %self.error,
+                suppressed,
+                "frame skipped{}",
+                more_suppressed(last_before_suppression)
+            );
+        }
         m.inner
             .frame_errors
             .with_label_values(&[self.error.kind()])
@@ -332,11 +440,16 @@ pub struct UnknownFrame<'a> {
 
 impl InternalEvent for UnknownFrame<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::debug!(
-            conn = self.conn,
-            kind = self.kind,
-            "unknown frame type ignored"
-        );
+        if let LogVerdict::Log { suppressed, .. } =
+            m.inner.limiter.check("unknown_frame_type", Instant::now())
+        {
+            tracing::debug!(
+                conn = self.conn,
+                kind = %quote_untrusted(self.kind, 64),
+                suppressed,
+                "unknown frame type ignored"
+            );
+        }
         m.inner.unknown_frames.inc();
     }
 }
@@ -404,12 +517,20 @@ pub struct EventDropped<'a> {
 
 impl InternalEvent for EventDropped<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(
-            reason = self.reason,
-            event = self.event_label,
-            detail = self.detail,
-            "event dropped"
-        );
+        if let LogVerdict::Log {
+            suppressed,
+            last_before_suppression,
+        } = m.inner.limiter.check(self.reason, Instant::now())
+        {
+            tracing::warn!(
+                reason = self.reason,
+                event = self.event_label,
+                detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS),
+                suppressed,
+                "event dropped{}",
+                more_suppressed(last_before_suppression)
+            );
+        }
         m.inner.dropped.with_label_values(&[self.reason]).inc();
     }
 }
@@ -427,5 +548,38 @@ impl InternalEvent for TokenLoggedOut<'_> {
         tracing::error!(account = self.account, token = %self.token,
             "the platform logged this token out (rotated?): update its pubsub token; other accounts keep running");
         m.inner.logouts.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_lets_a_burst_through_per_interval_and_reports_the_rest() {
+        let limiter = LogLimiter::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let log = |suppressed, last| LogVerdict::Log {
+            suppressed,
+            last_before_suppression: last,
+        };
+        let table = [
+            ("a", 0, log(0, false)),
+            ("a", 1, log(0, false)),
+            ("b", 2, log(0, false)),
+            ("a", 3, log(0, true)),
+            ("a", 4, LogVerdict::Suppress),
+            ("a", 9_999, LogVerdict::Suppress),
+            ("b", 9_999, log(0, false)),
+            ("a", 10_000, log(2, false)),
+            ("a", 10_001, log(0, false)),
+            ("a", 10_002, log(0, true)),
+            ("a", 10_003, LogVerdict::Suppress),
+            ("a", 60_000, log(1, false)),
+        ];
+        for (i, (kind, ms, want)) in table.into_iter().enumerate() {
+            assert_eq!(limiter.check(kind, at(ms)), want, "row {i}");
+        }
     }
 }
