@@ -174,6 +174,10 @@ pub struct ReconnectConfig {
     /// long, so a refusing server is not hammered.
     #[serde(with = "humantime_serde")]
     pub after_refusal: Duration,
+    /// A connection confirmed and free of frame errors this long was healthy: its loss resets
+    /// the back-off and is followed by an immediate reconnect.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
 }
 
 impl Default for ReconnectConfig {
@@ -183,6 +187,7 @@ impl Default for ReconnectConfig {
             max: Duration::from_secs(60),
             jitter: JitterConfig::Full,
             after_refusal: Duration::from_secs(300),
+            healthy_after: Duration::from_secs(30),
         }
     }
 }
@@ -194,6 +199,14 @@ impl ReconnectConfig {
             initial: self.initial,
             max: self.max,
             jitter: self.jitter.into(),
+        }
+    }
+
+    /// The reconnect policy of a connection task.
+    pub fn policy(&self) -> crate::reconnect::ReconnectPolicy {
+        crate::reconnect::ReconnectPolicy {
+            backoff: self.backoff(),
+            healthy_after: self.healthy_after,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod demo;
 pub mod http;
 pub mod logging;
+pub mod reconnect;
 pub mod route;
 pub mod runtime;
 pub mod status;

@@ -116,7 +116,7 @@ impl Bridge {
                 seed: seed(),
                 ..SessionConfig::default()
             },
-            reconnect: source.reconnect.backoff(),
+            reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: tls_connector(source.ca_file.as_deref())?,
             router,

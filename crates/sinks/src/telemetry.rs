@@ -11,6 +11,7 @@
 //! | `voxsig_bridge_sink_redeliveries_total` | counter | `sink` |
 //! | `voxsig_bridge_sink_connected` | gauge (0/1) | `sink` |
 //! | `voxsig_bridge_sink_connection_errors_total` | counter | `sink`, `kind` |
+//! | `voxsig_bridge_sink_reconnect_attempts_total` | counter | `sink` |
 //! | `voxsig_bridge_sink_publish_latency_seconds` | histogram | `sink` |
 //! | `voxsig_bridge_buffer_records_dropped_total` | counter | `reason`, `event` |
 //! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
@@ -43,6 +44,7 @@ struct Metrics {
     redelivered: IntCounterVec,
     connected: IntGaugeVec,
     connection_errors: IntCounterVec,
+    reconnect_attempts: IntCounterVec,
     latency: HistogramVec,
     dropped: IntCounterVec,
     buffer_events: IntGauge,
@@ -104,6 +106,11 @@ impl SinkMetrics {
                 "voxsig_bridge_sink_connection_errors_total",
                 "Failed connections or lost connections to the broker, by kind",
                 &["sink", "kind"],
+            )?,
+            reconnect_attempts: counter(
+                "voxsig_bridge_sink_reconnect_attempts_total",
+                "Reconnect attempts the sink scheduled after a failed or lost connection",
+                &["sink"],
             )?,
             latency,
             dropped: counter(
@@ -329,6 +336,12 @@ impl InternalEvent for ConnectionFailed<'_> {
             .connection_errors
             .with_label_values(&[self.sink, self.kind])
             .inc();
+        if self.retry_in.is_some() {
+            m.inner
+                .reconnect_attempts
+                .with_label_values(&[self.sink])
+                .inc();
+        }
     }
 }
 

@@ -541,6 +541,13 @@ async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
             errors()
         );
         assert!(!handle.is_finished(), "the sink keeps trying");
+        // Issue 12: every retry is counted.
+        let attempts = metric(
+            &registry,
+            "voxsig_bridge_sink_reconnect_attempts_total",
+            &[("sink", "mqtt")],
+        );
+        assert!(attempts >= 2.0, "{kind}: {attempts} attempts counted");
         assert_eq!(writer.depth(), 10, "nothing accepted is dropped");
         assert_eq!(metric(&registry, "voxsig_bridge_sink_connected", &[]), 0.0);
         let report = handle.shutdown(Duration::from_millis(200)).await;
