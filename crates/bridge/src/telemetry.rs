@@ -195,7 +195,7 @@ impl BridgeMetrics {
             connects: vec("voxsig_bridge_connects_total", "WebSocket connection attempts by result.", "result")?,
             disconnects: vec("voxsig_bridge_disconnects_total", "WebSocket connections ended, by reason.", "reason")?,
             reconnects: one("voxsig_bridge_reconnects_total", "Connections re-established after a loss.")?,
-            stale: one("voxsig_bridge_stale_connections_total", "Connections closed for silence (no ping or frame).")?,
+            stale: one("voxsig_bridge_stale_connections_total", "Connections closed for a dead heartbeat (no ping for source.stale_after; other frames do not count).")?,
             subscription_failures: vec("voxsig_bridge_subscription_failures_total", "Subscriptions rejected or left unanswered, by cause.", "cause")?,
             confirmed: one("voxsig_bridge_subscriptions_confirmed_total", "Subscription confirmations received.")?,
             presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,

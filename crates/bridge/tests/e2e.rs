@@ -183,6 +183,37 @@ async fn silence_is_detected_as_stale_and_flow_resumes() {
     rig.stop().await;
 }
 
+/// Issue 12: the platform echoes `presence.update` for every subscription on every
+/// `update_presence`; those echoes must not hide a dead heartbeat (only pings prove life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_echoes_do_not_hide_a_dead_heartbeat() {
+    let sim = sim(world(1, 3, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(
+        sim,
+        TokenSelection::Users,
+        "[source]\npresence_interval = \"1s\"\n",
+        "",
+    )
+    .await;
+    rig.confirmed(3).await;
+    let echoes = || {
+        rig.metric(
+            "voxsig_bridge_events_received_total",
+            &[("event", "presence.update")],
+        )
+    };
+    let before = echoes();
+    rig.sim.faults().stop_pings();
+    eventually("a stale detection despite presence echoes", WAIT, || {
+        rig.metric("voxsig_bridge_stale_connections_total", &[]) >= 1.0
+    })
+    .await;
+    assert!(echoes() > before, "presence echoes kept arriving");
+    rig.sim.faults().resume_pings();
+    rig.confirmed(3).await;
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_mid_stream_are_counted_and_skipped() {
     let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;

@@ -15,7 +15,10 @@
 //! - A rejected subscription is retried on a longer back-off; it never disturbs the others.
 //! - `update_presence` goes only to confirmed subscriptions (one sent before the confirm may be
 //!   processed before the subscription exists), right after the confirm and every interval after.
-//! - Silence (no frame at all) for longer than `stale_after` closes the session as stale.
+//! - No `welcome` or `ping` for longer than `stale_after` closes the session as stale. Like the
+//!   official ActionCable client, only pings prove the server alive: other frames do not (the
+//!   platform echoes `presence.update` for every subscription, which would hide a dead
+//!   heartbeat).
 //! - `disconnect` closes it; `reconnect: false` is reported so the caller can back off long.
 
 use crate::backoff::{Backoff, Jitter, Rng};
@@ -120,7 +123,7 @@ pub enum ConnectionState {
 /// Why a session closed itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
-    /// No frame for longer than `stale_after`.
+    /// No `welcome` or `ping` for longer than `stale_after`.
     Stale,
     /// The server sent `disconnect`.
     Disconnected {
@@ -212,6 +215,8 @@ pub struct Session {
     by_key: HashMap<IdentifierKey, SubscriptionId>,
     last_frame_at: Instant,
     last_ping_at: Option<Instant>,
+    /// When the server last proved alive: the socket opened, `welcome`, `ping`.
+    alive_at: Instant,
     transmit: VecDeque<String>,
     happenings: VecDeque<Happening>,
     rng: Rng,
@@ -229,6 +234,7 @@ impl Session {
             by_key: HashMap::new(),
             last_frame_at: now,
             last_ping_at: None,
+            alive_at: now,
             transmit: VecDeque::new(),
             happenings: VecDeque::new(),
             rng,
@@ -282,6 +288,7 @@ impl Session {
         self.state = ConnectionState::AwaitingWelcome;
         self.last_frame_at = now;
         self.last_ping_at = None;
+        self.alive_at = now;
         self.transmit.clear();
         for sub in self.subs.iter_mut().flatten() {
             if !matches!(sub.state, SubscriptionState::Retrying { .. }) {
@@ -347,8 +354,12 @@ impl Session {
                 let sub = self.lookup(&event.identifier)?;
                 return Ok(Some(Delivery { sub, event }));
             }
-            ServerFrame::Welcome => self.on_welcome(now),
+            ServerFrame::Welcome => {
+                self.alive_at = now;
+                self.on_welcome(now);
+            }
             ServerFrame::Ping { unix_time } => {
+                self.alive_at = now;
                 self.last_ping_at = Some(now);
                 self.happenings.push_back(Happening::Ping { unix_time });
             }
@@ -375,7 +386,7 @@ impl Session {
         Ok(None)
     }
 
-    /// Feeds a received binary frame: counted as liveness, refused as content.
+    /// Feeds a received binary frame: refused (and no proof of life).
     pub fn handle_binary(&mut self, len: usize, now: Instant) -> FrameError {
         self.last_frame_at = now;
         FrameError::Binary { len }
@@ -386,7 +397,7 @@ impl Session {
         if matches!(self.state, ConnectionState::Closed(_)) {
             return;
         }
-        if now.saturating_duration_since(self.last_frame_at) > self.config.stale_after {
+        if now.saturating_duration_since(self.alive_at) > self.config.stale_after {
             self.close(CloseReason::Stale);
             return;
         }
@@ -436,7 +447,7 @@ impl Session {
             return None;
         }
         // Strictly after the threshold, so the stale check fires on this very call.
-        let stale = self.last_frame_at + self.config.stale_after + Duration::from_millis(1);
+        let stale = self.alive_at + self.config.stale_after + Duration::from_millis(1);
         if self.state != ConnectionState::Open {
             return Some(stale);
         }

@@ -465,27 +465,46 @@ fn removing_a_subscription_unsubscribes_it() {
     assert_eq!(h.session.subscriptions().count(), 0);
 }
 
+/// Issue 12: only `welcome` and `ping` prove the server alive (as in the official ActionCable
+/// client). Presence echoes, events, binary and oversize frames arriving every second must not
+/// hide a dead heartbeat.
 #[test]
-fn oversize_and_binary_frames_are_refused_but_count_as_liveness() {
+fn only_pings_prove_the_server_alive() {
     let config = SessionConfig {
         max_frame_bytes: 1024,
         ..SessionConfig::default()
     };
     let mut h = Harness::with(config);
-    let big = format!(r#"{{"type":"welcome","pad":"{}"}}"#, "x".repeat(2000));
+    let a = user("tok-a", 1, 7);
+    h.session.add(a.clone(), h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.feed(0.1, &confirm(&a)).unwrap();
+    h.feed(1.0, r#"{"type":"ping","message":1}"#).unwrap();
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    for s in 2..=7 {
+        let s = f64::from(s);
+        assert!(h
+            .feed(s, &broadcast(a.escaped(), "presence.update"))
+            .unwrap()
+            .is_some());
+        assert!(h.feed(s + 0.1, &big).is_err());
+        let _ = h.session.handle_binary(10, h.at(s + 0.2));
+        h.tick(s + 0.3);
+    }
     assert_eq!(
-        h.feed(5.0, &big),
-        Err(FrameError::TooLarge {
-            len: big.len(),
-            max: 1024
-        })
+        h.session.state(),
+        &ConnectionState::Closed(CloseReason::Stale),
+        "6 s without a ping after the last one at 1 s"
     );
+    let mut h = Harness::new();
+    h.feed(0.0, WELCOME).unwrap();
+    h.feed(5.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(10.9);
     assert_eq!(
-        h.session.handle_binary(10, h.at(10.0)),
-        FrameError::Binary { len: 10 }
+        h.session.state(),
+        &ConnectionState::Open,
+        "a ping resets it"
     );
-    h.tick(15.0);
-    assert_eq!(h.session.state(), &ConnectionState::AwaitingWelcome);
 }
 
 #[test]
