@@ -224,7 +224,7 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
         for m in &members {
             if matches!(
                 shared.status.subscriptions()[m.index].state(),
-                SubState::Pending | SubState::Confirmed
+                SubState::Pending | SubState::Confirmed | SubState::UnconfirmedStreaming
             ) {
                 shared.status.set_sub(m.index, SubState::Waiting);
             }
@@ -439,6 +439,21 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             retry_in,
         } => {
             failed(shared, member(sub), "unanswered", attempt, retry_in);
+            None
+        }
+        Happening::StreamingUnconfirmed { sub } => {
+            if let Some(mb) = member(sub) {
+                let first = shared.status.set_unconfirmed_streaming(mb.index);
+                emit(
+                    m,
+                    t::SubscriptionStreamingUnconfirmed {
+                        account: mb.receiver.account_id,
+                        user: mb.receiver.user_id,
+                        token: mb.identifier.token(),
+                        first,
+                    },
+                );
+            }
             None
         }
         Happening::PresenceSent { .. } => {

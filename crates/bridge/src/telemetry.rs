@@ -10,6 +10,7 @@
 //! | `voxsig_bridge_stale_connections_total` | counter | — |
 //! | `voxsig_bridge_subscription_failures_total` | counter | `cause` (`rejected`, `unanswered`) |
 //! | `voxsig_bridge_subscriptions_confirmed_total` | counter | — |
+//! | `voxsig_bridge_subscriptions_unconfirmed_streaming_total` | counter | — |
 //! | `voxsig_bridge_presence_updates_sent_total` | counter | — |
 //! | `voxsig_bridge_events_received_total` | counter | `event` |
 //! | `voxsig_bridge_events_deduplicated_total` | counter | `event` |
@@ -117,6 +118,7 @@ struct Counters {
     stale: IntCounter,
     subscription_failures: IntCounterVec,
     confirmed: IntCounter,
+    unconfirmed_streaming: IntCounter,
     presence: IntCounter,
     received: IntCounterVec,
     deduplicated: IntCounterVec,
@@ -198,6 +200,7 @@ impl BridgeMetrics {
             stale: one("voxsig_bridge_stale_connections_total", "Connections closed for a dead heartbeat (no ping for source.stale_after; other frames do not count).")?,
             subscription_failures: vec("voxsig_bridge_subscription_failures_total", "Subscriptions rejected or left unanswered, by cause.", "cause")?,
             confirmed: one("voxsig_bridge_subscriptions_confirmed_total", "Subscription confirmations received.")?,
+            unconfirmed_streaming: one("voxsig_bridge_subscriptions_unconfirmed_streaming_total", "Subscriptions found delivering events without a confirm (wrong account_id or user_id for a real token); kept.")?,
             presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,
             received: vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?,
             deduplicated: vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?,
@@ -356,6 +359,32 @@ impl InternalEvent for SubscriptionConfirmed<'_> {
     fn emit(self, m: &BridgeMetrics) {
         tracing::debug!(account = self.account, token = %self.token, after = ?self.after, "subscription confirmed");
         m.inner.confirmed.inc();
+    }
+}
+
+/// Events arrive on a subscription that was never confirmed: kept, its events published.
+pub struct SubscriptionStreamingUnconfirmed<'a> {
+    /// Its configured account.
+    pub account: u64,
+    /// Its configured user.
+    pub user: Option<u64>,
+    /// Its token, redacted when logged.
+    pub token: &'a PubsubToken,
+    /// The first time for this subscription in this process (warned once).
+    pub first: bool,
+}
+
+impl InternalEvent for SubscriptionStreamingUnconfirmed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        if self.first {
+            tracing::warn!(account = self.account, user = ?self.user, token = %self.token,
+                "events arrive on this subscription but the platform never confirmed it: the token \
+                 is real, its account_id (or user_id) is probably wrong; its events are published, \
+                 the subscription is kept and shown as unconfirmed_streaming");
+        } else {
+            tracing::debug!(account = self.account, token = %self.token, "subscription streaming unconfirmed again");
+        }
+        m.inner.unconfirmed_streaming.inc();
     }
 }
 

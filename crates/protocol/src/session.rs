@@ -13,6 +13,13 @@
 //!   nor reject arrives. A subscription unconfirmed after `confirm_timeout` is reported, then
 //!   unsubscribed (so the server forgets it) and retried after a back-off.
 //! - A rejected subscription is retried on a longer back-off; it never disturbs the others.
+//! - A subscription whose events arrive although it was never confirmed is *streaming
+//!   unconfirmed*: the platform (Chatwoot's `RoomChannel`) attaches the stream before it looks
+//!   the account up, so a real token with a wrong `account_id` delivers events but is never
+//!   confirmed. At the confirm timeout such a subscription is kept as it is (no unsubscribe, no
+//!   retry, no presence: the server holds no subscription to answer one) and reported once per
+//!   connection ([`Happening::StreamingUnconfirmed`]), instead of flapping between unsubscribe
+//!   and retry. A late confirm still confirms it.
 //! - `update_presence` goes only to confirmed subscriptions (one sent before the confirm may be
 //!   processed before the subscription exists), right after the confirm and every interval after.
 //! - No `welcome` or `ping` for longer than `stale_after` closes the session as stale. Like the
@@ -90,6 +97,12 @@ pub enum SubscriptionState {
         since: Instant,
         /// When the next `update_presence` is due.
         next_presence: Instant,
+    },
+    /// Never confirmed within `confirm_timeout`, yet its events arrive (see the module docs);
+    /// kept, without presence.
+    StreamingUnconfirmed {
+        /// When `subscribe` was sent.
+        since: Instant,
     },
     /// Refused or unanswered; `subscribe` is sent again at `retry_at`.
     Retrying {
@@ -171,6 +184,12 @@ pub enum Happening {
         /// Delay before the retry.
         retry_in: Duration,
     },
+    /// Events arrive on a subscription that was never confirmed (likely a wrong `account_id` or
+    /// `user_id` for a real token); it is kept as it is.
+    StreamingUnconfirmed {
+        /// The subscription.
+        sub: SubscriptionId,
+    },
     /// `update_presence` was sent on a subscription.
     PresenceSent {
         /// The subscription.
@@ -204,6 +223,8 @@ struct Subscription {
     state: SubscriptionState,
     /// Consecutive failed attempts (reset by a confirm).
     failures: u32,
+    /// An event arrived while it was pending (reset by each `subscribe`).
+    streamed: bool,
 }
 
 /// One ActionCable connection's protocol state. See the module docs.
@@ -256,6 +277,7 @@ impl Session {
         self.by_escaped.insert(identifier.escaped().to_owned(), id);
         self.by_key.insert(identifier.key().clone(), id);
         self.subs.push(Some(Subscription {
+            streamed: false,
             identifier,
             state: SubscriptionState::Waiting,
             failures: 0,
@@ -352,6 +374,7 @@ impl Session {
         match ServerFrame::parse(text)? {
             ServerFrame::Event(event) => {
                 let sub = self.lookup(&event.identifier)?;
+                self.on_event(sub);
                 return Ok(Some(Delivery { sub, event }));
             }
             ServerFrame::Welcome => {
@@ -411,6 +434,17 @@ impl Session {
             };
             match state {
                 SubscriptionState::Pending { since }
+                    if now.saturating_duration_since(since) >= self.config.confirm_timeout
+                        && self.entry(sub).is_some_and(|s| s.streamed) =>
+                {
+                    // Never confirmed, yet events arrive: keep it (see the module docs).
+                    if let Some(entry) = self.entry_mut(sub) {
+                        entry.state = SubscriptionState::StreamingUnconfirmed { since };
+                    }
+                    self.happenings
+                        .push_back(Happening::StreamingUnconfirmed { sub });
+                }
+                SubscriptionState::Pending { since }
                     if now.saturating_duration_since(since) >= self.config.confirm_timeout =>
                 {
                     // Unsubscribe now so the server forgets the identifier well before the retry
@@ -452,7 +486,7 @@ impl Session {
             return Some(stale);
         }
         let due = self.subs.iter().flatten().filter_map(|s| match s.state {
-            SubscriptionState::Waiting => None,
+            SubscriptionState::Waiting | SubscriptionState::StreamingUnconfirmed { .. } => None,
             SubscriptionState::Pending { since } => Some(since + self.config.confirm_timeout),
             SubscriptionState::Confirmed { next_presence, .. } => Some(next_presence),
             SubscriptionState::Retrying { retry_at, .. } => Some(retry_at),
@@ -508,13 +542,25 @@ impl Session {
         }
     }
 
+    /// An event on `sub`: noted when it is still pending (the confirm may be in flight; at the
+    /// confirm timeout such a subscription is streaming unconfirmed, not unanswered).
+    fn on_event(&mut self, sub: SubscriptionId) {
+        if let Some(entry) = self.entry_mut(sub) {
+            if matches!(entry.state, SubscriptionState::Pending { .. }) {
+                entry.streamed = true;
+            }
+        }
+    }
+
     fn on_confirm(&mut self, sub: SubscriptionId, now: Instant) {
         let Some(entry) = self.entry_mut(sub) else {
             return;
         };
         // A confirm that arrives after we gave up (and unsubscribed) is stale news: ignore it.
-        let SubscriptionState::Pending { since } = entry.state else {
-            return;
+        let since = match entry.state {
+            SubscriptionState::Pending { since } => since,
+            SubscriptionState::StreamingUnconfirmed { since } => since,
+            _ => return,
         };
         entry.failures = 0;
         self.happenings.push_back(Happening::Confirmed {
@@ -527,7 +573,9 @@ impl Session {
     fn on_reject(&mut self, sub: SubscriptionId, now: Instant) {
         if !matches!(
             self.entry(sub).map(|s| s.state),
-            Some(SubscriptionState::Pending { .. })
+            Some(
+                SubscriptionState::Pending { .. } | SubscriptionState::StreamingUnconfirmed { .. }
+            )
         ) {
             return;
         }
@@ -565,6 +613,7 @@ impl Session {
             return;
         };
         entry.state = SubscriptionState::Pending { since: now };
+        entry.streamed = false;
         let attempt = entry.failures;
         let frame = Command::Subscribe(&entry.identifier).encode();
         self.transmit.push_back(frame);

@@ -549,3 +549,75 @@ fn the_captured_rails_frames_drive_a_session() {
         })
     ));
 }
+
+/// Issue 12: a real token with a wrong `account_id` gets its events (the platform attaches the
+/// stream before it raises) but never a confirm. It is kept, reported once, never unsubscribed,
+/// and takes no presence; a subscription with neither events nor confirm is unanswered as before;
+/// an event racing ahead of its confirm changes nothing.
+#[test]
+fn events_on_an_unconfirmed_subscription_keep_it_streaming() {
+    let mut h = Harness::new();
+    let (wrong, silent, racing) = (
+        user("tok-wrong", 2, 7),
+        user("tok-silent", 1, 8),
+        user("tok-race", 1, 9),
+    );
+    let w = h.session.add(wrong.clone(), h.at(0.0));
+    let s = h.session.add(silent.clone(), h.at(0.0));
+    let r = h.session.add(racing.clone(), h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.sent();
+    h.happened();
+    assert_eq!(
+        h.feed(0.5, &broadcast(wrong.escaped(), "message.created")),
+        Ok(Some(w))
+    );
+    assert_eq!(
+        h.feed(0.5, &broadcast(racing.escaped(), "message.created")),
+        Ok(Some(r))
+    );
+    h.feed(0.6, &confirm(&racing)).unwrap();
+    h.feed(5.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(10.0);
+    let happened = h.happened();
+    assert!(
+        happened.contains(&Happening::StreamingUnconfirmed { sub: w }),
+        "{happened:?}"
+    );
+    assert!(
+        !happened.contains(&Happening::StreamingUnconfirmed { sub: r }),
+        "{happened:?}"
+    );
+    assert!(happened
+        .iter()
+        .any(|x| matches!(x, Happening::Unanswered { sub, .. } if *sub == s)));
+    assert!(!happened
+        .iter()
+        .any(|x| matches!(x, Happening::Unanswered { sub, .. } if *sub == w)));
+    let sent = h.sent().join("\n");
+    assert!(!sent.contains("tok-wrong"), "never unsubscribed: {sent}");
+    assert!(matches!(
+        h.session.subscription_state(w),
+        Some(SubscriptionState::StreamingUnconfirmed { .. })
+    ));
+    // It keeps delivering, takes no presence and sets no timer of its own.
+    h.feed(9.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(14.0);
+    assert_eq!(
+        h.feed(14.0, &broadcast(wrong.escaped(), "message.created")),
+        Ok(Some(w))
+    );
+    assert!(!h.sent().join("\n").contains("tok-wrong"));
+    assert!(
+        !h.happened()
+            .iter()
+            .any(|x| matches!(x, Happening::StreamingUnconfirmed { .. })),
+        "reported once"
+    );
+    // A late confirm still confirms it.
+    h.feed(14.5, &confirm(&wrong)).unwrap();
+    assert!(h
+        .happened()
+        .iter()
+        .any(|x| matches!(x, Happening::Confirmed { sub, .. } if *sub == w)));
+}
