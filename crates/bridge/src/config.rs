@@ -655,10 +655,26 @@ impl Settings {
                 labels: a.labels.clone(),
             })
             .collect();
+        // The accounts file's entries are listed above; naming the file as well would show them
+        // twice. It is named in a comment instead.
+        let from_file = shown.accounts_file.take();
         shown.route.topic = Some(self.topic.as_str().to_owned());
         shown.sink = Some(self.sink.clone());
         shown.route.key = self.key.as_str().to_owned();
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out = String::new();
+        if let Some(file) = from_file {
+            out.push_str(&format!(
+                "# accounts below include those of accounts_file = {}\n",
+                file.display()
+            ));
+        }
+        if self.config.sink.is_none() {
+            out.push_str("# no [sink] in the config: events are written to stdout as JSON lines\n");
+        }
+        out.push_str(
+            &toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+        );
+        out
     }
 }
 
@@ -697,12 +713,24 @@ fn figment_error(e: figment::Error) -> ConfigError {
             )
         }
         Kind::Unsupported(actual) => format!("unsupported type {}", kind_of(actual)),
-        other => scrub_values(&other.to_string()),
+        other => one_line(&scrub_values(&other.to_string())),
     };
     if let Some(source) = &e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         problem.push_str(&format!(" (in {source})"));
     }
     ConfigError::new(key, problem)
+}
+
+/// A parser's multi-line message on one line, without its source excerpt (the lines drawn with
+/// `|`, which quote the offending line, secret or not): `TOML parse error at line 3, column 16:
+/// invalid string`.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// What a found value is, without the value.
@@ -725,9 +753,13 @@ fn kind_of(actual: &figment::error::Actual) -> &'static str {
 pub(crate) fn scrub_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars();
+    // Inside backticks are names the parser expected (`"`, `mqtt`), not values found.
+    let mut in_backticks = false;
     while let Some(c) = chars.next() {
         out.push(c);
-        if c == '"' {
+        if c == '`' {
+            in_backticks = !in_backticks;
+        } else if c == '"' && !in_backticks {
             out.push_str("…\"");
             let mut escaped = false;
             for c in chars.by_ref() {

@@ -73,6 +73,8 @@ impl Bridge {
         let sink_metrics = SinkMetrics::register(registry)?;
         let gauges = Gauges::register(registry)?;
         let (writer, reader) = voxsig_sinks::buffer(config.buffer.clone(), sink_metrics.clone());
+        // The sink actually running (`tail` and the demo bring their own), not the configured one.
+        let sink_kind = sink.kind();
         let sink = voxsig_sinks::spawn(sink, reader);
 
         let per_socket = config.source.subscriptions_per_connection.max(1);
@@ -153,7 +155,7 @@ impl Bridge {
         tracing::info!(
             subscriptions = settings.accounts.len(),
             sockets,
-            sink = settings.sink.kind(),
+            sink = sink_kind,
             topic = settings.topic.as_str(),
             "bridge started"
         );

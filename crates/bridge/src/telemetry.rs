@@ -261,6 +261,31 @@ pub fn emit(metrics: &BridgeMetrics, event: impl InternalEvent) {
     event.emit(metrics);
 }
 
+/// A duration as an operator reads it in a log line: `250ms`, `1.5s`, `215.3s`.
+pub struct Secs(pub Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 < Duration::from_secs(1) {
+            write!(f, "{}ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.1}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+/// An optional duration: [`Secs`] or `none`.
+pub struct OptSecs(pub Option<Duration>);
+
+impl std::fmt::Display for OptSecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => Secs(d).fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 fn more_suppressed(last: bool) -> String {
     if last {
         format!(
@@ -309,7 +334,7 @@ pub struct ConnectFailed<'a> {
 
 impl InternalEvent for ConnectFailed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(conn = self.conn, error = %self.error, retry_in = ?self.retry_in, "connect failed");
+        tracing::warn!(conn = self.conn, error = %self.error, retry_in = %Secs(self.retry_in), "connect failed");
         m.inner.connects.with_label_values(&["error"]).inc();
     }
 }
@@ -331,11 +356,11 @@ impl InternalEvent for Disconnected<'_> {
         match self.reason {
             "shutdown" => tracing::debug!(conn = self.conn, "closed for shutdown"),
             "server_refused" => {
-                tracing::warn!(conn = self.conn, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = ?self.retry_in,
+                tracing::warn!(conn = self.conn, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in),
                 "server disconnected us and asked not to reconnect; backing off long")
             }
             _ => {
-                tracing::warn!(conn = self.conn, reason = self.reason, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = ?self.retry_in, "disconnected")
+                tracing::warn!(conn = self.conn, reason = self.reason, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in), "disconnected")
             }
         }
         m.inner.disconnects.with_label_values(&[self.reason]).inc();
@@ -357,7 +382,7 @@ pub struct SubscriptionConfirmed<'a> {
 
 impl InternalEvent for SubscriptionConfirmed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::debug!(account = self.account, token = %self.token, after = ?self.after, "subscription confirmed");
+        tracing::debug!(account = self.account, token = %self.token, after = %Secs(self.after), "subscription confirmed");
         m.inner.confirmed.inc();
     }
 }
@@ -409,7 +434,7 @@ impl InternalEvent for SubscriptionFailed<'_> {
         } else {
             "subscription neither confirmed nor rejected in time (the platform's answer to an unknown token); unsubscribed"
         };
-        tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = ?self.retry_in, "{what}");
+        tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = %Secs(self.retry_in), "{what}");
         m.inner
             .subscription_failures
             .with_label_values(&[self.cause])
@@ -583,6 +608,14 @@ impl InternalEvent for TokenLoggedOut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_an_operator_writes_them() {
+        assert_eq!(Secs(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Secs(Duration::from_secs_f64(215.34)).to_string(), "215.3s");
+        assert_eq!(OptSecs(None).to_string(), "none");
+        assert_eq!(OptSecs(Some(Duration::from_secs(2))).to_string(), "2.0s");
+    }
 
     #[test]
     fn the_limiter_lets_a_burst_through_per_interval_and_reports_the_rest() {

@@ -179,6 +179,11 @@ fn config_errors_never_echo_a_secret() {
             "accounts[0]",
         ),
         (
+            "token without quotes (a TOML syntax error)",
+            format!("[[accounts]]\naccount_id = 1\npubsub_token = {PASTED}\n"),
+            "config",
+        ),
+        (
             "the same token twice",
             format!("[[accounts]]\naccount_id = 1\npubsub_token = \"{PASTED}\"\n[[accounts]]\naccount_id = 2\npubsub_token = \"{PASTED}\"\n"),
             "accounts[1]",
