@@ -284,3 +284,66 @@ fn tokens_are_trimmed_and_blank_ones_refused() {
         assert!(out.contains(key) && out.contains("white space"), "{out}");
     }
 }
+
+/// The Kafka SASL password at trace level, with librdkafka's own debug output switched on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sasl_password_in_a_trace_level_run() {
+    const SASL_PASSWORD: &str = "saslPw-Hq7mN3bV8cXz";
+    let broker = brokers::Tansu::start_authenticating();
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let tokens: Vec<String> = sim
+        .world()
+        .bridge_accounts(&ExportOptions::default())
+        .into_iter()
+        .map(|a| a.pubsub_token)
+        .collect();
+    let accounts = sim.world().bridge_config_toml(&ExportOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nurl = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = {{ enabled = false }}\n[sink.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"bridge\"\n\"sasl.password\" = \"{SASL_PASSWORD}\"\ndebug = \"security,broker,protocol,conf\"\n{accounts}",
+            sim.url(),
+            broker.brokers()
+        ),
+    )
+    .unwrap();
+    let child = bridge()
+        .args([
+            "--log",
+            "trace",
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "-c",
+        ])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sim.wait_for_subscriptions(tokens.len(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    sim.burst(10, &Selection::all()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = output(&o);
+    assert!(
+        log.contains("librdkafka"),
+        "librdkafka's debug lines are on: {log}"
+    );
+    assert_no_secret(&log, SASL_PASSWORD, "kafka trace log");
+    for token in &tokens {
+        assert_no_secret(&log, token, "kafka trace log");
+    }
+    sim.shutdown().await;
+}
