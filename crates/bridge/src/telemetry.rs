@@ -26,84 +26,13 @@
 //! how many were suppressed. A flood of junk frames is a counter, not gigabytes of log.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voxsig_protocol::{quote_untrusted, EventKind, FrameError, PubsubToken};
+pub use voxsig_sinks::telemetry::{LogLimiter, LogVerdict, LOG_BURST, LOG_INTERVAL};
 
-/// Lines logged per kind of per-frame problem per [`LOG_INTERVAL`].
-pub const LOG_BURST: u32 = 5;
-/// The interval of [`LOG_BURST`].
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The most a log line quotes of a server-sent text (a disconnect reason, an error detail).
 const QUOTED_DETAIL_CHARS: usize = 200;
-
-/// What the limiter says about one occurrence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogVerdict {
-    /// Log it; `suppressed` occurrences of this kind went unlogged since the last line.
-    Log {
-        /// Occurrences counted but not logged before this one.
-        suppressed: u64,
-        /// This is the last line before suppression starts.
-        last_before_suppression: bool,
-    },
-    /// Count it only.
-    Suppress,
-}
-
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-/// Rate-limits log lines by kind: at most `burst` per `interval` each (sans-I/O: fed the time).
-#[derive(Debug)]
-pub struct LogLimiter {
-    burst: u32,
-    interval: Duration,
-    windows: Mutex<HashMap<&'static str, Window>>,
-}
-
-impl LogLimiter {
-    /// A limiter letting `burst` lines per kind through per `interval`.
-    pub fn new(burst: u32, interval: Duration) -> Self {
-        LogLimiter {
-            burst: burst.max(1),
-            interval,
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// One occurrence of `kind` at `now`.
-    pub fn check(&self, kind: &'static str, now: Instant) -> LogVerdict {
-        let Ok(mut windows) = self.windows.lock() else {
-            return LogVerdict::Suppress;
-        };
-        let window = windows.entry(kind).or_insert(Window {
-            start: now,
-            logged: 0,
-            suppressed: 0,
-        });
-        if now.saturating_duration_since(window.start) >= self.interval {
-            window.start = now;
-            window.logged = 0;
-        }
-        if window.logged < self.burst {
-            window.logged += 1;
-            let suppressed = std::mem::take(&mut window.suppressed);
-            LogVerdict::Log {
-                suppressed,
-                last_before_suppression: window.logged == self.burst,
-            }
-        } else {
-            window.suppressed += 1;
-            LogVerdict::Suppress
-        }
-    }
-}
 
 /// The runtime's counters, registered in a caller-supplied registry. Cheap to clone.
 #[derive(Clone)]
@@ -615,33 +544,5 @@ mod tests {
         assert_eq!(Secs(Duration::from_secs_f64(215.34)).to_string(), "215.3s");
         assert_eq!(OptSecs(None).to_string(), "none");
         assert_eq!(OptSecs(Some(Duration::from_secs(2))).to_string(), "2.0s");
-    }
-
-    #[test]
-    fn the_limiter_lets_a_burst_through_per_interval_and_reports_the_rest() {
-        let limiter = LogLimiter::new(3, Duration::from_secs(10));
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let log = |suppressed, last| LogVerdict::Log {
-            suppressed,
-            last_before_suppression: last,
-        };
-        let table = [
-            ("a", 0, log(0, false)),
-            ("a", 1, log(0, false)),
-            ("b", 2, log(0, false)),
-            ("a", 3, log(0, true)),
-            ("a", 4, LogVerdict::Suppress),
-            ("a", 9_999, LogVerdict::Suppress),
-            ("b", 9_999, log(0, false)),
-            ("a", 10_000, log(2, false)),
-            ("a", 10_001, log(0, false)),
-            ("a", 10_002, log(0, true)),
-            ("a", 10_003, LogVerdict::Suppress),
-            ("a", 60_000, log(1, false)),
-        ];
-        for (i, (kind, ms, want)) in table.into_iter().enumerate() {
-            assert_eq!(limiter.check(kind, at(ms)), want, "row {i}");
-        }
     }
 }
