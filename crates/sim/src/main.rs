@@ -85,6 +85,9 @@ struct ExportOpts {
     /// At most this many tokens per account (of each kind).
     #[arg(long, value_name = "N")]
     max_per_account: Option<usize>,
+    /// Also export each user's `api_access_token` (REST catch-up).
+    #[arg(long)]
+    api_tokens: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +107,7 @@ impl ExportOpts {
             },
             max_per_account: self.max_per_account,
             accounts: None,
+            api_tokens: self.api_tokens,
         }
     }
 }
