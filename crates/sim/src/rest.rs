@@ -534,11 +534,8 @@ async fn messages(
 /// A user's or contact's `push_event_data`, as in event payloads.
 fn actor_json(state: &WorldState, who: Sender) -> Value {
     let text = match who {
-        Sender::User(id) => state.world.user(id).map(|u| crate::payload::user_json(u)),
-        Sender::Contact(id) => state
-            .world
-            .contact(id)
-            .map(|c| crate::payload::contact_json(c)),
+        Sender::User(id) => state.world.user(id).map(crate::payload::user_json),
+        Sender::Contact(id) => state.world.contact(id).map(crate::payload::contact_json),
     };
     text.and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null)
