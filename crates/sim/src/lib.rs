@@ -6,6 +6,14 @@
 //! every catalogued event with realistic payloads for a world of accounts, users and contacts,
 //! records what it sent (the ground truth), and injects faults.
 //!
+//! On the same port it serves the platform's REST catch-up surface (`GET /api/v1/profile`,
+//! conversations with `updated_within`/`status`, message pages with `after`/`before`),
+//! authenticated by each user's `api_access_token` and consistent with the events sent: every
+//! `message.created` is stored before it is broadcast (see the `rest` and `store` modules and the
+//! crate README). Faults include the platform's silent token rotation
+//! ([`Faults::rotate_token_silently`]), an outage ([`Faults::outage`]) and REST errors
+//! ([`Faults::rest_fault`]).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use voxsig_protocol::EventKind;
