@@ -759,6 +759,39 @@ mod tests {
     }
 
     #[test]
+    fn every_user_gets_a_distinct_derived_api_token() {
+        let w = World::generate(&spec()).unwrap();
+        let again = World::generate(&spec()).unwrap();
+        assert_eq!(w, again, "deterministic");
+        let mut seen = HashSet::new();
+        for u in &w.users {
+            assert_eq!(u.api_access_token.len(), 24);
+            assert_ne!(u.api_access_token, u.pubsub_token);
+            assert!(seen.insert(u.api_access_token.clone()));
+        }
+        // A world file without API tokens gets the same ones; with one set, it is kept.
+        let mut stripped = w.clone();
+        for u in &mut stripped.users {
+            u.api_access_token.clear();
+        }
+        stripped.users[1].api_access_token = "chosen".into();
+        let back = World::from_toml(&stripped.to_toml()).unwrap();
+        assert_eq!(back.users[0].api_access_token, w.users[0].api_access_token);
+        assert_eq!(back.users[1].api_access_token, "chosen");
+        let mut dup = w.clone();
+        dup.users[1].api_access_token = dup.users[0].api_access_token.clone();
+        assert!(dup.validate().is_err());
+        let mut clash = w.clone();
+        clash.users[1].api_access_token = clash.contacts[0].pubsub_token.clone();
+        assert!(clash.validate().is_err());
+        let state = WorldState::new(w.clone());
+        assert_eq!(
+            state.index.api_tokens.get(&w.users[2].api_access_token),
+            Some(&2)
+        );
+    }
+
+    #[test]
     fn rotation_replaces_the_token() {
         let w = World::generate(&spec()).unwrap();
         let old = w.users[0].pubsub_token.clone();
