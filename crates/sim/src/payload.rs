@@ -315,6 +315,8 @@ fn source_id(out: &mut String, contact: &Contact) {
     out.push('"');
 }
 
+/// Writes a string literal of `words` words; never an escape (the message store takes the text
+/// between the quotes as is).
 fn content(out: &mut String, rng: &mut Rng, words: usize) -> usize {
     let start = out.len();
     out.push('"');
