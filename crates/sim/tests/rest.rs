@@ -335,6 +335,8 @@ async fn hostile_requests_get_400_or_404_and_the_server_stays_up() {
             assert!(body["error"].is_string(), "{body}");
         }
     }
+    let (status, _, body) = http_with(&api, "POST", "/api/v1/profile", "", Some("{}")).await;
+    assert_eq!(status, 404, "{body}");
     // Not HTTP at all, and a head that never ends: the connection closes, nothing else.
     let addr = sim.addr();
     let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -359,6 +361,43 @@ async fn hostile_requests_get_400_or_404_and_the_server_stays_up() {
     assert!(stats.bad_request >= 8 && stats.not_found >= 8, "{stats:?}");
     // The WebSocket still works on the same port.
     common::subscribed(&sim).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_several_requests() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let sim = common::start().await;
+    let admin = token(&sim, 0);
+    let tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    let mut tcp = BufReader::new(tcp);
+    for path in [
+        "/api/v1/profile",
+        "/api/v1/accounts/1/conversations",
+        "/api/v1/profile",
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\napi_access_token: {admin}\r\n\r\n");
+        tcp.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let mut status = String::new();
+        tcp.read_line(&mut status).await.unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        tcp.read_exact(&mut body).await.unwrap();
+        let _: Value = serde_json::from_slice(&body).unwrap();
+    }
+    assert_eq!(sim.stats().rest.profile, 2);
     sim.shutdown().await;
 }
 
