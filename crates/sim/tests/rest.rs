@@ -256,6 +256,24 @@ async fn message_pages_match_the_broadcast_events() {
     }
     let ids: Vec<u64> = all.iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // Updates name a stored message and say the same about it.
+    let updates: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["event"] != "message.created" && m["data"]["content"].is_string())
+        .map(|m| &m["data"])
+        .collect();
+    assert!(!updates.is_empty(), "the burst updates messages of the conversation");
+    for update in &updates {
+        let Some(stored) = all.iter().find(|m| m["id"] == update["id"]) else {
+            // A conversation without messages yet: the pre-run message, not listed.
+            assert!(update["id"].as_u64().unwrap() < 1_000_000, "{update}");
+            continue;
+        };
+        for key in ["created_at", "message_type", "private", "conversation_id"] {
+            assert_eq!(stored[key], update[key], "{key}");
+        }
+        assert_eq!(stored["sender"]["id"], update["sender"]["id"]);
+    }
     // before: the 20 below, oldest first; neither: the latest 20.
     let before = page(format!("?before={}", ids[50])).await;
     let before_ids: Vec<u64> = before.iter().map(|m| m["id"].as_u64().unwrap()).collect();
