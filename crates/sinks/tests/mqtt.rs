@@ -2,103 +2,16 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::mqtt::{check_complete, Subscriber};
 use support::{eventually, metric, Mosquitto, MosquittoOptions, TestPki};
-use voxsig_sinks::testing::{record, seq_of, Generator, Layout};
+use voxsig_sinks::testing::{record, Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, BufferWriter, MqttConfig, Secret, SinkConfig, SinkHandle,
     SinkMetrics,
 };
-
-#[derive(Debug, Clone)]
-struct Received {
-    topic: String,
-    payload: Bytes,
-    retain: bool,
-}
-
-/// A rumqttc subscriber that (re)subscribes whenever its session is new.
-struct Subscriber {
-    received: Arc<Mutex<Vec<Received>>>,
-    subacks: Arc<Mutex<u32>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    fn start(port: u16, id: &str, login: Option<(&str, &str)>, clean: bool, filter: &str) -> Self {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options
-            .set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(clean)
-            .set_max_packet_size(4 << 20, 4 << 20);
-        if let Some((user, password)) = login {
-            options.set_credentials(user, password);
-        }
-        let (client, mut eventloop) = AsyncClient::new(options, 16);
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let subacks = Arc::new(Mutex::new(0));
-        let (r, s, filter) = (received.clone(), subacks.clone(), filter.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                        let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() += 1,
-                    Ok(Event::Incoming(Packet::Publish(p))) => r.lock().unwrap().push(Received {
-                        topic: p.topic,
-                        payload: p.payload,
-                        retain: p.retain,
-                    }),
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-        Subscriber {
-            received,
-            subacks,
-            task,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    fn subacks(&self) -> u32 {
-        *self.subacks.lock().unwrap()
-    }
-
-    /// Received generated records by seq (count of copies each).
-    fn by_seq(&self) -> BTreeMap<u64, Vec<Received>> {
-        let mut map: BTreeMap<u64, Vec<Received>> = BTreeMap::new();
-        for r in self.received() {
-            if let Some(seq) = seq_of(&r.payload) {
-                map.entry(seq).or_default().push(r);
-            }
-        }
-        map
-    }
-
-    async fn wait_subscribed(&self, n: u32) {
-        assert!(
-            eventually(Duration::from_secs(10), || self.subacks() >= n).await,
-            "subscriber did not subscribe"
-        );
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn start_sink(
     config: MqttConfig,
@@ -116,34 +29,6 @@ fn start_sink(
 fn fast_reconnect(config: &mut MqttConfig) {
     config.reconnect.min_backoff_ms = 50;
     config.reconnect.max_backoff_ms = 500;
-}
-
-/// Checks every seq in `seqs` but `allowed_missing` arrived at least once, each copy with the
-/// generator's topic and payload; returns the number of duplicates.
-fn check_complete(
-    sub: &Subscriber,
-    generator: &Generator,
-    seqs: std::ops::Range<u64>,
-    allowed_missing: usize,
-) -> u64 {
-    let by_seq = sub.by_seq();
-    let missing: Vec<u64> = seqs.clone().filter(|s| !by_seq.contains_key(s)).collect();
-    assert!(
-        missing.len() <= allowed_missing,
-        "{} of {seqs:?} missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let mut duplicates = 0;
-    for (seq, copies) in &by_seq {
-        let expected = generator.record(*seq);
-        for copy in copies {
-            assert_eq!(copy.topic, expected.topic, "topic of seq {seq}");
-            assert_eq!(copy.payload, expected.payload, "payload of seq {seq}");
-        }
-        duplicates += copies.len() as u64 - 1;
-    }
-    duplicates
 }
 
 async fn push_all(writer: &BufferWriter, generator: &Generator, range: std::ops::Range<u64>) {
