@@ -1,11 +1,13 @@
 //! The MQTT sink against a real mosquitto started on a free port.
 
+#[path = "support/mqtt.rs"]
+mod mqtt_support;
 mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::mqtt::{check_complete, Subscriber};
+use mqtt_support::{check_complete, Subscriber};
 use support::{eventually, metric, Mosquitto, MosquittoOptions, TestPki};
 use voxsig_sinks::mqtt::{MessageExpiry, Protocol};
 use voxsig_sinks::testing::{record, Generator, Layout};
@@ -466,8 +468,7 @@ async fn mqtt5_subscribers_see_the_properties() {
         .iter()
         .find(|r| r.topic == "voxsig/7/conversation.typing_on")
         .unwrap();
-    let props =
-        |r: &support::mqtt::Received| -> Vec<(String, String)> { r.user_properties.clone() };
+    let props = |r: &mqtt_support::Received| -> Vec<(String, String)> { r.user_properties.clone() };
     assert_eq!(
         props(typing),
         [

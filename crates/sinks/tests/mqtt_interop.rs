@@ -7,18 +7,25 @@
 //! or left over); a dashboard connecting last sees the retained presence and `online`. What
 //! differs between brokers is documented in `crates/sinks/README.md` (compatibility table).
 
+#[path = "support/mqtt.rs"]
+mod mqtt_support;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::mqtt::{check_complete, rumqttd_main, Nats, Proxy, Rumqttd, Subscriber};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use mqtt_support::{
+    check_complete, Nats, Proxy, Rumqttd, Subscriber, RUMQTTD_PORT_ENV, RUMQTTD_V5_PORT_ENV,
+};
 use support::{eventually, metric, Mosquitto, MosquittoOptions};
 use voxsig_sinks::mqtt::Protocol;
 use voxsig_sinks::testing::{seq_of, Generator, Layout};
 use voxsig_sinks::{buffer, spawn, BufferConfig, MqttConfig, SinkConfig, SinkMetrics};
 
-/// Not a test: the body of the rumqttd broker process (see `support::mqtt::Rumqttd`).
+/// Not a test: the body of the rumqttd broker process (see `mqtt_support::Rumqttd`).
 #[test]
 #[ignore = "runs only as the rumqttd broker process of the interop tests"]
 fn rumqttd_process() {
@@ -241,4 +248,49 @@ async fn interop_rumqttd_3_1_1() {
 async fn interop_rumqttd_5() {
     let broker = Rumqttd::start("rumqttd_process");
     delivery_across_a_restart(Broker::Rumqttd(broker), Protocol::V5, "rumqttd-5").await;
+}
+
+/// Runs rumqttd on the ports in the environment until killed; returns at once without them.
+pub fn rumqttd_main() {
+    let Some(port) = std::env::var(RUMQTTD_PORT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return;
+    };
+    let server = |port: u16| {
+        let settings = rumqttd::ServerSettings {
+            name: format!("test-{port}"),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: rumqttd::ConnectionSettings {
+                connection_timeout_ms: 60_000,
+                max_payload_size: 1 << 20,
+                max_inflight_count: 500,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        Some(HashMap::from([(format!("test-{port}"), settings)]))
+    };
+    let v5_port = std::env::var(RUMQTTD_V5_PORT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok());
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 1000,
+            max_segment_size: 64 << 20,
+            max_segment_count: 4,
+            ..Default::default()
+        },
+        v4: server(port),
+        v5: v5_port.and_then(server),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    let _ = broker.start();
 }

@@ -20,6 +20,7 @@ use super::v5::PropertyRules;
 use super::wire::{Happened, Outgoing, Publisher, Wire, V4, V5};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
+use crate::cloudevents::CloudEvents;
 use crate::jsonl::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected};
 use crate::topic::check_mqtt_topic;
@@ -168,6 +169,17 @@ impl MqttSink {
             reconnect: config.reconnect.clone(),
             status,
         })
+    }
+}
+
+impl MqttSink {
+    /// CloudEvents (`[route] payload = "cloudevents"`): over MQTT 5 the attributes travel as
+    /// user properties (binary mode); over 3.1.1 the payload is already the structured event.
+    pub fn with_cloudevents(mut self, cloudevents: CloudEvents) -> Self {
+        if let ClientOptions::V5(_, rules) = &mut self.client {
+            rules.cloudevents = Some(cloudevents);
+        }
+        self
     }
 }
 

@@ -3,6 +3,7 @@
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use super::config::{EventPatterns, MqttConfig};
+use crate::cloudevents::CloudEvents;
 use crate::record::Record;
 
 /// The content type of event payloads (the platform's JSON `data`).
@@ -13,6 +14,8 @@ pub(crate) const CONTENT_TYPE: &str = "application/json";
 pub(crate) struct PropertyRules {
     /// Message expiry interval (seconds) by event pattern; first match wins.
     expiry: Vec<(EventPatterns, u32)>,
+    /// CloudEvents binary mode: the attributes as user properties too.
+    pub(crate) cloudevents: Option<CloudEvents>,
 }
 
 impl PropertyRules {
@@ -23,13 +26,16 @@ impl PropertyRules {
                 .iter()
                 .map(|e| (EventPatterns::new(&e.events), e.secs))
                 .collect(),
+            cloudevents: None,
         }
     }
 
     /// The properties of a publish: for a record, its metadata as user properties (`event`,
     /// `account_id`, `received_at` in Unix ms, `event_id` and `replayed` when present),
     /// content type `application/json`, payload format indicator 1 (UTF-8) and the message
-    /// expiry of its event; for a status message (`None`) only the payload format indicator.
+    /// expiry of its event; with CloudEvents (binary mode) also the attributes `specversion`,
+    /// `id`, `source`, `type` and `time`. For a status message (`None`) only the payload
+    /// format indicator.
     pub(crate) fn properties(&self, record: Option<&Record>) -> PublishProperties {
         let Some(record) = record else {
             return PublishProperties {
@@ -49,6 +55,14 @@ impl PropertyRules {
         }
         if headers.replayed {
             user.push(("replayed".to_owned(), "true".to_owned()));
+        }
+        if let Some(ce) = &self.cloudevents {
+            let attributes = ce.attributes(headers, &record.payload);
+            user.extend(
+                attributes
+                    .pairs()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
         }
         PublishProperties {
             payload_format_indicator: Some(1),
@@ -126,6 +140,24 @@ mod tests {
         assert_eq!(p.message_expiry_interval, None);
         let keys: Vec<&str> = p.user_properties.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["event", "received_at"], "absent metadata is omitted");
+        let mut rules = rules;
+        rules.cloudevents = Some(CloudEvents::new("com.voxsig.", "https://app.voxsig.com"));
+        let p = rules.properties(Some(&r));
+        let keys: Vec<&str> = p.user_properties.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "event",
+                "received_at",
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "time"
+            ],
+            "CloudEvents binary mode: attributes without prefix, metadata kept"
+        );
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
         let status = rules.properties(None);
         assert!(status.user_properties.is_empty() && status.content_type.is_none());
     }

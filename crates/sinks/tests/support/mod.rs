@@ -6,8 +6,6 @@
 
 #![allow(dead_code)]
 
-pub mod mqtt;
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

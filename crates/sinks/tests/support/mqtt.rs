@@ -1,7 +1,10 @@
-//! MQTT test support: a rumqttc subscriber, a TCP proxy that can cut the sink off, and the
+//! MQTT test support (include with `#[path = "support/mqtt.rs"] mod mqtt_support;` beside
+//! `mod support;`): a rumqttc subscriber, a TCP proxy that can cut the sink off, and the
 //! brokers of the interop matrix besides mosquitto (nats-server's MQTT listener, rumqttd).
 
-use std::collections::{BTreeMap, HashMap};
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +15,7 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use voxsig_sinks::testing::{seq_of, Generator};
 
-use super::{binary, eventually, free_port, Process};
+use crate::support::{binary, eventually, free_port, Process};
 
 #[derive(Debug, Clone, Default)]
 pub struct Received {
@@ -359,12 +362,12 @@ impl Nats {
 }
 
 /// The environment variable that turns this test binary into a rumqttd process (see
-/// [`rumqttd_main`]).
+/// `rumqttd_main` in `tests/mqtt_interop.rs`).
 pub const RUMQTTD_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_PORT";
-const RUMQTTD_V5_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_V5_PORT";
+pub const RUMQTTD_V5_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_V5_PORT";
 
 /// rumqttd in a process of its own (so it can be stopped and restarted): the test binary runs
-/// itself with only the test that calls [`rumqttd_main`] and the port in the environment.
+/// itself with only the test that runs the broker and the ports in the environment.
 /// rumqttd keeps sessions and retained messages in memory only. It listens for MQTT 3.1.1 on
 /// `port` and MQTT 5 on `v5_port`.
 pub struct Rumqttd {
@@ -375,7 +378,7 @@ pub struct Rumqttd {
 }
 
 impl Rumqttd {
-    /// `test_name` is the (ignored) test of the calling binary that calls [`rumqttd_main`].
+    /// `test_name` is the (ignored) test of the calling binary that runs the broker.
     pub fn start(test_name: &'static str) -> Rumqttd {
         let process = Process::new();
         let mut r = Rumqttd {
@@ -414,49 +417,4 @@ impl Rumqttd {
         self.process.kill();
         self.spawn();
     }
-}
-
-/// Runs rumqttd on the port in [`RUMQTTD_PORT_ENV`] until killed; returns at once without it.
-pub fn rumqttd_main() {
-    let Some(port) = std::env::var(RUMQTTD_PORT_ENV)
-        .ok()
-        .and_then(|p| p.parse::<u16>().ok())
-    else {
-        return;
-    };
-    let server = |port: u16| {
-        let settings = rumqttd::ServerSettings {
-            name: format!("test-{port}"),
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: 60_000,
-                max_payload_size: 1 << 20,
-                max_inflight_count: 500,
-                auth: None,
-                external_auth: None,
-                dynamic_filters: true,
-            },
-        };
-        Some(HashMap::from([(format!("test-{port}"), settings)]))
-    };
-    let v5_port = std::env::var(RUMQTTD_V5_PORT_ENV)
-        .ok()
-        .and_then(|p| p.parse::<u16>().ok());
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 1000,
-            max_segment_size: 64 << 20,
-            max_segment_count: 4,
-            ..Default::default()
-        },
-        v4: server(port),
-        v5: v5_port.and_then(server),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    let _ = broker.start();
 }
