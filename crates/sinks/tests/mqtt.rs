@@ -647,3 +647,50 @@ async fn mqtts_verifies_the_broker_certificate() {
     let report = handle.shutdown(Duration::from_millis(200)).await;
     assert_eq!((report.delivered, report.undelivered), (0, 1));
 }
+
+/// CloudEvents over MQTT 5: binary mode, the attributes as user properties (no prefix) beside
+/// `event` and `account_id`, content type `application/json`, the payload is the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_cloudevents_binary_mode() {
+    use voxsig_sinks::cloudevents::{CloudEvents, Mode};
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let sub = Subscriber::start_v5(broker.port, "sub-ce", true, "voxsig/#");
+    sub.wait_subscribed(1).await;
+    let mut config = MqttConfig::new(broker.url());
+    config.protocol = Protocol::V5;
+    let sink_config = SinkConfig::Mqtt(config);
+    assert_eq!(sink_config.cloudevents_mode(), Mode::Binary);
+    let registry = prometheus::Registry::new();
+    let metrics = SinkMetrics::register(&registry).unwrap();
+    let (writer, reader) = buffer(BufferConfig::default(), metrics);
+    let ce = CloudEvents::new("com.voxsig.", "https://app.voxsig.com");
+    let handle = spawn(sink_config.build_with("test", Some(&ce)).unwrap(), reader);
+    let mut r = record("voxsig/3/message.created", 5);
+    r.headers.account_id = Some(3);
+    r.headers.event_id = Some("evt-5".into());
+    writer.push(r).await.unwrap();
+    let topic = "voxsig/3/message.created";
+    let arrived = || sub.received().iter().any(|r| r.topic == topic);
+    assert!(eventually(Duration::from_secs(10), arrived).await);
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.delivered, 1);
+    let received = sub.received();
+    let got = received.iter().find(|r| r.topic == topic).unwrap();
+    assert_eq!(&got.payload[..], b"{\"n\":5}");
+    assert_eq!(got.content_type.as_deref(), Some("application/json"));
+    let props: std::collections::HashMap<&str, &str> = got
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(props["specversion"], "1.0");
+    assert_eq!(props["id"], "evt-5");
+    assert_eq!(props["source"], "https://app.voxsig.com/accounts/3");
+    assert_eq!(props["type"], "com.voxsig.message.created");
+    assert_eq!(props["time"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(props["event"], "message.created");
+    assert_eq!(props["account_id"], "3");
+    // MQTT 3.1.1 has no properties: structured mode, rendered by the bridge's router.
+    let v311 = SinkConfig::Mqtt(MqttConfig::new(broker.url()));
+    assert_eq!(v311.cloudevents_mode(), Mode::Structured);
+}
