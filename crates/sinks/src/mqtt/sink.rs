@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use super::config::{parse_url, EventPatterns, MqttConfig, Protocol, DEFAULT_CLIENT_ID};
 use super::tracker::{Action, Item, Tracker};
 use super::v5::PropertyRules;
-use super::wire::{Happened, Outgoing, Publisher, Wire, V4, V5};
+use super::wire::{BrokerLimits, Happened, Outgoing, Publisher, Wire, V4, V5};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::cloudevents::CloudEvents;
@@ -247,6 +247,9 @@ struct Adapter<C: Publisher> {
     max_packet: usize,
     /// The highest QoS an MQTT 5 broker accepts (CONNACK), if it said.
     broker_max_qos: Option<u8>,
+    /// False when an MQTT 5 broker said it keeps no retained messages (a retained publish
+    /// would be refused): publish without the flag.
+    retain_available: bool,
     offline_acked: bool,
 }
 
@@ -281,7 +284,7 @@ impl<C: Publisher> Adapter<C> {
             let sent = self.client.publish(Outgoing {
                 topic: &record.topic,
                 qos,
-                retain: self.retain.retains(&record.headers.event),
+                retain: self.retain_available && self.retain.retains(&record.headers.event),
                 payload: record.payload.clone(),
                 record: Some(record),
             });
@@ -307,7 +310,7 @@ impl<C: Publisher> Adapter<C> {
         let sent = self.client.publish(Outgoing {
             topic: &status.topic,
             qos: 1,
-            retain: true,
+            retain: self.retain_available,
             payload: payload.clone(),
             record: None,
         });
@@ -366,14 +369,18 @@ impl<C: Publisher> Adapter<C> {
         &mut self,
         wire: &mut impl Wire,
         session_present: bool,
-        max_packet: Option<u32>,
-        max_qos: Option<u8>,
+        limits: BrokerLimits,
         settings: &Settings,
         reader: &BufferReader,
     ) -> super::tracker::Reconnected {
         if !session_present {
             wire.forget_session();
         }
+        let BrokerLimits {
+            max_packet,
+            max_qos,
+            retain_available,
+        } = limits;
         self.max_packet = max_packet.map_or(settings.max_packet, |broker| {
             settings.max_packet.min(broker as usize)
         });
@@ -385,6 +392,12 @@ impl<C: Publisher> Adapter<C> {
             );
         }
         self.broker_max_qos = max_qos;
+        if !retain_available && self.retain_available {
+            tracing::warn!(
+                "mqtt: the broker keeps no retained messages; publishing without retain"
+            );
+        }
+        self.retain_available = retain_available;
         let reconnected = self.tracker.connected(session_present, &wire.pending());
         self.apply(reader);
         reconnected
@@ -423,6 +436,7 @@ async fn run_loop<C: Publisher, W: Wire>(
         retain: settings.retain.clone(),
         max_packet: settings.max_packet,
         broker_max_qos: None,
+        retain_available: true,
         offline_acked: false,
     };
     let mut status_due = false;
@@ -474,8 +488,7 @@ async fn run_loop<C: Publisher, W: Wire>(
             None => {}
             Some(Ok(Happened::ConnAck {
                 session_present,
-                max_packet,
-                max_qos,
+                limits,
             })) => {
                 backoff.reset();
                 emit(
@@ -490,14 +503,8 @@ async fn run_loop<C: Publisher, W: Wire>(
                         },
                     },
                 );
-                let reconnected = a.connected(
-                    &mut wire,
-                    session_present,
-                    max_packet,
-                    max_qos,
-                    &settings,
-                    &reader,
-                );
+                let reconnected =
+                    a.connected(&mut wire, session_present, limits, &settings, &reader);
                 emit(
                     &metrics,
                     RecordsRedelivered {

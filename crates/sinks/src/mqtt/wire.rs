@@ -18,11 +18,11 @@ use crate::record::Record;
 /// What rumqttc reported, as the sink needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Happened {
-    /// CONNACK; MQTT 5 brokers may announce their largest packet and highest QoS.
+    /// CONNACK; MQTT 5 brokers may announce their largest packet, highest QoS and whether
+    /// they keep retained messages.
     ConnAck {
         session_present: bool,
-        max_packet: Option<u32>,
-        max_qos: Option<u8>,
+        limits: BrokerLimits,
     },
     /// `Outgoing::Publish(pkid)`.
     Written(u16),
@@ -37,6 +37,27 @@ pub(crate) enum Happened {
     /// Our DISCONNECT was written.
     Disconnected,
     Other,
+}
+
+/// What an MQTT 5 broker announced in CONNACK (MQTT 3.1.1: nothing, the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BrokerLimits {
+    /// Its maximum packet size.
+    pub max_packet: Option<u32>,
+    /// Its maximum QoS.
+    pub max_qos: Option<u8>,
+    /// Whether it keeps retained messages.
+    pub retain_available: bool,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        BrokerLimits {
+            max_packet: None,
+            max_qos: None,
+            retain_available: true,
+        }
+    }
 }
 
 /// A failed connection: its `kind` label and the error.
@@ -181,8 +202,7 @@ fn happened_v4(event: &rumqttc::Event) -> Happened {
     match event {
         Event::Incoming(Packet::ConnAck(ack)) => Happened::ConnAck {
             session_present: ack.session_present,
-            max_packet: None,
-            max_qos: None,
+            limits: BrokerLimits::default(),
         },
         Event::Incoming(Packet::PubAck(a)) => acked(AckKind::PubAck, a.pkid),
         Event::Incoming(Packet::PubRec(a)) => acked(AckKind::PubRec, a.pkid),
@@ -342,8 +362,15 @@ fn happened_v5(event: &rumqttc::v5::Event) -> Happened {
     match event {
         Event::Incoming(Packet::ConnAck(ack)) => Happened::ConnAck {
             session_present: ack.session_present,
-            max_packet: ack.properties.as_ref().and_then(|p| p.max_packet_size),
-            max_qos: ack.properties.as_ref().and_then(|p| p.max_qos),
+            limits: BrokerLimits {
+                max_packet: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+                max_qos: ack.properties.as_ref().and_then(|p| p.max_qos),
+                retain_available: ack
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.retain_available)
+                    .is_none_or(|r| r != 0),
+            },
         },
         Event::Incoming(Packet::PubAck(a)) => Happened::Acked {
             kind: AckKind::PubAck,
