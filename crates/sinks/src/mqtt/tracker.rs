@@ -1027,13 +1027,13 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
         /// Whatever the interleaving (including inputs no broker would send), every record
         /// handed over ends in exactly one of ack / reject, or is requeued — never lost, never
         /// acknowledged twice — and a final new session hands back everything still in flight.
         #[test]
-        fn no_record_is_lost_or_settled_twice(inputs in prop::collection::vec(input(), 0..64)) {
+        fn no_record_is_lost_or_settled_twice(inputs in prop::collection::vec(input(), 0..80)) {
             let mut run = Run::new(3);
             let mut next_seq = 0u64;
             // Records the tracker holds (handed over, not settled or requeued).
