@@ -460,9 +460,14 @@ async fn mqtt5_subscribers_see_the_properties() {
     let mut plain = record("voxsig/8/message.created", 2);
     plain.headers.account_id = None;
     writer.push(plain).await.unwrap();
-    assert!(eventually(Duration::from_secs(10), || sub.received().len() >= 2).await);
+    // Hostile metadata: NUL and control characters would make mosquitto drop the connection.
+    let mut hostile = record("voxsig/9/odd", 3);
+    hostile.headers.event = "odd\u{0}\u{1}name".into();
+    hostile.headers.event_id = Some("id\u{7f}".into());
+    writer.push(hostile).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || sub.received().len() >= 3).await);
     let report = handle.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(report.delivered, 2);
+    assert_eq!((report.delivered, report.rejected), (3, 0));
     let received = sub.received();
     let typing = received
         .iter()
@@ -499,6 +504,8 @@ async fn mqtt5_subscribers_see_the_properties() {
         "absent metadata is left out"
     );
     assert_eq!(plain.message_expiry, None);
+    let odd = received.iter().find(|r| r.topic == "voxsig/9/odd").unwrap();
+    assert_eq!(odd.user_properties[0].1, "odd\u{FFFD}\u{FFFD}name");
 }
 
 /// MQTT 5: a PUBACK with a failure reason code (mosquitto answers 0x87 "not authorized" for a

@@ -45,13 +45,13 @@ impl PropertyRules {
         };
         let headers = &record.headers;
         let mut user = Vec::with_capacity(5);
-        user.push(("event".to_owned(), headers.event.clone()));
+        user.push(("event".to_owned(), mqtt_text(&headers.event)));
         if let Some(account) = headers.account_id {
             user.push(("account_id".to_owned(), account.to_string()));
         }
         user.push(("received_at".to_owned(), headers.received_at_ms.to_string()));
         if let Some(id) = &headers.event_id {
-            user.push(("event_id".to_owned(), id.clone()));
+            user.push(("event_id".to_owned(), mqtt_text(id)));
         }
         if headers.replayed {
             user.push(("replayed".to_owned(), "true".to_owned()));
@@ -61,7 +61,7 @@ impl PropertyRules {
             user.extend(
                 attributes
                     .pairs()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+                    .map(|(k, v)| (k.to_owned(), mqtt_text(v))),
             );
         }
         PublishProperties {
@@ -93,11 +93,42 @@ impl PropertyRules {
     }
 }
 
+/// A user property value as MQTT 5 allows it: NUL is forbidden and control characters and
+/// non-characters may make a broker close the connection (mosquitto does), so each becomes
+/// U+FFFD. Event names and ids come from the platform: anything may be in them.
+pub(crate) fn mqtt_text(value: &str) -> String {
+    let bad = |c: char| {
+        c.is_control() || matches!(c, '\u{FDD0}'..='\u{FDEF}') || (c as u32 & 0xFFFE) == 0xFFFE
+    };
+    if value.chars().any(bad) {
+        value
+            .chars()
+            .map(|c| if bad(c) { '\u{FFFD}' } else { c })
+            .collect()
+    } else {
+        value.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mqtt::config::MessageExpiry;
     use crate::testing::record;
+
+    #[test]
+    fn hostile_text_is_made_valid_for_mqtt() {
+        assert_eq!(mqtt_text("message.created"), "message.created");
+        assert_eq!(
+            mqtt_text("a\u{0}b\u{1}\u{7f}\u{9f}c"),
+            "a\u{FFFD}b\u{FFFD}\u{FFFD}\u{FFFD}c"
+        );
+        assert_eq!(
+            mqtt_text("x\u{FFFF}\u{1FFFE}\u{FDD0}"),
+            "x\u{FFFD}\u{FFFD}\u{FFFD}"
+        );
+        assert_eq!(mqtt_text("ünï 😀"), "ünï 😀");
+    }
 
     #[test]
     fn records_carry_their_metadata_and_expiry() {
