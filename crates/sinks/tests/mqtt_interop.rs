@@ -203,9 +203,12 @@ async fn delivery_across_a_restart(mut broker: Broker, protocol: Protocol, name:
     }
     assert!(!presence.is_empty(), "{name}: retained presence");
     eprintln!(
-        "interop {name}: {n} records delivered exactly once to the sink's books, {duplicates} \
-         duplicates at the subscriber, {redelivered} redelivered, {} retained presence topics, \
-         will and birth seen, sessions {} the restart",
+        "interop {name}: {n} records pushed; sink delivered {}, rejected {}, undelivered {}; \
+         {duplicates} duplicates at the subscriber, {redelivered} redelivered; will and birth \
+         seen; {} retained presence topics after; sessions {} the restart",
+        report.delivered,
+        report.rejected,
+        report.undelivered,
         presence.len(),
         if session_kept {
             "kept across"
