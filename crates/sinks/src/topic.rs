@@ -51,10 +51,15 @@ pub const MQTT_VALUE_MAX_BYTES: usize = 1024;
 /// The longest value a template variable renders to in a Kafka topic.
 pub const KAFKA_VALUE_MAX_CHARS: usize = 200;
 
-/// Whether `c` may appear in an MQTT topic name: not `+`, `#`, a control character (NUL,
-/// U+0001..U+001F, U+007F..U+009F) or a Unicode non-character.
+/// Whether `c` may appear in any MQTT UTF-8 string (topic names, MQTT 5 user properties): not a
+/// control character (NUL, U+0001..U+001F, U+007F..U+009F) nor a Unicode non-character.
+pub fn mqtt_text_char(c: char) -> bool {
+    !(c.is_control() || is_noncharacter(c))
+}
+
+/// Whether `c` may appear in an MQTT topic name: an [`mqtt_text_char`] other than `+` and `#`.
 pub fn mqtt_topic_char(c: char) -> bool {
-    !(matches!(c, '+' | '#') || c.is_control() || is_noncharacter(c))
+    !matches!(c, '+' | '#') && mqtt_text_char(c)
 }
 
 /// Whether `c` may appear in a Kafka topic name: `[a-zA-Z0-9._-]`.
