@@ -182,6 +182,10 @@ pub struct ReconnectConfig {
     /// long, so a refusing server is not hammered.
     #[serde(with = "humantime_serde")]
     pub after_refusal: Duration,
+    /// A connection confirmed and free of frame errors this long was healthy: its loss resets
+    /// the back-off and is followed by an immediate reconnect.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
 }
 
 impl Default for ReconnectConfig {
@@ -191,6 +195,7 @@ impl Default for ReconnectConfig {
             max: Duration::from_secs(60),
             jitter: JitterConfig::Full,
             after_refusal: Duration::from_secs(300),
+            healthy_after: Duration::from_secs(30),
         }
     }
 }
@@ -202,6 +207,14 @@ impl ReconnectConfig {
             initial: self.initial,
             max: self.max,
             jitter: self.jitter.into(),
+        }
+    }
+
+    /// The reconnect policy of a connection task.
+    pub fn policy(&self) -> crate::reconnect::ReconnectPolicy {
+        crate::reconnect::ReconnectPolicy {
+            backoff: self.backoff(),
+            healthy_after: self.healthy_after,
         }
     }
 }
@@ -665,10 +678,26 @@ impl Settings {
                 labels: a.labels.clone(),
             })
             .collect();
+        // The accounts file's entries are listed above; naming the file as well would show them
+        // twice. It is named in a comment instead.
+        let from_file = shown.accounts_file.take();
         shown.route.topic = Some(self.topic.as_str().to_owned());
         shown.sink = Some(self.sink.clone());
         shown.route.key = self.key.as_str().to_owned();
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out = String::new();
+        if let Some(file) = from_file {
+            out.push_str(&format!(
+                "# accounts below include those of accounts_file = {}\n",
+                file.display()
+            ));
+        }
+        if self.config.sink.is_none() {
+            out.push_str("# no [sink] in the config: events are written to stdout as JSON lines\n");
+        }
+        out.push_str(
+            &toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+        );
+        out
     }
 }
 
@@ -684,18 +713,88 @@ fn env() -> Env {
         .split("__")
 }
 
-/// Turns figment's error (which names the key and the file) into ours.
+/// Turns figment's error (which names the key and the file) into ours. The value found is
+/// described by its type, never quoted: it may be a secret in the wrong key.
 fn figment_error(e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
     let key = if e.path.is_empty() {
         "config".to_owned()
     } else {
         e.path.join(".")
     };
-    let mut problem = e.kind.to_string();
+    let mut problem = match &e.kind {
+        Kind::InvalidType(actual, expected) => {
+            format!(
+                "invalid type: found {}, expected {expected}",
+                kind_of(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                kind_of(actual)
+            )
+        }
+        Kind::Unsupported(actual) => format!("unsupported type {}", kind_of(actual)),
+        other => one_line(&scrub_values(&other.to_string())),
+    };
     if let Some(source) = &e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         problem.push_str(&format!(" (in {source})"));
     }
     ConfigError::new(key, problem)
+}
+
+/// A parser's multi-line message on one line, without its source excerpt (the lines drawn with
+/// `|`, which quote the offending line, secret or not): `TOML parse error at line 3, column 16:
+/// invalid string`.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// What a found value is, without the value.
+fn kind_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Seq => "an array",
+        Actual::Map => "a table",
+        _ => "a value of another type",
+    }
+}
+
+/// A parser's message with every quoted value (`"…"`, as serde quotes strings) replaced by
+/// `"…"`: the value may be a secret in the wrong key.
+pub(crate) fn scrub_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    // Inside backticks are names the parser expected (`"`, `mqtt`), not values found.
+    let mut in_backticks = false;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '`' {
+            in_backticks = !in_backticks;
+        } else if c == '"' && !in_backticks {
+            out.push_str("…\"");
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => break,
+                    _ => escaped = false,
+                }
+            }
+        }
+    }
+    out
 }
 
 fn load_accounts_file(path: &Path) -> Result<Vec<(String, AccountConfig)>, ConfigError> {
@@ -707,12 +806,29 @@ fn load_accounts_file(path: &Path) -> Result<Vec<(String, AccountConfig)>, Confi
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("accounts_file", format!("cannot read {shown}: {e}")))?;
+    // Parser messages quote the values they found (`invalid type: string "…"`): a token in
+    // the wrong key would be printed, so quoted values are scrubbed.
     let file: File = if path.extension().is_some_and(|x| x == "json") {
-        serde_json::from_str(&text)
-            .map_err(|e| ConfigError::new("accounts_file", format!("{shown}: {e}")))?
+        serde_json::from_str(&text).map_err(|e| {
+            ConfigError::new(
+                "accounts_file",
+                format!("{shown}: {}", scrub_values(&e.to_string())),
+            )
+        })?
     } else {
-        toml::from_str(&text)
-            .map_err(|e| ConfigError::new("accounts_file", format!("{shown}: {}", e.message())))?
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::new(
+                "accounts_file",
+                format!("{shown}: {}{at}", scrub_values(e.message())),
+            )
+        })?
     };
     Ok(file
         .accounts
@@ -723,44 +839,65 @@ fn load_accounts_file(path: &Path) -> Result<Vec<(String, AccountConfig)>, Confi
 }
 
 fn resolve_token(key: &str, entry: &AccountConfig) -> Result<String, ConfigError> {
-    let sources = [
-        entry.pubsub_token.is_some(),
-        entry.pubsub_token_env.is_some(),
-        entry.pubsub_token_file.is_some(),
-    ];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(ConfigError::new(
-            key,
-            "set exactly one of pubsub_token, pubsub_token_env, pubsub_token_file",
-        ));
-    }
-    let token = match (
-        &entry.pubsub_token,
-        &entry.pubsub_token_env,
-        &entry.pubsub_token_file,
-    ) {
-        (Some(token), _, _) => token.clone(),
-        (None, Some(var), _) => std::env::var(var).map_err(|_| {
+    resolve_secret(
+        key,
+        "pubsub_token",
+        entry.pubsub_token.as_deref(),
+        entry.pubsub_token_env.as_deref(),
+        entry.pubsub_token_file.as_deref(),
+    )
+}
+
+/// Resolves a secret given as `<name>` (inline), `<name>_env` (an environment variable) or
+/// `<name>_file` (a file) under `key` (e.g. `accounts[3]`): exactly one must be set. Both the
+/// variable's and the file's value are trimmed (a Kubernetes Secret's trailing newline); an empty
+/// or white-space-only value is an error. Errors name the key, never the value: a token pasted
+/// into `<name>_env` or `<name>_file` is not echoed as a variable name or a path.
+pub fn resolve_secret(
+    key: &str,
+    name: &str,
+    inline: Option<&str>,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<String, ConfigError> {
+    let value = match (inline, env, file) {
+        (Some(value), None, None) => value.to_owned(),
+        (None, Some(var), None) => std::env::var(var).map_err(|e| {
+            let why = match e {
+                std::env::VarError::NotPresent => "is not set",
+                std::env::VarError::NotUnicode(_) => "is not UTF-8",
+            };
             ConfigError::new(
-                format!("{key}.pubsub_token_env"),
-                format!("environment variable {var} is not set (or not UTF-8)"),
+                format!("{key}.{name}_env"),
+                format!("the environment variable this key names {why}"),
             )
         })?,
-        (None, None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| {
-                ConfigError::new(
-                    format!("{key}.pubsub_token_file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?
-            .trim()
-            .to_owned(),
-        (None, None, None) => String::new(),
+        (None, None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                format!("{key}.{name}_file"),
+                format!("cannot read the file this key names: {}", e.kind()),
+            )
+        })?,
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                format!("set exactly one of {name}, {name}_env, {name}_file"),
+            ))
+        }
     };
-    if token.is_empty() {
-        return Err(ConfigError::new(key, "the pubsub token is empty"));
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        let source = match (env, file) {
+            (Some(_), _) => format!("{key}.{name}_env"),
+            (_, Some(_)) => format!("{key}.{name}_file"),
+            _ => format!("{key}.{name}"),
+        };
+        return Err(ConfigError::new(
+            source,
+            "the token is empty or only white space",
+        ));
     }
-    Ok(token)
+    Ok(trimmed.to_owned())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! reading stops, and TCP pushes back on the platform — memory stays bounded.
 
 use crate::dedup::{Dedup, Verdict};
+use crate::reconnect::{Health, Reconnect, ReconnectPolicy};
 use crate::route::{Receiver, Router, Unrouted};
 use crate::status::{now_ms, SocketState, StatusBoard, SubState};
 use crate::telemetry::{self as t, emit, BridgeMetrics};
@@ -39,8 +40,8 @@ pub struct Shared {
     pub origin: String,
     /// Protocol session settings.
     pub session: SessionConfig,
-    /// Reconnect back-off.
-    pub reconnect: Backoff,
+    /// Reconnect back-off, and when a connection counts as healthy.
+    pub reconnect: ReconnectPolicy,
     /// Wait after a `disconnect` with `reconnect: false`.
     pub after_refusal: Duration,
     /// TLS for `wss://`.
@@ -115,7 +116,7 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
     let mut shutdown = shared.shutdown.clone();
     let mut rng = Rng::new(shared.session.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9));
     let mut session: Option<Session> = None;
-    let mut failures: u32 = 0;
+    let mut backoff = Reconnect::new(shared.reconnect);
     let mut ever_connected = false;
     loop {
         if *shutdown.borrow() {
@@ -133,8 +134,7 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
         let mut ws = match connected {
             Ok(ws) => ws,
             Err(error) => {
-                let retry_in = shared.reconnect.delay(failures, &mut rng);
-                failures = failures.saturating_add(1);
+                let retry_in = backoff.connect_failed(&mut rng);
                 emit(
                     &shared.metrics,
                     t::ConnectFailed {
@@ -179,18 +179,13 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
             }
         }
 
-        let (ended, welcomed) =
-            drive(&shared, conn, &members, session, &mut ws, &mut shutdown).await;
-        if welcomed {
-            failures = 0;
-        }
+        let (ended, health) = drive(&shared, conn, &members, session, &mut ws, &mut shutdown).await;
+        // Healthy (confirmed, quiet for `healthy_after`): reconnect at once and start the
+        // back-off afresh; otherwise (a poison frame right after welcome) keep backing off.
+        let retry = backoff.ended(&health, Instant::now().into_std(), &mut rng);
         let (reason, detail, retry_in) = match &ended {
             Ended::Shutdown => ("shutdown", String::new(), None),
-            Ended::Stale => (
-                "stale",
-                String::new(),
-                Some(shared.reconnect.delay(failures, &mut rng)),
-            ),
+            Ended::Stale => ("stale", String::new(), Some(retry)),
             Ended::Disconnect {
                 reason,
                 reconnect: false,
@@ -212,20 +207,11 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
             } => (
                 "server_disconnect",
                 reason.clone().unwrap_or_default(),
-                Some(shared.reconnect.delay(failures, &mut rng)),
+                Some(retry),
             ),
-            Ended::Closed(detail) => (
-                "closed",
-                detail.clone(),
-                Some(shared.reconnect.delay(failures, &mut rng)),
-            ),
-            Ended::Error(detail) => (
-                "error",
-                detail.clone(),
-                Some(shared.reconnect.delay(failures, &mut rng)),
-            ),
+            Ended::Closed(detail) => ("closed", detail.clone(), Some(retry)),
+            Ended::Error(detail) => ("error", detail.clone(), Some(retry)),
         };
-        failures = failures.saturating_add(1);
         emit(
             &shared.metrics,
             t::Disconnected {
@@ -238,7 +224,7 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
         for m in &members {
             if matches!(
                 shared.status.subscriptions()[m.index].state(),
-                SubState::Pending | SubState::Confirmed
+                SubState::Pending | SubState::Confirmed | SubState::UnconfirmedStreaming
             ) {
                 shared.status.set_sub(m.index, SubState::Waiting);
             }
@@ -299,7 +285,7 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
     }
 }
 
-/// Drives one connected socket until it ends. Returns why, and whether it was welcomed.
+/// Drives one connected socket until it ends. Returns why, and how healthy it was.
 async fn drive(
     shared: &Shared,
     conn: usize,
@@ -307,28 +293,29 @@ async fn drive(
     session: &mut Session,
     ws: &mut Socket,
     shutdown: &mut watch::Receiver<bool>,
-) -> (Ended, bool) {
-    let mut welcomed = false;
+) -> (Ended, Health) {
+    let healthy_after = shared.reconnect.healthy_after;
+    let mut health = Health::new(Instant::now().into_std());
     loop {
         let mut wrote = false;
         while let Some(frame) = session.poll_transmit() {
             if let Err(e) = ws.feed(Message::text(frame)).await {
-                return (Ended::Error(e.to_string()), welcomed);
+                return (Ended::Error(e.to_string()), health);
             }
             wrote = true;
         }
         if wrote {
             if let Err(e) = ws.flush().await {
-                return (Ended::Error(e.to_string()), welcomed);
+                return (Ended::Error(e.to_string()), health);
             }
         }
         while let Some(happening) = session.poll_happening() {
-            if happening == Happening::Welcomed {
-                welcomed = true;
+            if matches!(happening, Happening::Confirmed { .. }) {
+                health.confirmed(Instant::now().into_std(), healthy_after);
             }
             if let Some(ended) = report(shared, conn, members, happening) {
                 let _ = ws.close(None).await;
-                return (ended, welcomed);
+                return (ended, health);
             }
         }
         let deadline = session.poll_timeout().map(Instant::from_std);
@@ -336,7 +323,7 @@ async fn drive(
             biased;
             _ = shutdown.changed() => {
                 let _ = ws.close(None).await;
-                return (Ended::Shutdown, welcomed);
+                return (Ended::Shutdown, health);
             }
             message = ws.next() => {
                 let now = Instant::now().into_std();
@@ -344,23 +331,60 @@ async fn drive(
                     Some(Ok(Message::Text(text))) => match session.handle_text(&text, now) {
                         Ok(Some(delivery)) => deliver(shared, members, delivery).await,
                         Ok(None) => {}
-                        Err(error) => emit(&shared.metrics, t::FrameMalformed { conn, error: &error }),
+                        Err(error) => {
+                            health.trouble(now, healthy_after);
+                            emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
+                        }
                     },
                     Some(Ok(Message::Binary(bytes))) => {
+                        health.trouble(now, healthy_after);
                         let error = session.handle_binary(bytes.len(), now);
                         emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
                     }
                     Some(Ok(Message::Close(frame))) => {
                         let detail = frame.map(|f| format!("close {} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                        return (Ended::Closed(detail), welcomed);
+                        return (Ended::Closed(detail), health);
                     }
                     Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
-                    Some(Err(e)) => return (Ended::Error(e.to_string()), welcomed),
-                    None => return (Ended::Closed("connection closed".into()), welcomed),
+                    Some(Err(e)) => {
+                        // A frame the WebSocket layer cannot pass on (not UTF-8, beyond the
+                        // size limit) ends the connection; it is counted as the frame error it
+                        // is, and the reconnect follows the back-off.
+                        if let Some(error) = frame_error_of(&e, shared.session.max_frame_bytes) {
+                            health.trouble(now, healthy_after);
+                            emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
+                        }
+                        return (Ended::Error(e.to_string()), health);
+                    }
+                    None => return (Ended::Closed("connection closed".into()), health),
                 }
             }
             _ = sleep_until(deadline) => session.handle_timeout(Instant::now().into_std()),
         }
+    }
+}
+
+/// The frame error behind a WebSocket read error, when there is one.
+fn frame_error_of(
+    error: &tokio_tungstenite::tungstenite::Error,
+    max: usize,
+) -> Option<voxsig_protocol::FrameError> {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use voxsig_protocol::FrameError;
+    match error {
+        // "invalid utf-8 sequence of 1 bytes from index 5"
+        WsError::Utf8(detail) => Some(FrameError::NotUtf8 {
+            offset: detail
+                .rsplit("index ")
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0),
+        }),
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => {
+            Some(FrameError::TooLarge { len: *size, max })
+        }
+        _ => None,
     }
 }
 
@@ -415,6 +439,21 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             retry_in,
         } => {
             failed(shared, member(sub), "unanswered", attempt, retry_in);
+            None
+        }
+        Happening::StreamingUnconfirmed { sub } => {
+            if let Some(mb) = member(sub) {
+                let first = shared.status.set_unconfirmed_streaming(mb.index);
+                emit(
+                    m,
+                    t::SubscriptionStreamingUnconfirmed {
+                        account: mb.receiver.account_id,
+                        user: mb.receiver.user_id,
+                        token: mb.identifier.token(),
+                        first,
+                    },
+                );
+            }
             None
         }
         Happening::PresenceSent { .. } => {

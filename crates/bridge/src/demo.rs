@@ -115,6 +115,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let _ = writeln!(err, "  Ctrl-C to stop\n");
 
     let started = Instant::now();
+    // On a terminal the progress line rewrites itself; elsewhere (a pipe, a CI log) it is a plain
+    // line every 5 s, without control sequences.
+    let terminal = std::io::IsTerminal::is_terminal(&err);
+    let mut ticks: u64 = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last = (Instant::now(), 0.0);
     let stop = async {
@@ -131,9 +135,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             _ = &mut stop => break,
             _ = ticker.tick() => {
                 let line = progress(&registry, &bridge, &mut last, started);
-                if !options.stdout {
+                ticks += 1;
+                if !options.stdout && terminal {
                     let _ = write!(err, "\r{line}\x1b[K");
                     let _ = err.flush();
+                } else if !options.stdout && ticks % 5 == 0 {
+                    let _ = writeln!(err, "{line}");
                 }
             }
         }

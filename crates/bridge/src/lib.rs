@@ -12,6 +12,8 @@ pub mod connection;
 pub mod dedup;
 pub mod demo;
 pub mod http;
+pub mod logging;
+pub mod reconnect;
 pub mod route;
 pub mod runtime;
 pub mod status;

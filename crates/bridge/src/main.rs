@@ -18,13 +18,10 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "VOXSIG_BRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `voxsig_bridge=debug`.
-    #[arg(
-        long,
-        global = true,
-        default_value = "info,rumqttd=warn",
-        env = "RUST_LOG"
-    )]
-    log: String,
+    /// Default: `info,rumqttd=warn`; for `demo`, `warn,rumqttd=off` (the progress line says the
+    /// rest, and the embedded broker's own probes are not errors).
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,7 +70,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log);
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn,rumqttd=off",
+        _ => "info,rumqttd=warn",
+    };
+    init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,15 +99,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let settings = load(&config)?;
             print!("{}", settings.redacted_toml());
+            let subscriptions = settings.accounts.len();
+            let sockets =
+                subscriptions.div_ceil(settings.config.source.subscriptions_per_connection);
+            let plural = |n: usize, one: &'static str, many: &'static str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             println!(
-                "\n# OK: {} subscriptions on {} sockets; topics like `{}`",
-                settings.accounts.len(),
-                settings
-                    .accounts
-                    .len()
-                    .div_ceil(settings.config.source.subscriptions_per_connection),
+                "\n# OK: {} on {}; topics like `{}`",
+                plural(subscriptions, "subscription", "subscriptions"),
+                plural(sockets, "socket", "sockets"),
                 settings.topic.sample()
             );
+            if settings.config.sink.is_none() {
+                println!("# note: no [sink] configured: `run` writes events to stdout");
+            }
             Ok(())
         }
         Command::Run {
@@ -152,7 +159,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<Settings> {
 
 async fn run_until_signal(bridge: Bridge, drain: Duration) -> anyhow::Result<()> {
     wait_for_signal().await?;
-    tracing::info!(drain_timeout = ?drain, "signal received: stopping reads and draining the buffer");
+    tracing::info!(drain_timeout = %voxsig_bridge::telemetry::Secs(drain), "signal received: stopping reads and draining the buffer");
     // The bridge logs what could not be delivered by the deadline; a requested stop is a success.
     bridge.shutdown(drain).await;
     Ok(())
@@ -176,13 +183,9 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Human => voxsig_bridge::logging::Format::Human,
+        LogFormat::Json => voxsig_bridge::logging::Format::Json,
+    };
+    voxsig_bridge::logging::init(format, filter);
 }

@@ -1,9 +1,11 @@
 //! From an event to a record: filters, topic and key templates, payload modes.
 //!
 //! Template values come from the network (event names) or from the platform's ids, so each is
-//! sanitised for the sink's topic rules before it is put in: a value holding `/`, `+`, `#` or
-//! NUL can never add a level or a wildcard to an MQTT topic, and Kafka topics keep to
-//! `[a-zA-Z0-9._-]`. The rendered topic is then checked against the sink's rules once more.
+//! sanitised for the sink's topic rules before it is put in ([`Charset`], defined with the
+//! rules themselves in `voxsig_sinks::topic`): a value holding `/`, `+`, `#`, a control
+//! character or a Unicode non-character can never add a level or a wildcard to an MQTT topic,
+//! nor make the broker close the connection, and Kafka topics keep to `[a-zA-Z0-9._-]`. The
+//! rendered topic is then checked against the sink's rules once more.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -13,6 +15,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use voxsig_protocol::EventRef;
 use voxsig_sinks::cloudevents::{self, CloudEvents};
 use voxsig_sinks::{Headers, Record};
+
+pub use voxsig_sinks::topic::Charset;
 
 /// A variable of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,39 +171,6 @@ fn write_id(out: &mut String, id: Option<u64>) {
             let _ = write!(out, "{id}");
         }
         None => out.push_str(NONE),
-    }
-}
-
-/// The characters a rendered value may hold, by destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charset {
-    /// MQTT topic level: anything but `/`, `+`, `#` and NUL.
-    MqttLevel,
-    /// Kafka topic name: `[a-zA-Z0-9._-]`.
-    Kafka,
-    /// Keys: anything.
-    Any,
-}
-
-impl Charset {
-    /// Replaces, in `out[start..]`, every character the charset forbids (and an empty value)
-    /// with `_`.
-    fn sanitise(self, out: &mut String, start: usize) {
-        let allowed = |c: char| match self {
-            Charset::MqttLevel => !matches!(c, '/' | '+' | '#' | '\0'),
-            Charset::Kafka => c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
-            Charset::Any => true,
-        };
-        if out.len() == start {
-            out.push('_');
-        } else if !out[start..].chars().all(allowed) {
-            let value: String = out[start..]
-                .chars()
-                .map(|c| if allowed(c) { c } else { '_' })
-                .collect();
-            out.truncate(start);
-            out.push_str(&value);
-        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
-use crate::route::{Charset, Receiver, Router};
+use crate::route::{Receiver, Router};
 use crate::status::StatusBoard;
 use crate::telemetry::BridgeMetrics;
 use prometheus::Registry;
@@ -73,6 +73,8 @@ impl Bridge {
         let sink_metrics = SinkMetrics::register(registry)?;
         let gauges = Gauges::register(registry)?;
         let (writer, reader) = voxsig_sinks::buffer(config.buffer.clone(), sink_metrics.clone());
+        // The sink actually running (`tail` and the demo bring their own), not the configured one.
+        let sink_kind = sink.kind();
         let sink = voxsig_sinks::spawn(sink, reader);
 
         let per_socket = config.source.subscriptions_per_connection.max(1);
@@ -91,10 +93,7 @@ impl Bridge {
             groups.len(),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let charset = match settings.sink.kind() {
-            "kafka" => Charset::Kafka,
-            _ => Charset::MqttLevel,
-        };
+        let charset = settings.sink.value_charset();
         let sink_config = settings.sink.clone();
         let router = Router::new(
             settings.topic.clone(),
@@ -123,7 +122,7 @@ impl Bridge {
                 seed: seed(),
                 ..SessionConfig::default()
             },
-            reconnect: source.reconnect.backoff(),
+            reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: tls_connector(source.ca_file.as_deref())?,
             router,
@@ -160,7 +159,7 @@ impl Bridge {
         tracing::info!(
             subscriptions = settings.accounts.len(),
             sockets,
-            sink = settings.sink.kind(),
+            sink = sink_kind,
             topic = settings.topic.as_str(),
             "bridge started"
         );

@@ -2,7 +2,7 @@
 //! locks on the hot path and read by `/status`, `/readyz` and the metrics gauges.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use voxsig_protocol::PubsubToken;
@@ -24,17 +24,21 @@ pub enum SubState {
     Unanswered = 4,
     /// The platform sent `user:logout` for the token: it must be replaced.
     LoggedOut = 5,
+    /// Never confirmed, yet its events arrive (a real token with a wrong `account_id` or
+    /// `user_id`: the platform attaches the stream before it fails); kept, events published.
+    UnconfirmedStreaming = 6,
 }
 
 impl SubState {
     /// Every state, for gauges.
-    pub const ALL: [SubState; 6] = [
+    pub const ALL: [SubState; 7] = [
         SubState::Waiting,
         SubState::Pending,
         SubState::Confirmed,
         SubState::Rejected,
         SubState::Unanswered,
         SubState::LoggedOut,
+        SubState::UnconfirmedStreaming,
     ];
 
     fn from_u8(v: u8) -> SubState {
@@ -53,6 +57,7 @@ impl SubState {
             SubState::Rejected => "rejected",
             SubState::Unanswered => "unanswered",
             SubState::LoggedOut => "logged_out",
+            SubState::UnconfirmedStreaming => "unconfirmed_streaming",
         }
     }
 }
@@ -114,6 +119,7 @@ pub struct SubStatus {
     events: AtomicI64,
     failures: AtomicU32,
     last_error: Mutex<Option<String>>,
+    streamed_unconfirmed: AtomicBool,
 }
 
 /// One socket's live state.
@@ -154,6 +160,7 @@ impl StatusBoard {
                     events: AtomicI64::new(0),
                     failures: AtomicU32::new(0),
                     last_error: Mutex::new(None),
+                    streamed_unconfirmed: AtomicBool::new(false),
                 })
                 .collect(),
             sockets: (0..sockets).map(|_| SocketStatus::default()).collect(),
@@ -196,6 +203,20 @@ impl StatusBoard {
         }
     }
 
+    /// Marks a subscription streaming unconfirmed; `true` the first time for it in this process
+    /// (the one time it is worth a warning).
+    pub fn set_unconfirmed_streaming(&self, index: usize) -> bool {
+        let Some(s) = self.subs.get(index) else {
+            return false;
+        };
+        self.set_sub(index, SubState::UnconfirmedStreaming);
+        s.set_error(
+            "events arrive but the subscription was never confirmed: the token is real, its \
+             account_id or user_id is probably wrong",
+        );
+        !s.streamed_unconfirmed.swap(true, Ordering::Relaxed)
+    }
+
     /// Records a failure of a subscription.
     pub fn sub_failed(&self, index: usize, error: &str) {
         if let Some(s) = self.subs.get(index) {
@@ -231,7 +252,7 @@ impl StatusBoard {
     }
 
     /// Counts subscriptions by state.
-    pub fn sub_counts(&self) -> [(SubState, usize); 6] {
+    pub fn sub_counts(&self) -> [(SubState, usize); 7] {
         let mut counts = SubState::ALL.map(|s| (s, 0));
         for s in &self.subs {
             counts[usize::from(s.state.load(Ordering::Relaxed))].1 += 1;

@@ -28,11 +28,13 @@ impl TailSink {
             std::time::UNIX_EPOCH
                 + std::time::Duration::from_millis(record.headers.received_at_ms.max(0) as u64),
         );
-        format!(
+        let line = format!(
             "{at} {topic} key={key} {shown}",
             topic = record.topic,
             key = record.key.as_deref().unwrap_or("-"),
-        )
+        );
+        // A key rendered from an event name may hold control characters: never to the terminal.
+        crate::logging::escape_controls(&line).into_owned()
     }
 }
 
@@ -52,5 +54,31 @@ impl Sink for TailSink {
             }
             reader.report()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_key_cannot_drive_the_terminal() {
+        let record = voxsig_sinks::Record {
+            topic: "voxsig/1/x".into(),
+            key: Some("\u{1b}[2J\nforged".into()),
+            payload: bytes::Bytes::from_static(b"{}"),
+            headers: voxsig_sinks::Headers {
+                event: "x".into(),
+                event_label: "other",
+                account_id: Some(1),
+                received_at_ms: 0,
+                event_id: None,
+                replayed: false,
+            },
+            accepted_at: std::time::Instant::now(),
+        };
+        let line = TailSink::new(None).line(&record);
+        assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line:?}");
+        assert!(line.contains("key=\\u{1b}[2J\\nforged"), "{line}");
     }
 }

@@ -10,6 +10,7 @@
 //! | `voxsig_bridge_stale_connections_total` | counter | — |
 //! | `voxsig_bridge_subscription_failures_total` | counter | `cause` (`rejected`, `unanswered`) |
 //! | `voxsig_bridge_subscriptions_confirmed_total` | counter | — |
+//! | `voxsig_bridge_subscriptions_unconfirmed_streaming_total` | counter | — |
 //! | `voxsig_bridge_presence_updates_sent_total` | counter | — |
 //! | `voxsig_bridge_events_received_total` | counter | `event` |
 //! | `voxsig_bridge_events_deduplicated_total` | counter | `event` |
@@ -18,11 +19,20 @@
 //! | `voxsig_bridge_frame_errors_total` | counter | `kind` (see `FrameError::kind`) |
 //! | `voxsig_bridge_token_logouts_total` | counter | — |
 //! | `voxsig_bridge_unknown_frames_total` | counter | — |
+//!
+//! Per-frame and per-event problems (a malformed frame, an unknown frame type, an event that
+//! cannot be routed) are counted always but logged through a [`LogLimiter`]: at most
+//! [`LOG_BURST`] lines per kind per [`LOG_INTERVAL`], the next line after a quiet spell saying
+//! how many were suppressed. A flood of junk frames is a counter, not gigabytes of log.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::sync::Arc;
-use std::time::Duration;
-use voxsig_protocol::{EventKind, FrameError, PubsubToken};
+use std::time::{Duration, Instant};
+use voxsig_protocol::{quote_untrusted, EventKind, FrameError, PubsubToken};
+pub use voxsig_sinks::telemetry::{LogLimiter, LogVerdict, LOG_BURST, LOG_INTERVAL};
+
+/// The most a log line quotes of a server-sent text (a disconnect reason, an error detail).
+const QUOTED_DETAIL_CHARS: usize = 200;
 
 /// The runtime's counters, registered in a caller-supplied registry. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +47,7 @@ struct Counters {
     stale: IntCounter,
     subscription_failures: IntCounterVec,
     confirmed: IntCounter,
+    unconfirmed_streaming: IntCounter,
     presence: IntCounter,
     received: IntCounterVec,
     deduplicated: IntCounterVec,
@@ -46,6 +57,7 @@ struct Counters {
     logouts: IntCounter,
     unknown_frames: IntCounter,
     per_account: Option<AccountCounters>,
+    limiter: LogLimiter,
 }
 
 /// `voxsig_bridge_account_events_received_total{account}`, capped: the first `max` accounts
@@ -114,9 +126,10 @@ impl BridgeMetrics {
             connects: vec("voxsig_bridge_connects_total", "WebSocket connection attempts by result.", "result")?,
             disconnects: vec("voxsig_bridge_disconnects_total", "WebSocket connections ended, by reason.", "reason")?,
             reconnects: one("voxsig_bridge_reconnects_total", "Connections re-established after a loss.")?,
-            stale: one("voxsig_bridge_stale_connections_total", "Connections closed for silence (no ping or frame).")?,
+            stale: one("voxsig_bridge_stale_connections_total", "Connections closed for a dead heartbeat (no ping for source.stale_after; other frames do not count).")?,
             subscription_failures: vec("voxsig_bridge_subscription_failures_total", "Subscriptions rejected or left unanswered, by cause.", "cause")?,
             confirmed: one("voxsig_bridge_subscriptions_confirmed_total", "Subscription confirmations received.")?,
+            unconfirmed_streaming: one("voxsig_bridge_subscriptions_unconfirmed_streaming_total", "Subscriptions found delivering events without a confirm (wrong account_id or user_id for a real token); kept.")?,
             presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,
             received: vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?,
             deduplicated: vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?,
@@ -133,6 +146,7 @@ impl BridgeMetrics {
                 }
                 None => None,
             },
+            limiter: LogLimiter::new(LOG_BURST, LOG_INTERVAL),
         };
         for result in ["ok", "error"] {
             counters.connects.with_label_values(&[result]);
@@ -176,6 +190,42 @@ pub fn emit(metrics: &BridgeMetrics, event: impl InternalEvent) {
     event.emit(metrics);
 }
 
+/// A duration as an operator reads it in a log line: `250ms`, `1.5s`, `215.3s`.
+pub struct Secs(pub Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 < Duration::from_secs(1) {
+            write!(f, "{}ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.1}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+/// An optional duration: [`Secs`] or `none`.
+pub struct OptSecs(pub Option<Duration>);
+
+impl std::fmt::Display for OptSecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => Secs(d).fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+fn more_suppressed(last: bool) -> String {
+    if last {
+        format!(
+            " (more of this kind in the next {}s are counted, not logged)",
+            LOG_INTERVAL.as_secs()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// A socket connected and upgraded.
 pub struct Connected {
     /// The connection's number.
@@ -213,7 +263,7 @@ pub struct ConnectFailed<'a> {
 
 impl InternalEvent for ConnectFailed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(conn = self.conn, error = %self.error, retry_in = ?self.retry_in, "connect failed");
+        tracing::warn!(conn = self.conn, error = %self.error, retry_in = %Secs(self.retry_in), "connect failed");
         m.inner.connects.with_label_values(&["error"]).inc();
     }
 }
@@ -235,11 +285,11 @@ impl InternalEvent for Disconnected<'_> {
         match self.reason {
             "shutdown" => tracing::debug!(conn = self.conn, "closed for shutdown"),
             "server_refused" => {
-                tracing::warn!(conn = self.conn, detail = self.detail, retry_in = ?self.retry_in,
+                tracing::warn!(conn = self.conn, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in),
                 "server disconnected us and asked not to reconnect; backing off long")
             }
             _ => {
-                tracing::warn!(conn = self.conn, reason = self.reason, detail = self.detail, retry_in = ?self.retry_in, "disconnected")
+                tracing::warn!(conn = self.conn, reason = self.reason, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in), "disconnected")
             }
         }
         m.inner.disconnects.with_label_values(&[self.reason]).inc();
@@ -261,8 +311,34 @@ pub struct SubscriptionConfirmed<'a> {
 
 impl InternalEvent for SubscriptionConfirmed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::debug!(account = self.account, token = %self.token, after = ?self.after, "subscription confirmed");
+        tracing::debug!(account = self.account, token = %self.token, after = %Secs(self.after), "subscription confirmed");
         m.inner.confirmed.inc();
+    }
+}
+
+/// Events arrive on a subscription that was never confirmed: kept, its events published.
+pub struct SubscriptionStreamingUnconfirmed<'a> {
+    /// Its configured account.
+    pub account: u64,
+    /// Its configured user.
+    pub user: Option<u64>,
+    /// Its token, redacted when logged.
+    pub token: &'a PubsubToken,
+    /// The first time for this subscription in this process (warned once).
+    pub first: bool,
+}
+
+impl InternalEvent for SubscriptionStreamingUnconfirmed<'_> {
+    fn emit(self, m: &BridgeMetrics) {
+        if self.first {
+            tracing::warn!(account = self.account, user = ?self.user, token = %self.token,
+                "events arrive on this subscription but the platform never confirmed it: the token \
+                 is real, its account_id (or user_id) is probably wrong; its events are published, \
+                 the subscription is kept and shown as unconfirmed_streaming");
+        } else {
+            tracing::debug!(account = self.account, token = %self.token, "subscription streaming unconfirmed again");
+        }
+        m.inner.unconfirmed_streaming.inc();
     }
 }
 
@@ -287,7 +363,7 @@ impl InternalEvent for SubscriptionFailed<'_> {
         } else {
             "subscription neither confirmed nor rejected in time (the platform's answer to an unknown token); unsubscribed"
         };
-        tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = ?self.retry_in, "{what}");
+        tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = %Secs(self.retry_in), "{what}");
         m.inner
             .subscription_failures
             .with_label_values(&[self.cause])
@@ -314,7 +390,22 @@ pub struct FrameMalformed<'a> {
 
 impl InternalEvent for FrameMalformed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(conn = self.conn, kind = self.error.kind(), error = %self.error, "frame skipped");
+        let kind = self.error.kind();
+        if let LogVerdict::Log {
+            suppressed,
+            last_before_suppression,
+        } = m.inner.limiter.check(kind, Instant::now())
+        {
+            // FrameError messages quote no frame content beyond a short, escaped prefix.
+            tracing::warn!(
+                conn = self.conn,
+                kind,
+                error = %self.error,
+                suppressed,
+                "frame skipped{}",
+                more_suppressed(last_before_suppression)
+            );
+        }
         m.inner
             .frame_errors
             .with_label_values(&[self.error.kind()])
@@ -332,11 +423,16 @@ pub struct UnknownFrame<'a> {
 
 impl InternalEvent for UnknownFrame<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::debug!(
-            conn = self.conn,
-            kind = self.kind,
-            "unknown frame type ignored"
-        );
+        if let LogVerdict::Log { suppressed, .. } =
+            m.inner.limiter.check("unknown_frame_type", Instant::now())
+        {
+            tracing::debug!(
+                conn = self.conn,
+                kind = %quote_untrusted(self.kind, 64),
+                suppressed,
+                "unknown frame type ignored"
+            );
+        }
         m.inner.unknown_frames.inc();
     }
 }
@@ -404,12 +500,20 @@ pub struct EventDropped<'a> {
 
 impl InternalEvent for EventDropped<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::warn!(
-            reason = self.reason,
-            event = self.event_label,
-            detail = self.detail,
-            "event dropped"
-        );
+        if let LogVerdict::Log {
+            suppressed,
+            last_before_suppression,
+        } = m.inner.limiter.check(self.reason, Instant::now())
+        {
+            tracing::warn!(
+                reason = self.reason,
+                event = self.event_label,
+                detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS),
+                suppressed,
+                "event dropped{}",
+                more_suppressed(last_before_suppression)
+            );
+        }
         m.inner.dropped.with_label_values(&[self.reason]).inc();
     }
 }
@@ -427,5 +531,18 @@ impl InternalEvent for TokenLoggedOut<'_> {
         tracing::error!(account = self.account, token = %self.token,
             "the platform logged this token out (rotated?): update its pubsub token; other accounts keep running");
         m.inner.logouts.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_an_operator_writes_them() {
+        assert_eq!(Secs(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Secs(Duration::from_secs_f64(215.34)).to_string(), "215.3s");
+        assert_eq!(OptSecs(None).to_string(), "none");
+        assert_eq!(OptSecs(Some(Duration::from_secs(2))).to_string(), "2.0s");
     }
 }

@@ -71,7 +71,7 @@ fn check_prints_the_resolved_config_redacted() {
     );
     assert!(out.contains("tok…8x4T"), "{out}");
     assert!(!out.contains("furNHtAQnqxQN2FmkLzf8x4T") && !err.contains("furNHtAQnqxQN2FmkLzf8x4T"));
-    assert!(out.contains("# OK: 1 subscriptions on 1 sockets"), "{out}");
+    assert!(out.contains("# OK: 1 subscription on 1 socket;"), "{out}");
     // Everything, the sink included, as TOML that loads again; secrets redacted.
     assert!(out.contains("[sink]\nkind = \"mqtt\""), "{out}");
     assert!(out.contains("password = \"<redacted>\""), "{out}");
@@ -122,8 +122,23 @@ fn the_example_configs_are_valid() {
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
         let original = std::fs::read_to_string(&path).unwrap();
+        // The commented example accounts must be valid once uncommented, as an operator would.
+        let mut in_example = false;
+        let uncommented: String = original
+            .lines()
+            .map(|line| {
+                if line.starts_with("# --- example accounts") {
+                    in_example = true;
+                } else if line.starts_with("# --- end of example accounts") {
+                    in_example = false;
+                } else if in_example {
+                    return line.strip_prefix("# ").unwrap_or(line).to_owned() + "\n";
+                }
+                line.to_owned() + "\n"
+            })
+            .collect();
         // Point the examples' secrets and account files at real files.
-        let patched = original
+        let patched = uncommented
             .replace(
                 "/run/secrets/voxsig-contact-42",
                 &token.display().to_string(),
@@ -238,7 +253,7 @@ async fn tail_prints_matching_events_live() {
         .args(["tail", "--event", "message.*", "-c"])
         .arg(&path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     sim.wait_for_subscriptions(1, Duration::from_secs(20))
@@ -258,9 +273,19 @@ async fn tail_prints_matching_events_live() {
         .await
         .unwrap()
         .unwrap();
-    let (out, _) = text(&o);
+    let (out, err) = text(&o);
     assert!(o.status.success());
     assert!(out.lines().count() > 5, "{out}");
+    // The sink it runs is `tail`, whatever the config says; durations read plainly.
+    let started = err
+        .lines()
+        .find(|l| l.contains("bridge started"))
+        .unwrap_or("");
+    assert!(
+        started.contains("tail") && !started.contains("stdout"),
+        "{err}"
+    );
+    assert!(!err.contains("Some("), "{err}");
     assert!(
         out.lines()
             .all(|l| l.contains(" voxsig/1/message.created key=1/")),
@@ -302,4 +327,62 @@ fn demo_runs_the_whole_job_with_no_config() {
         "{delivered} records in 4 s at 50 events/s\n{err}"
     );
     assert!(err.contains(" 0 undelivered"), "{err}");
+    // Issue 12: no ERROR lines from the embedded broker's readiness probe, and no control
+    // sequences when stderr is not a terminal.
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
+}
+
+/// Issue 12, item 6: what a newcomer following the README met.
+#[test]
+fn newcomers_get_plain_configs_and_messages() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        "[[accounts]]\naccount_id = 3\npubsub_token = \"contactTok3n\"\n",
+    )
+    .unwrap();
+    // Uncommenting the example's accounts_file line (and nothing else) gives a valid config.
+    let example = std::fs::read_to_string(root.join("voxsig-bridge.toml")).unwrap();
+    let commented = "# accounts_file = \"/etc/voxsig-bridge/accounts.toml\"";
+    assert!(example.contains(commented));
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        example.replace(
+            commented,
+            &format!("accounts_file = \"{}\"", accounts.display()),
+        ),
+    )
+    .unwrap();
+    let o = bridge().args(["check", "-c"]).arg(&path).output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("# OK: 1 subscription on 1 socket;"), "{out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("accounts_file")),
+        "the file's accounts are listed, not the file as well:\n{out}"
+    );
+    // No [sink]: said so.
+    let path = dir.path().join("nosink.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "accounts_file = \"{}\"\n[source]\nurl = \"ws://127.0.0.1:9/cable\"\n",
+            accounts.display()
+        ),
+    )
+    .unwrap();
+    let o = bridge().args(["check", "-c"]).arg(&path).output().unwrap();
+    let (out, _) = text(&o);
+    assert!(out.contains("no [sink]") && out.contains("stdout"), "{out}");
+    // A TOML syntax error is one line, with no excerpt of the file.
+    std::fs::write(&path, "[source]\nurl = ws://x\n").unwrap();
+    let o = bridge().args(["check", "-c"]).arg(&path).output().unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("line 2") && err.contains("(in "), "{err}");
 }

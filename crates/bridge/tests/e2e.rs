@@ -183,6 +183,37 @@ async fn silence_is_detected_as_stale_and_flow_resumes() {
     rig.stop().await;
 }
 
+/// Issue 12: the platform echoes `presence.update` for every subscription on every
+/// `update_presence`; those echoes must not hide a dead heartbeat (only pings prove life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_echoes_do_not_hide_a_dead_heartbeat() {
+    let sim = sim(world(1, 3, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(
+        sim,
+        TokenSelection::Users,
+        "[source]\npresence_interval = \"1s\"\n",
+        "",
+    )
+    .await;
+    rig.confirmed(3).await;
+    let echoes = || {
+        rig.metric(
+            "voxsig_bridge_events_received_total",
+            &[("event", "presence.update")],
+        )
+    };
+    let before = echoes();
+    rig.sim.faults().stop_pings();
+    eventually("a stale detection despite presence echoes", WAIT, || {
+        rig.metric("voxsig_bridge_stale_connections_total", &[]) >= 1.0
+    })
+    .await;
+    assert!(echoes() > before, "presence echoes kept arriving");
+    rig.sim.faults().resume_pings();
+    rig.confirmed(3).await;
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_mid_stream_are_counted_and_skipped() {
     let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
@@ -377,6 +408,88 @@ async fn shutdown_with_the_broker_away_and_the_buffer_full_ends_within_the_deadl
         ) >= 1.0
     );
     rig.sim.shutdown().await;
+}
+
+/// Issue 12: a real token subscribed with a wrong `account_id`. The platform attaches the stream
+/// before it raises, so its events flow on an identifier that is never confirmed. The bridge
+/// keeps it (no unsubscribe at the confirm timeout, no on/off), publishes every event once, shows
+/// it as `unconfirmed_streaming` and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_account_id_that_streams_is_kept_and_marked_unconfirmed_streaming() {
+    let sim = sim(
+        world(2, 1, 1, 0),
+        SimConfig {
+            stream_before_auth: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let world = sim.world();
+    let user = world.users[0].clone();
+    let wrong_account = if user.accounts.contains(&1) { 2 } else { 1 };
+    let right_account = 3 - wrong_account;
+    let wrong = format!(
+        "[[accounts]]\naccount_id = {wrong_account}\nuser_id = {}\npubsub_token = \"{}\"\n",
+        user.id, user.pubsub_token
+    );
+    let rig = rig_on(sim, TokenSelection::Contacts, "", &wrong).await;
+    rig.confirmed(2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let run = rig
+        .sim
+        .run(RunSpec {
+            selection: Selection {
+                accounts: vec![right_account],
+                ..Selection::all()
+            },
+            rate: Rate::Total(40.0),
+            duration: Duration::from_secs(4),
+            max_events: Some(160),
+        })
+        .unwrap();
+    run.wait().await.unwrap();
+    rig.assert_exactly_once(WAIT).await;
+    let truth = rig.sim.ground_truth();
+    let broadcasts: Vec<_> = truth
+        .broadcasts()
+        .filter(|e| e.account_id == right_account && e.event != "presence.update")
+        .collect();
+    let to_wrong = broadcasts
+        .iter()
+        .filter(|e| e.deliveries.iter().any(|d| d.token == user.pubsub_token))
+        .count();
+    assert!(broadcasts.len() >= 100, "{}", broadcasts.len());
+    assert_eq!(
+        to_wrong,
+        broadcasts.len(),
+        "the stream stays attached: every event of the user's account reaches it"
+    );
+    assert_eq!(
+        rig.metric(
+            "voxsig_bridge_subscription_failures_total",
+            &[("cause", "unanswered")]
+        ),
+        0.0,
+        "never unsubscribed as unanswered"
+    );
+    assert_eq!(
+        rig.metric(
+            "voxsig_bridge_subscriptions_unconfirmed_streaming_total",
+            &[]
+        ),
+        1.0
+    );
+    let snapshot = rig.bridge().status().snapshot();
+    let state = snapshot
+        .subscriptions
+        .iter()
+        .find(|s| s.account_id == wrong_account && s.user_id == Some(user.id))
+        .map(|s| s.state);
+    assert_eq!(
+        state,
+        Some(voxsig_bridge::status::SubState::UnconfirmedStreaming)
+    );
+    rig.stop().await;
 }
 
 /// `payload = "cloudevents"` with a sink without headers (here stdout's mode, structured): every

@@ -110,13 +110,13 @@ pub enum FrameError {
     /// A broadcast without `message.data`.
     #[error("broadcast `{event}` has no `message.data`")]
     MissingData {
-        /// The event name.
+        /// The event name, as [`quote_untrusted`] shows it (short, escaped).
         event: String,
     },
     /// A broadcast whose `data` is not an object.
     #[error("broadcast `{event}` has a `data` that is not an object")]
     DataNotObject {
-        /// The event name.
+        /// The event name, as [`quote_untrusted`] shows it (short, escaped).
         event: String,
     },
     /// The identifier of a frame is not an identifier (not JSON, or fields missing).
@@ -125,6 +125,28 @@ pub enum FrameError {
     /// A frame for an identifier this client never subscribed.
     #[error("frame for an identifier that is not subscribed on this connection")]
     UnknownIdentifier,
+}
+
+/// How much of an event name an error message quotes.
+pub const QUOTED_NAME_CHARS: usize = 64;
+
+/// What a message may show of untrusted text (an event name, a server's reason): at most
+/// `max_chars` characters, control characters escaped (`\u{1b}`, `\n`), a cut marked with
+/// `…(N bytes)`. A 1 MB name or an `ESC[2J` cannot flood or forge a log line through it.
+pub fn quote_untrusted(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars) + 16);
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push_str(&format!("…({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl FrameError {
@@ -312,12 +334,12 @@ impl<'a> ServerFrame<'a> {
         let name = message.event.ok_or(FrameError::MissingEvent)?.decode();
         let Some((data, probe)) = message.data else {
             return Err(FrameError::MissingData {
-                event: name.into_owned(),
+                event: quote_untrusted(&name, QUOTED_NAME_CHARS),
             });
         };
         let Some(probe) = probe else {
             return Err(FrameError::DataNotObject {
-                event: name.into_owned(),
+                event: quote_untrusted(&name, QUOTED_NAME_CHARS),
             });
         };
         let kind = EventKind::from_name(&name);

@@ -18,7 +18,7 @@ pub mod token;
 
 pub use catalogue::EventKind;
 pub use command::Command;
-pub use frame::{EventRef, FrameError, ServerFrame};
+pub use frame::{quote_untrusted, EventRef, FrameError, ServerFrame};
 pub use identifier::{IdentifierError, IdentifierKey, RoomIdentifier};
 pub use scan::{JsonError, JsonErrorReason, RawStr};
 pub use session::{Delivery, Happening, Session, SessionConfig, SubscriptionId};

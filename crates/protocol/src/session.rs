@@ -13,9 +13,19 @@
 //!   nor reject arrives. A subscription unconfirmed after `confirm_timeout` is reported, then
 //!   unsubscribed (so the server forgets it) and retried after a back-off.
 //! - A rejected subscription is retried on a longer back-off; it never disturbs the others.
+//! - A subscription whose events arrive although it was never confirmed is *streaming
+//!   unconfirmed*: the platform (Chatwoot's `RoomChannel`) attaches the stream before it looks
+//!   the account up, so a real token with a wrong `account_id` delivers events but is never
+//!   confirmed. At the confirm timeout such a subscription is kept as it is (no unsubscribe, no
+//!   retry, no presence: the server holds no subscription to answer one) and reported once per
+//!   connection ([`Happening::StreamingUnconfirmed`]), instead of flapping between unsubscribe
+//!   and retry. A late confirm still confirms it.
 //! - `update_presence` goes only to confirmed subscriptions (one sent before the confirm may be
 //!   processed before the subscription exists), right after the confirm and every interval after.
-//! - Silence (no frame at all) for longer than `stale_after` closes the session as stale.
+//! - No `welcome` or `ping` for longer than `stale_after` closes the session as stale. Like the
+//!   official ActionCable client, only pings prove the server alive: other frames do not (the
+//!   platform echoes `presence.update` for every subscription, which would hide a dead
+//!   heartbeat).
 //! - `disconnect` closes it; `reconnect: false` is reported so the caller can back off long.
 
 use crate::backoff::{Backoff, Jitter, Rng};
@@ -88,6 +98,12 @@ pub enum SubscriptionState {
         /// When the next `update_presence` is due.
         next_presence: Instant,
     },
+    /// Never confirmed within `confirm_timeout`, yet its events arrive (see the module docs);
+    /// kept, without presence.
+    StreamingUnconfirmed {
+        /// When `subscribe` was sent.
+        since: Instant,
+    },
     /// Refused or unanswered; `subscribe` is sent again at `retry_at`.
     Retrying {
         /// When it will be retried.
@@ -120,7 +136,7 @@ pub enum ConnectionState {
 /// Why a session closed itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
-    /// No frame for longer than `stale_after`.
+    /// No `welcome` or `ping` for longer than `stale_after`.
     Stale,
     /// The server sent `disconnect`.
     Disconnected {
@@ -168,6 +184,12 @@ pub enum Happening {
         /// Delay before the retry.
         retry_in: Duration,
     },
+    /// Events arrive on a subscription that was never confirmed (likely a wrong `account_id` or
+    /// `user_id` for a real token); it is kept as it is.
+    StreamingUnconfirmed {
+        /// The subscription.
+        sub: SubscriptionId,
+    },
     /// `update_presence` was sent on a subscription.
     PresenceSent {
         /// The subscription.
@@ -201,6 +223,8 @@ struct Subscription {
     state: SubscriptionState,
     /// Consecutive failed attempts (reset by a confirm).
     failures: u32,
+    /// An event arrived while it was pending (reset by each `subscribe`).
+    streamed: bool,
 }
 
 /// One ActionCable connection's protocol state. See the module docs.
@@ -212,6 +236,8 @@ pub struct Session {
     by_key: HashMap<IdentifierKey, SubscriptionId>,
     last_frame_at: Instant,
     last_ping_at: Option<Instant>,
+    /// When the server last proved alive: the socket opened, `welcome`, `ping`.
+    alive_at: Instant,
     transmit: VecDeque<String>,
     happenings: VecDeque<Happening>,
     rng: Rng,
@@ -229,6 +255,7 @@ impl Session {
             by_key: HashMap::new(),
             last_frame_at: now,
             last_ping_at: None,
+            alive_at: now,
             transmit: VecDeque::new(),
             happenings: VecDeque::new(),
             rng,
@@ -250,6 +277,7 @@ impl Session {
         self.by_escaped.insert(identifier.escaped().to_owned(), id);
         self.by_key.insert(identifier.key().clone(), id);
         self.subs.push(Some(Subscription {
+            streamed: false,
             identifier,
             state: SubscriptionState::Waiting,
             failures: 0,
@@ -282,6 +310,7 @@ impl Session {
         self.state = ConnectionState::AwaitingWelcome;
         self.last_frame_at = now;
         self.last_ping_at = None;
+        self.alive_at = now;
         self.transmit.clear();
         for sub in self.subs.iter_mut().flatten() {
             if !matches!(sub.state, SubscriptionState::Retrying { .. }) {
@@ -345,10 +374,15 @@ impl Session {
         match ServerFrame::parse(text)? {
             ServerFrame::Event(event) => {
                 let sub = self.lookup(&event.identifier)?;
+                self.on_event(sub);
                 return Ok(Some(Delivery { sub, event }));
             }
-            ServerFrame::Welcome => self.on_welcome(now),
+            ServerFrame::Welcome => {
+                self.alive_at = now;
+                self.on_welcome(now);
+            }
             ServerFrame::Ping { unix_time } => {
+                self.alive_at = now;
                 self.last_ping_at = Some(now);
                 self.happenings.push_back(Happening::Ping { unix_time });
             }
@@ -375,7 +409,7 @@ impl Session {
         Ok(None)
     }
 
-    /// Feeds a received binary frame: counted as liveness, refused as content.
+    /// Feeds a received binary frame: refused (and no proof of life).
     pub fn handle_binary(&mut self, len: usize, now: Instant) -> FrameError {
         self.last_frame_at = now;
         FrameError::Binary { len }
@@ -386,7 +420,7 @@ impl Session {
         if matches!(self.state, ConnectionState::Closed(_)) {
             return;
         }
-        if now.saturating_duration_since(self.last_frame_at) > self.config.stale_after {
+        if now.saturating_duration_since(self.alive_at) > self.config.stale_after {
             self.close(CloseReason::Stale);
             return;
         }
@@ -399,6 +433,17 @@ impl Session {
                 continue;
             };
             match state {
+                SubscriptionState::Pending { since }
+                    if now.saturating_duration_since(since) >= self.config.confirm_timeout
+                        && self.entry(sub).is_some_and(|s| s.streamed) =>
+                {
+                    // Never confirmed, yet events arrive: keep it (see the module docs).
+                    if let Some(entry) = self.entry_mut(sub) {
+                        entry.state = SubscriptionState::StreamingUnconfirmed { since };
+                    }
+                    self.happenings
+                        .push_back(Happening::StreamingUnconfirmed { sub });
+                }
                 SubscriptionState::Pending { since }
                     if now.saturating_duration_since(since) >= self.config.confirm_timeout =>
                 {
@@ -436,12 +481,12 @@ impl Session {
             return None;
         }
         // Strictly after the threshold, so the stale check fires on this very call.
-        let stale = self.last_frame_at + self.config.stale_after + Duration::from_millis(1);
+        let stale = self.alive_at + self.config.stale_after + Duration::from_millis(1);
         if self.state != ConnectionState::Open {
             return Some(stale);
         }
         let due = self.subs.iter().flatten().filter_map(|s| match s.state {
-            SubscriptionState::Waiting => None,
+            SubscriptionState::Waiting | SubscriptionState::StreamingUnconfirmed { .. } => None,
             SubscriptionState::Pending { since } => Some(since + self.config.confirm_timeout),
             SubscriptionState::Confirmed { next_presence, .. } => Some(next_presence),
             SubscriptionState::Retrying { retry_at, .. } => Some(retry_at),
@@ -497,13 +542,25 @@ impl Session {
         }
     }
 
+    /// An event on `sub`: noted when it is still pending (the confirm may be in flight; at the
+    /// confirm timeout such a subscription is streaming unconfirmed, not unanswered).
+    fn on_event(&mut self, sub: SubscriptionId) {
+        if let Some(entry) = self.entry_mut(sub) {
+            if matches!(entry.state, SubscriptionState::Pending { .. }) {
+                entry.streamed = true;
+            }
+        }
+    }
+
     fn on_confirm(&mut self, sub: SubscriptionId, now: Instant) {
         let Some(entry) = self.entry_mut(sub) else {
             return;
         };
         // A confirm that arrives after we gave up (and unsubscribed) is stale news: ignore it.
-        let SubscriptionState::Pending { since } = entry.state else {
-            return;
+        let since = match entry.state {
+            SubscriptionState::Pending { since } => since,
+            SubscriptionState::StreamingUnconfirmed { since } => since,
+            _ => return,
         };
         entry.failures = 0;
         self.happenings.push_back(Happening::Confirmed {
@@ -516,7 +573,9 @@ impl Session {
     fn on_reject(&mut self, sub: SubscriptionId, now: Instant) {
         if !matches!(
             self.entry(sub).map(|s| s.state),
-            Some(SubscriptionState::Pending { .. })
+            Some(
+                SubscriptionState::Pending { .. } | SubscriptionState::StreamingUnconfirmed { .. }
+            )
         ) {
             return;
         }
@@ -554,6 +613,7 @@ impl Session {
             return;
         };
         entry.state = SubscriptionState::Pending { since: now };
+        entry.streamed = false;
         let attempt = entry.failures;
         let frame = Command::Subscribe(&entry.identifier).encode();
         self.transmit.push_back(frame);

@@ -312,7 +312,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             Some(sim.run(spec)?)
         }
-        None => None,
+        None => {
+            println!(
+                "no --rate: no events are generated (add e.g. --rate 20, or emit through the admin API)"
+            );
+            None
+        }
     };
     tokio::signal::ctrl_c()
         .await

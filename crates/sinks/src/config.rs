@@ -139,11 +139,21 @@ impl SinkConfig {
     }
 
     /// Checks a rendered topic against this sink's rules: Kafka's (`[a-zA-Z0-9._-]`, at most 249)
-    /// or MQTT's (no `+`, `#`, NUL; at most 65,535 bytes) for the others.
+    /// or MQTT's (no `+`, `#`, control characters or non-characters; at most 65,535 bytes) for
+    /// the others.
     pub fn check_topic(&self, topic: &str) -> Result<(), TopicError> {
         match self {
             SinkConfig::Kafka(_) => check_kafka_topic(topic),
             _ => check_mqtt_topic(topic),
+        }
+    }
+
+    /// The characters a template value may hold in this sink's topics (what the router
+    /// sanitises values to).
+    pub fn value_charset(&self) -> crate::topic::Charset {
+        match self {
+            SinkConfig::Kafka(_) => crate::topic::Charset::Kafka,
+            _ => crate::topic::Charset::MqttLevel,
         }
     }
 
@@ -214,7 +224,7 @@ mod tests {
         let err = SinkConfig::Mqtt(c).build("t").err().unwrap().to_string();
         assert_eq!(
             err,
-            "sink.password: environment variable VOXSIG_SINKS_TEST_NO_SUCH_VAR is not set (or not UTF-8)"
+            "sink.password: the environment variable named by `env` is not set (or not UTF-8)"
         );
     }
 }

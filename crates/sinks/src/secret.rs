@@ -91,14 +91,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A secret could not be read. Names the variable or file, never the value.
+/// A secret could not be read. The message names neither the variable nor the file (either
+/// may be a secret pasted into the wrong key); the caller names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The environment variable is unset or not UTF-8.
-    #[error("environment variable {0} is not set (or not UTF-8)")]
+    #[error("the environment variable named by `env` is not set (or not UTF-8)")]
     MissingEnv(String),
     /// The file could not be read.
-    #[error("cannot read secret file {path}: {source}")]
+    #[error("cannot read the file named by `file`: {}", .source.kind())]
     File {
         /// The file.
         path: PathBuf,
@@ -186,7 +187,8 @@ mod tests {
         assert!(!format!("{:?}", inline.resolve().unwrap()).contains("hunter2"));
         let env = parse(r#"{"password":{"env":"VOXSIG_TEST_UNSET_VAR"}}"#).unwrap();
         let err = env.resolve().unwrap_err().to_string();
-        assert!(err.contains("VOXSIG_TEST_UNSET_VAR"), "{err}");
+        assert!(err.contains("not set"), "{err}");
+        assert!(!err.contains("VOXSIG_TEST_UNSET_VAR"), "{err}");
         assert!(parse(r#"{"password":{"env":"A","file":"b"}}"#).is_err());
     }
 

@@ -1,7 +1,9 @@
 //! Metrics and log lines of the sinks, in one place.
 //!
 //! Every happening is one typed event struct that owns its log line and its counters; code calls
-//! [`emit`] with it and never pairs a `tracing` macro with a counter by hand. Metrics live in a
+//! [`emit`] with it and never pairs a `tracing` macro with a counter by hand. Per-record and
+//! per-frame problems are logged through a [`LogLimiter`] (the bridge's frame errors use the same
+//! one): counted always, at most [`LOG_BURST`] lines per kind per [`LOG_INTERVAL`]. Metrics live in a
 //! [`prometheus::Registry`] passed in by the caller (no global registry).
 //!
 //! | metric | type | labels |
@@ -11,19 +13,93 @@
 //! | `voxsig_bridge_sink_redeliveries_total` | counter | `sink` |
 //! | `voxsig_bridge_sink_connected` | gauge (0/1) | `sink` |
 //! | `voxsig_bridge_sink_connection_errors_total` | counter | `sink`, `kind` |
+//! | `voxsig_bridge_sink_reconnect_attempts_total` | counter | `sink` |
 //! | `voxsig_bridge_sink_publish_latency_seconds` | histogram | `sink` |
 //! | `voxsig_bridge_buffer_records_dropped_total` | counter | `reason`, `event` |
 //! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
 //! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — |
 
+use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+/// Lines logged per kind of per-frame problem per [`LOG_INTERVAL`].
+pub const LOG_BURST: u32 = 5;
+/// The interval of [`LOG_BURST`].
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the limiter says about one occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVerdict {
+    /// Log it; `suppressed` occurrences of this kind went unlogged since the last line.
+    Log {
+        /// Occurrences counted but not logged before this one.
+        suppressed: u64,
+        /// This is the last line before suppression starts.
+        last_before_suppression: bool,
+    },
+    /// Count it only.
+    Suppress,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Rate-limits log lines by kind: at most `burst` per `interval` each (sans-I/O: fed the time).
+#[derive(Debug)]
+pub struct LogLimiter {
+    burst: u32,
+    interval: Duration,
+    windows: Mutex<HashMap<&'static str, Window>>,
+}
+
+impl LogLimiter {
+    /// A limiter letting `burst` lines per kind through per `interval`.
+    pub fn new(burst: u32, interval: Duration) -> Self {
+        LogLimiter {
+            burst: burst.max(1),
+            interval,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One occurrence of `kind` at `now`.
+    pub fn check(&self, kind: &'static str, now: Instant) -> LogVerdict {
+        let Ok(mut windows) = self.windows.lock() else {
+            return LogVerdict::Suppress;
+        };
+        let window = windows.entry(kind).or_insert(Window {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.saturating_duration_since(window.start) >= self.interval {
+            window.start = now;
+            window.logged = 0;
+        }
+        if window.logged < self.burst {
+            window.logged += 1;
+            let suppressed = std::mem::take(&mut window.suppressed);
+            LogVerdict::Log {
+                suppressed,
+                last_before_suppression: window.logged == self.burst,
+            }
+        } else {
+            window.suppressed += 1;
+            LogVerdict::Suppress
+        }
+    }
+}
 
 /// The sinks' metrics, registered in a caller-supplied registry. Cheap to clone.
 #[derive(Clone)]
@@ -43,12 +119,14 @@ struct Metrics {
     redelivered: IntCounterVec,
     connected: IntGaugeVec,
     connection_errors: IntCounterVec,
+    reconnect_attempts: IntCounterVec,
     latency: HistogramVec,
     dropped: IntCounterVec,
     buffer_events: IntGauge,
     buffer_bytes: IntGauge,
     capacity_events: IntGauge,
     capacity_bytes: IntGauge,
+    limiter: LogLimiter,
 }
 
 impl SinkMetrics {
@@ -105,6 +183,11 @@ impl SinkMetrics {
                 "Failed connections or lost connections to the broker, by kind",
                 &["sink", "kind"],
             )?,
+            reconnect_attempts: counter(
+                "voxsig_bridge_sink_reconnect_attempts_total",
+                "Reconnect attempts the sink scheduled after a failed or lost connection",
+                &["sink"],
+            )?,
             latency,
             dropped: counter(
                 "voxsig_bridge_buffer_records_dropped_total",
@@ -127,6 +210,7 @@ impl SinkMetrics {
                 "voxsig_bridge_buffer_capacity_bytes",
                 "Maximum bytes the buffer holds",
             )?,
+            limiter: LogLimiter::new(LOG_BURST, LOG_INTERVAL),
         };
         Ok(SinkMetrics {
             inner: Arc::new(inner),
@@ -250,8 +334,14 @@ pub(crate) struct PublishFailed<'a> {
 impl InternalEvent for PublishFailed<'_> {
     fn emit(self, m: &SinkMetrics) {
         if self.permanent {
-            tracing::warn!(sink = self.sink, event = self.event_label, reason = self.reason,
-                topic = self.topic, error = %self.error, "record rejected; it cannot be delivered");
+            // One per record: rate-limited per reason (a flood of oversize events is a counter).
+            if let LogVerdict::Log { suppressed, .. } =
+                m.inner.limiter.check(self.reason, Instant::now())
+            {
+                tracing::warn!(sink = self.sink, event = self.event_label, reason = self.reason,
+                    topic = self.topic, error = %self.error, suppressed,
+                    "record rejected; it cannot be delivered");
+            }
         } else {
             tracing::debug!(sink = self.sink, event = self.event_label, reason = self.reason,
                 topic = self.topic, error = %self.error, "publish failed; retrying");
@@ -329,6 +419,12 @@ impl InternalEvent for ConnectionFailed<'_> {
             .connection_errors
             .with_label_values(&[self.sink, self.kind])
             .inc();
+        if self.retry_in.is_some() {
+            m.inner
+                .reconnect_attempts
+                .with_label_values(&[self.sink])
+                .inc();
+        }
     }
 }
 
@@ -435,6 +531,34 @@ fn saturating_i64(n: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limiter_lets_a_burst_through_per_interval_and_reports_the_rest() {
+        let limiter = LogLimiter::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let log = |suppressed, last| LogVerdict::Log {
+            suppressed,
+            last_before_suppression: last,
+        };
+        let table = [
+            ("a", 0, log(0, false)),
+            ("a", 1, log(0, false)),
+            ("b", 2, log(0, false)),
+            ("a", 3, log(0, true)),
+            ("a", 4, LogVerdict::Suppress),
+            ("a", 9_999, LogVerdict::Suppress),
+            ("b", 9_999, log(0, false)),
+            ("a", 10_000, log(2, false)),
+            ("a", 10_001, log(0, false)),
+            ("a", 10_002, log(0, true)),
+            ("a", 10_003, LogVerdict::Suppress),
+            ("a", 60_000, log(1, false)),
+        ];
+        for (i, (kind, ms, want)) in table.into_iter().enumerate() {
+            assert_eq!(limiter.check(kind, at(ms)), want, "row {i}");
+        }
+    }
 
     #[test]
     fn names_follow_conventions_and_registries_are_independent() {

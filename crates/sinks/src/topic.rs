@@ -1,4 +1,15 @@
-//! Topic rules of MQTT and Kafka, checked at configuration time and again at publish time.
+//! Topic rules of MQTT and Kafka: the one definition of which characters a topic may hold.
+//!
+//! The router sanitises every template value with [`Charset::sanitise`] and the sinks check
+//! whole topics with [`check_mqtt_topic`] / [`check_kafka_topic`]; both ask the same character
+//! predicates ([`mqtt_topic_char`], [`kafka_topic_char`]), so a value the router lets through is
+//! one the sink accepts.
+//!
+//! MQTT (3.1.1 §1.5.3, §4.7.3): topic names are valid UTF-8 without NUL, and should hold no
+//! control characters (U+0001..U+001F, U+007F..U+009F) nor Unicode non-characters (U+FDD0..U+FDEF,
+//! U+xFFFE, U+xFFFF); Mosquitto closes the connection of a client publishing to such a topic. `+`
+//! and `#` are wildcards (filters only), `/` separates levels and a leading `$` is the broker's.
+//! Kafka: `[a-zA-Z0-9._-]`, at most 249 characters, not `.` or `..`.
 
 /// Why a topic is not acceptable to a broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,14 +25,15 @@ pub enum TopicError {
         /// The limit.
         max: usize,
     },
-    /// An MQTT topic name holds a wildcard (`+`, `#`) or NUL.
-    #[error("MQTT topic names may not contain {0:?} (wildcards and NUL are for filters only)")]
+    /// An MQTT topic name holds a wildcard (`+`, `#`), NUL, a control character or a Unicode
+    /// non-character.
+    #[error("MQTT topic names may not contain {} (wildcards, NUL, control characters and Unicode non-characters)", .0.escape_default())]
     MqttForbiddenChar(char),
     /// An MQTT topic starting with `$` is reserved for the broker (`$SYS/...`).
     #[error("MQTT topics starting with '$' are reserved for the broker")]
     MqttReserved,
     /// A Kafka topic holds a character outside `[a-zA-Z0-9._-]`.
-    #[error("Kafka topics may only contain [a-zA-Z0-9._-], found {0:?}")]
+    #[error("Kafka topics may only contain [a-zA-Z0-9._-], found {}", .0.escape_default())]
     KafkaForbiddenChar(char),
     /// `.` and `..` are not valid Kafka topics.
     #[error("'.' and '..' are not valid Kafka topics")]
@@ -33,8 +45,94 @@ pub const MQTT_TOPIC_MAX_BYTES: usize = 65_535;
 /// The longest Kafka topic name.
 pub const KAFKA_TOPIC_MAX_CHARS: usize = 249;
 
-/// Checks an MQTT topic name (not a filter): non-empty, at most 65,535 bytes, no `+`, `#` or NUL,
-/// not starting with `$`.
+/// The longest value a template variable renders to in an MQTT topic, in bytes (longer values,
+/// e.g. a hostile 1 MB event name, are cut so the topic stays within the protocol's limit).
+pub const MQTT_VALUE_MAX_BYTES: usize = 1024;
+/// The longest value a template variable renders to in a Kafka topic.
+pub const KAFKA_VALUE_MAX_CHARS: usize = 200;
+
+/// Whether `c` may appear in any MQTT UTF-8 string (topic names, MQTT 5 user properties): not a
+/// control character (NUL, U+0001..U+001F, U+007F..U+009F) nor a Unicode non-character.
+pub fn mqtt_text_char(c: char) -> bool {
+    !(c.is_control() || is_noncharacter(c))
+}
+
+/// Whether `c` may appear in an MQTT topic name: an [`mqtt_text_char`] other than `+` and `#`.
+pub fn mqtt_topic_char(c: char) -> bool {
+    !matches!(c, '+' | '#') && mqtt_text_char(c)
+}
+
+/// Whether `c` may appear in a Kafka topic name: `[a-zA-Z0-9._-]`.
+pub fn kafka_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Unicode non-characters: U+FDD0..=U+FDEF and the last two code points of every plane.
+fn is_noncharacter(c: char) -> bool {
+    let c = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
+}
+
+/// The characters a rendered template value may hold, by destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// One MQTT topic level: [`mqtt_topic_char`] and not `/`.
+    MqttLevel,
+    /// Kafka topic name: [`kafka_topic_char`].
+    Kafka,
+    /// Keys: anything.
+    Any,
+}
+
+impl Charset {
+    /// Whether a value may hold `c`.
+    pub fn allows(self, c: char) -> bool {
+        match self {
+            Charset::MqttLevel => c != '/' && mqtt_topic_char(c),
+            Charset::Kafka => kafka_topic_char(c),
+            Charset::Any => true,
+        }
+    }
+
+    /// Sanitises the value in `out[start..]` (just rendered into a topic at byte `start`):
+    /// every character the charset forbids becomes `_`, an empty value becomes `_`, a value
+    /// longer than [`MQTT_VALUE_MAX_BYTES`] / [`KAFKA_VALUE_MAX_CHARS`] is cut, and for MQTT a
+    /// value opening the topic does not start with `$`. The record is never dropped for its
+    /// value: its topic keeps its shape.
+    pub fn sanitise(self, out: &mut String, start: usize) {
+        let max = match self {
+            Charset::MqttLevel => MQTT_VALUE_MAX_BYTES,
+            // Kafka values are ASCII once sanitised: one byte per character.
+            Charset::Kafka => KAFKA_VALUE_MAX_CHARS,
+            Charset::Any => usize::MAX,
+        };
+        if out.len() == start {
+            out.push('_');
+            return;
+        }
+        let leading_dollar = self == Charset::MqttLevel && start == 0 && out.starts_with('$');
+        let clean = out[start..].chars().all(|c| self.allows(c));
+        if clean && !leading_dollar && out.len() - start <= max {
+            return;
+        }
+        let mut value = String::with_capacity((out.len() - start).min(max));
+        for c in out[start..].chars() {
+            let c = if self.allows(c) { c } else { '_' };
+            if value.len() + c.len_utf8() > max {
+                break;
+            }
+            value.push(c);
+        }
+        if leading_dollar {
+            value.replace_range(..1, "_");
+        }
+        out.truncate(start);
+        out.push_str(&value);
+    }
+}
+
+/// Checks an MQTT topic name (not a filter): non-empty, at most 65,535 bytes, only
+/// [`mqtt_topic_char`]s, not starting with `$`.
 pub fn check_mqtt_topic(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
@@ -48,8 +146,8 @@ pub fn check_mqtt_topic(topic: &str) -> Result<(), TopicError> {
     if topic.starts_with('$') {
         return Err(TopicError::MqttReserved);
     }
-    match topic.bytes().find(|b| matches!(b, b'+' | b'#' | 0)) {
-        Some(b) => Err(TopicError::MqttForbiddenChar(char::from(b))),
+    match topic.chars().find(|c| !mqtt_topic_char(*c)) {
+        Some(c) => Err(TopicError::MqttForbiddenChar(c)),
         None => Ok(()),
     }
 }
@@ -59,10 +157,7 @@ pub fn check_kafka_topic(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
-    if let Some(c) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = topic.chars().find(|c| !kafka_topic_char(*c)) {
         return Err(TopicError::KafkaForbiddenChar(c));
     }
     if topic.len() > KAFKA_TOPIC_MAX_CHARS {
@@ -121,6 +216,30 @@ mod tests {
             Err(TopicError::MqttForbiddenChar('\0'))
         );
         assert_eq!(check_mqtt_topic("$SYS/x"), Err(TopicError::MqttReserved));
+        for bad in [
+            '\u{1}',
+            '\n',
+            '\u{1b}',
+            '\u{1f}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{9f}',
+            '\u{fdd0}',
+            '\u{fdef}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{1fffe}',
+            '\u{10ffff}',
+        ] {
+            assert_eq!(
+                check_mqtt_topic(&format!("a/{bad}")),
+                Err(TopicError::MqttForbiddenChar(bad)),
+                "{bad:?}"
+            );
+        }
+        for good in ['\u{a0}', '\u{fdcf}', '\u{fdf0}', '\u{fffd}', '\u{1f600}'] {
+            assert!(check_mqtt_topic(&format!("a/{good}")).is_ok(), "{good:?}");
+        }
         assert!(check_mqtt_topic(&"a".repeat(65_535)).is_ok());
         assert!(matches!(
             check_mqtt_topic(&"a".repeat(65_536)),
@@ -142,6 +261,49 @@ mod tests {
         assert_eq!(check_kafka_topic(".."), Err(TopicError::KafkaDots));
         assert!(check_kafka_topic(&"a".repeat(249)).is_ok());
         assert!(check_kafka_topic(&"a".repeat(250)).is_err());
+    }
+
+    /// Every value the sanitiser lets through passes the sinks' check: one rule, two users.
+    #[test]
+    fn sanitised_values_pass_the_check() {
+        let hostile = [
+            "a/b",
+            "+",
+            "#",
+            "\0",
+            "\u{1b}[2J\nINFO forged",
+            "\u{85}",
+            "\u{fdd0}x",
+            "\u{ffff}",
+            "\u{10fffe}",
+            "$SYS",
+            "",
+            "é",
+            "..",
+            "user:logout",
+        ];
+        for value in hostile {
+            let mut mqtt = "voxsig/".to_owned();
+            mqtt.push_str(value);
+            Charset::MqttLevel.sanitise(&mut mqtt, 7);
+            assert!(check_mqtt_topic(&mqtt).is_ok(), "{mqtt:?}");
+            assert_eq!(mqtt.matches('/').count(), 1, "{mqtt:?}");
+            let mut leading = value.to_owned();
+            Charset::MqttLevel.sanitise(&mut leading, 0);
+            assert!(check_mqtt_topic(&leading).is_ok(), "{leading:?}");
+            let mut kafka = "voxsig.".to_owned();
+            kafka.push_str(value);
+            Charset::Kafka.sanitise(&mut kafka, 7);
+            assert!(check_kafka_topic(&kafka).is_ok(), "{kafka:?}");
+        }
+        let mut long = "v/".to_owned();
+        long.push_str(&"é".repeat(1_000_000));
+        Charset::MqttLevel.sanitise(&mut long, 2);
+        assert!(long.len() <= 2 + MQTT_VALUE_MAX_BYTES && check_mqtt_topic(&long).is_ok());
+        let mut long = "v.".to_owned();
+        long.push_str(&"x".repeat(1_000));
+        Charset::Kafka.sanitise(&mut long, 2);
+        assert!(check_kafka_topic(&long).is_ok());
     }
 
     #[test]

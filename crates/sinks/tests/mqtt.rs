@@ -425,9 +425,19 @@ async fn a_record_the_broker_refuses_is_rejected_and_the_rest_delivered() {
         );
         assert_eq!(refused, 1.0, "MQTT {v}: the big record is the one refused");
         if protocol == Protocol::V311 {
+            let log = broker.log();
             assert!(
-                broker.log().contains("oversize packet"),
+                log.contains("oversize packet"),
                 "mosquitto disconnected the sink for the oversize packet"
+            );
+            // Issue 12: the refused record costs one lost connection among the others, then
+            // one more sent alone, and is rejected: at most two reconnects, three connects.
+            let connects = log
+                .matches(&format!("as sink-refused-{v}-{clean_session}-{qos} "))
+                .count();
+            assert!(
+                connects <= 3,
+                "{connects} connects for one refused record (qos {qos}, clean {clean_session})"
             );
         } else {
             let errors = metric(&registry, "voxsig_bridge_sink_connection_errors_total", &[]);
@@ -601,6 +611,13 @@ async fn auth_failure_and_unreachable_broker_are_counted_without_crashing() {
             errors()
         );
         assert!(!handle.is_finished(), "the sink keeps trying");
+        // Issue 12: every retry is counted.
+        let attempts = metric(
+            &registry,
+            "voxsig_bridge_sink_reconnect_attempts_total",
+            &[("sink", "mqtt")],
+        );
+        assert!(attempts >= 2.0, "{kind}: {attempts} attempts counted");
         assert_eq!(writer.depth(), 10, "nothing accepted is dropped");
         assert_eq!(metric(&registry, "voxsig_bridge_sink_connected", &[]), 0.0);
         let report = handle.shutdown(Duration::from_millis(200)).await;

@@ -77,6 +77,10 @@ fn hostile_values_never_change_the_topic_shape() {
             "voxsig/1/user_logout",
         ),
         ("é", "voxsig/1/é", "voxsig/1/_"),
+        // Control characters and non-characters make mosquitto drop the connection.
+        ("\u{1b}[2J\n", "voxsig/1/_[2J_", "voxsig/1/__2J_"),
+        ("a\u{85}\u{9f}\u{7f}", "voxsig/1/a___", "voxsig/1/a___"),
+        ("\u{fdd0}\u{fffe}\u{10ffff}", "voxsig/1/___", "voxsig/1/___"),
     ] {
         assert_eq!(
             t.render(&ctx(event, &l), Charset::MqttLevel),

@@ -465,27 +465,46 @@ fn removing_a_subscription_unsubscribes_it() {
     assert_eq!(h.session.subscriptions().count(), 0);
 }
 
+/// Issue 12: only `welcome` and `ping` prove the server alive (as in the official ActionCable
+/// client). Presence echoes, events, binary and oversize frames arriving every second must not
+/// hide a dead heartbeat.
 #[test]
-fn oversize_and_binary_frames_are_refused_but_count_as_liveness() {
+fn only_pings_prove_the_server_alive() {
     let config = SessionConfig {
         max_frame_bytes: 1024,
         ..SessionConfig::default()
     };
     let mut h = Harness::with(config);
-    let big = format!(r#"{{"type":"welcome","pad":"{}"}}"#, "x".repeat(2000));
+    let a = user("tok-a", 1, 7);
+    h.session.add(a.clone(), h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.feed(0.1, &confirm(&a)).unwrap();
+    h.feed(1.0, r#"{"type":"ping","message":1}"#).unwrap();
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    for s in 2..=7 {
+        let s = f64::from(s);
+        assert!(h
+            .feed(s, &broadcast(a.escaped(), "presence.update"))
+            .unwrap()
+            .is_some());
+        assert!(h.feed(s + 0.1, &big).is_err());
+        let _ = h.session.handle_binary(10, h.at(s + 0.2));
+        h.tick(s + 0.3);
+    }
     assert_eq!(
-        h.feed(5.0, &big),
-        Err(FrameError::TooLarge {
-            len: big.len(),
-            max: 1024
-        })
+        h.session.state(),
+        &ConnectionState::Closed(CloseReason::Stale),
+        "6 s without a ping after the last one at 1 s"
     );
+    let mut h = Harness::new();
+    h.feed(0.0, WELCOME).unwrap();
+    h.feed(5.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(10.9);
     assert_eq!(
-        h.session.handle_binary(10, h.at(10.0)),
-        FrameError::Binary { len: 10 }
+        h.session.state(),
+        &ConnectionState::Open,
+        "a ping resets it"
     );
-    h.tick(15.0);
-    assert_eq!(h.session.state(), &ConnectionState::AwaitingWelcome);
 }
 
 #[test]
@@ -529,4 +548,76 @@ fn the_captured_rails_frames_drive_a_session() {
             ..
         })
     ));
+}
+
+/// Issue 12: a real token with a wrong `account_id` gets its events (the platform attaches the
+/// stream before it raises) but never a confirm. It is kept, reported once, never unsubscribed,
+/// and takes no presence; a subscription with neither events nor confirm is unanswered as before;
+/// an event racing ahead of its confirm changes nothing.
+#[test]
+fn events_on_an_unconfirmed_subscription_keep_it_streaming() {
+    let mut h = Harness::new();
+    let (wrong, silent, racing) = (
+        user("tok-wrong", 2, 7),
+        user("tok-silent", 1, 8),
+        user("tok-race", 1, 9),
+    );
+    let w = h.session.add(wrong.clone(), h.at(0.0));
+    let s = h.session.add(silent.clone(), h.at(0.0));
+    let r = h.session.add(racing.clone(), h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.sent();
+    h.happened();
+    assert_eq!(
+        h.feed(0.5, &broadcast(wrong.escaped(), "message.created")),
+        Ok(Some(w))
+    );
+    assert_eq!(
+        h.feed(0.5, &broadcast(racing.escaped(), "message.created")),
+        Ok(Some(r))
+    );
+    h.feed(0.6, &confirm(&racing)).unwrap();
+    h.feed(5.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(10.0);
+    let happened = h.happened();
+    assert!(
+        happened.contains(&Happening::StreamingUnconfirmed { sub: w }),
+        "{happened:?}"
+    );
+    assert!(
+        !happened.contains(&Happening::StreamingUnconfirmed { sub: r }),
+        "{happened:?}"
+    );
+    assert!(happened
+        .iter()
+        .any(|x| matches!(x, Happening::Unanswered { sub, .. } if *sub == s)));
+    assert!(!happened
+        .iter()
+        .any(|x| matches!(x, Happening::Unanswered { sub, .. } if *sub == w)));
+    let sent = h.sent().join("\n");
+    assert!(!sent.contains("tok-wrong"), "never unsubscribed: {sent}");
+    assert!(matches!(
+        h.session.subscription_state(w),
+        Some(SubscriptionState::StreamingUnconfirmed { .. })
+    ));
+    // It keeps delivering, takes no presence and sets no timer of its own.
+    h.feed(9.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.tick(14.0);
+    assert_eq!(
+        h.feed(14.0, &broadcast(wrong.escaped(), "message.created")),
+        Ok(Some(w))
+    );
+    assert!(!h.sent().join("\n").contains("tok-wrong"));
+    assert!(
+        !h.happened()
+            .iter()
+            .any(|x| matches!(x, Happening::StreamingUnconfirmed { .. })),
+        "reported once"
+    );
+    // A late confirm still confirms it.
+    h.feed(14.5, &confirm(&wrong)).unwrap();
+    assert!(h
+        .happened()
+        .iter()
+        .any(|x| matches!(x, Happening::Confirmed { sub, .. } if *sub == w)));
 }

@@ -38,8 +38,10 @@ use std::time::{Duration, Instant};
 
 /// A record is refused by the broker when this many established connections in a row were lost
 /// while it was the first unacknowledged publish written on them, each within
-/// [`POISON_WINDOW`] of writing it.
-pub(crate) const POISON_STRIKES: u32 = 3;
+/// [`POISON_WINDOW`] of writing it. One: a refused record costs one lost connection among the
+/// others (which starts isolation) and one sent alone, never more (issue 12: each loss is a
+/// reconnect, an `offline` will and a stall for every record behind it).
+pub(crate) const POISON_STRIKES: u32 = 1;
 /// "Right after it was sent": how soon after a record was written a connection loss counts
 /// against it.
 pub(crate) const POISON_WINDOW: Duration = Duration::from_secs(5);
@@ -90,9 +92,9 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::ClosedConnection => write!(
                 f,
-                "the broker closed the connection right after this record, {POISON_STRIKES} times \
-                 in a row with nothing else in flight; a broker limit (e.g. mosquitto's \
-                 max_packet_size) or an ACL refuses it"
+                "the broker closed the connection right after this record, sent with nothing \
+                 else in flight; a broker limit (e.g. mosquitto's max_packet_size) or an ACL \
+                 refuses it"
             ),
             Rejection::ReasonCode(code) => write!(
                 f,

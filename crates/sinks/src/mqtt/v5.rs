@@ -97,9 +97,7 @@ impl PropertyRules {
 /// non-characters may make a broker close the connection (mosquitto does), so each becomes
 /// U+FFFD. Event names and ids come from the platform: anything may be in them.
 pub(crate) fn mqtt_text(value: &str) -> String {
-    let bad = |c: char| {
-        c.is_control() || matches!(c, '\u{FDD0}'..='\u{FDEF}') || (c as u32 & 0xFFFE) == 0xFFFE
-    };
+    let bad = |c: char| !crate::topic::mqtt_text_char(c);
     if value.chars().any(bad) {
         value
             .chars()
