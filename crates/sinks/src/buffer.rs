@@ -8,20 +8,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+mod books;
+mod disk;
+mod format;
+
+pub use disk::{BufferError, Fsync};
+use disk::{Disk, Recovered};
+
 use crate::telemetry::{
-    emit, BufferCreated, BufferLevel, DropReason, PublishFailed, RecordDropped, RecordsDelivered,
+    emit, BufferCreated, BufferLevel, DiskWriteFailed, DropReason, PublishFailed, RecordDropped,
+    RecordsDelivered,
 };
 use crate::{ConfigError, DrainReport, Record, SinkMetrics};
-
-/// Pushes between two updates of the fill-level gauges.
-const LEVEL_EVERY: usize = 64;
 
 /// What [`BufferWriter::push`] does when the buffer is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -47,32 +54,128 @@ impl WhenFull {
     }
 }
 
-/// Bounds of the buffer (`[buffer]` in the bridge's configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BufferConfig {
-    /// Maximum records held (queued plus in flight). Default 100,000.
-    pub max_events: usize,
-    /// Maximum bytes held, by [`Record::size_bytes`]. Default 256 MiB.
-    pub max_bytes: usize,
-    /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
-    pub when_full: WhenFull,
+/// Where the buffer keeps records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// In memory: fast, lost by a crash or a stop with records undelivered. The default.
+    #[default]
+    Memory,
+    /// Segment files in `dir`: survives crashes and restarts (see the crate README).
+    Disk,
 }
 
-impl Default for BufferConfig {
-    fn default() -> Self {
-        BufferConfig {
-            max_events: 100_000,
-            max_bytes: 256 * 1024 * 1024,
-            when_full: WhenFull::Block,
+impl BufferKind {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BufferKind::Memory => "memory",
+            BufferKind::Disk => "disk",
         }
     }
 }
 
+/// Default `max_bytes` of the memory buffer.
+pub const MEMORY_DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Default `max_events` of the memory buffer.
+pub const MEMORY_DEFAULT_MAX_EVENTS: usize = 100_000;
+/// Default `max_bytes` of the disk buffer.
+pub const DISK_DEFAULT_MAX_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The buffer's settings (`[buffer]` in the bridge's configuration). Defaults depend on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "RawBufferConfig")]
+pub struct BufferConfig {
+    /// `"memory"` (default) or `"disk"`.
+    pub kind: BufferKind,
+    /// Maximum records held (queued plus in flight). Memory: default 100,000; disk: unbounded
+    /// unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Maximum bytes held. Memory: by [`Record::size_bytes`], default 256 MiB; disk: framed
+    /// bytes on disk, default 1 GiB.
+    pub max_bytes: usize,
+    /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
+    pub when_full: WhenFull,
+    /// Disk: the directory of segments and ledger. The bridge defaults it to
+    /// `<state.dir>/buffer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Disk: `"interval"` (default), `"always"` or `"never"`.
+    pub fsync: Fsync,
+    /// Disk: the group-commit period of `fsync = "interval"`. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+/// `[buffer]` as written; [`BufferConfig`] fills in the defaults of its kind.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawBufferConfig {
+    kind: BufferKind,
+    max_events: Option<usize>,
+    max_bytes: Option<usize>,
+    when_full: WhenFull,
+    dir: Option<PathBuf>,
+    fsync: Fsync,
+    #[serde(with = "humantime_serde")]
+    fsync_interval: Duration,
+}
+
+impl Default for RawBufferConfig {
+    fn default() -> Self {
+        RawBufferConfig {
+            kind: BufferKind::Memory,
+            max_events: None,
+            max_bytes: None,
+            when_full: WhenFull::Block,
+            dir: None,
+            fsync: Fsync::Interval,
+            fsync_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl From<RawBufferConfig> for BufferConfig {
+    fn from(raw: RawBufferConfig) -> Self {
+        let (events, bytes) = match raw.kind {
+            BufferKind::Memory => (Some(MEMORY_DEFAULT_MAX_EVENTS), MEMORY_DEFAULT_MAX_BYTES),
+            BufferKind::Disk => (None, DISK_DEFAULT_MAX_BYTES),
+        };
+        BufferConfig {
+            kind: raw.kind,
+            max_events: raw.max_events.or(events),
+            max_bytes: raw.max_bytes.unwrap_or(bytes),
+            when_full: raw.when_full,
+            dir: raw.dir,
+            fsync: raw.fsync,
+            fsync_interval: raw.fsync_interval,
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        RawBufferConfig::default().into()
+    }
+}
+
 impl BufferConfig {
+    /// The defaults of the disk buffer, in `dir`.
+    pub fn disk(dir: impl Into<PathBuf>) -> Self {
+        BufferConfig {
+            dir: Some(dir.into()),
+            ..RawBufferConfig {
+                kind: BufferKind::Disk,
+                ..RawBufferConfig::default()
+            }
+            .into()
+        }
+    }
+
     /// Checks the bounds; errors name the key under `buffer.`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_events == 0 {
+        if self.max_events == Some(0) {
             return Err(ConfigError::new("buffer.max_events", "must be at least 1"));
         }
         if self.max_bytes < 1024 {
@@ -81,7 +184,29 @@ impl BufferConfig {
                 "must be at least 1024",
             ));
         }
+        if self.kind == BufferKind::Disk {
+            if self
+                .dir
+                .as_deref()
+                .is_some_and(|d| d.as_os_str().is_empty())
+            {
+                return Err(ConfigError::new("buffer.dir", "must not be empty"));
+            }
+            if self.fsync == Fsync::Interval
+                && !(Duration::from_millis(1)..=Duration::from_secs(60))
+                    .contains(&self.fsync_interval)
+            {
+                return Err(ConfigError::new(
+                    "buffer.fsync_interval",
+                    "must be between 1ms and 60s",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn max_events(&self) -> usize {
+        self.max_events.unwrap_or(usize::MAX)
     }
 }
 
@@ -90,27 +215,81 @@ impl BufferConfig {
 #[error("the sink buffer is closed")]
 pub struct BufferClosed;
 
-/// Creates a buffer: the writer goes to the bridge's router, the reader to the sink.
+/// Creates an in-memory buffer with `config`'s bounds (whatever its `kind`; [`open`] honours
+/// the kind): the writer goes to the bridge's router, the reader to the sink.
 pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, BufferReader) {
+    let config = BufferConfig {
+        kind: BufferKind::Memory,
+        ..config
+    };
+    make(config, Store::Memory, None, metrics)
+}
+
+/// Opens the buffer `config` describes: in memory, or on disk (recovering what a previous run
+/// left there: those records are handed to the sink before any new one).
+pub fn open(
+    config: BufferConfig,
+    metrics: SinkMetrics,
+) -> Result<(BufferWriter, BufferReader), BufferError> {
+    match config.kind {
+        BufferKind::Memory => Ok(buffer(config, metrics)),
+        BufferKind::Disk => {
+            let dir = config.dir.clone().ok_or(BufferError::NoDir)?;
+            let (disk, recovered) =
+                Disk::open(&dir, config.fsync, config.max_bytes, metrics.clone())?;
+            let interval = disk.interval(config.fsync_interval);
+            let pair = make(
+                config,
+                Store::Disk(Box::new(disk)),
+                Some(recovered),
+                metrics,
+            );
+            start_flusher(Arc::downgrade(&pair.0.shared), interval);
+            Ok(pair)
+        }
+    }
+}
+
+fn make(
+    config: BufferConfig,
+    store: Store,
+    recovered: Option<Recovered>,
+    metrics: SinkMetrics,
+) -> (BufferWriter, BufferReader) {
     emit(
         &metrics,
         BufferCreated {
-            max_events: config.max_events,
+            max_events: config.max_events(),
             max_bytes: config.max_bytes,
             when_full: config.when_full.as_str(),
         },
     );
+    let mut state = State {
+        store,
+        ..State::default()
+    };
+    if let Some(r) = recovered {
+        state.next_seq = r.next_seq;
+        state.held_events = r.events;
+        state.held_bytes = r.bytes;
+        for (label, n) in r.by_label {
+            *state.held_by_label.slot(label) += n;
+        }
+    }
+    let window = config.max_bytes.min(DISK_MEMORY_WINDOW);
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
+        state: Mutex::new(state),
         space: Notify::new(),
         space_waiters: AtomicUsize::new(0),
         data: Notify::new(),
         data_waiters: AtomicUsize::new(0),
         aborted_flag: AtomicBool::new(false),
         aborted: Notify::new(),
+        window,
         config,
         metrics,
     });
+    shared.level(&shared.lock());
     let reader = BufferReader {
         acker: Acker {
             shared: shared.clone(),
@@ -118,6 +297,44 @@ pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, Buff
         },
     };
     (BufferWriter { shared }, reader)
+}
+
+/// Syncs and writes the ledger every `interval` until the buffer is gone.
+fn start_flusher(shared: Weak<Shared>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("voxsig-buffer-flush".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.flush();
+        });
+    if let Err(error) = spawned {
+        // Without the flusher the ledger is written at shutdown only: more replays, no loss.
+        tracing::error!(%error, "disk buffer: cannot start the flusher thread");
+    }
+}
+
+/// The disk buffer keeps at most this many bytes of records in memory (queued for the sink);
+/// beyond it, records are written to disk only and read back when the sink gets to them.
+const DISK_MEMORY_WINDOW: usize = 8 * 1024 * 1024;
+/// Records read back from disk at once.
+const FILL_RECORDS: usize = 1024;
+const FILL_BYTES: usize = 1024 * 1024;
+/// A blocked writer retries a failed disk write after this long (or sooner when room is made).
+const DISK_RETRY: Duration = Duration::from_millis(100);
+/// Disk write failures are logged at most this often.
+const DISK_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where records are kept: the two implementations behind one buffer API.
+#[derive(Default)]
+enum Store {
+    /// Only in the queue.
+    #[default]
+    Memory,
+    /// Appended to segment files; the queue holds a window of them.
+    Disk(Box<Disk>),
 }
 
 pub(crate) struct Shared {
@@ -130,23 +347,104 @@ pub(crate) struct Shared {
     data_waiters: AtomicUsize,
     aborted_flag: AtomicBool,
     aborted: Notify,
+    /// Disk: bytes of queued records kept in memory.
+    window: usize,
     config: BufferConfig,
     metrics: SinkMetrics,
 }
 
 #[derive(Default)]
 struct State {
+    store: Store,
     queue: VecDeque<Entry>,
-    /// Records held, queued or in flight, and their bytes.
+    /// Bytes of the queued records.
+    queue_bytes: usize,
+    /// Records held, queued or in flight (or on disk), and their bytes.
     held_events: usize,
     held_bytes: usize,
     /// In-flight records by event label (for the drain report).
     in_flight_by_label: LabelCounts,
+    /// Disk: every held record by event label (most are not in memory).
+    held_by_label: LabelCounts,
     next_seq: u64,
     closed: bool,
     delivered: u64,
     rejected: u64,
     dropped: u64,
+    disk_errors: u64,
+    disk_error_logged: Option<Instant>,
+}
+
+impl State {
+    /// Whether a record can be taken now (queued, or on disk to be read back).
+    fn has_ready(&self) -> bool {
+        !self.queue.is_empty() || self.spilled() > 0
+    }
+
+    fn spilled(&self) -> u64 {
+        match &self.store {
+            Store::Memory => 0,
+            Store::Disk(disk) => disk.spilled(),
+        }
+    }
+
+    /// Takes the oldest queued record, reading more back from disk when the queue ran dry.
+    fn pop_queued(&mut self) -> Option<Entry> {
+        if self.queue.is_empty() {
+            self.fill();
+        }
+        let entry = self.queue.pop_front()?;
+        self.queue_bytes -= entry.size;
+        if self.queue.is_empty() && self.queue.capacity() > 4096 {
+            // Give a drained backlog's memory back.
+            self.queue.shrink_to_fit();
+        }
+        Some(entry)
+    }
+
+    fn fill(&mut self) {
+        let State {
+            store,
+            queue,
+            queue_bytes,
+            held_events,
+            ..
+        } = self;
+        let Store::Disk(disk) = store else {
+            return;
+        };
+        let mut lost = Vec::new();
+        disk.fill(
+            FILL_RECORDS,
+            FILL_BYTES,
+            |seq, size, record| {
+                *queue_bytes += size;
+                queue.push_back(Entry {
+                    seq,
+                    size,
+                    attempts: 0,
+                    record,
+                });
+            },
+            |seq| lost.push(seq),
+        );
+        // Unreadable on disk (reported by the disk): gone. Their bytes and labels are unknown;
+        // both levels saturate at zero as the rest drains.
+        for seq in lost {
+            disk.finish(seq);
+            *held_events = held_events.saturating_sub(1);
+        }
+    }
+
+    /// A record left the buffer for good.
+    fn finish(&mut self, seq: u64, size: usize, label: &'static str) {
+        self.held_events = self.held_events.saturating_sub(1);
+        self.held_bytes = self.held_bytes.saturating_sub(size);
+        if let Store::Disk(disk) = &mut self.store {
+            disk.finish(seq);
+            self.held_by_label.dec(label);
+        }
+    }
 }
 
 struct Entry {
@@ -204,8 +502,16 @@ impl Shared {
     }
 
     fn fits(&self, state: &State, size: usize) -> bool {
-        state.held_events < self.config.max_events
+        state.held_events < self.config.max_events()
             && state.held_bytes + size <= self.config.max_bytes
+    }
+
+    /// The bytes `record` counts against `max_bytes`: its memory, or its frame on disk.
+    fn size_of(&self, record: &Record) -> usize {
+        match self.config.kind {
+            BufferKind::Memory => record.size_bytes(),
+            BufferKind::Disk => format::framed_len(record),
+        }
     }
 
     /// Counts and reports one dropped record (the lock is released before logging).
@@ -220,12 +526,6 @@ impl Shared {
                 count: 1,
             },
         );
-    }
-
-    fn release(&self, state: &mut State, size: usize, label: &'static str) {
-        state.held_events -= 1;
-        state.held_bytes -= size;
-        state.in_flight_by_label.dec(label);
     }
 
     /// Wakes blocked writers, if any.
@@ -259,19 +559,43 @@ impl Shared {
         self.data.notify_waiters();
     }
 
+    /// Disk: syncs, writes the ledger, deletes finished segments (the slow part outside the
+    /// lock). Memory: nothing.
+    pub(crate) fn flush(&self) {
+        let work = match &mut self.lock().store {
+            Store::Memory => return,
+            Store::Disk(disk) => disk.flush_work(),
+        };
+        work.run();
+    }
+
     pub(crate) fn report(&self, deadline_hit: bool) -> DrainReport {
         let state = self.lock();
-        let mut by_event: HashMap<&'static str, u64> = state
-            .in_flight_by_label
-            .0
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .copied()
-            .collect();
-        for entry in &state.queue {
-            *by_event
-                .entry(entry.record.headers.event_label)
-                .or_default() += 1;
+        let durable = matches!(state.store, Store::Disk(_));
+        let mut by_event: HashMap<&'static str, u64> = HashMap::new();
+        if durable {
+            by_event.extend(
+                state
+                    .held_by_label
+                    .0
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .copied(),
+            );
+        } else {
+            by_event.extend(
+                state
+                    .in_flight_by_label
+                    .0
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .copied(),
+            );
+            for entry in &state.queue {
+                *by_event
+                    .entry(entry.record.headers.event_label)
+                    .or_default() += 1;
+            }
         }
         let mut undelivered_by_event: Vec<(&'static str, u64)> = by_event.into_iter().collect();
         undelivered_by_event.sort_unstable();
@@ -283,6 +607,7 @@ impl Shared {
             undelivered_bytes: state.held_bytes as u64,
             undelivered_by_event,
             deadline_hit,
+            durable,
         }
     }
 }
@@ -301,71 +626,52 @@ impl std::fmt::Debug for BufferWriter {
     }
 }
 
+/// What one attempt to place a record did.
+enum Placed {
+    Done,
+    Closed,
+    /// Full (block) or the disk refused the write (block): wait and try again.
+    Wait {
+        disk_error: bool,
+    },
+}
+
 impl BufferWriter {
     /// Accepts a record. Under `when_full = "block"` this waits while the buffer is full (this
     /// is the backpressure to the socket readers); under the drop policies it never waits and
     /// drops per policy, counted by reason. A record larger than `max_bytes` on its own is
-    /// dropped (reason `too_large`). Errors only once the buffer is closed.
+    /// dropped (reason `too_large`). Errors only once the buffer is closed. With the disk buffer,
+    /// the record is in the operating system's hands when this returns (it survives a crash of
+    /// the process); a failed disk write is handled like a full buffer (counted).
     pub async fn push(&self, record: Record) -> Result<(), BufferClosed> {
         let shared = &*self.shared;
-        let size = record.size_bytes();
-        if size > shared.config.max_bytes {
+        let size = shared.size_of(&record);
+        if size > shared.config.max_bytes
+            || (shared.config.kind == BufferKind::Disk && size > disk::MAX_FRAME)
+        {
             shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
             return Ok(());
         }
         // Fast path: room now, so no wake-up registration (which costs the waker list's lock and
         // contends with acknowledgements). Otherwise register first, then check again.
         let mut registered = false;
+        let mut record = Some(record);
         loop {
             let mut space = pin!(shared.space.notified());
             let _waiting = registered.then(|| {
                 space.as_mut().enable();
                 Waiting::on(&shared.space_waiters)
             });
-            {
-                let mut state = shared.lock();
-                if state.closed {
-                    return Err(BufferClosed);
+            match self.place(&mut record, size) {
+                Placed::Done => return Ok(()),
+                Placed::Closed => return Err(BufferClosed),
+                Placed::Wait { disk_error: true } => {
+                    // Room made by acknowledgements may not be room on the disk: retry anyway.
+                    let _ = tokio::time::timeout(DISK_RETRY, space).await;
+                    registered = true;
+                    continue;
                 }
-                let room = match shared.config.when_full {
-                    _ if shared.fits(&state, size) => true,
-                    WhenFull::Block => false,
-                    WhenFull::DropNewest => {
-                        shared.drop_one(state, DropReason::Newest, &record);
-                        return Ok(());
-                    }
-                    WhenFull::DropOldest => {
-                        if !self.drop_oldest_until_fits(&mut state, size) {
-                            // Everything held is in flight: nothing queued can make room.
-                            shared.drop_one(state, DropReason::Newest, &record);
-                            return Ok(());
-                        }
-                        true
-                    }
-                };
-                if room {
-                    // The reader only sleeps on an empty queue: wake it on the first record.
-                    let was_empty = state.queue.is_empty();
-                    let seq = state.next_seq;
-                    state.next_seq += 1;
-                    state.held_events += 1;
-                    state.held_bytes += size;
-                    state.queue.push_back(Entry {
-                        seq,
-                        size,
-                        attempts: 0,
-                        record,
-                    });
-                    if was_empty || state.held_events % LEVEL_EVERY == 0 {
-                        // The gauges follow pushes coarsely (acknowledgements set them exactly).
-                        shared.level(&state);
-                    }
-                    drop(state);
-                    if was_empty {
-                        shared.wake_reader();
-                    }
-                    return Ok(());
-                }
+                Placed::Wait { disk_error: false } => {}
             }
             if registered {
                 space.await;
@@ -374,15 +680,130 @@ impl BufferWriter {
         }
     }
 
+    /// One attempt to place the record; `record` is taken unless the answer is `Wait`.
+    fn place(&self, slot: &mut Option<Record>, size: usize) -> Placed {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.closed {
+            return Placed::Closed;
+        }
+        let Some(record) = slot.as_ref() else {
+            return Placed::Done;
+        };
+        let room = match shared.config.when_full {
+            _ if shared.fits(&state, size) => true,
+            WhenFull::Block => false,
+            WhenFull::DropNewest => {
+                shared.drop_one(state, DropReason::Newest, record);
+                *slot = None;
+                return Placed::Done;
+            }
+            WhenFull::DropOldest => {
+                if !self.drop_oldest_until_fits(&mut state, size) {
+                    // Everything held is in flight: nothing queued can make room.
+                    shared.drop_one(state, DropReason::Newest, record);
+                    *slot = None;
+                    return Placed::Done;
+                }
+                true
+            }
+        };
+        if !room {
+            return Placed::Wait { disk_error: false };
+        }
+        // The reader only sleeps when nothing is ready: wake it on the first record.
+        let was_ready = state.has_ready();
+        let seq = state.next_seq;
+        let label = record.headers.event_label;
+        let state = &mut *state;
+        let in_memory = match &mut state.store {
+            Store::Memory => true,
+            Store::Disk(disk) => {
+                let spill = disk.spilled() > 0 || state.queue_bytes + size > shared.window;
+                if let Err(error) = disk.append(seq, record, spill) {
+                    return self.disk_failed(state, slot, &error);
+                }
+                state.held_by_label.inc(label);
+                !spill
+            }
+        };
+        state.next_seq += 1;
+        state.held_events += 1;
+        state.held_bytes += size;
+        if let Some(record) = slot.take() {
+            if in_memory {
+                state.queue_bytes += size;
+                state.queue.push_back(Entry {
+                    seq,
+                    size,
+                    attempts: 0,
+                    record,
+                });
+            }
+        }
+        shared.level(state);
+        if !was_ready {
+            shared.wake_reader();
+        }
+        Placed::Done
+    }
+
+    /// The disk refused a record: `when_full` decides, counted (logged at most every 10 s).
+    fn disk_failed(
+        &self,
+        state: &mut State,
+        slot: &mut Option<Record>,
+        error: &std::io::Error,
+    ) -> Placed {
+        let shared = &*self.shared;
+        state.disk_errors += 1;
+        let now = Instant::now();
+        let log = state
+            .disk_error_logged
+            .is_none_or(|at| now.duration_since(at) >= DISK_ERROR_LOG_EVERY)
+            .then(|| {
+                state.disk_error_logged = Some(now);
+                std::mem::take(&mut state.disk_errors)
+            });
+        let dir = match &state.store {
+            Store::Disk(disk) => disk.dir().to_owned(),
+            Store::Memory => PathBuf::new(),
+        };
+        emit(
+            &shared.metrics,
+            DiskWriteFailed {
+                dir: &dir,
+                error,
+                log,
+            },
+        );
+        match shared.config.when_full {
+            WhenFull::Block => Placed::Wait { disk_error: true },
+            WhenFull::DropNewest | WhenFull::DropOldest => {
+                if let Some(record) = slot.take() {
+                    state.dropped += 1;
+                    emit(
+                        &shared.metrics,
+                        RecordDropped {
+                            reason: DropReason::DiskError,
+                            event_label: record.headers.event_label,
+                            count: 1,
+                        },
+                    );
+                }
+                Placed::Done
+            }
+        }
+    }
+
     /// Drops queued records from the front until `size` fits; false if the queue ran dry first.
     fn drop_oldest_until_fits(&self, state: &mut State, size: usize) -> bool {
         let shared = &*self.shared;
         while !shared.fits(state, size) {
-            let Some(old) = state.queue.pop_front() else {
+            let Some(old) = state.pop_queued() else {
                 return false;
             };
-            state.held_events -= 1;
-            state.held_bytes -= old.size;
+            state.finish(old.seq, old.size, old.record.headers.event_label);
             state.dropped += 1;
             emit(
                 &shared.metrics,
@@ -401,9 +822,9 @@ impl BufferWriter {
         self.shared.lock().held_events
     }
 
-    /// The `max_events` bound.
+    /// The `max_events` bound (`usize::MAX` when unbounded).
     pub fn capacity(&self) -> usize {
-        self.shared.config.max_events
+        self.shared.config.max_events()
     }
 
     /// Stops accepting records; the sink drains what is held and then stops.
@@ -444,8 +865,9 @@ impl Acker {
         let finished = {
             let mut state = self.shared.lock();
             for claim in claims {
-                self.shared
-                    .release(&mut state, claim.size, claim.record.headers.event_label);
+                let label = claim.record.headers.event_label;
+                state.in_flight_by_label.dec(label);
+                state.finish(claim.seq, claim.size, label);
             }
             state.delivered += claims.len() as u64;
             self.shared.level(&state);
@@ -466,8 +888,9 @@ impl Acker {
     pub fn reject(&self, claim: Claim) {
         let finished = {
             let mut state = self.shared.lock();
-            self.shared
-                .release(&mut state, claim.size, claim.record.headers.event_label);
+            let label = claim.record.headers.event_label;
+            state.in_flight_by_label.dec(label);
+            state.finish(claim.seq, claim.size, label);
             state.rejected += 1;
             self.shared.level(&state);
             state.closed && state.held_events == 0
@@ -484,6 +907,7 @@ impl Acker {
                 .in_flight_by_label
                 .dec(claim.record.headers.event_label);
             let at = state.queue.partition_point(|e| e.seq < claim.seq);
+            state.queue_bytes += claim.size;
             state.queue.insert(
                 at,
                 Entry {
@@ -608,7 +1032,7 @@ impl BufferReader {
             }
             {
                 let state = self.acker.shared.lock();
-                if !state.queue.is_empty() || state.closed {
+                if state.has_ready() || state.closed {
                     return;
                 }
             }
@@ -662,9 +1086,10 @@ impl BufferReader {
         self.acker.shared.lock().closed
     }
 
-    /// Records queued and not yet taken.
+    /// Records queued and not yet taken (with the disk buffer, also those on disk only).
     pub fn queued(&self) -> usize {
-        self.acker.shared.lock().queue.len()
+        let state = self.acker.shared.lock();
+        state.queue.len() + state.spilled() as usize
     }
 
     /// Whether the drain deadline passed: the sink must stop now.
@@ -724,7 +1149,11 @@ impl BufferReader {
 }
 
 fn take_front(state: &mut State) -> Option<Claim> {
-    let entry = state.queue.pop_front()?;
+    let entry = state.pop_queued()?;
+    let next_seq = state.next_seq;
+    if let Store::Disk(disk) = &mut state.store {
+        disk.ensure_synced(entry.seq, next_seq);
+    }
     state
         .in_flight_by_label
         .inc(entry.record.headers.event_label);
@@ -788,9 +1217,10 @@ mod tests {
 
     fn config(max_events: usize, when_full: WhenFull) -> BufferConfig {
         BufferConfig {
-            max_events,
+            max_events: Some(max_events),
             max_bytes: 1 << 20,
             when_full,
+            ..BufferConfig::default()
         }
     }
 
@@ -830,9 +1260,10 @@ mod tests {
     async fn drop_newest_and_too_large_are_counted() {
         let (w, r) = buffer(
             BufferConfig {
-                max_events: 1,
+                max_events: Some(1),
                 max_bytes: 1024,
                 when_full: WhenFull::DropNewest,
+                ..BufferConfig::default()
             },
             SinkMetrics::unregistered(),
         );
