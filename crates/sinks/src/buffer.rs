@@ -1310,3 +1310,339 @@ mod tests {
         assert_eq!(report.undelivered_by_event, vec![("message.created", 2)]);
     }
 }
+
+/// The disk buffer through the public API, and its files damaged on purpose.
+#[cfg(test)]
+mod disk_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::testing::record;
+
+    fn disk_config(dir: &Path) -> BufferConfig {
+        BufferConfig {
+            max_bytes: 64 * 1024 * 1024,
+            ..BufferConfig::disk(dir)
+        }
+    }
+
+    fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+            .map(|m| {
+                if m.get_counter().get_value() > 0.0 {
+                    m.get_counter().get_value() as u64
+                } else {
+                    m.get_gauge().get_value() as u64
+                }
+            })
+            .sum()
+    }
+
+    fn opened(config: &BufferConfig) -> (BufferWriter, BufferReader, prometheus::Registry) {
+        let registry = prometheus::Registry::new();
+        let metrics = SinkMetrics::register(&registry).unwrap();
+        let (w, r) = open(config.clone(), metrics).unwrap();
+        (w, r, registry)
+    }
+
+    fn numbered(n: u64) -> Record {
+        let mut r = record(&format!("t/{n}"), n);
+        r.headers.event_id = Some(format!("ev-{n}"));
+        r
+    }
+
+    fn drain(r: &mut BufferReader) -> Vec<Claim> {
+        let mut out = Vec::new();
+        while r.try_recv_many(1000, &mut out) > 0 {}
+        out
+    }
+
+    fn topics(claims: &[Claim]) -> Vec<String> {
+        claims.iter().map(|c| c.record().topic.clone()).collect()
+    }
+
+    fn expected(range: std::ops::Range<u64>) -> Vec<String> {
+        range.map(|n| format!("t/{n}")).collect()
+    }
+
+    fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn records_beyond_the_memory_window_come_back_from_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 4 * 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, registry) = opened(&config);
+        // Small window (4 MiB max_bytes caps it): ~20,000 records of ~200 B spill to disk.
+        let n = 20_000;
+        for i in 0..n {
+            w.push(numbered(i)).await.unwrap();
+        }
+        assert_eq!(w.depth(), n as usize);
+        assert_eq!(metric(&registry, "voxsig_bridge_buffer_events", None), n);
+        let claims = drain(&mut r);
+        assert_eq!(topics(&claims), expected(0..n));
+        assert_eq!(claims[7].record().headers.event_id.as_deref(), Some("ev-7"));
+        let mut claims = claims;
+        r.ack_many(&mut claims);
+        assert_eq!(w.depth(), 0);
+        assert_eq!(metric(&registry, "voxsig_bridge_buffer_bytes", None), 0);
+        r.acker.shared.flush();
+        assert!(segments(dir.path()).len() <= 2, "finished segments deleted");
+        drop((w, r));
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(w.depth(), 0);
+        assert!(
+            drain(&mut r).is_empty(),
+            "everything acknowledged: nothing replayed"
+        );
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_records_are_replayed_first_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, mut r, _) = opened(&config);
+        for i in 0..100 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let mut claims = drain(&mut r);
+        // Acknowledged out of order: 0..40 and 50..60; 40..50 in flight when the process dies.
+        let tail = claims.split_off(40);
+        let mut head = claims;
+        r.ack_many(&mut head);
+        let mut tail = tail;
+        let mut later: Vec<Claim> = tail.drain(10..20).collect();
+        r.ack_many(&mut later);
+        r.acker.shared.flush();
+        std::mem::forget(tail); // a crash: nothing handed back
+        drop((w, r));
+
+        let (w, mut r, registry) = opened(&config);
+        // The ledger keeps the acknowledged prefix (below 40): 50..60, acknowledged above a
+        // gap, come again (at-least-once: duplicates, counted as replays; never a loss).
+        assert_eq!(w.depth(), 60, "40..100");
+        w.push(numbered(1000)).await.unwrap();
+        let claims = drain(&mut r);
+        let mut want = expected(40..100);
+        want.push("t/1000".into());
+        assert_eq!(topics(&claims), want, "replay before new records, in order");
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            60
+        );
+        assert!(claims
+            .iter()
+            .all(|c| c.record().headers.event_label == "message.created"));
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_truncated_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        let seg = segments(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len(len - 5).unwrap();
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(topics(&drain(&mut r)), expected(0..9));
+        assert_eq!(w.depth(), 9);
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                Some("torn_tail")
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_the_middle_loses_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, mut r, registry) = opened(&config);
+        let got = topics(&drain(&mut r));
+        assert_eq!(got.len(), 9, "{got:?}");
+        assert_eq!(w.depth(), 9);
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                Some("checksum")
+            ),
+            1
+        );
+        // The damage was cut out: a second start finds none.
+        drop((w, r));
+        let (_w, mut r, registry) = opened(&config);
+        assert_eq!(drain(&mut r).len(), 9);
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                None
+            ),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_length_segments_missing_ledgers_and_strangers_do_not_stop_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, mut r, _) = opened(&config);
+        for i in 0..5 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let mut acked = drain(&mut r);
+        r.ack_many(&mut acked);
+        drop((w, r));
+        std::fs::remove_file(dir.path().join("ledger")).unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.seg", 999_999)), b"").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        let (w, mut r, registry) = opened(&config);
+        // Without the ledger nothing is known to be acknowledged: replayed (duplicates, no loss).
+        assert_eq!(topics(&drain(&mut r)), expected(0..5));
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            5
+        );
+        w.push(numbered(5)).await.unwrap();
+        assert_eq!(topics(&drain(&mut r)), expected(5..6));
+    }
+
+    #[tokio::test]
+    async fn a_directory_from_a_newer_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = format::segment_header();
+        header[8] = 7;
+        std::fs::write(dir.path().join(format!("{:020}.seg", 0)), header).unwrap();
+        let err = open(disk_config(dir.path()), SinkMetrics::unregistered()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, BufferError::NewerFormat { found: 7, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains(&dir.path().display().to_string()) && text.contains("version 7"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unusable_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = open(
+            disk_config(&file.join("buffer")),
+            SinkMetrics::unregistered(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BufferError::Io { .. }));
+        assert!(err.to_string().contains("a-file"), "{err}");
+        let err = open(
+            BufferConfig {
+                dir: None,
+                ..disk_config(dir.path())
+            },
+            SinkMetrics::unregistered(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BufferError::NoDir));
+    }
+
+    #[tokio::test]
+    async fn when_full_applies_to_disk_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = format::framed_len(&numbered(0)) as usize;
+        let config = BufferConfig {
+            max_bytes: 1024.max(size * 10),
+            when_full: WhenFull::DropOldest,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let full = w.depth();
+        for i in 10..15 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        assert!(w.depth() <= full);
+        let held = w.depth() as u64;
+        let got = drain(&mut r);
+        assert_eq!(got.last().unwrap().record().topic, "t/14");
+        assert_eq!(r.report().dropped + held, 15, "every drop counted");
+        assert!(r.report().durable);
+    }
+
+    #[tokio::test]
+    async fn fsync_always_and_never_deliver_the_same() {
+        for fsync in [Fsync::Always, Fsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = BufferConfig {
+                fsync,
+                ..disk_config(dir.path())
+            };
+            let (w, mut r, _) = opened(&config);
+            for i in 0..50 {
+                w.push(numbered(i)).await.unwrap();
+            }
+            assert_eq!(topics(&drain(&mut r)), expected(0..50), "{fsync:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requeued_records_keep_their_place_before_spilled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        for i in 0..8000 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let first = r.recv().await.unwrap();
+        r.requeue(first);
+        let claims = drain(&mut r);
+        assert_eq!(topics(&claims), expected(0..8000));
+        assert_eq!(claims[0].attempts(), 1);
+    }
+}
