@@ -276,7 +276,7 @@ fn make(
             *state.held_by_label.slot(label) += n;
         }
     }
-    let window = config.max_bytes.min(DISK_MEMORY_WINDOW);
+    let window = (config.max_bytes / 8).min(DISK_MEMORY_WINDOW);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         space: Notify::new(),
@@ -316,9 +316,10 @@ fn start_flusher(shared: Weak<Shared>, interval: Duration) {
     }
 }
 
-/// The disk buffer keeps at most this many bytes of records in memory (queued for the sink);
-/// beyond it, records are written to disk only and read back when the sink gets to them.
-const DISK_MEMORY_WINDOW: usize = 8 * 1024 * 1024;
+/// The disk buffer keeps at most this many bytes of records in memory (queued for the sink; an
+/// eighth of `max_bytes` when that is less); beyond it, records are written to disk only and
+/// read back when the sink gets to them.
+const DISK_MEMORY_WINDOW: usize = 4 * 1024 * 1024;
 /// Records read back from disk at once.
 const FILL_RECORDS: usize = 1024;
 const FILL_BYTES: usize = 1024 * 1024;
