@@ -1591,7 +1591,7 @@ mod disk_tests {
     #[tokio::test]
     async fn when_full_applies_to_disk_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let size = format::framed_len(&numbered(0)) as usize;
+        let size = format::framed_len(&numbered(0));
         let config = BufferConfig {
             max_bytes: 1024.max(size * 10),
             when_full: WhenFull::DropOldest,
