@@ -489,3 +489,55 @@ async fn an_outage_ten_times_a_memory_buffer_blocks_loses_nothing_and_rss_stays_
     drop(bridge);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_buffer_stays_within_max_bytes_and_gives_memory_back() {
+    const MAX_BYTES: u64 = 16 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let mut broker = Mosquitto::start(MosquittoOptions::default());
+    let config = write_config(
+        dir.path(),
+        &sim,
+        broker.port,
+        &format!("[buffer]\nwhen_full = \"drop_newest\"\nmax_bytes = {MAX_BYTES}\n"),
+    );
+    let bridge = BridgeProcess::start(&config, dir.path().join("memory.log"));
+    subscribed(&sim, &bridge).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = bridge.rss_kib();
+    // More than max_bytes (the sim's records are ~2.4 KB): the buffer fills, the rest is dropped.
+    burst(&sim, 10_000).await;
+    sim.wait_for_delivery(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bridge
+        .metric("voxsig_bridge_buffer_records_dropped_total")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the buffer never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = bridge.metric("voxsig_bridge_buffer_bytes").await as u64;
+    let rss_peak = bridge.rss_kib();
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bridge.metric("voxsig_bridge_buffer_events").await > 0.0 {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = bridge.rss_kib();
+    eprintln!(
+        "memory buffer: max_bytes {} KiB, held {} KiB at the peak; bridge RSS {rss_before} KiB before, {rss_peak} KiB at the peak (+{} KiB), {rss_after} KiB after draining (+{} KiB)",
+        MAX_BYTES / 1024,
+        held / 1024,
+        rss_peak.saturating_sub(rss_before),
+        rss_after.saturating_sub(rss_before)
+    );
+    drop(bridge);
+    sim.shutdown().await;
+}

@@ -92,8 +92,9 @@ pub struct BufferConfig {
     /// unless set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_events: Option<usize>,
-    /// Maximum bytes held. Memory: by [`Record::size_bytes`], default 256 MiB; disk: framed
-    /// bytes on disk, default 1 GiB.
+    /// Maximum bytes held. Memory: the records' resident memory (allocations by capacity,
+    /// allocator overhead, queue slots), default 256 MiB; disk: framed bytes on disk, default
+    /// 1 GiB.
     pub max_bytes: usize,
     /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
     pub when_full: WhenFull,
@@ -328,6 +329,30 @@ const DISK_RETRY: Duration = Duration::from_millis(100);
 /// Disk write failures are logged at most this often.
 const DISK_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// What the allocator adds to every allocation (header and rounding), on average.
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// The resident memory a record costs while it is held by the memory buffer: its allocations
+/// (by capacity, plus the allocator's overhead) and its queue slot, counted twice because a
+/// `VecDeque` may hold up to twice the slots it uses. So `max_bytes` bounds the real memory.
+fn memory_footprint(record: &Record) -> usize {
+    let strings = [
+        Some(&record.topic),
+        record.key.as_ref(),
+        Some(&record.headers.event),
+        record.headers.event_id.as_ref(),
+    ];
+    let heap: usize = strings
+        .iter()
+        .flatten()
+        .filter(|s| s.capacity() > 0)
+        .map(|s| s.capacity() + ALLOCATION_OVERHEAD)
+        .sum();
+    // The payload: its bytes, the shared `Bytes` header, the allocator's overhead.
+    let payload = record.payload.len() + 32 + ALLOCATION_OVERHEAD;
+    2 * std::mem::size_of::<Entry>() + heap + payload
+}
+
 /// Where records are kept: the two implementations behind one buffer API.
 #[derive(Default)]
 enum Store {
@@ -510,7 +535,7 @@ impl Shared {
     /// The bytes `record` counts against `max_bytes`: its memory, or its frame on disk.
     fn size_of(&self, record: &Record) -> usize {
         match self.config.kind {
-            BufferKind::Memory => record.size_bytes(),
+            BufferKind::Memory => memory_footprint(record),
             BufferKind::Disk => format::framed_len(record),
         }
     }
