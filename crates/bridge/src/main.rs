@@ -10,11 +10,6 @@ use voxsig_bridge::demo::DemoOptions;
 use voxsig_bridge::tail::TailSink;
 use voxsig_bridge::{Bridge, Config, Settings};
 
-/// mimalloc returns freed memory to the system within moments, so the resident memory falls back
-/// after a buffered backlog drained (glibc's malloc kept most of it: see docs/OPERATIONS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Bridge Voxsig's real-time WebSocket feed to MQTT, Kafka, stdout or a file.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
