@@ -428,7 +428,13 @@ async fn an_outage_ten_times_a_memory_buffer_blocks_loses_nothing_and_rss_stays_
     const MEMORY_MAX_BYTES: u64 = 2 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
-    let mut broker = Mosquitto::start(MosquittoOptions::default());
+    // The checking subscriber's session must outlive the outage (the bridge publishes as soon
+    // as the broker is back): a persistent broker, stopped cleanly.
+    let mut broker = Mosquitto::start(MosquittoOptions {
+        persistence: true,
+        ..MosquittoOptions::default()
+    });
+    let got = subscriber(broker.port).await;
     let config = write_config(
         dir.path(),
         &sim,
@@ -440,7 +446,7 @@ async fn an_outage_ten_times_a_memory_buffer_blocks_loses_nothing_and_rss_stays_
     );
     let bridge = BridgeProcess::start(&config, dir.path().join("outage.log"));
     subscribed(&sim, &bridge).await;
-    broker.kill();
+    broker.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = bridge.rss_kib();
     // About 8 × the memory buffer's bytes (the sim's records are ~2.4 KB framed): more than it
@@ -464,7 +470,6 @@ async fn an_outage_ten_times_a_memory_buffer_blocks_loses_nothing_and_rss_stays_
         "the backlog ({held_bytes} B) must exceed the memory buffer's {MEMORY_MAX_BYTES} B"
     );
     broker.restart();
-    let got = subscriber(broker.port).await;
     // The bridge's sink reconnects on its own and drains the backlog.
     wait_all(&got, &want, Duration::from_secs(30), &bridge).await;
     bridge

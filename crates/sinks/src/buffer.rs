@@ -482,14 +482,55 @@ struct Entry {
 
 /// A record taken from the buffer by a sink: it stays counted against the capacity until it is
 /// handed back with [`BufferReader::ack`], [`BufferReader::reject`] or [`BufferReader::requeue`].
-/// Dropping a claim without handing it back leaks capacity (and is reported as undelivered).
-#[derive(Debug)]
+/// A claim dropped without being handed back (a task that panicked or was aborted, a code path
+/// that forgot it) goes back into the queue at its place, as [`BufferReader::requeue`] would:
+/// capacity is never leaked and the record is delivered later.
 #[must_use = "hand the claim back with ack, reject or requeue"]
 pub struct Claim {
     seq: u64,
     size: usize,
     attempts: u32,
     record: Record,
+    /// The buffer it goes back to when dropped; `None` once handed back.
+    home: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("seq", &self.seq)
+            .field("size", &self.size)
+            .field("attempts", &self.attempts)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(shared) = self.home.take() {
+            let record = std::mem::replace(&mut self.record, placeholder());
+            shared.put_back(self.seq, self.size, self.attempts, record);
+        }
+    }
+}
+
+/// What stays in a claim whose record was moved out (never seen: the claim is being dropped).
+fn placeholder() -> Record {
+    Record {
+        topic: String::new(),
+        key: None,
+        payload: bytes::Bytes::new(),
+        headers: crate::Headers {
+            event: String::new(),
+            event_label: "other",
+            account_id: None,
+            received_at_ms: 0,
+            event_id: None,
+            replayed: false,
+        },
+        accepted_at: Instant::now(),
+    }
 }
 
 impl Claim {
@@ -510,6 +551,26 @@ impl Claim {
 }
 
 impl Shared {
+    /// A claim comes back unfinished: into the queue at its place in acceptance order.
+    fn put_back(&self, seq: u64, size: usize, attempts: u32, record: Record) {
+        {
+            let mut state = self.lock();
+            state.in_flight_by_label.dec(record.headers.event_label);
+            let at = state.queue.partition_point(|e| e.seq < seq);
+            state.queue_bytes += size;
+            state.queue.insert(
+                at,
+                Entry {
+                    seq,
+                    size,
+                    attempts: attempts.saturating_add(1),
+                    record,
+                },
+            );
+        }
+        self.wake_reader();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across every early return; recover from a poisoned lock.
         self.state
@@ -874,8 +935,8 @@ pub struct Acker {
 
 impl Acker {
     /// The broker acknowledged the record: it leaves the buffer and counts as delivered.
-    pub fn ack(&self, claim: Claim) {
-        self.ack_all(std::slice::from_ref(&claim));
+    pub fn ack(&self, mut claim: Claim) {
+        self.ack_all(std::slice::from_mut(&mut claim));
     }
 
     /// [`Acker::ack`] for many records at once (one lock); drains `claims`.
@@ -884,13 +945,14 @@ impl Acker {
         claims.clear();
     }
 
-    fn ack_all(&self, claims: &[Claim]) {
+    fn ack_all(&self, claims: &mut [Claim]) {
         if claims.is_empty() {
             return;
         }
         let finished = {
             let mut state = self.shared.lock();
-            for claim in claims {
+            for claim in claims.iter_mut() {
+                claim.home = None;
                 let label = claim.record.headers.event_label;
                 state.in_flight_by_label.dec(label);
                 state.finish(claim.seq, claim.size, label);
@@ -911,7 +973,8 @@ impl Acker {
 
     /// The record can never be delivered (invalid topic, too large for the broker, forbidden):
     /// it leaves the buffer and counts as rejected. The caller emits the failure with its reason.
-    pub fn reject(&self, claim: Claim) {
+    pub fn reject(&self, mut claim: Claim) {
+        claim.home = None;
         let finished = {
             let mut state = self.shared.lock();
             let label = claim.record.headers.event_label;
@@ -926,25 +989,11 @@ impl Acker {
 
     /// The attempt failed but the record may still be delivered: it goes back into the queue at
     /// its place in acceptance order, to be taken again by [`BufferReader::recv`].
-    pub fn requeue(&self, claim: Claim) {
-        {
-            let mut state = self.shared.lock();
-            state
-                .in_flight_by_label
-                .dec(claim.record.headers.event_label);
-            let at = state.queue.partition_point(|e| e.seq < claim.seq);
-            state.queue_bytes += claim.size;
-            state.queue.insert(
-                at,
-                Entry {
-                    seq: claim.seq,
-                    size: claim.size,
-                    attempts: claim.attempts.saturating_add(1),
-                    record: claim.record,
-                },
-            );
-        }
-        self.shared.wake_reader();
+    pub fn requeue(&self, mut claim: Claim) {
+        claim.home = None;
+        let record = std::mem::replace(&mut claim.record, placeholder());
+        self.shared
+            .put_back(claim.seq, claim.size, claim.attempts, record);
     }
 
     /// Rejects `claim` for good (see [`Acker::reject`]), reporting why: counted in
@@ -1010,7 +1059,7 @@ impl BufferReader {
             }
             {
                 let mut state = self.acker.shared.lock();
-                if let Some(claim) = take_front(&mut state) {
+                if let Some(claim) = take_front(&mut state, &self.acker.shared) {
                     return Some(claim);
                 }
                 if state.closed {
@@ -1026,7 +1075,8 @@ impl BufferReader {
         if self.is_aborted() {
             return None;
         }
-        take_front(&mut self.acker.shared.lock())
+        let home = &self.acker.shared;
+        take_front(&mut home.lock(), home)
     }
 
     /// Takes up to `max` queued records at once (one lock), appending them to `out`; returns how
@@ -1038,7 +1088,7 @@ impl BufferReader {
         let mut state = self.acker.shared.lock();
         let before = out.len();
         while out.len() - before < max {
-            match take_front(&mut state) {
+            match take_front(&mut state, &self.acker.shared) {
                 Some(claim) => out.push(claim),
                 None => break,
             }
@@ -1174,7 +1224,7 @@ impl BufferReader {
     }
 }
 
-fn take_front(state: &mut State) -> Option<Claim> {
+fn take_front(state: &mut State, home: &Arc<Shared>) -> Option<Claim> {
     let entry = state.pop_queued()?;
     let next_seq = state.next_seq;
     if let Store::Disk(disk) = &mut state.store {
@@ -1188,6 +1238,7 @@ fn take_front(state: &mut State) -> Option<Claim> {
         size: entry.size,
         attempts: entry.attempts,
         record: entry.record,
+        home: Some(home.clone()),
     })
 }
 
@@ -1275,7 +1326,8 @@ mod tests {
         w.push(record("b", 2)).await.unwrap();
         let a = r.recv().await.unwrap();
         w.push(record("c", 3)).await.unwrap(); // drops b (queued), not a (in flight)
-        assert_eq!(r.recv().await.unwrap().record().topic, "c");
+        let c = r.recv().await.unwrap();
+        assert_eq!(c.record().topic, "c");
         w.push(record("d", 4)).await.unwrap(); // all in flight: the new one is dropped
         assert_eq!(r.queued(), 0);
         r.ack(a);
@@ -1323,6 +1375,37 @@ mod tests {
         assert!(r.is_finished());
         assert!(r.recv().await.is_none());
         assert_eq!(r.report().undelivered, 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_claim_goes_back_in_order_and_frees_nothing_twice() {
+        let (w, mut r) = buffer(config(2, WhenFull::Block), SinkMetrics::unregistered());
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let a = r.recv().await.unwrap();
+        let b = r.recv().await.unwrap();
+        drop(a); // a task that died holding it
+        assert_eq!(w.depth(), 2, "still held, not leaked, not freed");
+        assert_eq!(r.queued(), 1);
+        let again = r.recv().await.unwrap();
+        assert_eq!((again.record().topic.as_str(), again.attempts()), ("a", 1));
+        r.ack(again);
+        r.ack(b);
+        assert_eq!(w.depth(), 0, "acknowledged claims do not come back");
+        assert_eq!(r.queued(), 0);
+        // Room again: the capacity was returned.
+        tokio::time::timeout(Duration::from_secs(1), w.push(record("c", 3)))
+            .await
+            .expect("room")
+            .unwrap();
+        let mut many = Vec::new();
+        r.try_recv_many(10, &mut many);
+        drop(many);
+        assert_eq!(r.queued(), 1, "a dropped batch goes back too");
+        let c = r.try_recv().unwrap();
+        r.reject(c);
+        assert_eq!((w.depth(), r.queued()), (0, 0));
+        assert_eq!(r.report().rejected, 1);
     }
 
     #[tokio::test]
@@ -1385,6 +1468,14 @@ mod disk_tests {
     fn drain(r: &mut BufferReader) -> Vec<Claim> {
         let mut out = Vec::new();
         while r.try_recv_many(1000, &mut out) > 0 {}
+        out
+    }
+
+    /// Takes and acknowledges everything ready: the topics, in order.
+    fn take_all(r: &mut BufferReader) -> Vec<String> {
+        let mut claims = drain(r);
+        let out = topics(&claims);
+        r.ack_many(&mut claims);
         out
     }
 
@@ -1495,8 +1586,8 @@ mod disk_tests {
         let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
         file.set_len(len - 5).unwrap();
         let (w, mut r, registry) = opened(&config);
-        assert_eq!(topics(&drain(&mut r)), expected(0..9));
         assert_eq!(w.depth(), 9);
+        assert_eq!(take_all(&mut r), expected(0..9));
         assert_eq!(
             metric(
                 &registry,
@@ -1522,7 +1613,7 @@ mod disk_tests {
         bytes[at] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
         let (w, mut r, registry) = opened(&config);
-        let got = topics(&drain(&mut r));
+        let got = topics(&drain(&mut r)); // not acknowledged: they come again below
         assert_eq!(got.len(), 9, "{got:?}");
         assert_eq!(w.depth(), 9);
         assert_eq!(
@@ -1563,13 +1654,13 @@ mod disk_tests {
         std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
         let (w, mut r, registry) = opened(&config);
         // Without the ledger nothing is known to be acknowledged: replayed (duplicates, no loss).
-        assert_eq!(topics(&drain(&mut r)), expected(0..5));
+        assert_eq!(take_all(&mut r), expected(0..5));
         assert_eq!(
             metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
             5
         );
         w.push(numbered(5)).await.unwrap();
-        assert_eq!(topics(&drain(&mut r)), expected(5..6));
+        assert_eq!(take_all(&mut r), expected(5..6));
     }
 
     #[tokio::test]
@@ -1650,7 +1741,7 @@ mod disk_tests {
             for i in 0..50 {
                 w.push(numbered(i)).await.unwrap();
             }
-            assert_eq!(topics(&drain(&mut r)), expected(0..50), "{fsync:?}");
+            assert_eq!(take_all(&mut r), expected(0..50), "{fsync:?}");
         }
     }
 
