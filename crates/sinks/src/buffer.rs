@@ -1424,6 +1424,7 @@ mod tests {
 #[cfg(test)]
 mod disk_tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use super::*;
     use crate::testing::record;
@@ -1727,6 +1728,62 @@ mod disk_tests {
         assert_eq!(got.last().unwrap().record().topic, "t/14");
         assert_eq!(r.report().dropped + held, 15, "every drop counted");
         assert!(r.report().durable);
+    }
+
+    fn fail_writes(r: &BufferReader, fail: bool) {
+        if let Store::Disk(disk) = &mut r.acker.shared.lock().store {
+            disk.fail_writes(fail);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_refuses_writes_gets_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        // Drop policies: the record is dropped, counted as disk_error and as a write error.
+        let config = BufferConfig {
+            when_full: WhenFull::DropNewest,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, registry) = opened(&config);
+        w.push(numbered(0)).await.unwrap();
+        fail_writes(&r, true);
+        w.push(numbered(1)).await.unwrap();
+        assert_eq!(w.depth(), 1);
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_errors_total", None),
+            1
+        );
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_records_dropped_total",
+                Some("disk_error")
+            ),
+            1
+        );
+        fail_writes(&r, false);
+        w.push(numbered(2)).await.unwrap();
+        assert_eq!(take_all(&mut r), ["t/0", "t/2"]);
+        drop((w, r));
+
+        // Block: the writer waits and retries until the disk takes the record; nothing lost.
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut r, registry) = opened(&disk_config(dir.path()));
+        fail_writes(&r, true);
+        let pushing = tokio::spawn({
+            let w = w.clone();
+            async move { w.push(numbered(7)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!pushing.is_finished(), "block waits while the disk refuses");
+        assert!(metric(&registry, "voxsig_bridge_buffer_write_errors_total", None) >= 2);
+        fail_writes(&r, false);
+        tokio::time::timeout(Duration::from_secs(2), pushing)
+            .await
+            .expect("the retry succeeds once the disk takes writes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(take_all(&mut r), ["t/7"]);
     }
 
     #[tokio::test]

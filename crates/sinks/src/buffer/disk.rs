@@ -468,6 +468,18 @@ impl Disk {
         ))
     }
 
+    /// Tests: makes every following write fail (as a full disk would), or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self, fail: bool) {
+        let path = segment_path(&self.dir, self.segments.active().map_or(0, |s| s.first));
+        let file = if fail {
+            File::open(&path)
+        } else {
+            OpenOptions::new().append(true).open(&path)
+        };
+        self.active = Arc::new(file.expect("reopen the active segment"));
+    }
+
     /// The directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
