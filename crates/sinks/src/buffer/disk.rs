@@ -20,6 +20,9 @@ use crate::{Record, SinkMetrics};
 
 /// The largest frame written or accepted when reading (a record larger is refused as too large).
 pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Segment files larger than this are not read at start (this build writes at most 128 MiB
+/// plus one record).
+const MAX_SEGMENT_FILE: u64 = 256 * 1024 * 1024;
 /// The ledger's file name.
 pub(crate) const LEDGER_FILE: &str = "ledger";
 /// Segment files end in this.
@@ -312,12 +315,25 @@ impl Disk {
         let last_index = names.len().saturating_sub(1);
         for (index, (first, path)) in names.iter().enumerate() {
             data.clear();
+            let len = std::fs::metadata(path).map_err(&err)?.len();
+            if len > MAX_SEGMENT_FILE {
+                // Not one of ours (ours stay under 128 MiB): never read it into memory.
+                tracing::warn!(file = %path.display(), bytes = len,
+                    "disk buffer: segment file far larger than any this build writes; left in place and ignored");
+                continue;
+            }
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(&err)?;
             match format::check_segment_header(&data) {
                 Header::Current => {}
-                Header::Newer(_) => unreachable!("checked above"),
+                Header::Newer(found) => {
+                    return Err(BufferError::NewerFormat {
+                        dir: dir.to_owned(),
+                        file: path.clone(),
+                        found,
+                    })
+                }
                 Header::Foreign if data.len() < SEGMENT_HEADER_LEN && index == last_index => {
                     // Created, then the crash came before its header was written.
                     if !data.is_empty() {
