@@ -665,6 +665,12 @@ async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Ro
             300_000 / scale,
         ),
         (
+            "null sink, disk fsync = never",
+            Target::Null,
+            Fsync::Never,
+            300_000 / scale,
+        ),
+        (
             "null sink, disk fsync = always",
             Target::Null,
             Fsync::Always,
