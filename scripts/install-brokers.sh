@@ -2,6 +2,10 @@
 # Installs what the sink tests and benchmarks need, on a fresh Debian machine (run as root).
 # Idempotent: installs only what is missing.
 #   - mosquitto (+ mosquitto_passwd)       Debian package `mosquitto`
+#   - nats-server (MQTT interop tests)     Debian package `nats-server` (the tests start their own
+#                                          instance on free ports; the package's service is not used)
+#   - rumqttd                              nothing to install: the interop tests run it from the
+#                                          `rumqttd` crate in a process of their own
 #   - a C toolchain for librdkafka         build-essential, pkg-config, libssl-dev, zlib1g-dev, perl
 #     (rdkafka builds librdkafka from its bundled sources with ./configure + make; no cmake)
 #   - the openssl CLI                      openssl (certificates for the mqtts test)
@@ -22,6 +26,11 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt_install mosquitto mosquitto-clients
 fi
 
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  echo "install-brokers: installing nats-server (Debian package)"
+  apt_install nats-server
+fi
+
 missing=()
 for pkg in build-essential pkg-config libssl-dev zlib1g-dev perl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -35,4 +44,4 @@ if ! command -v tansu >/dev/null 2>&1; then
   echo "install-brokers: installing tansu with cargo; this is SLOW (about 16 minutes on 2 cores), once per machine"
   cargo install tansu --locked --features dynostore
 fi
-echo "install-brokers: mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), tansu $(command -v tansu)"
+echo "install-brokers: mosquitto $(command -v mosquitto || echo /usr/sbin/mosquitto), nats-server $(command -v nats-server || echo /usr/sbin/nats-server), tansu $(command -v tansu)"

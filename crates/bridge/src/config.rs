@@ -144,6 +144,14 @@ pub struct SourceConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+impl SourceConfig {
+    /// The platform's origin, `https://host` for `wss://host/cable` (`http://` for `ws://`):
+    /// the base of CloudEvents `source` (and of the platform's REST API).
+    pub fn platform_origin(&self) -> String {
+        crate::runtime::origin_of(&self.url)
+    }
+}
+
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
@@ -283,9 +291,13 @@ pub struct RouteConfig {
     pub include: Vec<String>,
     /// Never events matching one of these patterns.
     pub exclude: Vec<String>,
-    /// `raw` (the event's `data`, byte-identical) or `envelope`
-    /// (`{"event","account_id","received_at","data"}`).
+    /// `raw` (the event's `data`, byte-identical), `envelope`
+    /// (`{"event","account_id","received_at","data"}`) or `cloudevents` (CloudEvents 1.0 in
+    /// the sink's binding mode).
     pub payload: PayloadMode,
+    /// With `payload = "cloudevents"`: the prefix of the `type` attribute
+    /// (`com.voxsig.message.created`). Default `com.voxsig.`.
+    pub cloudevents_type_prefix: String,
 }
 
 impl Default for RouteConfig {
@@ -296,6 +308,7 @@ impl Default for RouteConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             payload: PayloadMode::Raw,
+            cloudevents_type_prefix: voxsig_sinks::cloudevents::DEFAULT_TYPE_PREFIX.into(),
         }
     }
 }
@@ -431,6 +444,16 @@ pub struct Settings {
 }
 
 impl Config {
+    /// With `[route] payload = "cloudevents"`: how records' CloudEvents attributes are made.
+    pub fn cloudevents(&self) -> Option<voxsig_sinks::cloudevents::CloudEvents> {
+        (self.route.payload == PayloadMode::CloudEvents).then(|| {
+            voxsig_sinks::cloudevents::CloudEvents::new(
+                self.route.cloudevents_type_prefix.clone(),
+                self.source.platform_origin(),
+            )
+        })
+    }
+
     /// Loads a config file (TOML) with environment overrides, without validating it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::figment(Some(path)).extract().map_err(figment_error)

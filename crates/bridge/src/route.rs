@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use voxsig_protocol::EventRef;
+use voxsig_sinks::cloudevents::{self, CloudEvents};
 use voxsig_sinks::{Headers, Record};
 
 /// A variable of a template.
@@ -279,6 +280,10 @@ pub enum PayloadMode {
     Raw,
     /// `{"event":…,"account_id":…,"received_at":"…","data":<data>}`.
     Envelope,
+    /// CloudEvents 1.0 in each sink's binding mode (`voxsig_sinks::cloudevents`): structured
+    /// (the JSON event, rendered here) or binary (the data; the sink adds the attributes).
+    #[serde(rename = "cloudevents")]
+    CloudEvents,
 }
 
 /// Why an event did not become a record.
@@ -310,6 +315,8 @@ pub struct Router {
     payload: PayloadMode,
     charset: Charset,
     check: TopicCheck,
+    /// CloudEvents structured mode: the event JSON is the payload.
+    structured: Option<CloudEvents>,
 }
 
 impl Router {
@@ -329,7 +336,16 @@ impl Router {
             payload,
             charset,
             check,
+            structured: None,
         }
+    }
+
+    /// With `payload = "cloudevents"`: how records carry the attributes. In structured mode the
+    /// router renders the event JSON; in binary mode the payload is the data and the sink adds
+    /// the attributes.
+    pub fn with_cloudevents(mut self, cloudevents: CloudEvents, mode: cloudevents::Mode) -> Self {
+        self.structured = (mode == cloudevents::Mode::Structured).then_some(cloudevents);
+        self
     }
 
     /// Whether the filter lets an event name through (checked before any other work).
@@ -366,22 +382,26 @@ impl Router {
         let received_at_ms = received_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let payload = match self.payload {
-            PayloadMode::Raw => Bytes::copy_from_slice(event.data.as_bytes()),
-            PayloadMode::Envelope => envelope(&event.name, account, received_at, event.data),
+        let headers = Headers {
+            event: event.name.clone().into_owned(),
+            event_label: event.kind.name().unwrap_or("other"),
+            account_id: Some(account),
+            received_at_ms,
+            event_id: None,
+            replayed: false,
+        };
+        let payload = match (self.payload, &self.structured) {
+            (PayloadMode::Raw, _) | (PayloadMode::CloudEvents, None) => {
+                Bytes::copy_from_slice(event.data.as_bytes())
+            }
+            (PayloadMode::Envelope, _) => envelope(&event.name, account, received_at, event.data),
+            (PayloadMode::CloudEvents, Some(ce)) => ce.structured(&headers, event.data.as_bytes()),
         };
         Ok(Record {
             topic,
             key: Some(key),
             payload,
-            headers: Headers {
-                event: event.name.clone().into_owned(),
-                event_label: event.kind.name().unwrap_or("other"),
-                account_id: Some(account),
-                received_at_ms,
-                event_id: None,
-                replayed: false,
-            },
+            headers,
             accepted_at,
         })
     }

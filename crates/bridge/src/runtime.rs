@@ -62,7 +62,7 @@ impl Bridge {
         let instance = instance_name();
         let sink = settings
             .sink
-            .build(&instance)
+            .build_with(&instance, settings.config.cloudevents().as_ref())
             .map_err(|e| StartError::Sink(e.to_string()))?;
         Self::start_with_sink(settings, sink, registry).await
     }
@@ -114,6 +114,10 @@ impl Bridge {
             charset,
             Box::new(move |topic| sink_config.check_topic(topic).map_err(|e| e.to_string())),
         );
+        let router = match config.cloudevents() {
+            Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
+            None => router,
+        };
         let source = &config.source;
         let shared = Arc::new(Shared {
             url: source.url.clone(),

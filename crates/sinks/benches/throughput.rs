@@ -29,6 +29,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use support::{Mosquitto, MosquittoOptions, Tansu};
 use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
+use voxsig_sinks::mqtt::Protocol;
 use voxsig_sinks::testing::{Generator, Layout};
 use voxsig_sinks::{
     buffer, open_buffer, spawn, BufferConfig, BufferReader, DrainReport, Fsync, KafkaConfig,
@@ -560,7 +561,12 @@ async fn main() {
         return;
     }
     let mosquitto = Mosquitto::start(MosquittoOptions::default());
-    let buffer_rows = buffer_rows(rounds, scale, &mosquitto).await;
+    // The disk buffer rows first (they write ~1 GiB at full size), not with `--mqtt`.
+    let buffer_rows = if only("--mqtt") {
+        Vec::new()
+    } else {
+        buffer_rows(rounds, scale, &mosquitto).await
+    };
     if only("--buffers-only") {
         print_buffer_rows(&buffer_rows, rounds, scale).await;
         return;
@@ -568,11 +574,33 @@ async fn main() {
     let tansu = Tansu::start();
     let mut rows = Vec::new();
 
-    for (name, qos, level, n) in [
-        ("mosquitto QoS 0", QoS::AtMostOnce, 0u8, 100_000 / scale),
-        ("mosquitto QoS 1", QoS::AtLeastOnce, 1u8, 50_000 / scale),
+    // The MQTT 5 row: the same bare (3.1.1) rumqttc loop beside the sink speaking MQTT 5
+    // (properties on every publish), in the same run as the 3.1.1 rows.
+    for (name, qos, level, n, protocol) in [
+        (
+            "mosquitto QoS 0",
+            QoS::AtMostOnce,
+            0u8,
+            100_000 / scale,
+            Protocol::V311,
+        ),
+        (
+            "mosquitto QoS 1",
+            QoS::AtLeastOnce,
+            1u8,
+            50_000 / scale,
+            Protocol::V311,
+        ),
+        (
+            "mosquitto QoS 1, sink over MQTT 5",
+            QoS::AtLeastOnce,
+            1u8,
+            50_000 / scale,
+            Protocol::V5,
+        ),
     ] {
-        let config = mqtt_config(mosquitto.url(), level);
+        let mut config = mqtt_config(mosquitto.url(), level);
+        config.protocol = protocol;
         let row = compare(
             rounds,
             name,
@@ -599,6 +627,11 @@ async fn main() {
 
     let n = 200_000 / scale;
     let brokers = tansu.brokers();
+    if only("--mqtt") {
+        // MQTT rows only (`-- --bench --mqtt`): skip Kafka.
+        print_rows(rows, rounds, warmup_n);
+        return;
+    }
     create_topic(&brokers).await;
     let config = KafkaConfig::new(brokers.clone());
     for (name, keep) in [
@@ -629,6 +662,11 @@ async fn main() {
         rows.push(row);
     }
 
+    print_rows(rows, rounds, warmup_n);
+    print_buffer_rows(&buffer_rows, rounds, scale).await;
+}
+
+fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
     println!(
         "\n| broker | records | bare client (rec/s) | voxsig sink (rec/s) | sink / bare (median; lowest-highest) | client CPU ns/record, bare / sink |"
     );
@@ -650,7 +688,6 @@ async fn main() {
     println!(
         "\nmedians of {rounds} rounds alternating which side goes first; {warmup_n} warm-up records each; ~400-byte JSON payloads; loopback"
     );
-    print_buffer_rows(&buffer_rows, rounds, scale).await;
 }
 
 /// The disk buffer beside the memory buffer, into the same sink, in the same run.

@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cloudevents::{self, CloudEvents};
 use crate::jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 use crate::kafka::{KafkaConfig, KafkaSink};
-use crate::mqtt::{MqttConfig, MqttSink};
+use crate::mqtt::{MqttConfig, MqttSink, Protocol};
 use crate::topic::{check_kafka_topic, check_mqtt_topic, sample_of_template, TopicError};
 use crate::{ConfigError, Sink, SinkError};
 
@@ -60,13 +61,49 @@ impl SinkConfig {
     /// Secrets and files are read now, so a wrong path or missing variable fails at startup;
     /// brokers are not contacted until the sink runs.
     pub fn build(&self, instance: &str) -> Result<Box<dyn Sink>, SinkError> {
+        self.build_with(instance, None)
+    }
+
+    /// [`SinkConfig::build`], with CloudEvents attributes added in binary mode when
+    /// `cloudevents` is set (`[route] payload = "cloudevents"`; see [`Self::cloudevents_mode`]).
+    pub fn build_with(
+        &self,
+        instance: &str,
+        cloudevents: Option<&CloudEvents>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
         self.validate()?;
+        let binary = cloudevents
+            .filter(|_| self.cloudevents_mode() == cloudevents::Mode::Binary)
+            .cloned();
         Ok(match self {
-            SinkConfig::Mqtt(c) => Box::new(MqttSink::new(c, instance)?),
-            SinkConfig::Kafka(c) => Box::new(KafkaSink::new(c, instance)?),
+            SinkConfig::Mqtt(c) => {
+                let sink = MqttSink::new(c, instance)?;
+                Box::new(match binary {
+                    Some(ce) => sink.with_cloudevents(ce),
+                    None => sink,
+                })
+            }
+            SinkConfig::Kafka(c) => {
+                let sink = KafkaSink::new(c, instance)?;
+                Box::new(match binary {
+                    Some(ce) => sink.with_cloudevents(ce),
+                    None => sink,
+                })
+            }
             SinkConfig::Stdout(_) => Box::new(JsonLinesSink::stdout()),
             SinkConfig::File(c) => Box::new(JsonLinesSink::file(c)?),
         })
+    }
+
+    /// How this sink carries CloudEvents, per the CloudEvents protocol bindings: binary mode
+    /// where the protocol has headers (Kafka, MQTT 5), structured mode (the JSON event as the
+    /// payload, rendered by the bridge's router) for MQTT 3.1.1, stdout and file.
+    pub fn cloudevents_mode(&self) -> cloudevents::Mode {
+        match self {
+            SinkConfig::Kafka(_) => cloudevents::Mode::Binary,
+            SinkConfig::Mqtt(c) if c.protocol == Protocol::V5 => cloudevents::Mode::Binary,
+            _ => cloudevents::Mode::Structured,
+        }
     }
 
     /// The topic template used when `topic` is not set: `voxsig/{account}/{event}` for MQTT,

@@ -6,7 +6,8 @@
 //! the buffer's bounds from the moment the bridge accepted it until it is acknowledged, and
 //! nothing accepted is lost while a broker is away (at-least-once).
 //!
-//! - [`mqtt`]: MQTT 3.1.1 via rumqttc; acknowledgement per packet id (PUBACK / PUBCOMP).
+//! - [`mqtt`]: MQTT 3.1.1 or 5 via rumqttc; acknowledgement per packet id (PUBACK / PUBCOMP).
+//! - [`cloudevents`]: CloudEvents 1.0 attributes and each sink's binding mode.
 //! - [`kafka`]: Kafka via rdkafka; acknowledgement per delivery report.
 //! - [`jsonl`]: stdout and file, one JSON object per line.
 //! - [`memory`]: an inspectable in-memory sink for tests.
@@ -55,6 +56,7 @@
 
 mod backoff;
 pub mod buffer;
+pub mod cloudevents;
 mod config;
 mod error;
 pub mod jsonl;

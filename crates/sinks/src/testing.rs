@@ -41,6 +41,9 @@ pub fn record(topic: &str, n: u64) -> Record {
 pub enum Layout {
     /// `<prefix>/<account>/<event>`.
     Mqtt,
+    /// `<prefix>/<account>/<event with '.' as '_'>` (brokers that refuse '.' in topics, such
+    /// as nats-server before 2.10).
+    MqttUnderscored,
     /// `<prefix>.<account>.<event>`.
     Kafka,
 }
@@ -93,6 +96,9 @@ impl Generator {
         let (account, event) = (self.account(n), self.event(n));
         match self.layout {
             Layout::Mqtt => format!("{}/{account}/{event}", self.prefix),
+            Layout::MqttUnderscored => {
+                format!("{}/{account}/{}", self.prefix, event.replace('.', "_"))
+            }
             Layout::Kafka => format!("{}.{account}.{}", self.prefix, event.replace('.', "_")),
         }
     }

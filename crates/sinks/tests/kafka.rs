@@ -414,3 +414,52 @@ async fn an_authentication_failure_is_counted_and_keeps_every_record() {
         .unwrap();
     assert!(!scrape.contains("not-the-password-4711"));
 }
+
+/// CloudEvents Kafka binary mode: the value is the data, the attributes are `ce_*` headers with
+/// `content-type`, the record's own headers stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_binary_mode_puts_the_attributes_in_ce_headers() {
+    use voxsig_sinks::cloudevents::CloudEvents;
+    let broker = Tansu::start();
+    let generator = Generator::new("voxsig", Layout::Kafka);
+    let registry = prometheus::Registry::new();
+    let metrics = SinkMetrics::register(&registry).unwrap();
+    let (writer, reader) = buffer(BufferConfig::default(), metrics);
+    let ce = CloudEvents::new("com.voxsig.", "https://app.voxsig.com");
+    let sink = SinkConfig::Kafka(config(broker.brokers()))
+        .build_with("test", Some(&ce))
+        .expect("build the sink");
+    let handle = spawn(sink, reader);
+    let mut first = generator.record(0);
+    first.headers.event_id = Some("evt-42".into());
+    writer.push(first.clone()).await.unwrap();
+    writer.push(generator.record(1)).await.unwrap();
+    let report = handle.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(report.delivered, 2, "{report:?}");
+    let mut topics = vec![generator.topic(0), generator.topic(1)];
+    topics.dedup();
+    let consumed = consume(broker.brokers(), topics, 2, Duration::from_secs(30)).await;
+    let m = consumed.iter().find(|m| m.seq == 0).expect("record 0");
+    assert_eq!(m.payload, first.payload.to_vec(), "the value is the data");
+    assert_eq!(m.headers["ce_specversion"], "1.0");
+    assert_eq!(m.headers["ce_id"], "evt-42");
+    assert_eq!(
+        m.headers["ce_source"],
+        format!(
+            "https://app.voxsig.com/accounts/{}",
+            first.headers.account_id.unwrap()
+        )
+    );
+    assert_eq!(
+        m.headers["ce_type"],
+        format!("com.voxsig.{}", first.headers.event)
+    );
+    assert_eq!(m.headers["ce_time"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(m.headers["content-type"], "application/json");
+    assert_eq!(
+        m.headers["event"], first.headers.event,
+        "metadata headers stay"
+    );
+    let other = consumed.iter().find(|m| m.seq == 1).expect("record 1");
+    assert!(other.headers["ce_id"].starts_with("h-"), "fallback id");
+}

@@ -1,104 +1,20 @@
 //! The MQTT sink against a real mosquitto started on a free port.
 
+#[path = "support/mqtt.rs"]
+mod mqtt_support;
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use mqtt_support::{check_complete, Subscriber};
 use support::{eventually, metric, Mosquitto, MosquittoOptions, TestPki};
-use voxsig_sinks::testing::{record, seq_of, Generator, Layout};
+use voxsig_sinks::mqtt::{MessageExpiry, Protocol};
+use voxsig_sinks::testing::{record, Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, BufferWriter, MqttConfig, Secret, SinkConfig, SinkHandle,
     SinkMetrics,
 };
-
-#[derive(Debug, Clone)]
-struct Received {
-    topic: String,
-    payload: Bytes,
-    retain: bool,
-}
-
-/// A rumqttc subscriber that (re)subscribes whenever its session is new.
-struct Subscriber {
-    received: Arc<Mutex<Vec<Received>>>,
-    subacks: Arc<Mutex<u32>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    fn start(port: u16, id: &str, login: Option<(&str, &str)>, clean: bool, filter: &str) -> Self {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options
-            .set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(clean)
-            .set_max_packet_size(4 << 20, 4 << 20);
-        if let Some((user, password)) = login {
-            options.set_credentials(user, password);
-        }
-        let (client, mut eventloop) = AsyncClient::new(options, 16);
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let subacks = Arc::new(Mutex::new(0));
-        let (r, s, filter) = (received.clone(), subacks.clone(), filter.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                        let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() += 1,
-                    Ok(Event::Incoming(Packet::Publish(p))) => r.lock().unwrap().push(Received {
-                        topic: p.topic,
-                        payload: p.payload,
-                        retain: p.retain,
-                    }),
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-        Subscriber {
-            received,
-            subacks,
-            task,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    fn subacks(&self) -> u32 {
-        *self.subacks.lock().unwrap()
-    }
-
-    /// Received generated records by seq (count of copies each).
-    fn by_seq(&self) -> BTreeMap<u64, Vec<Received>> {
-        let mut map: BTreeMap<u64, Vec<Received>> = BTreeMap::new();
-        for r in self.received() {
-            if let Some(seq) = seq_of(&r.payload) {
-                map.entry(seq).or_default().push(r);
-            }
-        }
-        map
-    }
-
-    async fn wait_subscribed(&self, n: u32) {
-        assert!(
-            eventually(Duration::from_secs(10), || self.subacks() >= n).await,
-            "subscriber did not subscribe"
-        );
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn start_sink(
     config: MqttConfig,
@@ -118,34 +34,6 @@ fn fast_reconnect(config: &mut MqttConfig) {
     config.reconnect.max_backoff_ms = 500;
 }
 
-/// Checks every seq in `seqs` but `allowed_missing` arrived at least once, each copy with the
-/// generator's topic and payload; returns the number of duplicates.
-fn check_complete(
-    sub: &Subscriber,
-    generator: &Generator,
-    seqs: std::ops::Range<u64>,
-    allowed_missing: usize,
-) -> u64 {
-    let by_seq = sub.by_seq();
-    let missing: Vec<u64> = seqs.clone().filter(|s| !by_seq.contains_key(s)).collect();
-    assert!(
-        missing.len() <= allowed_missing,
-        "{} of {seqs:?} missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let mut duplicates = 0;
-    for (seq, copies) in &by_seq {
-        let expected = generator.record(*seq);
-        for copy in copies {
-            assert_eq!(copy.topic, expected.topic, "topic of seq {seq}");
-            assert_eq!(copy.payload, expected.payload, "payload of seq {seq}");
-        }
-        duplicates += copies.len() as u64 - 1;
-    }
-    duplicates
-}
-
 async fn push_all(writer: &BufferWriter, generator: &Generator, range: std::ops::Range<u64>) {
     for n in range {
         writer.push(generator.record(n)).await.unwrap();
@@ -159,20 +47,25 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
         .with_test_writer()
         .try_init();
     let broker = Mosquitto::start(MosquittoOptions::default());
-    for qos in [0u8, 1, 2] {
-        let prefix = format!("voxsig-q{qos}");
+    let cases = [Protocol::V311, Protocol::V5]
+        .into_iter()
+        .flat_map(|p| [0u8, 1, 2].map(|q| (p, q)));
+    for (protocol, qos) in cases {
+        let v = protocol.as_str();
+        let prefix = format!("voxsig-v{v}-q{qos}");
         let generator = Generator::new(&prefix, Layout::Mqtt);
         let sub = Subscriber::start(
             broker.port,
-            &format!("sub-q{qos}"),
+            &format!("sub-{v}-q{qos}"),
             None,
             true,
             &format!("{prefix}/#"),
         );
         sub.wait_subscribed(1).await;
         let mut config = MqttConfig::new(broker.url());
+        config.protocol = protocol;
         config.qos = qos;
-        config.client_id = Some(format!("bridge-q{qos}"));
+        config.client_id = Some(format!("bridge-{v}-q{qos}"));
         config.status.topic = format!("{prefix}/bridge/{{instance}}/status");
         let (writer, handle, registry) = start_sink(config, BufferConfig::default());
         let n = 3_000;
@@ -204,7 +97,7 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
         // A dashboard connecting later sees the retained presence and the bridge's status.
         let late = Subscriber::start(
             broker.port,
-            &format!("late-q{qos}"),
+            &format!("late-{v}-q{qos}"),
             None,
             true,
             &format!("{prefix}/#"),
@@ -239,7 +132,7 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
         // A clean stop leaves `offline` behind.
         let after = Subscriber::start(
             broker.port,
-            &format!("after-q{qos}"),
+            &format!("after-{v}-q{qos}"),
             None,
             true,
             &format!("{prefix}/bridge/#"),
@@ -251,6 +144,15 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
+    killed_mid_stream(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_broker_killed_mid_stream_without_persistence_loses_nothing() {
+    killed_mid_stream(Protocol::V5).await;
+}
+
+async fn killed_mid_stream(protocol: Protocol) {
     let users = vec![
         ("bridge".to_owned(), "bridge-pw".to_owned()),
         ("sub".to_owned(), "sub-pw".to_owned()),
@@ -272,6 +174,7 @@ async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
     let pw_file = dir.path().join("pw");
     std::fs::write(&pw_file, "bridge-pw\n").unwrap();
     let mut config = MqttConfig::new(broker.url());
+    config.protocol = protocol;
     config.username = Some("bridge".into());
     config.password = Some(Secret::from_file(&pw_file));
     fast_reconnect(&mut config);
@@ -331,7 +234,8 @@ async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
         "voxsig_bridge_sink_connection_errors_total",
         &[("kind", "auth")],
     );
-    eprintln!("kill/restart: {n} records, {acked_before_crash} acknowledged before the crash, {lost_by_broker} of those lost by it, {duplicates} duplicates, {redelivered} redelivered, {auth} auth refusals");
+    let v = protocol.as_str();
+    eprintln!("kill/restart (MQTT {v}): {n} records, {acked_before_crash} acknowledged before the crash, {lost_by_broker} of those lost by it, {duplicates} duplicates, {redelivered} redelivered, {auth} auth refusals");
     assert!(
         auth >= 1.0,
         "the locked-out bridge was refused and kept going"
@@ -350,6 +254,15 @@ async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_with_persistence_resumes_the_session() {
+    restarted_with_persistence(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_broker_restarted_with_persistence_resumes_the_session() {
+    restarted_with_persistence(Protocol::V5).await;
+}
+
+async fn restarted_with_persistence(protocol: Protocol) {
     let mut broker = Mosquitto::start(MosquittoOptions {
         persistence: true,
         ..MosquittoOptions::default()
@@ -357,6 +270,7 @@ async fn broker_restarted_with_persistence_resumes_the_session() {
     let sub = Subscriber::start(broker.port, "sub-persist", None, false, "voxsig/#");
     sub.wait_subscribed(1).await;
     let mut config = MqttConfig::new(broker.url());
+    config.protocol = protocol;
     fast_reconnect(&mut config);
     let (writer, handle, registry) = start_sink(config, BufferConfig::default());
     let generator = Generator::new("voxsig", Layout::Mqtt);
@@ -383,7 +297,8 @@ async fn broker_restarted_with_persistence_resumes_the_session() {
     );
     let duplicates = check_complete(&sub, &generator, 0..n, 0);
     let errors = metric(&registry, "voxsig_bridge_sink_connection_errors_total", &[]);
-    eprintln!("stop/restart with persistence: {duplicates} duplicates, {errors} connection errors");
+    let v = protocol.as_str();
+    eprintln!("stop/restart with persistence (MQTT {v}): {duplicates} duplicates, {errors} connection errors");
     assert!(errors >= 1.0);
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!((report.delivered, report.undelivered), (n, 0));
@@ -444,17 +359,25 @@ async fn a_record_the_broker_refuses_is_rejected_and_the_rest_delivered() {
         extra_config: "max_packet_size 4000\n".into(),
         ..MosquittoOptions::default()
     });
-    for (clean_session, qos) in [(false, 1), (true, 1), (false, 2)] {
+    let cases = [
+        (Protocol::V311, false, 1),
+        (Protocol::V311, true, 1),
+        (Protocol::V311, false, 2),
+        (Protocol::V5, false, 1),
+    ];
+    for (protocol, clean_session, qos) in cases {
+        let v = protocol.as_str();
         let sub = Subscriber::start(
             broker.port,
-            &format!("sub-refused-{clean_session}-{qos}"),
+            &format!("sub-refused-{v}-{clean_session}-{qos}"),
             None,
             true,
             "voxsig/#",
         );
         sub.wait_subscribed(1).await;
         let mut config = MqttConfig::new(broker.url());
-        config.client_id = Some(format!("sink-refused-{clean_session}-{qos}"));
+        config.protocol = protocol;
+        config.client_id = Some(format!("sink-refused-{v}-{clean_session}-{qos}"));
         config.qos = qos;
         config.clean_session = clean_session;
         fast_reconnect(&mut config);
@@ -488,17 +411,164 @@ async fn a_record_the_broker_refuses_is_rejected_and_the_rest_delivered() {
         assert_eq!(report.rejected, 1, "{report:?}");
         assert_eq!(report.undelivered, 0, "{report:?}");
         assert_eq!(report.delivered, 399, "{report:?}");
+        // MQTT 3.1.1: mosquitto closes the connection on the oversize packet, the sink isolates
+        // the record. MQTT 5: mosquitto announces its maximum packet size in CONNACK, the sink
+        // refuses the record before sending it.
+        let reason = match protocol {
+            Protocol::V311 => "refused_by_broker",
+            Protocol::V5 => "too_large",
+        };
         let refused = metric(
             &registry,
             "voxsig_bridge_sink_records_failed_total",
-            &[("reason", "refused_by_broker"), ("event", "other")],
+            &[("reason", reason), ("event", "other")],
         );
-        assert_eq!(refused, 1.0, "the big record is the one refused");
-        assert!(
-            broker.log().contains("oversize packet"),
-            "mosquitto disconnected the sink for the oversize packet"
-        );
+        assert_eq!(refused, 1.0, "MQTT {v}: the big record is the one refused");
+        if protocol == Protocol::V311 {
+            assert!(
+                broker.log().contains("oversize packet"),
+                "mosquitto disconnected the sink for the oversize packet"
+            );
+        } else {
+            let errors = metric(&registry, "voxsig_bridge_sink_connection_errors_total", &[]);
+            assert_eq!(errors, 0.0, "MQTT 5: never sent, no disconnect");
+        }
     }
+}
+
+/// MQTT 5: a subscriber sees the record's metadata as user properties, the content type, the
+/// payload format indicator and the message expiry of its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_subscribers_see_the_properties() {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let sub = Subscriber::start_v5(broker.port, "sub-props", true, "voxsig/#");
+    sub.wait_subscribed(1).await;
+    let mut config = MqttConfig::new(broker.url());
+    config.protocol = Protocol::V5;
+    config.message_expiry = vec![MessageExpiry {
+        events: vec!["conversation.typing_*".into()],
+        secs: 60,
+    }];
+    let (writer, handle, _registry) = start_sink(config, BufferConfig::default());
+    let mut typing = record("voxsig/7/conversation.typing_on", 1);
+    typing.headers.event = "conversation.typing_on".into();
+    typing.headers.account_id = Some(7);
+    typing.headers.received_at_ms = 1_764_000_000_123;
+    typing.headers.event_id = Some("evt-0001".into());
+    typing.headers.replayed = true;
+    writer.push(typing).await.unwrap();
+    let mut plain = record("voxsig/8/message.created", 2);
+    plain.headers.account_id = None;
+    writer.push(plain).await.unwrap();
+    // Hostile metadata: NUL and control characters would make mosquitto drop the connection.
+    let mut hostile = record("voxsig/9/odd", 3);
+    hostile.headers.event = "odd\u{0}\u{1}name".into();
+    hostile.headers.event_id = Some("id\u{7f}".into());
+    writer.push(hostile).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || sub.received().len() >= 3).await);
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((report.delivered, report.rejected), (3, 0));
+    let received = sub.received();
+    let typing = received
+        .iter()
+        .find(|r| r.topic == "voxsig/7/conversation.typing_on")
+        .unwrap();
+    let props = |r: &mqtt_support::Received| -> Vec<(String, String)> { r.user_properties.clone() };
+    assert_eq!(
+        props(typing),
+        [
+            ("event", "conversation.typing_on"),
+            ("account_id", "7"),
+            ("received_at", "1764000000123"),
+            ("event_id", "evt-0001"),
+            ("replayed", "true"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
+    assert_eq!(typing.content_type.as_deref(), Some("application/json"));
+    assert_eq!(typing.payload_format, Some(1));
+    let expiry = typing.message_expiry.expect("typing events expire");
+    assert!((55..=60).contains(&expiry), "{expiry}");
+    assert_eq!(&typing.payload[..], b"{\"n\":1}");
+    let plain = received
+        .iter()
+        .find(|r| r.topic == "voxsig/8/message.created")
+        .unwrap();
+    assert_eq!(
+        props(plain),
+        [
+            ("event", "message.created"),
+            ("received_at", "1700000000000")
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        "absent metadata is left out"
+    );
+    assert_eq!(plain.message_expiry, None);
+    let odd = received.iter().find(|r| r.topic == "voxsig/9/odd").unwrap();
+    assert_eq!(odd.user_properties[0].1, "odd\u{FFFD}\u{FFFD}name");
+}
+
+/// MQTT 5: a PUBACK with a failure reason code (mosquitto answers 0x87 "not authorized" for a
+/// publish its ACL denies) rejects that record, counted, never acknowledged; the rest flows.
+/// Over MQTT 3.1.1 the same broker acknowledges and drops it silently: nothing to see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_puback_failure_rejects_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user bridge\ntopic write voxsig/open/#\nuser sub\ntopic read voxsig/#\n",
+    )
+    .unwrap();
+    let broker = Mosquitto::start(MosquittoOptions {
+        users: vec![
+            ("bridge".into(), "bridge-pw".into()),
+            ("sub".into(), "sub-pw".into()),
+        ],
+        extra_config: format!("acl_file {}\n", acl.display()),
+        ..MosquittoOptions::default()
+    });
+    let sub = Subscriber::start(
+        broker.port,
+        "sub-acl",
+        Some(("sub", "sub-pw")),
+        true,
+        "voxsig/#",
+    );
+    sub.wait_subscribed(1).await;
+    for qos in [1u8, 2] {
+        let mut config = MqttConfig::new(broker.url());
+        config.protocol = Protocol::V5;
+        config.qos = qos;
+        config.client_id = Some(format!("acl-q{qos}"));
+        config.username = Some("bridge".into());
+        config.password = Some(Secret::inline("bridge-pw"));
+        config.status.enabled = false;
+        let (writer, handle, registry) = start_sink(config, BufferConfig::default());
+        for i in 0..20 {
+            let topic = if i == 7 {
+                "voxsig/closed/x"
+            } else {
+                "voxsig/open/x"
+            };
+            writer.push(record(topic, i)).await.unwrap();
+        }
+        let report = handle.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(
+            (report.delivered, report.rejected, report.undelivered),
+            (19, 1, 0),
+            "QoS {qos}: {report:?}"
+        );
+        let refused = metric(
+            &registry,
+            "voxsig_bridge_sink_records_failed_total",
+            &[("reason", "rejected_by_broker")],
+        );
+        assert_eq!(refused, 1.0, "QoS {qos}");
+        let errors = metric(&registry, "voxsig_bridge_sink_connection_errors_total", &[]);
+        assert_eq!(errors, 0.0, "QoS {qos}: no reconnect needed");
+    }
+    assert!(sub.received().iter().all(|r| r.topic == "voxsig/open/x"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,4 +653,51 @@ async fn mqtts_verifies_the_broker_certificate() {
     );
     let report = handle.shutdown(Duration::from_millis(200)).await;
     assert_eq!((report.delivered, report.undelivered), (0, 1));
+}
+
+/// CloudEvents over MQTT 5: binary mode, the attributes as user properties (no prefix) beside
+/// `event` and `account_id`, content type `application/json`, the payload is the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_cloudevents_binary_mode() {
+    use voxsig_sinks::cloudevents::{CloudEvents, Mode};
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let sub = Subscriber::start_v5(broker.port, "sub-ce", true, "voxsig/#");
+    sub.wait_subscribed(1).await;
+    let mut config = MqttConfig::new(broker.url());
+    config.protocol = Protocol::V5;
+    let sink_config = SinkConfig::Mqtt(config);
+    assert_eq!(sink_config.cloudevents_mode(), Mode::Binary);
+    let registry = prometheus::Registry::new();
+    let metrics = SinkMetrics::register(&registry).unwrap();
+    let (writer, reader) = buffer(BufferConfig::default(), metrics);
+    let ce = CloudEvents::new("com.voxsig.", "https://app.voxsig.com");
+    let handle = spawn(sink_config.build_with("test", Some(&ce)).unwrap(), reader);
+    let mut r = record("voxsig/3/message.created", 5);
+    r.headers.account_id = Some(3);
+    r.headers.event_id = Some("evt-5".into());
+    writer.push(r).await.unwrap();
+    let topic = "voxsig/3/message.created";
+    let arrived = || sub.received().iter().any(|r| r.topic == topic);
+    assert!(eventually(Duration::from_secs(10), arrived).await);
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.delivered, 1);
+    let received = sub.received();
+    let got = received.iter().find(|r| r.topic == topic).unwrap();
+    assert_eq!(&got.payload[..], b"{\"n\":5}");
+    assert_eq!(got.content_type.as_deref(), Some("application/json"));
+    let props: std::collections::HashMap<&str, &str> = got
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(props["specversion"], "1.0");
+    assert_eq!(props["id"], "evt-5");
+    assert_eq!(props["source"], "https://app.voxsig.com/accounts/3");
+    assert_eq!(props["type"], "com.voxsig.message.created");
+    assert_eq!(props["time"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(props["event"], "message.created");
+    assert_eq!(props["account_id"], "3");
+    // MQTT 3.1.1 has no properties: structured mode, rendered by the bridge's router.
+    let v311 = SinkConfig::Mqtt(MqttConfig::new(broker.url()));
+    assert_eq!(v311.cloudevents_mode(), Mode::Structured);
 }

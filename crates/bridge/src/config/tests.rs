@@ -188,3 +188,33 @@ fn kafka_properties_load_from_sink_kafka_properties_and_stay_redacted() {
     let reserved = format!("{MINIMAL}\n[sink]\nkind = \"kafka\"\nbrokers = \"b:1\"\n[sink.kafka.properties]\nacks = \"1\"\n");
     assert_eq!(error_of(&reserved).key, "sink.kafka.properties.acks");
 }
+
+#[test]
+fn cloudevents_payload_and_mqtt5_sink_parse() {
+    let toml = format!(
+        "{MINIMAL}\n[route]\npayload = \"cloudevents\"\ncloudevents_type_prefix = \"io.example.\"\n\
+         [sink]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nprotocol = \"5\"\n\
+         message_expiry = [{{ events = [\"conversation.typing_*\"], secs = 60 }}]\n"
+    );
+    let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+    assert_eq!(s.config.route.payload, PayloadMode::CloudEvents);
+    let ce = s.config.cloudevents().expect("cloudevents on");
+    let headers = voxsig_sinks::Headers {
+        event: "message.created".into(),
+        event_label: "message.created",
+        account_id: Some(3),
+        received_at_ms: 0,
+        event_id: Some("e1".into()),
+        replayed: false,
+    };
+    let a = ce.attributes(&headers, b"{}");
+    assert_eq!(a.source, "http://127.0.0.1:3000/accounts/3");
+    assert_eq!(a.ty, "io.example.message.created");
+    assert_eq!(
+        s.sink.cloudevents_mode(),
+        voxsig_sinks::cloudevents::Mode::Binary
+    );
+    assert!(Config::from_toml(MINIMAL).unwrap().cloudevents().is_none());
+    let bad = format!("{MINIMAL}\n[sink]\nkind = \"mqtt\"\nurl = \"mqtt://a\"\nprotocol = \"4\"\n");
+    assert!(Config::from_toml(&bad).and_then(Config::validate).is_err());
+}

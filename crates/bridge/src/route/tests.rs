@@ -208,3 +208,56 @@ fn a_topic_breaking_the_sink_rules_is_unroutable_not_a_panic() {
         Unrouted::InvalidTopic("too long".into())
     );
 }
+
+#[test]
+fn cloudevents_structured_mode_renders_the_event_and_binary_mode_leaves_the_data() {
+    use voxsig_sinks::cloudevents::{CloudEvents, Mode};
+    let receiver = Receiver {
+        account_id: 1,
+        user_id: None,
+        labels: BTreeMap::new(),
+    };
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(1_795_300_329_123);
+    let ce = CloudEvents::new("com.voxsig.", "https://app.voxsig.com");
+    let structured = router(PayloadMode::CloudEvents)
+        .with_cloudevents(ce.clone(), Mode::Structured)
+        .route(&event(), &receiver, at, Instant::now())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&structured.payload).unwrap();
+    assert_eq!(v["specversion"], "1.0");
+    assert_eq!(v["type"], "com.voxsig.message.created");
+    assert_eq!(v["source"], "https://app.voxsig.com/accounts/9");
+    assert_eq!(v["time"], "2026-11-21T22:32:09.123Z");
+    assert_eq!(v["datacontenttype"], "application/json");
+    assert_eq!(
+        v["data"],
+        serde_json::json!({"account_id":9,"conversation_id":5,"content":"hi"})
+    );
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(
+        id,
+        ce.attributes(&structured.headers, FRAME_DATA.as_bytes()).id
+    );
+    let binary = router(PayloadMode::CloudEvents)
+        .with_cloudevents(ce, Mode::Binary)
+        .route(&event(), &receiver, at, Instant::now())
+        .unwrap();
+    assert_eq!(
+        &binary.payload[..],
+        FRAME_DATA.as_bytes(),
+        "the sink adds the attributes"
+    );
+}
+
+const FRAME_DATA: &str = r#"{"account_id":9,"conversation_id":5,"content":"hi"}"#;
+
+#[test]
+fn the_platform_origin_comes_from_the_source_url() {
+    let mut source = crate::config::SourceConfig {
+        url: "wss://app.voxsig.com/cable".into(),
+        ..Default::default()
+    };
+    assert_eq!(source.platform_origin(), "https://app.voxsig.com");
+    source.url = "ws://127.0.0.1:3000/cable".into();
+    assert_eq!(source.platform_origin(), "http://127.0.0.1:3000");
+}

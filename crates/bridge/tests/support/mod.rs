@@ -69,11 +69,18 @@ pub async fn rig_on(sim: Sim, tokens: TokenSelection, extra: &str, extra_account
             .map_or((rest, String::new()), |(a, b)| (a, format!("[{b}"))),
         None => ("", extra.to_owned()),
     };
-    let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}").replacen(
-        "[source]",
-        &format!("[source]\n{url}{source_extra}"),
-        1,
-    );
+    // ...then `[route]` lines: they join FAST's [route] table.
+    let (route_extra, extra) = match extra.strip_prefix("[route]\n") {
+        Some(rest) => rest
+            .split_once("\n[")
+            .map_or((rest.to_owned(), String::new()), |(a, b)| {
+                (a.to_owned(), format!("[{b}"))
+            }),
+        None => (String::new(), extra),
+    };
+    let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}")
+        .replacen("[source]", &format!("[source]\n{url}{source_extra}"), 1)
+        .replacen("[route]\n", &format!("[route]\n{route_extra}\n"), 1);
     let settings = Config::from_toml(&toml)
         .expect("config parses")
         .validate()

@@ -14,4 +14,4 @@ pub mod sink;
 pub use config::{
     Brokers, Compression, CreateTopics, KafkaConfig, DEFAULT_KEY, DEFAULT_TOPIC, SINGLE_TOPIC,
 };
-pub use sink::{kafka_headers, KafkaSink};
+pub use sink::{cloudevents_headers, kafka_headers, KafkaSink};

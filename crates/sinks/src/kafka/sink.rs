@@ -21,6 +21,8 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::cloudevents::CloudEvents;
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -56,9 +58,18 @@ pub struct KafkaSink {
     max_in_flight: usize,
     message_timeout: Duration,
     create_topics: CreateTopics,
+    /// CloudEvents binary mode: `ce_*` and `content-type` headers.
+    cloudevents: Option<CloudEvents>,
 }
 
 impl KafkaSink {
+    /// CloudEvents (`[route] payload = "cloudevents"`): binary mode, the attributes as `ce_*`
+    /// headers and `content-type: application/json` beside the data.
+    pub fn with_cloudevents(mut self, cloudevents: CloudEvents) -> Self {
+        self.cloudevents = Some(cloudevents);
+        self
+    }
+
     /// Builds the sink from a validated configuration; reads secret properties now. The
     /// producer itself is created when the sink runs.
     pub fn new(config: &KafkaConfig, instance: &str) -> Result<Self, SinkError> {
@@ -94,6 +105,7 @@ impl KafkaSink {
             max_in_flight: config.max_in_flight,
             message_timeout: Duration::from_millis(config.message_timeout_ms),
             create_topics: config.create_topics.clone(),
+            cloudevents: None,
         })
     }
 }
@@ -379,6 +391,7 @@ struct Task {
     endpoint: String,
     client_config: ClientConfig,
     create_topics: CreateTopics,
+    cloudevents: Option<CloudEvents>,
     admin: Option<AdminClient<DefaultClientContext>>,
     known_topics: HashSet<String>,
     backoff: Backoff,
@@ -407,6 +420,7 @@ impl KafkaSink {
             endpoint: self.endpoint.clone(),
             client_config: self.client_config.clone(),
             create_topics: self.create_topics.clone(),
+            cloudevents: self.cloudevents.clone(),
             admin: None,
             known_topics: HashSet::new(),
             backoff: Backoff::new(&RETRY_BACKOFF),
@@ -622,7 +636,10 @@ impl Task {
             };
             let mut base = BaseRecord::with_opaque_to(&record.topic, slot)
                 .payload(record.payload.as_ref())
-                .headers(kafka_headers(record))
+                .headers(match &self.cloudevents {
+                    Some(ce) => cloudevents_headers(kafka_headers(record), ce, record),
+                    None => kafka_headers(record),
+                })
                 .timestamp(record.headers.received_at_ms);
             if let Some(key) = record.key.as_deref() {
                 base = base.key(key.as_bytes());
@@ -767,6 +784,32 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
             key: "received_at",
             value: Some(received_at),
         })
+}
+
+/// CloudEvents Kafka binary mode: `ce_specversion`, `ce_id`, `ce_source`, `ce_type`, `ce_time`
+/// and `content-type` added to `headers`.
+pub fn cloudevents_headers(
+    headers: OwnedHeaders,
+    cloudevents: &CloudEvents,
+    record: &Record,
+) -> OwnedHeaders {
+    let attributes = cloudevents.attributes(&record.headers, &record.payload);
+    let [specversion, id, source, ty, time] = attributes.pairs();
+    let mut headers = headers;
+    for (key, (_, value)) in [
+        ("ce_specversion", specversion),
+        ("ce_id", id),
+        ("ce_source", source),
+        ("ce_type", ty),
+        ("ce_time", time),
+        ("content-type", ("", crate::cloudevents::DATA_CONTENT_TYPE)),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
 }
 
 /// Formats `n` (negated when `negative`) in decimal at the end of `buf`, without `fmt`.

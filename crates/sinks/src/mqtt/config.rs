@@ -66,6 +66,53 @@ pub struct MqttConfig {
     /// Topic template (the bridge renders it). Default `voxsig/{account}/{event}`.
     #[serde(default)]
     pub topic: Option<String>,
+    /// MQTT protocol version: `"3.1.1"` (default) or `"5"`. With 5 every publish carries the
+    /// record's metadata as user properties (`event`, `account_id`, `received_at`, `event_id`,
+    /// `replayed`), content type `application/json` and payload format indicator 1, and a
+    /// broker's PUBACK / PUBREC failure reason code rejects the record (counted).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// MQTT 5: how long the broker keeps the session after the connection is lost, in
+    /// seconds. Default 3600. Ignored (0) with `clean_session = true`.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_secs: u32,
+    /// MQTT 5: message expiry intervals by event pattern (first match wins), e.g.
+    /// `[{ events = ["conversation.typing_*", "presence.update"], secs = 60 }]`.
+    #[serde(default)]
+    pub message_expiry: Vec<MessageExpiry>,
+}
+
+/// The MQTT protocol version of the sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (protocol level 4).
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl Protocol {
+    /// `"3.1.1"` or `"5"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+/// An MQTT 5 message expiry interval for the events matching `events`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageExpiry {
+    /// Event names; a trailing `*` matches a prefix, `*` alone matches all.
+    pub events: Vec<String>,
+    /// Seconds the broker keeps the message for subscribers that have not received it yet
+    /// (retained copies included), at least 1.
+    pub secs: u32,
 }
 
 /// Birth (`online` on connect) and last will (`offline`), both retained, on one topic.
@@ -122,6 +169,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_max_packet() -> usize {
     1024 * 1024
+}
+fn default_session_expiry() -> u32 {
+    3600
 }
 
 /// Where the broker is.
@@ -214,6 +264,9 @@ impl MqttConfig {
             status: StatusConfig::default(),
             tls: TlsConfig::default(),
             topic: None,
+            protocol: Protocol::default(),
+            session_expiry_secs: default_session_expiry(),
+            message_expiry: Vec::new(),
         }
     }
 
@@ -258,12 +311,25 @@ impl MqttConfig {
                 "MQTT 3.1.1 needs a username when a password is set",
             ));
         }
-        for pattern in &self.retain {
-            let stem = pattern.strip_suffix('*').unwrap_or(pattern);
-            if stem.contains('*') || (pattern.is_empty()) {
+        check_patterns("sink.retain", &self.retain)?;
+        if !self.message_expiry.is_empty() && self.protocol != Protocol::V5 {
+            return Err(ConfigError::new(
+                "sink.message_expiry",
+                "needs protocol = \"5\" (MQTT 3.1.1 has no message expiry)",
+            ));
+        }
+        for expiry in &self.message_expiry {
+            check_patterns("sink.message_expiry.events", &expiry.events)?;
+            if expiry.events.is_empty() {
                 return Err(ConfigError::new(
-                    "sink.retain",
-                    format!("{pattern:?}: an event name, optionally ending in '*'"),
+                    "sink.message_expiry.events",
+                    "names at least one event pattern",
+                ));
+            }
+            if expiry.secs == 0 {
+                return Err(ConfigError::new(
+                    "sink.message_expiry.secs",
+                    "must be at least 1",
                 ));
             }
         }
@@ -297,14 +363,28 @@ impl MqttConfig {
     }
 }
 
-/// Which events are published with the retain flag.
+fn check_patterns(key: &'static str, patterns: &[String]) -> Result<(), ConfigError> {
+    for pattern in patterns {
+        let stem = pattern.strip_suffix('*').unwrap_or(pattern);
+        if stem.contains('*') || pattern.is_empty() {
+            return Err(ConfigError::new(
+                key,
+                format!("{pattern:?}: an event name, optionally ending in '*'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A set of event patterns (exact names, or prefixes ending in `*`): which events are retained,
+/// which expire.
 #[derive(Debug, Clone)]
-pub(crate) struct RetainMatcher {
+pub(crate) struct EventPatterns {
     exact: Vec<String>,
     prefixes: Vec<String>,
 }
 
-impl RetainMatcher {
+impl EventPatterns {
     pub(crate) fn new(patterns: &[String]) -> Self {
         let mut exact = Vec::new();
         let mut prefixes = Vec::new();
@@ -314,7 +394,7 @@ impl RetainMatcher {
                 None => exact.push(p.clone()),
             }
         }
-        RetainMatcher { exact, prefixes }
+        EventPatterns { exact, prefixes }
     }
 
     pub(crate) fn retains(&self, event: &str) -> bool {
@@ -366,14 +446,41 @@ mod tests {
         c.username = Some("u".into());
         c.retain = vec!["a*b".into()];
         assert_eq!(c.validate().unwrap_err().key(), "sink.retain");
+        c.retain = vec![];
+        c.message_expiry = vec![MessageExpiry {
+            events: vec!["conversation.typing_*".into()],
+            secs: 60,
+        }];
+        assert_eq!(c.validate().unwrap_err().key(), "sink.message_expiry");
+        c.protocol = Protocol::V5;
+        assert!(c.validate().is_ok());
+        c.message_expiry[0].secs = 0;
+        assert_eq!(c.validate().unwrap_err().key(), "sink.message_expiry.secs");
+        c.message_expiry[0].secs = 1;
+        c.message_expiry[0].events = vec!["*x".into()];
+        assert_eq!(
+            c.validate().unwrap_err().key(),
+            "sink.message_expiry.events"
+        );
+    }
+
+    #[test]
+    fn protocol_is_spelt_as_in_the_spec() {
+        let c: MqttConfig = serde_json::from_str(r#"{"url":"mqtt://a","protocol":"5"}"#).unwrap();
+        assert_eq!(c.protocol, Protocol::V5);
+        let c: MqttConfig = serde_json::from_str(r#"{"url":"mqtt://a"}"#).unwrap();
+        assert_eq!(c.protocol, Protocol::V311);
+        assert!(
+            serde_json::from_str::<MqttConfig>(r#"{"url":"mqtt://a","protocol":"4"}"#).is_err()
+        );
     }
 
     #[test]
     fn retain_patterns() {
-        let m = RetainMatcher::new(&["presence.update".into(), "conversation.*".into()]);
+        let m = EventPatterns::new(&["presence.update".into(), "conversation.*".into()]);
         assert!(m.retains("presence.update"));
         assert!(m.retains("conversation.created"));
         assert!(!m.retains("message.created"));
-        assert!(RetainMatcher::new(&["*".into()]).retains("anything"));
+        assert!(EventPatterns::new(&["*".into()]).retains("anything"));
     }
 }

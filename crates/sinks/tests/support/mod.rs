@@ -52,7 +52,7 @@ fn wait_listening(port: u16, child: &mut Child, log: &Path) {
     }
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -73,7 +73,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn new() -> Process {
+    pub fn new() -> Process {
         Process {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
@@ -90,7 +90,7 @@ impl Process {
     }
 
     /// Spawns `command` (output to the log) and waits until it listens on the port.
-    fn spawn(&mut self, mut command: Command) {
+    pub fn spawn(&mut self, mut command: Command) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,7 +122,7 @@ impl Process {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
             signal(child, sig);
         }

@@ -1,0 +1,490 @@
+//! The adapter between the [`Tracker`](super::tracker::Tracker) and rumqttc: the only code that
+//! touches rumqttc's event loop internals (`pending`, `state.events`, `state.collision`), once
+//! for MQTT 3.1.1 ([`V4`]) and once for MQTT 5 ([`V5`]).
+//!
+//! Each turns rumqttc's events into [`Happened`] (what the tracker is fed) and applies the
+//! tracker's answers about rumqttc's re-send queue.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+
+use super::tracker::{AckKind, Pending, Place, Resend};
+use super::v5::PropertyRules;
+use crate::record::Record;
+
+/// What rumqttc reported, as the sink needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Happened {
+    /// CONNACK; MQTT 5 brokers may announce their largest packet, highest QoS and whether
+    /// they keep retained messages.
+    ConnAck {
+        session_present: bool,
+        limits: BrokerLimits,
+    },
+    /// `Outgoing::Publish(pkid)`.
+    Written(u16),
+    /// `Outgoing::AwaitAck(pkid)`.
+    Collided(u16),
+    /// PUBACK / PUBREC / PUBCOMP; `refused`: an MQTT 5 failure reason code.
+    Acked {
+        kind: AckKind,
+        pkid: u16,
+        refused: Option<u8>,
+    },
+    /// Our DISCONNECT was written.
+    Disconnected,
+    Other,
+}
+
+/// What an MQTT 5 broker announced in CONNACK (MQTT 3.1.1: nothing, the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BrokerLimits {
+    /// Its maximum packet size.
+    pub max_packet: Option<u32>,
+    /// Its maximum QoS.
+    pub max_qos: Option<u8>,
+    /// Whether it keeps retained messages.
+    pub retain_available: bool,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        BrokerLimits {
+            max_packet: None,
+            max_qos: None,
+            retain_available: true,
+        }
+    }
+}
+
+/// A failed connection: its `kind` label and the error.
+#[derive(Debug)]
+pub(crate) struct WireError {
+    pub kind: &'static str,
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A publish to hand over.
+pub(crate) struct Outgoing<'r> {
+    pub topic: &'r str,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: Bytes,
+    /// The record it carries (MQTT 5 properties); `None` for status messages.
+    pub record: Option<&'r Record>,
+}
+
+/// The sending half of one MQTT client (rumqttc's `AsyncClient`).
+pub(crate) trait Publisher: Send + 'static {
+    /// Hands a publish to rumqttc without waiting; false if its request channel is full or
+    /// closed.
+    fn publish(&self, publish: Outgoing<'_>) -> bool;
+    /// Asks rumqttc to disconnect; false if that could not be handed over now.
+    fn disconnect(&self) -> bool;
+    /// The size of the PUBLISH packet that carries `record`, in bytes (at most).
+    fn publish_size(&self, record: &Record) -> usize;
+}
+
+/// The event loop of one MQTT client (rumqttc's `EventLoop`).
+pub(crate) trait Wire: Send + 'static {
+    /// Polls the event loop (never cancelled while records are in flight).
+    fn poll(&mut self) -> impl Future<Output = Result<Happened, WireError>> + Send + '_;
+    /// Events rumqttc generated before a connection error and still holds.
+    fn buffered(&mut self) -> Vec<Happened>;
+    /// rumqttc's re-send queue.
+    fn pending(&self) -> Vec<Pending>;
+    /// Rearranges rumqttc's re-send queue as the tracker planned; held requests are kept here.
+    fn replan(&mut self, plan: &[(usize, Place)]);
+    /// Hands a held re-send back to rumqttc.
+    fn resend(&mut self, resend: Resend);
+    /// A new session (CONNACK without `session_present`): requests held back from the
+    /// forgotten session are dropped, and so is a publish rumqttc held back for a packet-id
+    /// collision (the tracker requeues its record).
+    fn forget_session(&mut self);
+}
+
+fn rearrange<R>(
+    pending: &mut std::collections::VecDeque<R>,
+    plan: &[(usize, Place)],
+    held: &mut HashMap<Resend, R>,
+    key: impl Fn(&R) -> Option<Resend>,
+) {
+    let mut requests: Vec<Option<R>> = pending.drain(..).map(Some).collect();
+    for (i, place) in plan {
+        let Some(request) = requests.get_mut(*i).and_then(Option::take) else {
+            continue;
+        };
+        match place {
+            Place::Queue => pending.push_back(request),
+            Place::Hold => match key(&request) {
+                Some(k) => {
+                    held.insert(k, request);
+                }
+                None => pending.push_back(request),
+            },
+            Place::Drop => {}
+        }
+    }
+    // Anything the plan did not mention stays (defensive; the tracker plans every request).
+    pending.extend(requests.into_iter().flatten());
+}
+
+/// MQTT fixed header (at most 5 bytes), topic length prefix and packet id.
+const PUBLISH_OVERHEAD: usize = 9;
+
+/// MQTT 3.1.1: the sending half.
+pub(crate) struct V4Client {
+    client: rumqttc::AsyncClient,
+}
+
+/// MQTT 3.1.1: the event loop.
+pub(crate) struct V4 {
+    eventloop: rumqttc::EventLoop,
+    held: HashMap<Resend, rumqttc::Request>,
+}
+
+impl V4 {
+    pub(crate) fn new(
+        options: rumqttc::MqttOptions,
+        cap: usize,
+        connect_timeout_secs: u64,
+    ) -> (V4Client, Self) {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, cap);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(connect_timeout_secs);
+        eventloop.set_network_options(network);
+        (
+            V4Client { client },
+            V4 {
+                eventloop,
+                held: HashMap::new(),
+            },
+        )
+    }
+}
+
+impl Publisher for V4Client {
+    fn publish(&self, p: Outgoing<'_>) -> bool {
+        let sent = self
+            .client
+            .publish_bytes(p.topic.to_owned(), qos_v4(p.qos), p.retain, p.payload)
+            .now_or_never();
+        matches!(sent, Some(Ok(())))
+    }
+
+    fn disconnect(&self) -> bool {
+        self.client.disconnect().now_or_never().is_some()
+    }
+
+    fn publish_size(&self, record: &Record) -> usize {
+        PUBLISH_OVERHEAD + record.topic.len() + record.payload.len()
+    }
+}
+
+fn qos_v4(level: u8) -> rumqttc::QoS {
+    match level {
+        0 => rumqttc::QoS::AtMostOnce,
+        2 => rumqttc::QoS::ExactlyOnce,
+        _ => rumqttc::QoS::AtLeastOnce,
+    }
+}
+
+fn happened_v4(event: &rumqttc::Event) -> Happened {
+    use rumqttc::{Event, Outgoing, Packet};
+    let acked = |kind, pkid| Happened::Acked {
+        kind,
+        pkid,
+        refused: None,
+    };
+    match event {
+        Event::Incoming(Packet::ConnAck(ack)) => Happened::ConnAck {
+            session_present: ack.session_present,
+            limits: BrokerLimits::default(),
+        },
+        Event::Incoming(Packet::PubAck(a)) => acked(AckKind::PubAck, a.pkid),
+        Event::Incoming(Packet::PubRec(a)) => acked(AckKind::PubRec, a.pkid),
+        Event::Incoming(Packet::PubComp(a)) => acked(AckKind::PubComp, a.pkid),
+        Event::Outgoing(Outgoing::Publish(pkid)) => Happened::Written(*pkid),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => Happened::Collided(*pkid),
+        Event::Outgoing(Outgoing::Disconnect) => Happened::Disconnected,
+        _ => Happened::Other,
+    }
+}
+
+fn error_kind_v4(error: &rumqttc::ConnectionError) -> &'static str {
+    use rumqttc::{ConnectReturnCode, ConnectionError};
+    match error {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => "auth",
+        ConnectionError::ConnectionRefused(_) => "refused",
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        ConnectionError::Io(_) => "io",
+        ConnectionError::Tls(_) => "tls",
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
+        _ => "protocol",
+    }
+}
+
+impl Wire for V4 {
+    async fn poll(&mut self) -> Result<Happened, WireError> {
+        match self.eventloop.poll().await {
+            Ok(event) => Ok(happened_v4(&event)),
+            Err(error) => Err(WireError {
+                kind: error_kind_v4(&error),
+                error: Box::new(error),
+            }),
+        }
+    }
+
+    fn buffered(&mut self) -> Vec<Happened> {
+        self.eventloop
+            .state
+            .events
+            .drain(..)
+            .map(|e| happened_v4(&e))
+            .collect()
+    }
+
+    fn pending(&self) -> Vec<Pending> {
+        self.eventloop
+            .pending
+            .iter()
+            .map(|r| match r {
+                rumqttc::Request::Publish(p) => Pending::Publish(p.pkid),
+                rumqttc::Request::PubRel(r) => Pending::Release(r.pkid),
+                _ => Pending::Other,
+            })
+            .collect()
+    }
+
+    fn replan(&mut self, plan: &[(usize, Place)]) {
+        rearrange(
+            &mut self.eventloop.pending,
+            plan,
+            &mut self.held,
+            |r| match r {
+                rumqttc::Request::Publish(p) => Some(Resend::Publish(p.pkid)),
+                rumqttc::Request::PubRel(r) => Some(Resend::Release(r.pkid)),
+                _ => None,
+            },
+        );
+    }
+
+    fn resend(&mut self, resend: Resend) {
+        match self.held.remove(&resend) {
+            Some(request) => self.eventloop.pending.push_back(request),
+            None => tracing::error!(?resend, "mqtt: held re-send missing"),
+        }
+    }
+
+    fn forget_session(&mut self) {
+        self.held.clear();
+        self.eventloop.state.collision = None;
+    }
+}
+
+/// MQTT 5: the sending half.
+pub(crate) struct V5Client {
+    client: rumqttc::v5::AsyncClient,
+    rules: PropertyRules,
+}
+
+/// MQTT 5: the event loop.
+pub(crate) struct V5 {
+    eventloop: rumqttc::v5::EventLoop,
+    held: HashMap<Resend, rumqttc::v5::Request>,
+}
+
+impl V5 {
+    pub(crate) fn new(
+        mut options: rumqttc::v5::MqttOptions,
+        cap: usize,
+        connect_timeout_secs: u64,
+        rules: PropertyRules,
+    ) -> (V5Client, Self) {
+        options.set_connection_timeout(connect_timeout_secs);
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, cap);
+        (
+            V5Client { client, rules },
+            V5 {
+                eventloop,
+                held: HashMap::new(),
+            },
+        )
+    }
+}
+
+impl Publisher for V5Client {
+    fn publish(&self, p: Outgoing<'_>) -> bool {
+        let properties = self.rules.properties(p.record);
+        let sent = self
+            .client
+            .publish_bytes_with_properties(
+                p.topic.to_owned(),
+                qos_v5(p.qos),
+                p.retain,
+                p.payload,
+                properties,
+            )
+            .now_or_never();
+        matches!(sent, Some(Ok(())))
+    }
+
+    fn disconnect(&self) -> bool {
+        self.client.disconnect().now_or_never().is_some()
+    }
+
+    fn publish_size(&self, record: &Record) -> usize {
+        PUBLISH_OVERHEAD
+            + record.topic.len()
+            + record.payload.len()
+            + self.rules.properties_size(record)
+    }
+}
+
+fn qos_v5(level: u8) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS;
+    match level {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+fn happened_v5(event: &rumqttc::v5::Event) -> Happened {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason};
+    use rumqttc::v5::Event;
+    use rumqttc::Outgoing;
+    match event {
+        Event::Incoming(Packet::ConnAck(ack)) => Happened::ConnAck {
+            session_present: ack.session_present,
+            limits: BrokerLimits {
+                max_packet: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+                max_qos: ack.properties.as_ref().and_then(|p| p.max_qos),
+                retain_available: ack
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.retain_available)
+                    .is_none_or(|r| r != 0),
+            },
+        },
+        Event::Incoming(Packet::PubAck(a)) => Happened::Acked {
+            kind: AckKind::PubAck,
+            pkid: a.pkid,
+            refused: match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
+                PubAckReason::UnspecifiedError => Some(0x80),
+                PubAckReason::ImplementationSpecificError => Some(0x83),
+                PubAckReason::NotAuthorized => Some(0x87),
+                PubAckReason::TopicNameInvalid => Some(0x90),
+                PubAckReason::PacketIdentifierInUse => Some(0x91),
+                PubAckReason::QuotaExceeded => Some(0x97),
+                PubAckReason::PayloadFormatInvalid => Some(0x99),
+            },
+        },
+        Event::Incoming(Packet::PubRec(a)) => Happened::Acked {
+            kind: AckKind::PubRec,
+            pkid: a.pkid,
+            refused: match a.reason {
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => None,
+                PubRecReason::UnspecifiedError => Some(0x80),
+                PubRecReason::ImplementationSpecificError => Some(0x83),
+                PubRecReason::NotAuthorized => Some(0x87),
+                PubRecReason::TopicNameInvalid => Some(0x90),
+                PubRecReason::PacketIdentifierInUse => Some(0x91),
+                PubRecReason::QuotaExceeded => Some(0x97),
+                PubRecReason::PayloadFormatInvalid => Some(0x99),
+            },
+        },
+        // PUBCOMP is final whatever its reason: the broker took the message at PUBREC.
+        Event::Incoming(Packet::PubComp(a)) => Happened::Acked {
+            kind: AckKind::PubComp,
+            pkid: a.pkid,
+            refused: None,
+        },
+        Event::Outgoing(Outgoing::Publish(pkid)) => Happened::Written(*pkid),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => Happened::Collided(*pkid),
+        Event::Outgoing(Outgoing::Disconnect) => Happened::Disconnected,
+        _ => Happened::Other,
+    }
+}
+
+fn error_kind_v5(error: &rumqttc::v5::ConnectionError) -> &'static str {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+    use rumqttc::v5::ConnectionError;
+    match error {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => "auth",
+        ConnectionError::ConnectionRefused(_) => "refused",
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        ConnectionError::Io(_) => "io",
+        ConnectionError::Tls(_) => "tls",
+        ConnectionError::Timeout(_) => "timeout",
+        _ => "protocol",
+    }
+}
+
+impl Wire for V5 {
+    async fn poll(&mut self) -> Result<Happened, WireError> {
+        match self.eventloop.poll().await {
+            Ok(event) => Ok(happened_v5(&event)),
+            Err(error) => Err(WireError {
+                kind: error_kind_v5(&error),
+                error: Box::new(error),
+            }),
+        }
+    }
+
+    fn buffered(&mut self) -> Vec<Happened> {
+        self.eventloop
+            .state
+            .events
+            .drain(..)
+            .map(|e| happened_v5(&e))
+            .collect()
+    }
+
+    fn pending(&self) -> Vec<Pending> {
+        use rumqttc::v5::Request;
+        self.eventloop
+            .pending
+            .iter()
+            .map(|r| match r {
+                Request::Publish(p) => Pending::Publish(p.pkid),
+                Request::PubRel(r) => Pending::Release(r.pkid),
+                _ => Pending::Other,
+            })
+            .collect()
+    }
+
+    fn replan(&mut self, plan: &[(usize, Place)]) {
+        use rumqttc::v5::Request;
+        rearrange(
+            &mut self.eventloop.pending,
+            plan,
+            &mut self.held,
+            |r| match r {
+                Request::Publish(p) => Some(Resend::Publish(p.pkid)),
+                Request::PubRel(r) => Some(Resend::Release(r.pkid)),
+                _ => None,
+            },
+        );
+    }
+
+    fn resend(&mut self, resend: Resend) {
+        match self.held.remove(&resend) {
+            Some(request) => self.eventloop.pending.push_back(request),
+            None => tracing::error!(?resend, "mqtt: held re-send missing"),
+        }
+    }
+
+    fn forget_session(&mut self) {
+        self.held.clear();
+        self.eventloop.state.collision = None;
+    }
+}
