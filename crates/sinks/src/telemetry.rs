@@ -14,7 +14,7 @@
 //! | `voxsig_bridge_sink_publish_latency_seconds` | histogram | `sink` |
 //! | `voxsig_bridge_buffer_records_dropped_total` | counter | `reason`, `event` |
 //! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
-//! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — |
+//! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — (a disk buffer without `max_events`: the largest value, so fill ratios stay 0) |
 //! | `voxsig_bridge_buffer_replayed_total` | counter | — |
 //! | `voxsig_bridge_buffer_corrupt_records_total` | counter | `kind` (`torn_tail`, `checksum`) |
 //! | `voxsig_bridge_buffer_write_errors_total` | counter | — |
