@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use voxsig_protocol::backoff::{Backoff, Jitter};
 use voxsig_protocol::{PubsubToken, RoomIdentifier};
-use voxsig_sinks::{BufferConfig, SinkConfig};
+use voxsig_sinks::{BufferConfig, BufferKind, SinkConfig};
+
+/// The disk buffer's directory under `[state] dir` when `buffer.dir` is not set.
+pub const BUFFER_SUBDIR: &str = "buffer";
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "VOXSIG_BRIDGE_";
@@ -492,7 +495,7 @@ impl Config {
     }
 
     /// Checks everything and resolves tokens and the accounts file.
-    pub fn validate(self) -> Result<Settings, ConfigError> {
+    pub fn validate(mut self) -> Result<Settings, ConfigError> {
         self.validate_source()?;
         let sink = match &self.sink {
             Some(sink) => sink.clone(),
@@ -501,6 +504,15 @@ impl Config {
         };
         sink.validate().map_err(ConfigError::from_sinks)?;
         self.buffer.validate().map_err(ConfigError::from_sinks)?;
+        if self.buffer.kind == BufferKind::Disk && self.buffer.dir.is_none() {
+            let Some(state) = &self.state.dir else {
+                return Err(ConfigError::new(
+                    "buffer.dir",
+                    "required with kind = \"disk\" when [state] dir is not set",
+                ));
+            };
+            self.buffer.dir = Some(state.join(BUFFER_SUBDIR));
+        }
         if self.dedup.enabled && self.dedup.max_entries == 0 {
             return Err(ConfigError::new("dedup.max_entries", "must be at least 1"));
         }

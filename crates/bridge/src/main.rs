@@ -86,7 +86,20 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Stopped::Clean) => std::process::ExitCode::SUCCESS,
+        Ok(Stopped::Lost(report)) => {
+            let by_event: Vec<String> = report
+                .undelivered_by_event
+                .iter()
+                .map(|(event, n)| format!("{event}={n}"))
+                .collect();
+            eprintln!(
+                "error: stopped with {} records undelivered at the drain deadline; the memory buffer does not keep them, they are lost ({})",
+                report.lost(),
+                by_event.join(", ")
+            );
+            std::process::ExitCode::from(voxsig_bridge::runtime::EXIT_RECORDS_LOST)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -94,7 +107,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// How a command ended.
+enum Stopped {
+    /// Nothing accepted was lost.
+    Clean,
+    /// Records of the memory buffer were undelivered at the drain deadline.
+    Lost(voxsig_sinks::DrainReport),
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<Stopped> {
     match command {
         Command::Check { config } => {
             let settings = load(&config)?;
@@ -114,7 +135,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if settings.config.sink.is_none() {
                 println!("# note: no [sink] configured: `run` writes events to stdout");
             }
-            Ok(())
+            Ok(Stopped::Clean)
         }
         Command::Run {
             config,
@@ -131,7 +152,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
             run_until_signal(bridge, drain).await
         }
-        Command::Demo(options) => voxsig_bridge::demo::run(options).await,
+        Command::Demo(options) => voxsig_bridge::demo::run(options)
+            .await
+            .map(|()| Stopped::Clean),
         Command::Tail {
             config,
             events,
@@ -157,12 +180,16 @@ fn load(path: &std::path::Path) -> anyhow::Result<Settings> {
         .with_context(|| format!("config {}", path.display()))
 }
 
-async fn run_until_signal(bridge: Bridge, drain: Duration) -> anyhow::Result<()> {
+async fn run_until_signal(bridge: Bridge, drain: Duration) -> anyhow::Result<Stopped> {
     wait_for_signal().await?;
     tracing::info!(drain_timeout = %voxsig_bridge::telemetry::Secs(drain), "signal received: stopping reads and draining the buffer");
-    // The bridge logs what could not be delivered by the deadline; a requested stop is a success.
-    bridge.shutdown(drain).await;
-    Ok(())
+    // A requested stop is a success unless accepted records are lost by it (memory buffer).
+    let report = bridge.shutdown(drain).await;
+    Ok(if report.lost() > 0 {
+        Stopped::Lost(report)
+    } else {
+        Stopped::Clean
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -17,8 +17,14 @@ use tokio_tungstenite::Connector;
 use voxsig_protocol::SessionConfig;
 use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
 
-/// How long sockets get to stop reading before the buffer is closed under them.
+/// How long sockets get to stop reading before the buffer is closed under them (at most a
+/// quarter of the drain timeout: the whole shutdown fits in `drain_timeout`).
 const STOP_READING_GRACE: Duration = Duration::from_secs(2);
+
+/// The exit code of `voxsig-bridge run` when it stopped (SIGTERM/SIGINT) with records of the
+/// memory buffer still undelivered at the drain deadline: they are lost. (1 is any other error;
+/// 0 a clean stop, including a disk buffer keeping undelivered records for the next start.)
+pub const EXIT_RECORDS_LOST: u8 = 3;
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error("source.ca_file: {0}")]
     Tls(String),
+    /// The buffer could not be opened (disk buffer: directory unusable, newer format).
+    #[error(transparent)]
+    Buffer(#[from] voxsig_sinks::BufferError),
 }
 
 /// A running bridge.
@@ -72,7 +81,8 @@ impl Bridge {
         let metrics = BridgeMetrics::register(registry, per_account)?;
         let sink_metrics = SinkMetrics::register(registry)?;
         let gauges = Gauges::register(registry)?;
-        let (writer, reader) = voxsig_sinks::buffer(config.buffer.clone(), sink_metrics.clone());
+        let (writer, reader) =
+            voxsig_sinks::open_buffer(config.buffer.clone(), sink_metrics.clone())?;
         // The sink actually running (`tail` and the demo bring their own), not the configured one.
         let sink_kind = sink.kind();
         let sink = voxsig_sinks::spawn(sink, reader);
@@ -226,13 +236,16 @@ impl Bridge {
         !self.sink.is_finished()
     }
 
-    /// Stops reading, then gives the sink `drain_timeout` to deliver what was accepted.
+    /// Stops reading, then lets the sink deliver what was accepted; everything within
+    /// `drain_timeout` in total. What is still undelivered then is lost with the memory buffer
+    /// ([`DrainReport::lost`]) and kept for the next start with the disk buffer.
     pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
+        let started = tokio::time::Instant::now();
         let _ = self.shutdown.send(true);
         // A socket stops at once unless it is waiting for room in a full buffer (the sink is
         // slow or its broker away): give those a moment, then close the buffer so they give up.
         // What they held was never accepted, so nothing accepted is lost by it.
-        let joined = tokio::time::timeout(STOP_READING_GRACE, async {
+        let joined = tokio::time::timeout(STOP_READING_GRACE.min(drain_timeout / 4), async {
             while self.connections.join_next().await.is_some() {}
         })
         .await;
@@ -240,10 +253,14 @@ impl Bridge {
         if joined.is_err() {
             while self.connections.join_next().await.is_some() {}
         }
-        let report = self.sink.shutdown(drain_timeout).await;
-        if report.undelivered > 0 {
-            tracing::error!(undelivered = report.undelivered, by_event = ?report.undelivered_by_event,
-                "shutdown deadline passed with records undelivered");
+        let left = drain_timeout.saturating_sub(started.elapsed());
+        let report = self.sink.shutdown(left).await;
+        if report.lost() > 0 {
+            tracing::error!(lost = report.lost(), by_event = ?report.undelivered_by_event,
+                "shutdown deadline passed: undelivered records of the memory buffer are lost");
+        } else if report.undelivered > 0 {
+            tracing::info!(kept = report.undelivered, by_event = ?report.undelivered_by_event,
+                "shutdown deadline passed: undelivered records stay in the disk buffer for the next start");
         } else {
             tracing::info!(
                 delivered = report.delivered,

@@ -76,7 +76,10 @@ fn check_prints_the_resolved_config_redacted() {
     assert!(out.contains("[sink]\nkind = \"mqtt\""), "{out}");
     assert!(out.contains("password = \"<redacted>\""), "{out}");
     assert!(!out.contains("mqttSecretPw") && !err.contains("mqttSecretPw"));
-    assert!(out.contains("[buffer]\nmax_events = 100000"), "{out}");
+    assert!(
+        out.contains("[buffer]\nkind = \"memory\"\nmax_events = 100000"),
+        "{out}"
+    );
     let reparsed: toml::Value = toml::from_str(&out).expect("check prints TOML");
     assert_eq!(
         reparsed["source"]["presence_interval"].as_str(),

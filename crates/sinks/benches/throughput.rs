@@ -20,6 +20,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
@@ -31,7 +32,8 @@ use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
 use voxsig_sinks::mqtt::Protocol;
 use voxsig_sinks::testing::{Generator, Layout};
 use voxsig_sinks::{
-    buffer, spawn, BufferConfig, KafkaConfig, MqttConfig, Record, SinkConfig, SinkMetrics,
+    buffer, open_buffer, spawn, BufferConfig, BufferReader, DrainReport, Fsync, KafkaConfig,
+    MqttConfig, Record, Sink, SinkConfig, SinkMetrics,
 };
 
 /// Longest a single measured loop may run.
@@ -87,7 +89,7 @@ fn records(n: u64, layout: Layout) -> Vec<Record> {
 async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: Vec<Record>) -> Measure {
     let (writer, reader) = buffer(
         BufferConfig {
-            max_events: records.len().max(warmup.len()) + 1,
+            max_events: Some(records.len().max(warmup.len()) + 1),
             ..BufferConfig::default()
         },
         SinkMetrics::unregistered(),
@@ -114,7 +116,7 @@ async fn through_sink(config: SinkConfig, records: Vec<Record>, warmup: Vec<Reco
 async fn through_memory(records: &[Record]) -> f64 {
     let (writer, reader) = buffer(
         BufferConfig {
-            max_events: records.len() + 1,
+            max_events: Some(records.len() + 1),
             ..BufferConfig::default()
         },
         SinkMetrics::unregistered(),
@@ -130,6 +132,134 @@ async fn through_memory(records: &[Record]) -> f64 {
     let rate = records.len() as f64 / start.elapsed().as_secs_f64();
     running.shutdown(Duration::from_secs(5)).await;
     rate
+}
+
+/// A sink that acknowledges everything at once: the buffer's own cost per record.
+struct NullSink;
+
+impl Sink for NullSink {
+    fn kind(&self) -> &'static str {
+        "null"
+    }
+
+    fn run(self: Box<Self>, mut reader: BufferReader) -> BoxFuture<'static, DrainReport> {
+        Box::pin(async move {
+            let mut batch = Vec::with_capacity(256);
+            loop {
+                if reader.try_recv_many(256, &mut batch) > 0 {
+                    reader.ack_many(&mut batch);
+                    continue;
+                }
+                if reader.is_finished() || reader.is_aborted() {
+                    break;
+                }
+                reader.readable().await;
+                if reader.is_closed() && reader.queued() == 0 {
+                    break;
+                }
+            }
+            reader.report()
+        })
+    }
+}
+
+/// Where the buffer rows send their records.
+#[derive(Clone)]
+enum Target {
+    Null,
+    Mqtt(Box<MqttConfig>),
+}
+
+impl Target {
+    fn sink(&self) -> Box<dyn Sink> {
+        match self {
+            Target::Null => Box::new(NullSink),
+            Target::Mqtt(config) => SinkConfig::Mqtt((**config).clone())
+                .build("bench")
+                .expect("sink"),
+        }
+    }
+}
+
+/// ~1.3 KB records (1,200-byte payloads), as the buffer rows use.
+fn big_records(n: u64) -> Vec<Record> {
+    let mut generator = Generator::new("voxsig", Layout::Mqtt);
+    generator.payload_bytes = 1_200;
+    (0..n).map(|i| generator.record(i)).collect()
+}
+
+/// The buffer kind of a buffer row: memory, or disk with an fsync policy (in a fresh directory).
+fn buffer_config(fsync: Option<Fsync>, dir: &std::path::Path) -> BufferConfig {
+    match fsync {
+        None => BufferConfig::default(),
+        Some(fsync) => BufferConfig {
+            fsync,
+            ..BufferConfig::disk(dir)
+        },
+    }
+}
+
+/// Pushes `n` ~1.3 KB records through the buffer `fsync` describes into `target`; measures
+/// from the first push to the last acknowledgement, after a warm-up.
+async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u64) -> Measure {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (writer, reader) = open_buffer(
+        buffer_config(fsync, dir.path()),
+        SinkMetrics::unregistered(),
+    )
+    .expect("buffer opens");
+    let handle = spawn(target.sink(), reader);
+    for r in big_records(warmup) {
+        writer.push(r).await.expect("push");
+    }
+    wait_drained(&writer).await;
+    let records = big_records(n);
+    let cpu = process_cpu_ns();
+    let start = Instant::now();
+    for r in records {
+        writer.push(r).await.expect("push");
+    }
+    wait_drained(&writer).await;
+    let measured = measure(n as usize, start, cpu);
+    let report = handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.undelivered, 0);
+    measured
+}
+
+/// Fills a disk buffer with `n` ~1.3 KB records and no sink, then measures a start on it:
+/// (bytes, seconds to open it (recovery scan), seconds to deliver all of it to a null sink).
+async fn recovery(n: u64) -> (u64, f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = BufferConfig {
+        max_bytes: 2 * 1024 * 1024 * 1024,
+        ..BufferConfig::disk(dir.path())
+    };
+    {
+        let (writer, _reader) =
+            open_buffer(config.clone(), SinkMetrics::unregistered()).expect("buffer opens");
+        let generator = {
+            let mut g = Generator::new("voxsig", Layout::Mqtt);
+            g.payload_bytes = 1_200;
+            g
+        };
+        for i in 0..n {
+            writer.push(generator.record(i)).await.expect("push");
+        }
+    }
+    let start = Instant::now();
+    let (writer, reader) = open_buffer(config, SinkMetrics::unregistered()).expect("reopens");
+    let opened = start.elapsed().as_secs_f64();
+    assert_eq!(writer.depth() as u64, n, "every record recovered");
+    let size: u64 = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let handle = spawn(Box::new(NullSink), reader);
+    wait_drained(&writer).await;
+    let drained = start.elapsed().as_secs_f64();
+    handle.shutdown(Duration::from_secs(5)).await;
+    (size, opened, drained)
 }
 
 async fn wait_drained(writer: &voxsig_sinks::BufferWriter) {
@@ -431,6 +561,16 @@ async fn main() {
         return;
     }
     let mosquitto = Mosquitto::start(MosquittoOptions::default());
+    // The disk buffer rows first (they write ~1 GiB at full size), not with `--mqtt`.
+    let buffer_rows = if only("--mqtt") {
+        Vec::new()
+    } else {
+        buffer_rows(rounds, scale, &mosquitto).await
+    };
+    if only("--buffers-only") {
+        print_buffer_rows(&buffer_rows, rounds, scale).await;
+        return;
+    }
     let tansu = Tansu::start();
     let mut rows = Vec::new();
 
@@ -523,6 +663,7 @@ async fn main() {
     }
 
     print_rows(rows, rounds, warmup_n);
+    print_buffer_rows(&buffer_rows, rounds, scale).await;
 }
 
 fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
@@ -546,5 +687,84 @@ fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
     }
     println!(
         "\nmedians of {rounds} rounds alternating which side goes first; {warmup_n} warm-up records each; ~400-byte JSON payloads; loopback"
+    );
+}
+
+/// The disk buffer beside the memory buffer, into the same sink, in the same run.
+async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mqtt = Target::Mqtt(Box::new(mqtt_config(mosquitto.url(), 1)));
+    for (name, target, fsync, n) in [
+        (
+            "null sink, disk fsync = interval",
+            Target::Null,
+            Fsync::Interval,
+            300_000 / scale,
+        ),
+        (
+            "null sink, disk fsync = never",
+            Target::Null,
+            Fsync::Never,
+            300_000 / scale,
+        ),
+        (
+            "null sink, disk fsync = always",
+            Target::Null,
+            Fsync::Always,
+            300_000 / scale,
+        ),
+        (
+            "mosquitto QoS 1, disk fsync = interval",
+            mqtt.clone(),
+            Fsync::Interval,
+            50_000 / scale,
+        ),
+        (
+            "mosquitto QoS 1, disk fsync = always",
+            mqtt.clone(),
+            Fsync::Always,
+            50_000 / scale,
+        ),
+    ] {
+        let warmup = (n / 10).max(10);
+        let row = compare(
+            rounds,
+            name,
+            n,
+            || through_buffer(None, target.clone(), n, warmup),
+            || through_buffer(Some(fsync), target.clone(), n, warmup),
+        )
+        .await;
+        rows.push(row);
+    }
+    rows
+}
+
+async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
+    println!(
+        "\n| buffer rows: sink, disk buffer | records | memory buffer (rec/s) | disk buffer (rec/s) | disk / memory (median; lowest-highest) | CPU ns/record, memory / disk |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.0} / {:.0} |",
+            r.name,
+            r.count,
+            r.bare,
+            r.sink,
+            r.ratio.0,
+            r.ratio.1,
+            r.ratio.2,
+            r.bare_cpu_ns,
+            r.sink_cpu_ns
+        );
+    }
+    println!("\nmedians of {rounds} rounds alternating which side goes first; ~1.3 KB records (1,200-byte payloads); loopback; disk buffer in a fresh directory under $TMPDIR");
+    // Recovery: ~1 GiB (at full scale) of backlog left by a previous run.
+    let n = 800_000 / scale;
+    let (bytes, opened, drained) = recovery(n).await;
+    println!(
+        "\nrecovery: {n} records, {:.1} MiB on disk: opened (scanned, checked) in {opened:.2} s, all delivered to a null sink {drained:.2} s after the start",
+        bytes as f64 / 1048576.0
     );
 }

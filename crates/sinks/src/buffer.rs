@@ -8,20 +8,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+mod books;
+mod disk;
+mod format;
+
+pub use disk::{BufferError, Fsync};
+use disk::{Disk, Recovered};
+
 use crate::telemetry::{
-    emit, BufferCreated, BufferLevel, DropReason, PublishFailed, RecordDropped, RecordsDelivered,
+    emit, BufferCreated, BufferLevel, DiskWriteFailed, DropReason, PublishFailed, RecordDropped,
+    RecordsDelivered,
 };
 use crate::{ConfigError, DrainReport, Record, SinkMetrics};
-
-/// Pushes between two updates of the fill-level gauges.
-const LEVEL_EVERY: usize = 64;
 
 /// What [`BufferWriter::push`] does when the buffer is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -47,32 +54,129 @@ impl WhenFull {
     }
 }
 
-/// Bounds of the buffer (`[buffer]` in the bridge's configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BufferConfig {
-    /// Maximum records held (queued plus in flight). Default 100,000.
-    pub max_events: usize,
-    /// Maximum bytes held, by [`Record::size_bytes`]. Default 256 MiB.
-    pub max_bytes: usize,
-    /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
-    pub when_full: WhenFull,
+/// Where the buffer keeps records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// In memory: fast, lost by a crash or a stop with records undelivered. The default.
+    #[default]
+    Memory,
+    /// Segment files in `dir`: survives crashes and restarts (see the crate README).
+    Disk,
 }
 
-impl Default for BufferConfig {
-    fn default() -> Self {
-        BufferConfig {
-            max_events: 100_000,
-            max_bytes: 256 * 1024 * 1024,
-            when_full: WhenFull::Block,
+impl BufferKind {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BufferKind::Memory => "memory",
+            BufferKind::Disk => "disk",
         }
     }
 }
 
+/// Default `max_bytes` of the memory buffer.
+pub const MEMORY_DEFAULT_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Default `max_events` of the memory buffer.
+pub const MEMORY_DEFAULT_MAX_EVENTS: usize = 100_000;
+/// Default `max_bytes` of the disk buffer.
+pub const DISK_DEFAULT_MAX_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The buffer's settings (`[buffer]` in the bridge's configuration). Defaults depend on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "RawBufferConfig")]
+pub struct BufferConfig {
+    /// `"memory"` (default) or `"disk"`.
+    pub kind: BufferKind,
+    /// Maximum records held (queued plus in flight). Memory: default 100,000; disk: unbounded
+    /// unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<usize>,
+    /// Maximum bytes held. Memory: the records' resident memory (allocations by capacity,
+    /// allocator overhead, queue slots), default 256 MiB; disk: framed bytes on disk, default
+    /// 1 GiB.
+    pub max_bytes: usize,
+    /// `"block"` (default), `"drop_oldest"` or `"drop_newest"`.
+    pub when_full: WhenFull,
+    /// Disk: the directory of segments and ledger. The bridge defaults it to
+    /// `<state.dir>/buffer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Disk: `"interval"` (default), `"always"` or `"never"`.
+    pub fsync: Fsync,
+    /// Disk: the group-commit period of `fsync = "interval"`. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+/// `[buffer]` as written; [`BufferConfig`] fills in the defaults of its kind.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawBufferConfig {
+    kind: BufferKind,
+    max_events: Option<usize>,
+    max_bytes: Option<usize>,
+    when_full: WhenFull,
+    dir: Option<PathBuf>,
+    fsync: Fsync,
+    #[serde(with = "humantime_serde")]
+    fsync_interval: Duration,
+}
+
+impl Default for RawBufferConfig {
+    fn default() -> Self {
+        RawBufferConfig {
+            kind: BufferKind::Memory,
+            max_events: None,
+            max_bytes: None,
+            when_full: WhenFull::Block,
+            dir: None,
+            fsync: Fsync::Interval,
+            fsync_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl From<RawBufferConfig> for BufferConfig {
+    fn from(raw: RawBufferConfig) -> Self {
+        let (events, bytes) = match raw.kind {
+            BufferKind::Memory => (Some(MEMORY_DEFAULT_MAX_EVENTS), MEMORY_DEFAULT_MAX_BYTES),
+            BufferKind::Disk => (None, DISK_DEFAULT_MAX_BYTES),
+        };
+        BufferConfig {
+            kind: raw.kind,
+            max_events: raw.max_events.or(events),
+            max_bytes: raw.max_bytes.unwrap_or(bytes),
+            when_full: raw.when_full,
+            dir: raw.dir,
+            fsync: raw.fsync,
+            fsync_interval: raw.fsync_interval,
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        RawBufferConfig::default().into()
+    }
+}
+
 impl BufferConfig {
+    /// The defaults of the disk buffer, in `dir`.
+    pub fn disk(dir: impl Into<PathBuf>) -> Self {
+        BufferConfig {
+            dir: Some(dir.into()),
+            ..RawBufferConfig {
+                kind: BufferKind::Disk,
+                ..RawBufferConfig::default()
+            }
+            .into()
+        }
+    }
+
     /// Checks the bounds; errors name the key under `buffer.`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_events == 0 {
+        if self.max_events == Some(0) {
             return Err(ConfigError::new("buffer.max_events", "must be at least 1"));
         }
         if self.max_bytes < 1024 {
@@ -81,7 +185,29 @@ impl BufferConfig {
                 "must be at least 1024",
             ));
         }
+        if self.kind == BufferKind::Disk {
+            if self
+                .dir
+                .as_deref()
+                .is_some_and(|d| d.as_os_str().is_empty())
+            {
+                return Err(ConfigError::new("buffer.dir", "must not be empty"));
+            }
+            if self.fsync == Fsync::Interval
+                && !(Duration::from_millis(1)..=Duration::from_secs(60))
+                    .contains(&self.fsync_interval)
+            {
+                return Err(ConfigError::new(
+                    "buffer.fsync_interval",
+                    "must be between 1ms and 60s",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn max_events(&self) -> usize {
+        self.max_events.unwrap_or(usize::MAX)
     }
 }
 
@@ -90,27 +216,81 @@ impl BufferConfig {
 #[error("the sink buffer is closed")]
 pub struct BufferClosed;
 
-/// Creates a buffer: the writer goes to the bridge's router, the reader to the sink.
+/// Creates an in-memory buffer with `config`'s bounds (whatever its `kind`; [`open`] honours
+/// the kind): the writer goes to the bridge's router, the reader to the sink.
 pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, BufferReader) {
+    let config = BufferConfig {
+        kind: BufferKind::Memory,
+        ..config
+    };
+    make(config, Store::Memory, None, metrics)
+}
+
+/// Opens the buffer `config` describes: in memory, or on disk (recovering what a previous run
+/// left there: those records are handed to the sink before any new one).
+pub fn open(
+    config: BufferConfig,
+    metrics: SinkMetrics,
+) -> Result<(BufferWriter, BufferReader), BufferError> {
+    match config.kind {
+        BufferKind::Memory => Ok(buffer(config, metrics)),
+        BufferKind::Disk => {
+            let dir = config.dir.clone().ok_or(BufferError::NoDir)?;
+            let (disk, recovered) =
+                Disk::open(&dir, config.fsync, config.max_bytes, metrics.clone())?;
+            let interval = disk.interval(config.fsync_interval);
+            let pair = make(
+                config,
+                Store::Disk(Box::new(disk)),
+                Some(recovered),
+                metrics,
+            );
+            start_flusher(Arc::downgrade(&pair.0.shared), interval);
+            Ok(pair)
+        }
+    }
+}
+
+fn make(
+    config: BufferConfig,
+    store: Store,
+    recovered: Option<Recovered>,
+    metrics: SinkMetrics,
+) -> (BufferWriter, BufferReader) {
     emit(
         &metrics,
         BufferCreated {
-            max_events: config.max_events,
+            max_events: config.max_events(),
             max_bytes: config.max_bytes,
             when_full: config.when_full.as_str(),
         },
     );
+    let mut state = State {
+        store,
+        ..State::default()
+    };
+    if let Some(r) = recovered {
+        state.next_seq = r.next_seq;
+        state.held_events = r.events;
+        state.held_bytes = r.bytes;
+        for (label, n) in r.by_label {
+            *state.held_by_label.slot(label) += n;
+        }
+    }
+    let window = (config.max_bytes / 8).min(DISK_MEMORY_WINDOW);
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
+        state: Mutex::new(state),
         space: Notify::new(),
         space_waiters: AtomicUsize::new(0),
         data: Notify::new(),
         data_waiters: AtomicUsize::new(0),
         aborted_flag: AtomicBool::new(false),
         aborted: Notify::new(),
+        window,
         config,
         metrics,
     });
+    shared.level(&shared.lock());
     let reader = BufferReader {
         acker: Acker {
             shared: shared.clone(),
@@ -118,6 +298,69 @@ pub fn buffer(config: BufferConfig, metrics: SinkMetrics) -> (BufferWriter, Buff
         },
     };
     (BufferWriter { shared }, reader)
+}
+
+/// Syncs and writes the ledger every `interval` until the buffer is gone.
+fn start_flusher(shared: Weak<Shared>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("voxsig-buffer-flush".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.flush();
+        });
+    if let Err(error) = spawned {
+        // Without the flusher the ledger is written at shutdown only: more replays, no loss.
+        tracing::error!(%error, "disk buffer: cannot start the flusher thread");
+    }
+}
+
+/// The disk buffer keeps at most this many bytes of records in memory (queued for the sink; an
+/// eighth of `max_bytes` when that is less); beyond it, records are written to disk only and
+/// read back when the sink gets to them.
+const DISK_MEMORY_WINDOW: usize = 4 * 1024 * 1024;
+/// Records read back from disk at once.
+const FILL_RECORDS: usize = 1024;
+const FILL_BYTES: usize = 1024 * 1024;
+/// A blocked writer retries a failed disk write after this long (or sooner when room is made).
+const DISK_RETRY: Duration = Duration::from_millis(100);
+/// Disk write failures are logged at most this often.
+const DISK_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the allocator adds to every allocation (header and rounding), on average.
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// The resident memory a record costs while it is held by the memory buffer: its allocations
+/// (by capacity, plus the allocator's overhead) and its queue slot, counted twice because a
+/// `VecDeque` may hold up to twice the slots it uses. So `max_bytes` bounds the real memory.
+fn memory_footprint(record: &Record) -> usize {
+    let strings = [
+        Some(&record.topic),
+        record.key.as_ref(),
+        Some(&record.headers.event),
+        record.headers.event_id.as_ref(),
+    ];
+    let heap: usize = strings
+        .iter()
+        .flatten()
+        .filter(|s| s.capacity() > 0)
+        .map(|s| s.capacity() + ALLOCATION_OVERHEAD)
+        .sum();
+    // The payload: its bytes, the shared `Bytes` header, the allocator's overhead.
+    let payload = record.payload.len() + 32 + ALLOCATION_OVERHEAD;
+    2 * std::mem::size_of::<Entry>() + heap + payload
+}
+
+/// Where records are kept: the two implementations behind one buffer API.
+#[derive(Default)]
+enum Store {
+    /// Only in the queue.
+    #[default]
+    Memory,
+    /// Appended to segment files; the queue holds a window of them.
+    Disk(Box<Disk>),
 }
 
 pub(crate) struct Shared {
@@ -130,23 +373,104 @@ pub(crate) struct Shared {
     data_waiters: AtomicUsize,
     aborted_flag: AtomicBool,
     aborted: Notify,
+    /// Disk: bytes of queued records kept in memory.
+    window: usize,
     config: BufferConfig,
     metrics: SinkMetrics,
 }
 
 #[derive(Default)]
 struct State {
+    store: Store,
     queue: VecDeque<Entry>,
-    /// Records held, queued or in flight, and their bytes.
+    /// Bytes of the queued records.
+    queue_bytes: usize,
+    /// Records held, queued or in flight (or on disk), and their bytes.
     held_events: usize,
     held_bytes: usize,
     /// In-flight records by event label (for the drain report).
     in_flight_by_label: LabelCounts,
+    /// Disk: every held record by event label (most are not in memory).
+    held_by_label: LabelCounts,
     next_seq: u64,
     closed: bool,
     delivered: u64,
     rejected: u64,
     dropped: u64,
+    disk_errors: u64,
+    disk_error_logged: Option<Instant>,
+}
+
+impl State {
+    /// Whether a record can be taken now (queued, or on disk to be read back).
+    fn has_ready(&self) -> bool {
+        !self.queue.is_empty() || self.spilled() > 0
+    }
+
+    fn spilled(&self) -> u64 {
+        match &self.store {
+            Store::Memory => 0,
+            Store::Disk(disk) => disk.spilled(),
+        }
+    }
+
+    /// Takes the oldest queued record, reading more back from disk when the queue ran dry.
+    fn pop_queued(&mut self) -> Option<Entry> {
+        if self.queue.is_empty() {
+            self.fill();
+        }
+        let entry = self.queue.pop_front()?;
+        self.queue_bytes -= entry.size;
+        if self.queue.is_empty() && self.queue.capacity() > 4096 {
+            // Give a drained backlog's memory back.
+            self.queue.shrink_to_fit();
+        }
+        Some(entry)
+    }
+
+    fn fill(&mut self) {
+        let State {
+            store,
+            queue,
+            queue_bytes,
+            held_events,
+            ..
+        } = self;
+        let Store::Disk(disk) = store else {
+            return;
+        };
+        let mut lost = Vec::new();
+        disk.fill(
+            FILL_RECORDS,
+            FILL_BYTES,
+            |seq, size, record| {
+                *queue_bytes += size;
+                queue.push_back(Entry {
+                    seq,
+                    size,
+                    attempts: 0,
+                    record,
+                });
+            },
+            |seq| lost.push(seq),
+        );
+        // Unreadable on disk (reported by the disk): gone. Their bytes and labels are unknown;
+        // both levels saturate at zero as the rest drains.
+        for seq in lost {
+            disk.finish(seq);
+            *held_events = held_events.saturating_sub(1);
+        }
+    }
+
+    /// A record left the buffer for good.
+    fn finish(&mut self, seq: u64, size: usize, label: &'static str) {
+        self.held_events = self.held_events.saturating_sub(1);
+        self.held_bytes = self.held_bytes.saturating_sub(size);
+        if let Store::Disk(disk) = &mut self.store {
+            disk.finish(seq);
+            self.held_by_label.dec(label);
+        }
+    }
 }
 
 struct Entry {
@@ -158,14 +482,55 @@ struct Entry {
 
 /// A record taken from the buffer by a sink: it stays counted against the capacity until it is
 /// handed back with [`BufferReader::ack`], [`BufferReader::reject`] or [`BufferReader::requeue`].
-/// Dropping a claim without handing it back leaks capacity (and is reported as undelivered).
-#[derive(Debug)]
+/// A claim dropped without being handed back (a task that panicked or was aborted, a code path
+/// that forgot it) goes back into the queue at its place, as [`BufferReader::requeue`] would:
+/// capacity is never leaked and the record is delivered later.
 #[must_use = "hand the claim back with ack, reject or requeue"]
 pub struct Claim {
     seq: u64,
     size: usize,
     attempts: u32,
     record: Record,
+    /// The buffer it goes back to when dropped; `None` once handed back.
+    home: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("seq", &self.seq)
+            .field("size", &self.size)
+            .field("attempts", &self.attempts)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(shared) = self.home.take() {
+            let record = std::mem::replace(&mut self.record, placeholder());
+            shared.put_back(self.seq, self.size, self.attempts, record);
+        }
+    }
+}
+
+/// What stays in a claim whose record was moved out (never seen: the claim is being dropped).
+fn placeholder() -> Record {
+    Record {
+        topic: String::new(),
+        key: None,
+        payload: bytes::Bytes::new(),
+        headers: crate::Headers {
+            event: String::new(),
+            event_label: "other",
+            account_id: None,
+            received_at_ms: 0,
+            event_id: None,
+            replayed: false,
+        },
+        accepted_at: Instant::now(),
+    }
 }
 
 impl Claim {
@@ -186,6 +551,26 @@ impl Claim {
 }
 
 impl Shared {
+    /// A claim comes back unfinished: into the queue at its place in acceptance order.
+    fn put_back(&self, seq: u64, size: usize, attempts: u32, record: Record) {
+        {
+            let mut state = self.lock();
+            state.in_flight_by_label.dec(record.headers.event_label);
+            let at = state.queue.partition_point(|e| e.seq < seq);
+            state.queue_bytes += size;
+            state.queue.insert(
+                at,
+                Entry {
+                    seq,
+                    size,
+                    attempts: attempts.saturating_add(1),
+                    record,
+                },
+            );
+        }
+        self.wake_reader();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across every early return; recover from a poisoned lock.
         self.state
@@ -204,8 +589,16 @@ impl Shared {
     }
 
     fn fits(&self, state: &State, size: usize) -> bool {
-        state.held_events < self.config.max_events
+        state.held_events < self.config.max_events()
             && state.held_bytes + size <= self.config.max_bytes
+    }
+
+    /// The bytes `record` counts against `max_bytes`: its memory, or its frame on disk.
+    fn size_of(&self, record: &Record) -> usize {
+        match self.config.kind {
+            BufferKind::Memory => memory_footprint(record),
+            BufferKind::Disk => format::framed_len(record),
+        }
     }
 
     /// Counts and reports one dropped record (the lock is released before logging).
@@ -220,12 +613,6 @@ impl Shared {
                 count: 1,
             },
         );
-    }
-
-    fn release(&self, state: &mut State, size: usize, label: &'static str) {
-        state.held_events -= 1;
-        state.held_bytes -= size;
-        state.in_flight_by_label.dec(label);
     }
 
     /// Wakes blocked writers, if any.
@@ -259,19 +646,43 @@ impl Shared {
         self.data.notify_waiters();
     }
 
+    /// Disk: syncs, writes the ledger, deletes finished segments (the slow part outside the
+    /// lock). Memory: nothing.
+    pub(crate) fn flush(&self) {
+        let work = match &mut self.lock().store {
+            Store::Memory => return,
+            Store::Disk(disk) => disk.flush_work(),
+        };
+        work.run();
+    }
+
     pub(crate) fn report(&self, deadline_hit: bool) -> DrainReport {
         let state = self.lock();
-        let mut by_event: HashMap<&'static str, u64> = state
-            .in_flight_by_label
-            .0
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .copied()
-            .collect();
-        for entry in &state.queue {
-            *by_event
-                .entry(entry.record.headers.event_label)
-                .or_default() += 1;
+        let durable = matches!(state.store, Store::Disk(_));
+        let mut by_event: HashMap<&'static str, u64> = HashMap::new();
+        if durable {
+            by_event.extend(
+                state
+                    .held_by_label
+                    .0
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .copied(),
+            );
+        } else {
+            by_event.extend(
+                state
+                    .in_flight_by_label
+                    .0
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .copied(),
+            );
+            for entry in &state.queue {
+                *by_event
+                    .entry(entry.record.headers.event_label)
+                    .or_default() += 1;
+            }
         }
         let mut undelivered_by_event: Vec<(&'static str, u64)> = by_event.into_iter().collect();
         undelivered_by_event.sort_unstable();
@@ -283,6 +694,7 @@ impl Shared {
             undelivered_bytes: state.held_bytes as u64,
             undelivered_by_event,
             deadline_hit,
+            durable,
         }
     }
 }
@@ -301,71 +713,52 @@ impl std::fmt::Debug for BufferWriter {
     }
 }
 
+/// What one attempt to place a record did.
+enum Placed {
+    Done,
+    Closed,
+    /// Full (block) or the disk refused the write (block): wait and try again.
+    Wait {
+        disk_error: bool,
+    },
+}
+
 impl BufferWriter {
     /// Accepts a record. Under `when_full = "block"` this waits while the buffer is full (this
     /// is the backpressure to the socket readers); under the drop policies it never waits and
     /// drops per policy, counted by reason. A record larger than `max_bytes` on its own is
-    /// dropped (reason `too_large`). Errors only once the buffer is closed.
+    /// dropped (reason `too_large`). Errors only once the buffer is closed. With the disk buffer,
+    /// the record is in the operating system's hands when this returns (it survives a crash of
+    /// the process); a failed disk write is handled like a full buffer (counted).
     pub async fn push(&self, record: Record) -> Result<(), BufferClosed> {
         let shared = &*self.shared;
-        let size = record.size_bytes();
-        if size > shared.config.max_bytes {
+        let size = shared.size_of(&record);
+        if size > shared.config.max_bytes
+            || (shared.config.kind == BufferKind::Disk && size > disk::MAX_FRAME)
+        {
             shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
             return Ok(());
         }
         // Fast path: room now, so no wake-up registration (which costs the waker list's lock and
         // contends with acknowledgements). Otherwise register first, then check again.
         let mut registered = false;
+        let mut record = Some(record);
         loop {
             let mut space = pin!(shared.space.notified());
             let _waiting = registered.then(|| {
                 space.as_mut().enable();
                 Waiting::on(&shared.space_waiters)
             });
-            {
-                let mut state = shared.lock();
-                if state.closed {
-                    return Err(BufferClosed);
+            match self.place(&mut record, size) {
+                Placed::Done => return Ok(()),
+                Placed::Closed => return Err(BufferClosed),
+                Placed::Wait { disk_error: true } => {
+                    // Room made by acknowledgements may not be room on the disk: retry anyway.
+                    let _ = tokio::time::timeout(DISK_RETRY, space).await;
+                    registered = true;
+                    continue;
                 }
-                let room = match shared.config.when_full {
-                    _ if shared.fits(&state, size) => true,
-                    WhenFull::Block => false,
-                    WhenFull::DropNewest => {
-                        shared.drop_one(state, DropReason::Newest, &record);
-                        return Ok(());
-                    }
-                    WhenFull::DropOldest => {
-                        if !self.drop_oldest_until_fits(&mut state, size) {
-                            // Everything held is in flight: nothing queued can make room.
-                            shared.drop_one(state, DropReason::Newest, &record);
-                            return Ok(());
-                        }
-                        true
-                    }
-                };
-                if room {
-                    // The reader only sleeps on an empty queue: wake it on the first record.
-                    let was_empty = state.queue.is_empty();
-                    let seq = state.next_seq;
-                    state.next_seq += 1;
-                    state.held_events += 1;
-                    state.held_bytes += size;
-                    state.queue.push_back(Entry {
-                        seq,
-                        size,
-                        attempts: 0,
-                        record,
-                    });
-                    if was_empty || state.held_events % LEVEL_EVERY == 0 {
-                        // The gauges follow pushes coarsely (acknowledgements set them exactly).
-                        shared.level(&state);
-                    }
-                    drop(state);
-                    if was_empty {
-                        shared.wake_reader();
-                    }
-                    return Ok(());
-                }
+                Placed::Wait { disk_error: false } => {}
             }
             if registered {
                 space.await;
@@ -374,15 +767,130 @@ impl BufferWriter {
         }
     }
 
+    /// One attempt to place the record; `record` is taken unless the answer is `Wait`.
+    fn place(&self, slot: &mut Option<Record>, size: usize) -> Placed {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.closed {
+            return Placed::Closed;
+        }
+        let Some(record) = slot.as_ref() else {
+            return Placed::Done;
+        };
+        let room = match shared.config.when_full {
+            _ if shared.fits(&state, size) => true,
+            WhenFull::Block => false,
+            WhenFull::DropNewest => {
+                shared.drop_one(state, DropReason::Newest, record);
+                *slot = None;
+                return Placed::Done;
+            }
+            WhenFull::DropOldest => {
+                if !self.drop_oldest_until_fits(&mut state, size) {
+                    // Everything held is in flight: nothing queued can make room.
+                    shared.drop_one(state, DropReason::Newest, record);
+                    *slot = None;
+                    return Placed::Done;
+                }
+                true
+            }
+        };
+        if !room {
+            return Placed::Wait { disk_error: false };
+        }
+        // The reader only sleeps when nothing is ready: wake it on the first record.
+        let was_ready = state.has_ready();
+        let seq = state.next_seq;
+        let label = record.headers.event_label;
+        let state = &mut *state;
+        let in_memory = match &mut state.store {
+            Store::Memory => true,
+            Store::Disk(disk) => {
+                let spill = disk.spilled() > 0 || state.queue_bytes + size > shared.window;
+                if let Err(error) = disk.append(seq, record, spill) {
+                    return self.disk_failed(state, slot, &error);
+                }
+                state.held_by_label.inc(label);
+                !spill
+            }
+        };
+        state.next_seq += 1;
+        state.held_events += 1;
+        state.held_bytes += size;
+        if let Some(record) = slot.take() {
+            if in_memory {
+                state.queue_bytes += size;
+                state.queue.push_back(Entry {
+                    seq,
+                    size,
+                    attempts: 0,
+                    record,
+                });
+            }
+        }
+        shared.level(state);
+        if !was_ready {
+            shared.wake_reader();
+        }
+        Placed::Done
+    }
+
+    /// The disk refused a record: `when_full` decides, counted (logged at most every 10 s).
+    fn disk_failed(
+        &self,
+        state: &mut State,
+        slot: &mut Option<Record>,
+        error: &std::io::Error,
+    ) -> Placed {
+        let shared = &*self.shared;
+        state.disk_errors += 1;
+        let now = Instant::now();
+        let log = state
+            .disk_error_logged
+            .is_none_or(|at| now.duration_since(at) >= DISK_ERROR_LOG_EVERY)
+            .then(|| {
+                state.disk_error_logged = Some(now);
+                std::mem::take(&mut state.disk_errors)
+            });
+        let dir = match &state.store {
+            Store::Disk(disk) => disk.dir().to_owned(),
+            Store::Memory => PathBuf::new(),
+        };
+        emit(
+            &shared.metrics,
+            DiskWriteFailed {
+                dir: &dir,
+                error,
+                log,
+            },
+        );
+        match shared.config.when_full {
+            WhenFull::Block => Placed::Wait { disk_error: true },
+            WhenFull::DropNewest | WhenFull::DropOldest => {
+                if let Some(record) = slot.take() {
+                    state.dropped += 1;
+                    emit(
+                        &shared.metrics,
+                        RecordDropped {
+                            reason: DropReason::DiskError,
+                            event_label: record.headers.event_label,
+                            count: 1,
+                        },
+                    );
+                }
+                Placed::Done
+            }
+        }
+    }
+
     /// Drops queued records from the front until `size` fits; false if the queue ran dry first.
     fn drop_oldest_until_fits(&self, state: &mut State, size: usize) -> bool {
         let shared = &*self.shared;
         while !shared.fits(state, size) {
-            let Some(old) = state.queue.pop_front() else {
+            let Some(old) = state.pop_queued() else {
                 return false;
             };
-            state.held_events -= 1;
-            state.held_bytes -= old.size;
+            state.finish(old.seq, old.size, old.record.headers.event_label);
             state.dropped += 1;
             emit(
                 &shared.metrics,
@@ -401,9 +909,9 @@ impl BufferWriter {
         self.shared.lock().held_events
     }
 
-    /// The `max_events` bound.
+    /// The `max_events` bound (`usize::MAX` when unbounded).
     pub fn capacity(&self) -> usize {
-        self.shared.config.max_events
+        self.shared.config.max_events()
     }
 
     /// Stops accepting records; the sink drains what is held and then stops.
@@ -427,8 +935,8 @@ pub struct Acker {
 
 impl Acker {
     /// The broker acknowledged the record: it leaves the buffer and counts as delivered.
-    pub fn ack(&self, claim: Claim) {
-        self.ack_all(std::slice::from_ref(&claim));
+    pub fn ack(&self, mut claim: Claim) {
+        self.ack_all(std::slice::from_mut(&mut claim));
     }
 
     /// [`Acker::ack`] for many records at once (one lock); drains `claims`.
@@ -437,15 +945,17 @@ impl Acker {
         claims.clear();
     }
 
-    fn ack_all(&self, claims: &[Claim]) {
+    fn ack_all(&self, claims: &mut [Claim]) {
         if claims.is_empty() {
             return;
         }
         let finished = {
             let mut state = self.shared.lock();
-            for claim in claims {
-                self.shared
-                    .release(&mut state, claim.size, claim.record.headers.event_label);
+            for claim in claims.iter_mut() {
+                claim.home = None;
+                let label = claim.record.headers.event_label;
+                state.in_flight_by_label.dec(label);
+                state.finish(claim.seq, claim.size, label);
             }
             state.delivered += claims.len() as u64;
             self.shared.level(&state);
@@ -463,11 +973,13 @@ impl Acker {
 
     /// The record can never be delivered (invalid topic, too large for the broker, forbidden):
     /// it leaves the buffer and counts as rejected. The caller emits the failure with its reason.
-    pub fn reject(&self, claim: Claim) {
+    pub fn reject(&self, mut claim: Claim) {
+        claim.home = None;
         let finished = {
             let mut state = self.shared.lock();
-            self.shared
-                .release(&mut state, claim.size, claim.record.headers.event_label);
+            let label = claim.record.headers.event_label;
+            state.in_flight_by_label.dec(label);
+            state.finish(claim.seq, claim.size, label);
             state.rejected += 1;
             self.shared.level(&state);
             state.closed && state.held_events == 0
@@ -477,24 +989,11 @@ impl Acker {
 
     /// The attempt failed but the record may still be delivered: it goes back into the queue at
     /// its place in acceptance order, to be taken again by [`BufferReader::recv`].
-    pub fn requeue(&self, claim: Claim) {
-        {
-            let mut state = self.shared.lock();
-            state
-                .in_flight_by_label
-                .dec(claim.record.headers.event_label);
-            let at = state.queue.partition_point(|e| e.seq < claim.seq);
-            state.queue.insert(
-                at,
-                Entry {
-                    seq: claim.seq,
-                    size: claim.size,
-                    attempts: claim.attempts.saturating_add(1),
-                    record: claim.record,
-                },
-            );
-        }
-        self.shared.wake_reader();
+    pub fn requeue(&self, mut claim: Claim) {
+        claim.home = None;
+        let record = std::mem::replace(&mut claim.record, placeholder());
+        self.shared
+            .put_back(claim.seq, claim.size, claim.attempts, record);
     }
 
     /// Rejects `claim` for good (see [`Acker::reject`]), reporting why: counted in
@@ -560,7 +1059,7 @@ impl BufferReader {
             }
             {
                 let mut state = self.acker.shared.lock();
-                if let Some(claim) = take_front(&mut state) {
+                if let Some(claim) = take_front(&mut state, &self.acker.shared) {
                     return Some(claim);
                 }
                 if state.closed {
@@ -576,7 +1075,8 @@ impl BufferReader {
         if self.is_aborted() {
             return None;
         }
-        take_front(&mut self.acker.shared.lock())
+        let home = &self.acker.shared;
+        take_front(&mut home.lock(), home)
     }
 
     /// Takes up to `max` queued records at once (one lock), appending them to `out`; returns how
@@ -588,7 +1088,7 @@ impl BufferReader {
         let mut state = self.acker.shared.lock();
         let before = out.len();
         while out.len() - before < max {
-            match take_front(&mut state) {
+            match take_front(&mut state, &self.acker.shared) {
                 Some(claim) => out.push(claim),
                 None => break,
             }
@@ -608,7 +1108,7 @@ impl BufferReader {
             }
             {
                 let state = self.acker.shared.lock();
-                if !state.queue.is_empty() || state.closed {
+                if state.has_ready() || state.closed {
                     return;
                 }
             }
@@ -662,9 +1162,10 @@ impl BufferReader {
         self.acker.shared.lock().closed
     }
 
-    /// Records queued and not yet taken.
+    /// Records queued and not yet taken (with the disk buffer, also those on disk only).
     pub fn queued(&self) -> usize {
-        self.acker.shared.lock().queue.len()
+        let state = self.acker.shared.lock();
+        state.queue.len() + state.spilled() as usize
     }
 
     /// Whether the drain deadline passed: the sink must stop now.
@@ -723,8 +1224,12 @@ impl BufferReader {
     }
 }
 
-fn take_front(state: &mut State) -> Option<Claim> {
-    let entry = state.queue.pop_front()?;
+fn take_front(state: &mut State, home: &Arc<Shared>) -> Option<Claim> {
+    let entry = state.pop_queued()?;
+    let next_seq = state.next_seq;
+    if let Store::Disk(disk) = &mut state.store {
+        disk.ensure_synced(entry.seq, next_seq);
+    }
     state
         .in_flight_by_label
         .inc(entry.record.headers.event_label);
@@ -733,6 +1238,7 @@ fn take_front(state: &mut State) -> Option<Claim> {
         size: entry.size,
         attempts: entry.attempts,
         record: entry.record,
+        home: Some(home.clone()),
     })
 }
 
@@ -788,9 +1294,10 @@ mod tests {
 
     fn config(max_events: usize, when_full: WhenFull) -> BufferConfig {
         BufferConfig {
-            max_events,
+            max_events: Some(max_events),
             max_bytes: 1 << 20,
             when_full,
+            ..BufferConfig::default()
         }
     }
 
@@ -819,7 +1326,8 @@ mod tests {
         w.push(record("b", 2)).await.unwrap();
         let a = r.recv().await.unwrap();
         w.push(record("c", 3)).await.unwrap(); // drops b (queued), not a (in flight)
-        assert_eq!(r.recv().await.unwrap().record().topic, "c");
+        let c = r.recv().await.unwrap();
+        assert_eq!(c.record().topic, "c");
         w.push(record("d", 4)).await.unwrap(); // all in flight: the new one is dropped
         assert_eq!(r.queued(), 0);
         r.ack(a);
@@ -830,9 +1338,10 @@ mod tests {
     async fn drop_newest_and_too_large_are_counted() {
         let (w, r) = buffer(
             BufferConfig {
-                max_events: 1,
+                max_events: Some(1),
                 max_bytes: 1024,
                 when_full: WhenFull::DropNewest,
+                ..BufferConfig::default()
             },
             SinkMetrics::unregistered(),
         );
@@ -869,6 +1378,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_claim_goes_back_in_order_and_frees_nothing_twice() {
+        let (w, mut r) = buffer(config(2, WhenFull::Block), SinkMetrics::unregistered());
+        w.push(record("a", 1)).await.unwrap();
+        w.push(record("b", 2)).await.unwrap();
+        let a = r.recv().await.unwrap();
+        let b = r.recv().await.unwrap();
+        drop(a); // a task that died holding it
+        assert_eq!(w.depth(), 2, "still held, not leaked, not freed");
+        assert_eq!(r.queued(), 1);
+        let again = r.recv().await.unwrap();
+        assert_eq!((again.record().topic.as_str(), again.attempts()), ("a", 1));
+        r.ack(again);
+        r.ack(b);
+        assert_eq!(w.depth(), 0, "acknowledged claims do not come back");
+        assert_eq!(r.queued(), 0);
+        // Room again: the capacity was returned.
+        tokio::time::timeout(Duration::from_secs(1), w.push(record("c", 3)))
+            .await
+            .expect("room")
+            .unwrap();
+        let mut many = Vec::new();
+        r.try_recv_many(10, &mut many);
+        drop(many);
+        assert_eq!(r.queued(), 1, "a dropped batch goes back too");
+        let c = r.try_recv().unwrap();
+        r.reject(c);
+        assert_eq!((w.depth(), r.queued()), (0, 0));
+        assert_eq!(r.report().rejected, 1);
+    }
+
+    #[tokio::test]
     async fn report_lists_undelivered_by_event() {
         let (w, mut r) = buffer(config(10, WhenFull::Block), SinkMetrics::unregistered());
         w.push(record("a", 1)).await.unwrap();
@@ -877,5 +1417,414 @@ mod tests {
         let report = r.report();
         assert_eq!(report.undelivered, 2);
         assert_eq!(report.undelivered_by_event, vec![("message.created", 2)]);
+    }
+}
+
+/// The disk buffer through the public API, and its files damaged on purpose.
+#[cfg(test)]
+mod disk_tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::record;
+
+    fn disk_config(dir: &Path) -> BufferConfig {
+        BufferConfig {
+            max_bytes: 64 * 1024 * 1024,
+            ..BufferConfig::disk(dir)
+        }
+    }
+
+    fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+            .map(|m| {
+                if m.get_counter().get_value() > 0.0 {
+                    m.get_counter().get_value() as u64
+                } else {
+                    m.get_gauge().get_value() as u64
+                }
+            })
+            .sum()
+    }
+
+    fn opened(config: &BufferConfig) -> (BufferWriter, BufferReader, prometheus::Registry) {
+        let registry = prometheus::Registry::new();
+        let metrics = SinkMetrics::register(&registry).unwrap();
+        let (w, r) = open(config.clone(), metrics).unwrap();
+        (w, r, registry)
+    }
+
+    fn numbered(n: u64) -> Record {
+        let mut r = record(&format!("t/{n}"), n);
+        r.headers.event_id = Some(format!("ev-{n}"));
+        r
+    }
+
+    fn drain(r: &mut BufferReader) -> Vec<Claim> {
+        let mut out = Vec::new();
+        while r.try_recv_many(1000, &mut out) > 0 {}
+        out
+    }
+
+    /// Takes and acknowledges everything ready: the topics, in order.
+    fn take_all(r: &mut BufferReader) -> Vec<String> {
+        let mut claims = drain(r);
+        let out = topics(&claims);
+        r.ack_many(&mut claims);
+        out
+    }
+
+    fn topics(claims: &[Claim]) -> Vec<String> {
+        claims.iter().map(|c| c.record().topic.clone()).collect()
+    }
+
+    fn expected(range: std::ops::Range<u64>) -> Vec<String> {
+        range.map(|n| format!("t/{n}")).collect()
+    }
+
+    fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn records_beyond_the_memory_window_come_back_from_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 4 * 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, registry) = opened(&config);
+        // Small window (4 MiB max_bytes caps it): ~20,000 records of ~200 B spill to disk.
+        let n = 20_000;
+        for i in 0..n {
+            w.push(numbered(i)).await.unwrap();
+        }
+        assert_eq!(w.depth(), n as usize);
+        assert_eq!(metric(&registry, "voxsig_bridge_buffer_events", None), n);
+        let claims = drain(&mut r);
+        assert_eq!(topics(&claims), expected(0..n));
+        assert_eq!(claims[7].record().headers.event_id.as_deref(), Some("ev-7"));
+        let mut claims = claims;
+        r.ack_many(&mut claims);
+        assert_eq!(w.depth(), 0);
+        assert_eq!(metric(&registry, "voxsig_bridge_buffer_bytes", None), 0);
+        r.acker.shared.flush();
+        // The flusher thread may be deleting them at the same moment: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while segments(dir.path()).len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(segments(dir.path()).len(), 1, "finished segments deleted");
+        drop((w, r));
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(w.depth(), 0);
+        assert!(
+            drain(&mut r).is_empty(),
+            "everything acknowledged: nothing replayed"
+        );
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_records_are_replayed_first_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, mut r, _) = opened(&config);
+        for i in 0..100 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let mut claims = drain(&mut r);
+        // Acknowledged out of order: 0..40 and 50..60; 40..50 in flight when the process dies.
+        let tail = claims.split_off(40);
+        let mut head = claims;
+        r.ack_many(&mut head);
+        let mut tail = tail;
+        let mut later: Vec<Claim> = tail.drain(10..20).collect();
+        r.ack_many(&mut later);
+        r.acker.shared.flush();
+        std::mem::forget(tail); // a crash: nothing handed back
+        drop((w, r));
+
+        let (w, mut r, registry) = opened(&config);
+        // The ledger keeps the acknowledged prefix (below 40): 50..60, acknowledged above a
+        // gap, come again (at-least-once: duplicates, counted as replays; never a loss).
+        assert_eq!(w.depth(), 60, "40..100");
+        w.push(numbered(1000)).await.unwrap();
+        let claims = drain(&mut r);
+        let mut want = expected(40..100);
+        want.push("t/1000".into());
+        assert_eq!(topics(&claims), want, "replay before new records, in order");
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            60
+        );
+        assert!(claims
+            .iter()
+            .all(|c| c.record().headers.event_label == "message.created"));
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_truncated_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        let seg = segments(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len(len - 5).unwrap();
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(w.depth(), 9);
+        assert_eq!(take_all(&mut r), expected(0..9));
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                Some("torn_tail")
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_the_middle_loses_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, mut r, registry) = opened(&config);
+        let got = topics(&drain(&mut r)); // not acknowledged: they come again below
+        assert_eq!(got.len(), 9, "{got:?}");
+        assert_eq!(w.depth(), 9);
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                Some("checksum")
+            ),
+            1
+        );
+        // The damage was cut out: a second start finds none.
+        drop((w, r));
+        let (_w, mut r, registry) = opened(&config);
+        assert_eq!(drain(&mut r).len(), 9);
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                None
+            ),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_length_segments_missing_ledgers_and_strangers_do_not_stop_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, mut r, _) = opened(&config);
+        for i in 0..5 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let mut acked = drain(&mut r);
+        r.ack_many(&mut acked);
+        drop((w, r));
+        std::fs::remove_file(dir.path().join("ledger")).unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.seg", 999_999)), b"").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        // A huge (sparse) file with a segment's name is never read into memory.
+        let huge = std::fs::File::create(dir.path().join(format!("{:020}.seg", 1))).unwrap();
+        huge.set_len(300 * 1024 * 1024).unwrap();
+        let (w, mut r, registry) = opened(&config);
+        // Without the ledger nothing is known to be acknowledged: replayed (duplicates, no loss).
+        assert_eq!(take_all(&mut r), expected(0..5));
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            5
+        );
+        w.push(numbered(5)).await.unwrap();
+        assert_eq!(take_all(&mut r), expected(5..6));
+    }
+
+    #[tokio::test]
+    async fn a_directory_from_a_newer_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = format::segment_header();
+        header[8] = 7;
+        std::fs::write(dir.path().join(format!("{:020}.seg", 0)), header).unwrap();
+        let err = open(disk_config(dir.path()), SinkMetrics::unregistered()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, BufferError::NewerFormat { found: 7, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains(&dir.path().display().to_string()) && text.contains("version 7"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unusable_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = open(
+            disk_config(&file.join("buffer")),
+            SinkMetrics::unregistered(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BufferError::Io { .. }));
+        assert!(err.to_string().contains("a-file"), "{err}");
+        let err = open(
+            BufferConfig {
+                dir: None,
+                ..disk_config(dir.path())
+            },
+            SinkMetrics::unregistered(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BufferError::NoDir));
+    }
+
+    #[tokio::test]
+    async fn when_full_applies_to_disk_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = format::framed_len(&numbered(0));
+        let config = BufferConfig {
+            max_bytes: 1024.max(size * 10),
+            when_full: WhenFull::DropOldest,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let full = w.depth();
+        for i in 10..15 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        assert!(w.depth() <= full);
+        let held = w.depth() as u64;
+        let got = drain(&mut r);
+        assert_eq!(got.last().unwrap().record().topic, "t/14");
+        assert_eq!(r.report().dropped + held, 15, "every drop counted");
+        assert!(r.report().durable);
+    }
+
+    fn fail_writes(r: &BufferReader, fail: bool) {
+        if let Store::Disk(disk) = &mut r.acker.shared.lock().store {
+            disk.fail_writes(fail);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_refuses_writes_gets_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        // Drop policies: the record is dropped, counted as disk_error and as a write error.
+        let config = BufferConfig {
+            when_full: WhenFull::DropNewest,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, registry) = opened(&config);
+        w.push(numbered(0)).await.unwrap();
+        fail_writes(&r, true);
+        w.push(numbered(1)).await.unwrap();
+        assert_eq!(w.depth(), 1);
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_errors_total", None),
+            1
+        );
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_records_dropped_total",
+                Some("disk_error")
+            ),
+            1
+        );
+        fail_writes(&r, false);
+        w.push(numbered(2)).await.unwrap();
+        assert_eq!(take_all(&mut r), ["t/0", "t/2"]);
+        drop((w, r));
+
+        // Block: the writer waits and retries until the disk takes the record; nothing lost.
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut r, registry) = opened(&disk_config(dir.path()));
+        fail_writes(&r, true);
+        let pushing = tokio::spawn({
+            let w = w.clone();
+            async move { w.push(numbered(7)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!pushing.is_finished(), "block waits while the disk refuses");
+        assert!(metric(&registry, "voxsig_bridge_buffer_write_errors_total", None) >= 2);
+        fail_writes(&r, false);
+        tokio::time::timeout(Duration::from_secs(2), pushing)
+            .await
+            .expect("the retry succeeds once the disk takes writes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(take_all(&mut r), ["t/7"]);
+    }
+
+    #[tokio::test]
+    async fn fsync_always_and_never_deliver_the_same() {
+        for fsync in [Fsync::Always, Fsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = BufferConfig {
+                fsync,
+                ..disk_config(dir.path())
+            };
+            let (w, mut r, _) = opened(&config);
+            for i in 0..50 {
+                w.push(numbered(i)).await.unwrap();
+            }
+            assert_eq!(take_all(&mut r), expected(0..50), "{fsync:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requeued_records_keep_their_place_before_spilled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        for i in 0..8000 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        let first = r.recv().await.unwrap();
+        r.requeue(first);
+        let claims = drain(&mut r);
+        assert_eq!(topics(&claims), expected(0..8000));
+        assert_eq!(claims[0].attempts(), 1);
     }
 }

@@ -72,7 +72,8 @@ pub mod topic;
 
 pub use backoff::ReconnectConfig;
 pub use buffer::{
-    buffer, Acker, BufferClosed, BufferConfig, BufferReader, BufferWriter, Claim, WhenFull,
+    buffer, open as open_buffer, Acker, BufferClosed, BufferConfig, BufferError, BufferKind,
+    BufferReader, BufferWriter, Claim, Fsync, WhenFull,
 };
 pub use config::SinkConfig;
 pub use error::{ConfigError, SinkError};
@@ -83,5 +84,5 @@ pub use mqtt::{MqttConfig, MqttSink};
 pub use record::{Headers, Record};
 pub use secret::{Secret, SecretError, SecretValue};
 pub use sink::{spawn, DrainReport, Sink, SinkHandle};
-pub use telemetry::{DropReason, SinkMetrics};
+pub use telemetry::{CorruptKind, DropReason, SinkMetrics};
 pub use topic::TopicError;

@@ -181,9 +181,10 @@ mod tests {
         handle.set_failing(true);
         let (writer, reader) = buffer(
             BufferConfig {
-                max_events: 10,
+                max_events: Some(10),
                 max_bytes: 1 << 20,
                 when_full: WhenFull::DropNewest,
+                ..BufferConfig::default()
             },
             SinkMetrics::unregistered(),
         );

@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 use crate::buffer::{BufferReader, Shared};
 use crate::telemetry::{emit, DropReason, RecordDropped, SinkStopped};
 
-/// How long a sink gets to stop after the drain deadline before its task is aborted.
+/// How long a sink gets to stop after the drain deadline before its task is aborted (at most a
+/// quarter of the whole shutdown time).
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// A destination for records: takes them from a [`BufferReader`] and hands each back with
@@ -42,6 +43,20 @@ pub struct DrainReport {
     pub undelivered_by_event: Vec<(&'static str, u64)>,
     /// Whether the drain deadline passed before everything was acknowledged.
     pub deadline_hit: bool,
+    /// Whether the undelivered records are kept (disk buffer: delivered after the next start)
+    /// rather than lost (memory buffer).
+    pub durable: bool,
+}
+
+impl DrainReport {
+    /// Records lost by this stop: undelivered ones the buffer does not keep.
+    pub fn lost(&self) -> u64 {
+        if self.durable {
+            0
+        } else {
+            self.undelivered
+        }
+    }
 }
 
 /// A sink running on the tokio runtime.
@@ -79,11 +94,15 @@ impl SinkHandle {
         self.task.is_finished()
     }
 
-    /// Closes the buffer, lets the sink deliver what it holds for up to `deadline`, then stops
-    /// it and reports what could not be delivered (counted as dropped, reason `shutdown`).
+    /// Closes the buffer, lets the sink deliver what it holds, stops it, and reports what could
+    /// not be delivered; all within `deadline` in total (the last quarter of it, at most 2 s, is
+    /// the sink's time to stop after being told to). Undelivered records of the memory buffer
+    /// are lost (counted as dropped, reason `shutdown`); the disk buffer keeps them for the next
+    /// start (its ledger is written before this returns).
     pub async fn shutdown(mut self, deadline: Duration) -> DrainReport {
         self.shared.close();
-        let report = match tokio::time::timeout(deadline, &mut self.task).await {
+        let grace = ABORT_GRACE.min(deadline / 4);
+        let report = match tokio::time::timeout(deadline - grace, &mut self.task).await {
             Ok(Ok(report)) => report,
             Ok(Err(join_error)) => {
                 tracing::error!(sink = self.kind, error = %join_error, "sink task failed");
@@ -91,7 +110,7 @@ impl SinkHandle {
             }
             Err(_elapsed) => {
                 self.shared.abort();
-                match tokio::time::timeout(ABORT_GRACE, &mut self.task).await {
+                match tokio::time::timeout(grace, &mut self.task).await {
                     Ok(Ok(report)) => DrainReport {
                         deadline_hit: true,
                         ..report
@@ -103,7 +122,8 @@ impl SinkHandle {
                 }
             }
         };
-        if report.undelivered > 0 {
+        self.shared.flush();
+        if report.lost() > 0 {
             for (label, count) in &report.undelivered_by_event {
                 emit(
                     self.shared_metrics(),

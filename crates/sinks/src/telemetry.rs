@@ -17,7 +17,10 @@
 //! | `voxsig_bridge_sink_publish_latency_seconds` | histogram | `sink` |
 //! | `voxsig_bridge_buffer_records_dropped_total` | counter | `reason`, `event` |
 //! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
-//! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — |
+//! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — (a disk buffer without `max_events`: the largest value, so fill ratios stay 0) |
+//! | `voxsig_bridge_buffer_replayed_total` | counter | — |
+//! | `voxsig_bridge_buffer_corrupt_records_total` | counter | `kind` (`torn_tail`, `checksum`) |
+//! | `voxsig_bridge_buffer_write_errors_total` | counter | — |
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -127,6 +130,9 @@ struct Metrics {
     capacity_events: IntGauge,
     capacity_bytes: IntGauge,
     limiter: LogLimiter,
+    replayed: prometheus::IntCounter,
+    corrupt: IntCounterVec,
+    write_errors: prometheus::IntCounter,
 }
 
 impl SinkMetrics {
@@ -161,6 +167,11 @@ impl SinkMetrics {
             &["sink"],
         )?;
         registry.register(Box::new(latency.clone()))?;
+        let plain_counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
         let inner = Metrics {
             published: counter(
                 "voxsig_bridge_sink_records_published_total",
@@ -211,6 +222,19 @@ impl SinkMetrics {
                 "Maximum bytes the buffer holds",
             )?,
             limiter: LogLimiter::new(LOG_BURST, LOG_INTERVAL),
+            replayed: plain_counter(
+                "voxsig_bridge_buffer_replayed_total",
+                "Records re-delivered from the disk buffer after a start (possible duplicates)",
+            )?,
+            corrupt: counter(
+                "voxsig_bridge_buffer_corrupt_records_total",
+                "Damaged records found in the disk buffer, by kind (torn_tail: cut by a crash; checksum: damaged in the middle)",
+                &["kind"],
+            )?,
+            write_errors: plain_counter(
+                "voxsig_bridge_buffer_write_errors_total",
+                "Records the disk buffer could not write (disk full, I/O error); when_full applied",
+            )?,
         };
         Ok(SinkMetrics {
             inner: Arc::new(inner),
@@ -247,8 +271,10 @@ pub enum DropReason {
     Newest,
     /// The record alone is larger than the buffer's byte budget.
     TooLarge,
-    /// Still undelivered when the shutdown deadline passed.
+    /// Still undelivered when the shutdown deadline passed (memory buffer: lost).
     Shutdown,
+    /// The disk buffer could not write the record (disk full, I/O error) under a drop policy.
+    DiskError,
 }
 
 impl DropReason {
@@ -259,6 +285,7 @@ impl DropReason {
             DropReason::Newest => "drop_newest",
             DropReason::TooLarge => "too_large",
             DropReason::Shutdown => "shutdown",
+            DropReason::DiskError => "disk_error",
         }
     }
 }
@@ -483,6 +510,97 @@ impl InternalEvent for BufferCreated {
     }
 }
 
+/// What kind of damage the disk buffer found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorruptKind {
+    /// The end of the newest data was cut by a crash mid-write: truncated.
+    TornTail,
+    /// A record in the middle failed its checksum (or does not parse): skipped.
+    Checksum,
+}
+
+impl CorruptKind {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorruptKind::TornTail => "torn_tail",
+            CorruptKind::Checksum => "checksum",
+        }
+    }
+}
+
+/// The disk buffer found damaged records in a segment (logged once per segment and kind).
+pub(crate) struct CorruptRecords<'a> {
+    pub kind: CorruptKind,
+    pub count: u64,
+    pub path: &'a std::path::Path,
+}
+
+impl InternalEvent for CorruptRecords<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::warn!(
+            kind = self.kind.as_str(),
+            count = self.count,
+            file = %self.path.display(),
+            "disk buffer: damaged records skipped (records after them are kept)"
+        );
+        m.inner
+            .corrupt
+            .with_label_values(&[self.kind.as_str()])
+            .inc_by(self.count);
+    }
+}
+
+/// The disk buffer opened its directory and found records to replay.
+pub(crate) struct BufferRecovered<'a> {
+    pub dir: &'a std::path::Path,
+    pub records: u64,
+    pub bytes: u64,
+    pub segments: usize,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for BufferRecovered<'_> {
+    fn emit(self, _m: &SinkMetrics) {
+        tracing::info!(
+            dir = %self.dir.display(),
+            records = self.records,
+            bytes = self.bytes,
+            segments = self.segments,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "disk buffer opened; unacknowledged records are delivered before new ones"
+        );
+    }
+}
+
+/// Records were read back from disk after a start (counted; no log line).
+pub(crate) struct RecordsReplayed {
+    pub count: u64,
+}
+
+impl InternalEvent for RecordsReplayed {
+    fn emit(self, m: &SinkMetrics) {
+        m.inner.replayed.inc_by(self.count);
+    }
+}
+
+/// The disk buffer could not write a record. Logged at most once per 10 s (with the count since).
+pub(crate) struct DiskWriteFailed<'a> {
+    pub dir: &'a std::path::Path,
+    pub error: &'a std::io::Error,
+    pub log: Option<u64>,
+}
+
+impl InternalEvent for DiskWriteFailed<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        if let Some(since) = self.log {
+            tracing::error!(dir = %self.dir.display(), error = %self.error, failures = since,
+                "disk buffer: cannot write (when_full applies)");
+        }
+        m.inner.write_errors.inc();
+    }
+}
+
 /// The sink stopped; what it delivered and what it could not.
 pub(crate) struct SinkStopped<'a> {
     pub sink: &'static str,
@@ -492,7 +610,10 @@ pub(crate) struct SinkStopped<'a> {
 impl InternalEvent for SinkStopped<'_> {
     fn emit(self, m: &SinkMetrics) {
         let r = self.report;
-        if r.undelivered > 0 {
+        if r.undelivered > 0 && r.durable {
+            tracing::info!(sink = self.sink, delivered = r.delivered, kept_on_disk = r.undelivered,
+                by_event = ?r.undelivered_by_event, "sink stopped; undelivered records stay in the disk buffer for the next start");
+        } else if r.undelivered > 0 {
             tracing::warn!(sink = self.sink, delivered = r.delivered, undelivered = r.undelivered,
                 by_event = ?r.undelivered_by_event, "sink stopped with undelivered records");
         } else {

@@ -218,3 +218,41 @@ fn cloudevents_payload_and_mqtt5_sink_parse() {
     let bad = format!("{MINIMAL}\n[sink]\nkind = \"mqtt\"\nurl = \"mqtt://a\"\nprotocol = \"4\"\n");
     assert!(Config::from_toml(&bad).and_then(Config::validate).is_err());
 }
+
+#[test]
+fn the_disk_buffer_lives_under_the_state_dir_and_keeps_its_own_defaults() {
+    let s = Config::from_toml(&format!(
+        "{MINIMAL}\n[state]\ndir = \"/var/lib/vb\"\n[buffer]\nkind = \"disk\"\n"
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    let b = &s.config.buffer;
+    assert_eq!(b.dir.as_deref(), Some(Path::new("/var/lib/vb/buffer")));
+    assert_eq!(b.max_bytes, voxsig_sinks::buffer::DISK_DEFAULT_MAX_BYTES);
+    assert_eq!(b.max_events, None, "unbounded unless set");
+    assert_eq!(b.fsync, voxsig_sinks::Fsync::Interval);
+    assert_eq!(b.fsync_interval, Duration::from_millis(100));
+    // The memory buffer's defaults stay as they were.
+    let m = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+    assert_eq!(m.config.buffer.max_events, Some(100_000));
+    assert_eq!(m.config.buffer.max_bytes, 256 * 1024 * 1024);
+    // An explicit dir wins; no dir at all is an error naming the key.
+    let s = Config::from_toml(&format!(
+        "{MINIMAL}\n[buffer]\nkind = \"disk\"\ndir = \"/data/buf\"\nfsync = \"always\"\n"
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(s.config.buffer.dir.as_deref(), Some(Path::new("/data/buf")));
+    let e = error_of(&format!("{MINIMAL}\n[buffer]\nkind = \"disk\"\n"));
+    assert_eq!(e.key, "buffer.dir");
+    let e = error_of(&format!(
+        "{MINIMAL}\n[buffer]\nkind = \"disk\"\nfsync = \"sometimes\"\n"
+    ));
+    assert!(e.to_string().contains("fsync"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}\n[state]\ndir = \"/x\"\n[buffer]\nkind = \"disk\"\nfsync_interval = \"0s\"\n"
+    ));
+    assert_eq!(e.key, "buffer.fsync_interval");
+}

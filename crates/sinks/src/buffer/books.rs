@@ -1,0 +1,189 @@
+//! The disk buffer's books, without I/O: which sequence numbers are finished (acknowledged,
+//! rejected or dropped), how far the persisted acknowledged position may advance, and which
+//! segments hold nothing unfinished any more. The disk adapter feeds it and performs what it
+//! answers (write the ledger, delete files).
+
+use std::collections::VecDeque;
+
+/// Finished sequence numbers. Records finish out of order (a broker acknowledges packets in any
+/// order, a requeued record comes back later); the contiguous prefix is what the ledger keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Acks {
+    /// Every sequence number below this is finished.
+    below: u64,
+    /// `done[i]`: whether `below + i` is finished.
+    done: VecDeque<bool>,
+}
+
+impl Acks {
+    pub(crate) fn new(below: u64) -> Self {
+        Acks {
+            below,
+            done: VecDeque::new(),
+        }
+    }
+
+    /// Every sequence number below this one is finished.
+    pub(crate) fn below(&self) -> u64 {
+        self.below
+    }
+
+    /// Whether `seq` is finished.
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
+        seq < self.below
+            || self
+                .done
+                .get((seq - self.below) as usize)
+                .copied()
+                .unwrap_or(false)
+    }
+
+    /// Marks `seq` finished; returns whether the prefix advanced.
+    pub(crate) fn finish(&mut self, seq: u64) -> bool {
+        if seq < self.below {
+            return false;
+        }
+        let at = (seq - self.below) as usize;
+        if self.done.len() <= at {
+            self.done.resize(at + 1, false);
+        }
+        self.done[at] = true;
+        let before = self.below;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.below += 1;
+        }
+        if self.done.is_empty() && self.done.capacity() > 4096 {
+            self.done.shrink_to_fit();
+        }
+        self.below != before
+    }
+}
+
+/// One segment file: the sequence numbers it may hold are `first..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// The sequence number the file is named after (its first record, when it has one).
+    pub first: u64,
+    /// One past the last sequence number written to it (grows while it is the active one).
+    pub end: u64,
+}
+
+/// The segments on disk, oldest first; the last one is the one being written.
+#[derive(Debug, Default)]
+pub(crate) struct Segments {
+    list: VecDeque<Segment>,
+}
+
+impl Segments {
+    /// Adds a segment after the others.
+    pub(crate) fn push(&mut self, segment: Segment) {
+        self.list.push_back(segment);
+    }
+
+    /// The segment being written.
+    pub(crate) fn active(&self) -> Option<Segment> {
+        self.list.back().copied()
+    }
+
+    /// A record `seq` was appended to the active segment.
+    pub(crate) fn appended(&mut self, seq: u64) {
+        if let Some(last) = self.list.back_mut() {
+            last.end = last.end.max(seq + 1);
+        }
+    }
+
+    /// The segment after the one starting at `first`.
+    pub(crate) fn after(&self, first: u64) -> Option<Segment> {
+        self.list.iter().find(|s| s.first > first).copied()
+    }
+
+    /// The oldest segment.
+    pub(crate) fn oldest(&self) -> Option<Segment> {
+        self.list.front().copied()
+    }
+
+    /// Removes and returns the segments, never the active one, whose every record is below
+    /// `acked_below`: their files can be deleted.
+    pub(crate) fn take_finished(&mut self, acked_below: u64) -> Vec<Segment> {
+        let mut out = Vec::new();
+        while self.list.len() > 1 && self.list.front().is_some_and(|s| s.end <= acked_below) {
+            out.extend(self.list.pop_front());
+        }
+        out
+    }
+
+    /// How many segments there are.
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_advances_only_over_contiguous_finished_records() {
+        // (finish seq, expected below afterwards)
+        let steps: &[(u64, u64)] = &[
+            (12, 10),
+            (11, 10),
+            (10, 13),
+            (10, 13),
+            (3, 13),
+            (14, 13),
+            (13, 15),
+        ];
+        let mut acks = Acks::new(10);
+        for &(seq, below) in steps {
+            acks.finish(seq);
+            assert_eq!(acks.below(), below, "after finishing {seq}");
+        }
+        assert!(acks.is_done(14) && acks.is_done(0) && !acks.is_done(15) && !acks.is_done(900));
+    }
+
+    #[test]
+    fn only_fully_acknowledged_inactive_segments_are_deleted() {
+        let mut segs = Segments::default();
+        segs.push(Segment { first: 0, end: 100 });
+        segs.push(Segment {
+            first: 100,
+            end: 200,
+        });
+        segs.push(Segment {
+            first: 200,
+            end: 200,
+        });
+        segs.appended(250);
+        assert_eq!(
+            segs.active(),
+            Some(Segment {
+                first: 200,
+                end: 251
+            })
+        );
+        assert!(segs.take_finished(99).is_empty());
+        assert_eq!(
+            segs.take_finished(150),
+            vec![Segment { first: 0, end: 100 }]
+        );
+        // Everything acknowledged: the active segment stays.
+        assert_eq!(
+            segs.take_finished(1000),
+            vec![Segment {
+                first: 100,
+                end: 200
+            }]
+        );
+        assert_eq!(segs.len(), 1);
+        assert_eq!(
+            segs.after(0),
+            Some(Segment {
+                first: 200,
+                end: 251
+            })
+        );
+        assert_eq!(segs.after(200), None);
+    }
+}

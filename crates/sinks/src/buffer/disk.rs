@@ -1,0 +1,873 @@
+//! The disk buffer's I/O: segment files, the ledger, recovery at start, the read cursor and the
+//! flusher. The books (what is acknowledged, which segments may go) live in [`super::books`],
+//! the bytes in [`super::format`]; this module only moves bytes between them and the files.
+//!
+//! Layout of `dir`:
+//! - `<first seq, 20 digits>.seg`: a segment; records appended in acceptance order.
+//! - `ledger`: one 32-byte block, `acked_below` (every record below it acknowledged).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::books::{Acks, Segment, Segments};
+use super::format::{self, FrameHeader, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::telemetry::{emit, BufferRecovered, CorruptKind, CorruptRecords, RecordsReplayed};
+use crate::{Record, SinkMetrics};
+
+/// The largest frame written or accepted when reading (a record larger is refused as too large).
+pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Segment files larger than this are not read at start (this build writes at most 128 MiB
+/// plus one record).
+const MAX_SEGMENT_FILE: u64 = 256 * 1024 * 1024;
+/// The ledger's file name.
+pub(crate) const LEDGER_FILE: &str = "ledger";
+/// Segment files end in this.
+pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+/// Read-ahead of the cursor.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// When the disk buffer forces its data to stable storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Every `fsync_interval` (group commit). The default.
+    #[default]
+    Interval,
+    /// Before any record is handed to the sink (one sync covers every record written so far).
+    Always,
+    /// Never: the operating system writes back when it likes (survives a crash of the bridge,
+    /// not a power cut).
+    Never,
+}
+
+impl Fsync {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Interval => "interval",
+            Fsync::Always => "always",
+            Fsync::Never => "never",
+        }
+    }
+}
+
+/// Why the disk buffer could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// `kind = "disk"` without a directory.
+    #[error("buffer.dir: required with kind = \"disk\" (or set [state] dir)")]
+    NoDir,
+    /// The directory or a file in it could not be created, read or written.
+    #[error("buffer.dir {}: {source}", dir.display())]
+    Io {
+        /// The buffer directory.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A file was written by a newer build, in a format this one does not know.
+    #[error("buffer.dir {}: {} was written by a newer disk buffer format (version {found}; this build reads version {}); run the newer build to drain it, or move the directory away", dir.display(), file.display(), format::VERSION)]
+    NewerFormat {
+        /// The buffer directory.
+        dir: PathBuf,
+        /// The file.
+        file: PathBuf,
+        /// Its format version.
+        found: u32,
+    },
+}
+
+/// Where the reader continues on disk.
+struct Cursor {
+    segment: u64,
+    offset: u64,
+    reader: Option<BufReader<File>>,
+}
+
+/// What was recovered at start.
+pub(crate) struct Recovered {
+    pub next_seq: u64,
+    pub events: usize,
+    pub bytes: usize,
+    pub by_label: Vec<(&'static str, u64)>,
+}
+
+/// The open disk buffer. Lives inside the buffer's state, under its lock.
+pub(crate) struct Disk {
+    dir: PathBuf,
+    fsync: Fsync,
+    segment_max: u64,
+    active: Arc<File>,
+    active_len: u64,
+    ledger: Arc<File>,
+    segments: Segments,
+    acks: Acks,
+    scratch: Vec<u8>,
+    body: Vec<u8>,
+    /// Records on disk only (not in the memory queue), not yet read back.
+    spilled: u64,
+    cursor: Option<Cursor>,
+    /// Records below this were accepted before this start: reading them is a replay.
+    replay_below: u64,
+    /// Every record below this is on stable storage (`fsync = "always"`).
+    synced_below: u64,
+    /// Whether anything was written since the flusher last synced.
+    dirty: bool,
+    /// The ledger value last written.
+    ledger_written: u64,
+    /// Finished segments waiting for the flusher to delete them.
+    doomed: Vec<Segment>,
+    metrics: SinkMetrics,
+}
+
+fn io_error(dir: &Path) -> impl Fn(std::io::Error) -> BufferError + '_ {
+    move |source| BufferError::Io {
+        dir: dir.to_owned(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// One step of reading a segment sequentially.
+enum Step {
+    /// A frame whose body passed its checksum; the body is in the buffer.
+    Frame(FrameHeader),
+    /// The end of the data.
+    End,
+    /// A frame cut short, or a length that cannot be: nothing readable follows.
+    Broken,
+    /// A whole frame whose body fails its checksum (skipped).
+    BadChecksum(FrameHeader),
+}
+
+fn read_step(reader: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Step> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match read_full(reader, &mut header)? {
+        0 => return Ok(Step::End),
+        FRAME_HEADER_LEN => {}
+        _ => return Ok(Step::Broken),
+    }
+    let header = format::frame_header(&header);
+    if header.len > MAX_FRAME {
+        return Ok(Step::Broken);
+    }
+    body.resize(header.len, 0);
+    if read_full(reader, body)? < header.len {
+        return Ok(Step::Broken);
+    }
+    Ok(if format::body_ok(header, body) {
+        Step::Frame(header)
+    } else {
+        Step::BadChecksum(header)
+    })
+}
+
+/// A frame found while scanning a whole segment in memory.
+struct Found {
+    offset: usize,
+    len: usize,
+    seq: u64,
+}
+
+/// The result of scanning one segment's bytes.
+#[derive(Default)]
+struct Scan {
+    frames: Vec<Found>,
+    /// Records skipped in the middle (checksum, unparsable, out of order).
+    corrupt: u64,
+    /// Where a torn tail starts (the data ends cut there).
+    torn_at: Option<usize>,
+}
+
+/// Scans a segment in memory: frames in order, damaged ones skipped by searching for the next
+/// frame whose checksum holds and whose sequence number follows; a damaged end is a torn tail.
+/// Pure: the tests feed it bytes.
+fn scan(data: &[u8]) -> Scan {
+    let mut out = Scan::default();
+    let mut pos = SEGMENT_HEADER_LEN.min(data.len());
+    let mut last: Option<u64> = None;
+    let frame_at = |at: usize, last: Option<u64>| -> Option<Found> {
+        let header: &[u8; FRAME_HEADER_LEN] =
+            data.get(at..at + FRAME_HEADER_LEN)?.try_into().ok()?;
+        let header = format::frame_header(header);
+        if header.len > MAX_FRAME {
+            return None;
+        }
+        let body = data.get(at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + header.len)?;
+        let seq = format::body_seq(body).ok()?;
+        if last.is_some_and(|l| seq <= l) || !format::body_ok(header, body) {
+            return None;
+        }
+        format::decode(body).ok()?;
+        Some(Found {
+            offset: at,
+            len: FRAME_HEADER_LEN + header.len,
+            seq,
+        })
+    };
+    while pos < data.len() {
+        if let Some(found) = frame_at(pos, last) {
+            pos += found.len;
+            last = Some(found.seq);
+            out.frames.push(found);
+            continue;
+        }
+        // Damage at `pos`: a later intact frame means a damaged record in the middle.
+        let next = (pos + 1..data.len().saturating_sub(FRAME_HEADER_LEN))
+            .find_map(|at| frame_at(at, last));
+        match next {
+            Some(found) => {
+                out.corrupt += 1;
+                pos = found.offset;
+            }
+            None => {
+                out.torn_at = Some(pos);
+                break;
+            }
+        }
+    }
+    out
+}
+
+impl Disk {
+    /// Opens (creating) the buffer directory, recovers what is in it, and starts a new segment.
+    pub(crate) fn open(
+        dir: &Path,
+        fsync: Fsync,
+        max_bytes: usize,
+        metrics: SinkMetrics,
+    ) -> Result<(Disk, Recovered), BufferError> {
+        let started = Instant::now();
+        let err = io_error(dir);
+        std::fs::create_dir_all(dir).map_err(&err)?;
+        let ledger_path = dir.join(LEDGER_FILE);
+        let mut acked_below = 0;
+        match std::fs::read(&ledger_path) {
+            Ok(bytes) => match format::read_ledger(&bytes) {
+                Ledger::AckedBelow(n) => acked_below = n,
+                Ledger::Newer(found) => {
+                    return Err(BufferError::NewerFormat {
+                        dir: dir.to_owned(),
+                        file: ledger_path,
+                        found,
+                    })
+                }
+                Ledger::Unreadable => tracing::warn!(file = %ledger_path.display(),
+                    "disk buffer: ledger unreadable; every record on disk is delivered again (duplicates possible)"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(&err)? {
+            let path = entry.map_err(&err)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(first) = name
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                names.push((first, path));
+            }
+        }
+        names.sort_unstable();
+        // Refuse a newer format before touching anything.
+        for (_, path) in &names {
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            let n = File::open(path)
+                .and_then(|mut f| read_full(&mut f, &mut head))
+                .map_err(&err)?;
+            if let Header::Newer(found) = format::check_segment_header(&head[..n]) {
+                return Err(BufferError::NewerFormat {
+                    dir: dir.to_owned(),
+                    file: path.clone(),
+                    found,
+                });
+            }
+        }
+
+        let mut segments = Segments::default();
+        let mut next_seq = acked_below;
+        let mut events = 0usize;
+        let mut bytes = 0usize;
+        let mut by_label: Vec<(&'static str, u64)> = Vec::new();
+        let mut data = Vec::new();
+        let last_index = names.len().saturating_sub(1);
+        for (index, (first, path)) in names.iter().enumerate() {
+            data.clear();
+            let len = std::fs::metadata(path).map_err(&err)?.len();
+            if len > MAX_SEGMENT_FILE {
+                // Not one of ours (ours stay under 128 MiB): never read it into memory.
+                tracing::warn!(file = %path.display(), bytes = len,
+                    "disk buffer: segment file far larger than any this build writes; left in place and ignored");
+                continue;
+            }
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(&err)?;
+            match format::check_segment_header(&data) {
+                Header::Current => {}
+                Header::Newer(found) => {
+                    return Err(BufferError::NewerFormat {
+                        dir: dir.to_owned(),
+                        file: path.clone(),
+                        found,
+                    })
+                }
+                Header::Foreign if data.len() < SEGMENT_HEADER_LEN && index == last_index => {
+                    // Created, then the crash came before its header was written.
+                    if !data.is_empty() {
+                        emit(
+                            &metrics,
+                            CorruptRecords {
+                                kind: CorruptKind::TornTail,
+                                count: 1,
+                                path,
+                            },
+                        );
+                    }
+                    let _ = std::fs::remove_file(path);
+                    continue;
+                }
+                Header::Foreign => {
+                    tracing::warn!(file = %path.display(),
+                        "disk buffer: not a segment of this format; left in place and ignored");
+                    continue;
+                }
+            }
+            let found = scan(&data);
+            if found.corrupt > 0 {
+                emit(
+                    &metrics,
+                    CorruptRecords {
+                        kind: CorruptKind::Checksum,
+                        count: found.corrupt,
+                        path,
+                    },
+                );
+            }
+            if let Some(at) = found.torn_at {
+                emit(
+                    &metrics,
+                    CorruptRecords {
+                        kind: CorruptKind::TornTail,
+                        count: 1,
+                        path,
+                    },
+                );
+                let _ = at;
+            }
+            let live: Vec<&Found> = found
+                .frames
+                .iter()
+                .filter(|f| f.seq >= acked_below)
+                .collect();
+            if live.is_empty() {
+                let _ = std::fs::remove_file(path);
+                if let Some(last) = found.frames.last() {
+                    next_seq = next_seq.max(last.seq + 1);
+                }
+                continue;
+            }
+            if found.corrupt > 0 || found.torn_at.is_some() {
+                // Rewrite the segment with its intact frames only, so the reader never meets the
+                // damage again (written aside, then renamed over: a crash leaves one or the other).
+                let tmp = path.with_extension("seg.tmp");
+                let mut clean = Vec::with_capacity(data.len());
+                clean.extend_from_slice(&format::segment_header());
+                for f in &found.frames {
+                    clean.extend_from_slice(&data[f.offset..f.offset + f.len]);
+                }
+                let mut file = File::create(&tmp).map_err(&err)?;
+                file.write_all(&clean).map_err(&err)?;
+                file.sync_data().map_err(&err)?;
+                std::fs::rename(&tmp, path).map_err(&err)?;
+            }
+            for f in &live {
+                events += 1;
+                bytes += f.len;
+                let body = &data[f.offset + FRAME_HEADER_LEN..f.offset + f.len];
+                let label = format::decode(body).map_or("other", |(_, r)| r.headers.event_label);
+                match by_label.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, n)) => *n += 1,
+                    None => by_label.push((label, 1)),
+                }
+            }
+            let end = found.frames.last().map_or(*first, |f| f.seq + 1);
+            next_seq = next_seq.max(end);
+            segments.push(Segment { first: *first, end });
+        }
+        let replay_from = segments.oldest().map(|s| s.first);
+        let segment_max = (max_bytes as u64 / 16).clamp(64 * 1024, 128 * 1024 * 1024);
+        let active_path = segment_path(dir, next_seq);
+        let active = create_segment(&active_path, fsync).map_err(&err)?;
+        let ledger = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&ledger_path)
+            .map_err(&err)?;
+        ledger
+            .write_all_at(&format::ledger(acked_below), 0)
+            .map_err(&err)?;
+        if fsync != Fsync::Never {
+            ledger.sync_data().map_err(&err)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
+        }
+        segments.push(Segment {
+            first: next_seq,
+            end: next_seq,
+        });
+        emit(
+            &metrics,
+            BufferRecovered {
+                dir,
+                records: events as u64,
+                bytes: bytes as u64,
+                segments: segments.len() - 1,
+                elapsed: started.elapsed(),
+            },
+        );
+        let disk = Disk {
+            dir: dir.to_owned(),
+            fsync,
+            segment_max,
+            active: Arc::new(active),
+            active_len: SEGMENT_HEADER_LEN as u64,
+            ledger: Arc::new(ledger),
+            segments,
+            acks: Acks::new(acked_below),
+            scratch: Vec::with_capacity(4096),
+            body: Vec::new(),
+            spilled: events as u64,
+            cursor: replay_from.filter(|_| events > 0).map(|segment| Cursor {
+                segment,
+                offset: SEGMENT_HEADER_LEN as u64,
+                reader: None,
+            }),
+            replay_below: next_seq,
+            synced_below: next_seq,
+            dirty: false,
+            ledger_written: acked_below,
+            doomed: Vec::new(),
+            metrics,
+        };
+        Ok((
+            disk,
+            Recovered {
+                next_seq,
+                events,
+                bytes,
+                by_label,
+            },
+        ))
+    }
+
+    /// Tests: makes every following write fail (as a full disk would), or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self, fail: bool) {
+        let path = segment_path(&self.dir, self.segments.active().map_or(0, |s| s.first));
+        let file = if fail {
+            File::open(&path)
+        } else {
+            OpenOptions::new().append(true).open(&path)
+        };
+        self.active = Arc::new(file.expect("reopen the active segment"));
+    }
+
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records on disk only, waiting to be read back.
+    pub(crate) fn spilled(&self) -> u64 {
+        self.spilled
+    }
+
+    /// Appends record `seq`. On success the record is in the operating system's hands (it
+    /// survives a crash of the process). `spill`: it is not kept in memory, the reader must read
+    /// it back from disk. On failure nothing of it remains in the segment.
+    pub(crate) fn append(&mut self, seq: u64, record: &Record, spill: bool) -> std::io::Result<()> {
+        self.scratch.clear();
+        format::encode(seq, record, &mut self.scratch);
+        let needs_rotation = self.active_len + self.scratch.len() as u64 > self.segment_max
+            && self.active_len > SEGMENT_HEADER_LEN as u64;
+        if needs_rotation {
+            self.rotate(seq)?;
+        }
+        let at = self.active_len;
+        if let Err(e) = (&*self.active).write_all(&self.scratch) {
+            // Cut a partial frame off; if even that fails, the next start truncates it.
+            let _ = self.active.set_len(at);
+            let _ = (&*self.active).seek(SeekFrom::Start(at));
+            return Err(e);
+        }
+        self.active_len += self.scratch.len() as u64;
+        self.segments.appended(seq);
+        self.dirty = true;
+        if self.scratch.capacity() > 1024 * 1024 {
+            self.scratch = Vec::with_capacity(4096);
+        }
+        if spill {
+            if self.spilled == 0 {
+                let segment = self.segments.active().map_or(seq, |s| s.first);
+                self.cursor = Some(Cursor {
+                    segment,
+                    offset: at,
+                    reader: None,
+                });
+            }
+            self.spilled += 1;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self, first: u64) -> std::io::Result<()> {
+        if self.fsync != Fsync::Never {
+            self.active.sync_data()?;
+        }
+        let file = create_segment(&segment_path(&self.dir, first), self.fsync)?;
+        self.active = Arc::new(file);
+        self.active_len = SEGMENT_HEADER_LEN as u64;
+        self.segments.push(Segment { first, end: first });
+        Ok(())
+    }
+
+    /// Reads spilled records back into `queue` (up to `max` of them, or `max_bytes`), in order.
+    /// Returns (records, framed bytes) read. Damage met here (the files changed under us) is
+    /// counted, skipped, and its records released through `lost`.
+    pub(crate) fn fill(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        mut push: impl FnMut(u64, usize, Record),
+        mut lost: impl FnMut(u64),
+    ) -> (usize, usize) {
+        let mut count = 0;
+        let mut bytes = 0;
+        let mut replayed = 0u64;
+        while self.spilled > 0 && count < max && bytes < max_bytes {
+            let Some(cursor) = self.cursor.as_mut() else {
+                self.spilled = 0;
+                break;
+            };
+            if cursor.reader.is_none() {
+                let path = segment_path(&self.dir, cursor.segment);
+                match File::open(&path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(cursor.offset))?;
+                    Ok(f)
+                }) {
+                    Ok(f) => cursor.reader = Some(BufReader::with_capacity(READ_BUFFER, f)),
+                    Err(error) => {
+                        tracing::error!(file = %path.display(), %error, "disk buffer: cannot read a segment; its records are skipped");
+                        self.skip_segment(&mut lost);
+                        continue;
+                    }
+                }
+            }
+            let Some(reader) = cursor.reader.as_mut() else {
+                continue;
+            };
+            let step = read_step(reader, &mut self.body);
+            let active = self.segments.active().map(|s| s.first);
+            match step {
+                Ok(Step::Frame(header)) => {
+                    cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
+                    let size = FRAME_HEADER_LEN + header.len;
+                    match format::decode(&self.body) {
+                        Ok((seq, _)) if self.acks.is_done(seq) => {}
+                        Ok((seq, record)) => {
+                            self.spilled -= 1;
+                            count += 1;
+                            bytes += size;
+                            if seq < self.replay_below {
+                                replayed += 1;
+                            }
+                            push(seq, size, record);
+                        }
+                        Err(_) => {
+                            let path = segment_path(&self.dir, cursor.segment);
+                            emit(
+                                &self.metrics,
+                                CorruptRecords {
+                                    kind: CorruptKind::Checksum,
+                                    count: 1,
+                                    path: &path,
+                                },
+                            );
+                        }
+                    }
+                }
+                Ok(Step::BadChecksum(header)) => {
+                    cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
+                    let path = segment_path(&self.dir, cursor.segment);
+                    emit(
+                        &self.metrics,
+                        CorruptRecords {
+                            kind: CorruptKind::Checksum,
+                            count: 1,
+                            path: &path,
+                        },
+                    );
+                }
+                Ok(Step::End) if active == Some(cursor.segment) => {
+                    // Caught up with the writer: the books say otherwise only if a write was
+                    // lost under us; trust the file.
+                    tracing::error!(
+                        spilled = self.spilled,
+                        "disk buffer: fewer records on disk than written; the rest is skipped"
+                    );
+                    self.spilled = 0;
+                }
+                Ok(Step::End) => {
+                    self.next_segment();
+                }
+                Ok(Step::Broken) | Err(_) => {
+                    let path = segment_path(&self.dir, cursor.segment);
+                    emit(
+                        &self.metrics,
+                        CorruptRecords {
+                            kind: CorruptKind::Checksum,
+                            count: 1,
+                            path: &path,
+                        },
+                    );
+                    if active == Some(cursor.segment) {
+                        self.spilled = 0;
+                    } else {
+                        self.skip_segment(&mut lost);
+                    }
+                }
+            }
+        }
+        if replayed > 0 {
+            emit(&self.metrics, RecordsReplayed { count: replayed });
+        }
+        if self.spilled == 0 {
+            self.cursor = None;
+        }
+        (count, bytes)
+    }
+
+    fn next_segment(&mut self) {
+        let Some(cursor) = self.cursor.as_mut() else {
+            return;
+        };
+        match self.segments.after(cursor.segment) {
+            Some(next) => {
+                *cursor = Cursor {
+                    segment: next.first,
+                    offset: SEGMENT_HEADER_LEN as u64,
+                    reader: None,
+                };
+            }
+            None => self.spilled = 0,
+        }
+    }
+
+    /// Gives up on the rest of the cursor's segment: its unread records are lost (reported).
+    fn skip_segment(&mut self, lost: &mut impl FnMut(u64)) {
+        let Some(cursor) = self.cursor.as_ref() else {
+            return;
+        };
+        let from = cursor.segment;
+        let end = self.segments.after(from).map_or(from, |s| s.first);
+        for seq in from..end {
+            if !self.acks.is_done(seq) && self.spilled > 0 {
+                self.spilled -= 1;
+                lost(seq);
+            }
+        }
+        self.next_segment();
+    }
+
+    /// A record left the buffer for good (acknowledged, rejected or dropped).
+    pub(crate) fn finish(&mut self, seq: u64) {
+        if self.acks.finish(seq) {
+            let below = self.acks.below();
+            self.doomed.extend(self.segments.take_finished(below));
+        }
+    }
+
+    /// `fsync = "always"`: makes sure record `seq` is on stable storage before it is handed on.
+    pub(crate) fn ensure_synced(&mut self, seq: u64, next_seq: u64) {
+        if self.fsync == Fsync::Always && seq >= self.synced_below {
+            if let Err(error) = self.active.sync_data() {
+                tracing::error!(dir = %self.dir.display(), %error, "disk buffer: fsync failed");
+            }
+            self.synced_below = next_seq;
+            self.dirty = false;
+        }
+    }
+
+    /// What the flusher must do now (taken under the lock, done outside it).
+    pub(crate) fn flush_work(&mut self) -> FlushWork {
+        let below = self.acks.below();
+        let work = FlushWork {
+            dir: self.dir.clone(),
+            sync: (self.dirty && self.fsync != Fsync::Never).then(|| self.active.clone()),
+            ledger: (below != self.ledger_written).then(|| (self.ledger.clone(), below)),
+            sync_ledger: self.fsync != Fsync::Never,
+            delete: std::mem::take(&mut self.doomed),
+        };
+        self.dirty = false;
+        self.ledger_written = below;
+        work
+    }
+
+    /// The flusher's period.
+    pub(crate) fn interval(&self, configured: Duration) -> Duration {
+        match self.fsync {
+            Fsync::Interval => configured,
+            Fsync::Always | Fsync::Never => configured.max(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.flush_work().run();
+    }
+}
+
+fn create_segment(path: &Path, fsync: Fsync) -> std::io::Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(&format::segment_header())?;
+    if fsync != Fsync::Never {
+        file.sync_data()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(file)
+}
+
+/// Syncs, writes the ledger and deletes finished segments, outside the buffer's lock.
+pub(crate) struct FlushWork {
+    dir: PathBuf,
+    sync: Option<Arc<File>>,
+    ledger: Option<(Arc<File>, u64)>,
+    sync_ledger: bool,
+    delete: Vec<Segment>,
+}
+
+impl FlushWork {
+    pub(crate) fn run(self) {
+        if let Some(file) = self.sync {
+            if let Err(error) = file.sync_data() {
+                tracing::error!(dir = %self.dir.display(), %error, "disk buffer: fsync failed");
+            }
+        }
+        if let Some((ledger, below)) = self.ledger {
+            let written = ledger
+                .write_all_at(&format::ledger(below), 0)
+                .and_then(|()| {
+                    if self.sync_ledger {
+                        ledger.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(error) = written {
+                tracing::error!(dir = %self.dir.display(), %error,
+                    "disk buffer: cannot write the ledger (acknowledged records may be delivered again)");
+            }
+        }
+        for segment in self.delete {
+            let path = segment_path(&self.dir, segment.first);
+            if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %path.display(), %error, "disk buffer: cannot delete a finished segment");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::record;
+
+    fn segment(seqs: &[u64]) -> (Vec<u8>, Vec<usize>) {
+        let mut data = format::segment_header().to_vec();
+        let mut offsets = Vec::new();
+        for &seq in seqs {
+            offsets.push(data.len());
+            format::encode(seq, &record("t", seq), &mut data);
+        }
+        (data, offsets)
+    }
+
+    fn seqs(scan: &Scan) -> Vec<u64> {
+        scan.frames.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn a_clean_segment_scans_whole() {
+        let (data, _) = segment(&[5, 6, 7]);
+        let s = scan(&data);
+        assert_eq!(seqs(&s), [5, 6, 7]);
+        assert_eq!((s.corrupt, s.torn_at), (0, None));
+    }
+
+    #[test]
+    fn a_torn_tail_is_found_at_every_cut() {
+        let (data, offsets) = segment(&[1, 2, 3]);
+        for cut in offsets[2] + 1..data.len() {
+            let s = scan(&data[..cut]);
+            assert_eq!(seqs(&s), [1, 2], "cut at {cut}");
+            assert_eq!(s.torn_at, Some(offsets[2]));
+            assert_eq!(s.corrupt, 0);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_middle_loses_that_record_only() {
+        let (data, offsets) = segment(&[1, 2, 3, 4]);
+        for i in offsets[1]..offsets[2] {
+            let mut bad = data.clone();
+            bad[i] ^= 0x40;
+            let s = scan(&bad);
+            assert_eq!(seqs(&s), [1, 3, 4], "flipped byte {i}");
+            assert_eq!((s.corrupt, s.torn_at), (1, None), "flipped byte {i}");
+        }
+    }
+
+    #[test]
+    fn garbage_after_good_frames_is_a_torn_tail() {
+        let (mut data, offsets) = segment(&[1, 2]);
+        let end = data.len();
+        data.extend_from_slice(&[0u8; 100]);
+        let s = scan(&data);
+        assert_eq!(seqs(&s), [1, 2]);
+        assert_eq!(s.torn_at, Some(end));
+        let _ = offsets;
+    }
+}

@@ -1,0 +1,351 @@
+//! The disk buffer's bytes: segment and ledger headers, record framing, record encoding.
+//!
+//! Everything is little-endian. A segment is a 16-byte header (`VXSEGMNT`, format version,
+//! reserved) followed by frames; a frame is `len: u32`, `crc32(body): u32`, then `len` bytes of
+//! body. The body holds every field of a [`Record`] except `accepted_at` (an `Instant`, which
+//! means nothing after a restart: replayed records get a fresh one). The ledger is one 32-byte
+//! block: `VXLEDGER`, version, reserved, `acked_below: u64`, `crc32` of the first 24 bytes.
+//! Pure functions, no I/O: the disk adapter reads and writes these bytes.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use voxsig_protocol::EventKind;
+
+use crate::{Headers, Record};
+
+/// The on-disk format version this build writes and reads. A directory written by a newer
+/// version is refused with a clear error (never rewritten).
+pub(crate) const VERSION: u32 = 1;
+/// Segment file header: magic, version, reserved.
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"VXSEGMNT";
+pub(crate) const SEGMENT_HEADER_LEN: usize = 16;
+/// Frame header: body length and its CRC-32.
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
+pub(crate) const LEDGER_MAGIC: &[u8; 8] = b"VXLEDGER";
+pub(crate) const LEDGER_LEN: usize = 32;
+/// Fixed part of a body: seq, received_at_ms, account_id, flags, six lengths.
+const BODY_FIXED: usize = 8 + 8 + 8 + 1 + 6 * 4;
+
+const HAS_ACCOUNT: u8 = 1;
+const HAS_KEY: u8 = 2;
+const HAS_EVENT_ID: u8 = 4;
+const REPLAYED: u8 = 8;
+
+/// The header of a new segment.
+pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// What a segment or ledger header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// Ours, at this version.
+    Current,
+    /// Written by a newer build: its format is unknown here.
+    Newer(u32),
+    /// Not a header of ours (wrong magic, too short, version 0).
+    Foreign,
+}
+
+fn check_header(bytes: &[u8], magic: &[u8; 8]) -> Header {
+    if bytes.len() < 12 || &bytes[..8] != magic {
+        return Header::Foreign;
+    }
+    match u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) {
+        VERSION => Header::Current,
+        v if v > VERSION => Header::Newer(v),
+        _ => Header::Foreign,
+    }
+}
+
+/// Classifies a segment's first bytes.
+pub(crate) fn check_segment_header(bytes: &[u8]) -> Header {
+    check_header(bytes, SEGMENT_MAGIC)
+}
+
+/// The ledger block for `acked_below`.
+pub(crate) fn ledger(acked_below: u64) -> [u8; LEDGER_LEN] {
+    let mut b = [0u8; LEDGER_LEN];
+    b[..8].copy_from_slice(LEDGER_MAGIC);
+    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[16..24].copy_from_slice(&acked_below.to_le_bytes());
+    let crc = crc32fast::hash(&b[..24]);
+    b[24..28].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// What a ledger file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ledger {
+    /// Every record below this sequence number was acknowledged.
+    AckedBelow(u64),
+    /// Written by a newer build.
+    Newer(u32),
+    /// Torn or not ours: nothing is known to be acknowledged (replay all; duplicates, no loss).
+    Unreadable,
+}
+
+/// Reads a ledger block.
+pub(crate) fn read_ledger(bytes: &[u8]) -> Ledger {
+    match check_header(bytes, LEDGER_MAGIC) {
+        Header::Newer(v) => return Ledger::Newer(v),
+        Header::Foreign => return Ledger::Unreadable,
+        Header::Current => {}
+    }
+    if bytes.len() < 28 {
+        return Ledger::Unreadable;
+    }
+    let crc = u32::from_le_bytes(bytes[24..28].try_into().unwrap_or_default());
+    if crc != crc32fast::hash(&bytes[..24]) {
+        return Ledger::Unreadable;
+    }
+    Ledger::AckedBelow(u64::from_le_bytes(
+        bytes[16..24].try_into().unwrap_or_default(),
+    ))
+}
+
+/// The framed size of `record` on disk.
+pub(crate) fn framed_len(record: &Record) -> usize {
+    FRAME_HEADER_LEN
+        + BODY_FIXED
+        + record.topic.len()
+        + record.key.as_ref().map_or(0, String::len)
+        + record.headers.event.len()
+        + record.headers.event_id.as_ref().map_or(0, String::len)
+        + record.headers.event_label.len()
+        + record.payload.len()
+}
+
+/// Appends the frame of `record` (sequence number `seq`) to `out`.
+pub(crate) fn encode(seq: u64, record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    let h = &record.headers;
+    let mut flags = 0;
+    if h.account_id.is_some() {
+        flags |= HAS_ACCOUNT;
+    }
+    if record.key.is_some() {
+        flags |= HAS_KEY;
+    }
+    if h.event_id.is_some() {
+        flags |= HAS_EVENT_ID;
+    }
+    if h.replayed {
+        flags |= REPLAYED;
+    }
+    let key = record.key.as_deref().unwrap_or("");
+    let event_id = h.event_id.as_deref().unwrap_or("");
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&h.received_at_ms.to_le_bytes());
+    out.extend_from_slice(&h.account_id.unwrap_or(0).to_le_bytes());
+    out.push(flags);
+    let parts: [&[u8]; 6] = [
+        record.topic.as_bytes(),
+        key.as_bytes(),
+        h.event.as_bytes(),
+        event_id.as_bytes(),
+        h.event_label.as_bytes(),
+        &record.payload,
+    ];
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+    }
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A frame header: the body's length and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub len: usize,
+    pub crc: u32,
+}
+
+/// Parses a frame header.
+pub(crate) fn frame_header(bytes: &[u8; FRAME_HEADER_LEN]) -> FrameHeader {
+    FrameHeader {
+        len: u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize,
+        crc: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+    }
+}
+
+/// Whether a body matches its header's checksum.
+pub(crate) fn body_ok(header: FrameHeader, body: &[u8]) -> bool {
+    body.len() == header.len && crc32fast::hash(body) == header.crc
+}
+
+/// A body passed its checksum but does not parse: treated like a checksum failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed record body")]
+pub(crate) struct Malformed;
+
+/// The sequence number of a body (checksum already verified).
+pub(crate) fn body_seq(body: &[u8]) -> Result<u64, Malformed> {
+    Ok(u64::from_le_bytes(
+        body.get(..8)
+            .ok_or(Malformed)?
+            .try_into()
+            .map_err(|_| Malformed)?,
+    ))
+}
+
+/// Decodes a checked body back into its sequence number and record. `accepted_at` is now.
+pub(crate) fn decode(body: &[u8]) -> Result<(u64, Record), Malformed> {
+    let fixed = body.get(..BODY_FIXED).ok_or(Malformed)?;
+    let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().unwrap_or_default());
+    let seq = u64_at(0);
+    let received_at_ms = u64_at(8) as i64;
+    let account = u64_at(16);
+    let flags = fixed[24];
+    let mut lens = [0usize; 6];
+    for (i, len) in lens.iter_mut().enumerate() {
+        let at = 25 + i * 4;
+        *len = u32::from_le_bytes(fixed[at..at + 4].try_into().unwrap_or_default()) as usize;
+    }
+    let mut rest = &body[BODY_FIXED..];
+    let mut take = |n: usize| -> Result<&[u8], Malformed> {
+        if rest.len() < n {
+            return Err(Malformed);
+        }
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(part)
+    };
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| Malformed)
+    };
+    let topic = text(take(lens[0])?)?;
+    let key = text(take(lens[1])?)?;
+    let event = text(take(lens[2])?)?;
+    let event_id = text(take(lens[3])?)?;
+    let label = std::str::from_utf8(take(lens[4])?).map_err(|_| Malformed)?;
+    let payload = Bytes::copy_from_slice(take(lens[5])?);
+    Ok((
+        seq,
+        Record {
+            topic,
+            key: (flags & HAS_KEY != 0).then_some(key),
+            payload,
+            headers: Headers {
+                event,
+                event_label: static_label(label),
+                account_id: (flags & HAS_ACCOUNT != 0).then_some(account),
+                received_at_ms,
+                event_id: (flags & HAS_EVENT_ID != 0).then_some(event_id),
+                replayed: flags & REPLAYED != 0,
+            },
+            accepted_at: Instant::now(),
+        },
+    ))
+}
+
+/// Maps a stored metrics label back to the `&'static str` the catalogue owns (`"other"` for
+/// anything it does not know, so a label read from disk can never grow the label set).
+pub(crate) fn static_label(label: &str) -> &'static str {
+    EventKind::from_name(label).name().unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::record;
+
+    fn roundtrip(record: &Record) -> Record {
+        let mut out = Vec::new();
+        encode(42, record, &mut out);
+        assert_eq!(out.len(), framed_len(record));
+        let header = frame_header(out[..8].try_into().unwrap());
+        let body = &out[FRAME_HEADER_LEN..];
+        assert!(body_ok(header, body));
+        let (seq, decoded) = decode(body).unwrap();
+        assert_eq!(seq, 42);
+        assert_eq!(body_seq(body), Ok(42));
+        decoded
+    }
+
+    #[test]
+    fn every_field_survives_except_the_instant() {
+        let mut full = record("voxsig/1/message.created", 7);
+        full.headers.event_id = Some("ev-1".into());
+        full.headers.replayed = true;
+        full.headers.account_id = Some(u64::MAX);
+        full.headers.received_at_ms = -5;
+        let back = roundtrip(&full);
+        assert_eq!(back.topic, full.topic);
+        assert_eq!(back.key, full.key);
+        assert_eq!(back.payload, full.payload);
+        assert_eq!(back.headers, full.headers);
+        assert!(std::ptr::eq(
+            back.headers.event_label,
+            EventKind::from_name("message.created").name().unwrap()
+        ));
+
+        let mut bare = record("t", 1);
+        bare.key = None;
+        bare.headers.account_id = None;
+        bare.headers.event = "custom.thing".into();
+        bare.headers.event_label = "other";
+        bare.payload = Bytes::new();
+        let back = roundtrip(&bare);
+        assert_eq!(back.headers, bare.headers);
+        assert_eq!(back.key, None);
+        // An empty key is not a missing key.
+        bare.key = Some(String::new());
+        assert_eq!(roundtrip(&bare).key, Some(String::new()));
+    }
+
+    #[test]
+    fn unknown_labels_become_other() {
+        assert_eq!(static_label("message.created"), "message.created");
+        assert_eq!(static_label("x\u{7}evil"), "other");
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum_and_short_bodies_do_not_parse() {
+        let mut out = Vec::new();
+        encode(1, &record("t", 1), &mut out);
+        let header = frame_header(out[..8].try_into().unwrap());
+        for i in FRAME_HEADER_LEN..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x10;
+            assert!(!body_ok(header, &bad[FRAME_HEADER_LEN..]), "byte {i}");
+        }
+        let body = &out[FRAME_HEADER_LEN..];
+        for cut in 0..body.len() {
+            assert_eq!(
+                decode(&body[..cut]).map(|_| ()),
+                Err(Malformed),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_and_ledger_versions() {
+        assert_eq!(check_segment_header(&segment_header()), Header::Current);
+        let mut newer = segment_header();
+        newer[8] = 9;
+        assert_eq!(check_segment_header(&newer), Header::Newer(9));
+        assert_eq!(check_segment_header(b"garbage"), Header::Foreign);
+        assert_eq!(read_ledger(&ledger(77)), Ledger::AckedBelow(77));
+        let mut torn = ledger(77);
+        torn[17] ^= 1;
+        assert_eq!(read_ledger(&torn), Ledger::Unreadable);
+        assert_eq!(read_ledger(&[]), Ledger::Unreadable);
+        let mut newer = ledger(1);
+        newer[8] = 2;
+        assert_eq!(read_ledger(&newer), Ledger::Newer(2));
+    }
+}
