@@ -318,10 +318,7 @@ mod tests {
     fn watermark_is_kept_from_the_opening() {
         let mut book = GapBook::new(&[1]);
         book.confirmed(0, 0);
-        assert_eq!(
-            book.lost(0, GapCause::Stale, 5, Some(42)),
-            Opened::New
-        );
+        assert_eq!(book.lost(0, GapCause::Stale, 5, Some(42)), Opened::New);
         assert!(book.is_open(1));
         assert_eq!(book.open_gaps().count(), 1);
         let gap = book.confirmed(0, 10).unwrap();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::Xxh3;
 
 /// Message ids remembered per conversation.
 pub const IDS_PER_CONVERSATION: usize = 256;
@@ -24,16 +24,16 @@ const SHARDS: usize = 16;
 pub fn event_id(account: u64, event: &str, message_id: Option<u64>, data: &[u8]) -> String {
     let mut out = String::with_capacity(36);
     match message_id {
-        Some(id) if event.starts_with("message.") && event == "message.created" => {
+        Some(id) if event == "message.created" => {
             let _ = write!(out, "msg-{id}");
         }
         _ => {
-            let mut bytes = Vec::with_capacity(data.len() + event.len() + 9);
-            bytes.extend_from_slice(&account.to_le_bytes());
-            bytes.extend_from_slice(event.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(data);
-            let _ = write!(out, "h-{:032x}", xxh3_128(&bytes));
+            let mut hasher = Xxh3::new();
+            hasher.update(&account.to_le_bytes());
+            hasher.update(event.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(data);
+            let _ = write!(out, "h-{:032x}", hasher.digest128());
         }
     }
     out

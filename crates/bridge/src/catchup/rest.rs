@@ -60,7 +60,11 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, for pre-registered series.
-    pub const ALL: [Endpoint; 3] = [Endpoint::Profile, Endpoint::Conversations, Endpoint::Messages];
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::Profile,
+        Endpoint::Conversations,
+        Endpoint::Messages,
+    ];
 
     /// The metrics label.
     pub fn as_str(self) -> &'static str {
@@ -312,9 +316,8 @@ impl RestClient {
         account: u64,
         seconds: u64,
     ) -> Result<Vec<Item>, RestError> {
-        let path = format!(
-            "/api/v1/accounts/{account}/conversations?updated_within={seconds}&status=all"
-        );
+        let path =
+            format!("/api/v1/accounts/{account}/conversations?updated_within={seconds}&status=all");
         let body = self.get(Endpoint::Conversations, path, token).await?;
         items(&body)
     }
@@ -438,24 +441,27 @@ pub fn items(body: &[u8]) -> Result<Vec<Item>, RestError> {
         payload: Vec<Box<RawValue>>,
     }
     #[derive(Deserialize)]
-    struct Nested {
-        data: Flat,
+    struct Body {
+        #[serde(default)]
+        payload: Option<Vec<Box<RawValue>>>,
+        #[serde(default)]
+        data: Option<Box<RawValue>>,
     }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Body {
-        Nested(Nested),
-        Flat(Flat),
-    }
-    let body: Body = serde_json::from_slice(body).map_err(|e| RestError::Decode(e.to_string()))?;
-    let raws = match body {
-        Body::Nested(n) => n.data.payload,
-        Body::Flat(f) => f.payload,
+    let decode = |e: serde_json::Error| RestError::Decode(e.to_string());
+    let body: Body = serde_json::from_slice(body).map_err(decode)?;
+    let raws = match (body.payload, body.data) {
+        (Some(payload), _) => payload,
+        (None, Some(data)) => {
+            serde_json::from_str::<Flat>(data.get())
+                .map_err(decode)?
+                .payload
+        }
+        (None, None) => return Err(RestError::Decode("no `payload` list".into())),
     };
     raws.into_iter()
         .map(|raw| {
-            let probe: Probe = serde_json::from_str(raw.get())
-                .map_err(|e| RestError::Decode(e.to_string()))?;
+            let probe: Probe =
+                serde_json::from_str(raw.get()).map_err(|e| RestError::Decode(e.to_string()))?;
             Ok(Item {
                 id: probe.id,
                 inbox_id: probe.inbox_id,
@@ -500,12 +506,32 @@ mod tests {
             (RestError::Timeout, 3, Retry::After(s(4))),
             (RestError::Timeout, 4, Retry::GiveUp),
             (RestError::Transport("reset".into()), 1, Retry::After(s(1))),
-            (RestError::RateLimited { retry_after: Some(s(7)) }, 1, Retry::After(s(7))),
-            (RestError::RateLimited { retry_after: Some(s(600)) }, 1, Retry::After(s(60))),
-            (RestError::RateLimited { retry_after: None }, 2, Retry::After(s(2))),
+            (
+                RestError::RateLimited {
+                    retry_after: Some(s(7)),
+                },
+                1,
+                Retry::After(s(7)),
+            ),
+            (
+                RestError::RateLimited {
+                    retry_after: Some(s(600)),
+                },
+                1,
+                Retry::After(s(60)),
+            ),
+            (
+                RestError::RateLimited { retry_after: None },
+                2,
+                Retry::After(s(2)),
+            ),
         ];
         for (error, attempt, want) in cases {
-            assert_eq!(p.decide(&error, attempt, &mut rng), want, "{error:?} #{attempt}");
+            assert_eq!(
+                p.decide(&error, attempt, &mut rng),
+                want,
+                "{error:?} #{attempt}"
+            );
         }
     }
 

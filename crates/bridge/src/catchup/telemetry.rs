@@ -13,7 +13,9 @@
 
 use super::gaps::{Gap, GapCause};
 use super::rest::{Endpoint, RestError};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,13 +76,16 @@ impl CatchupMetrics {
     /// Registers the metrics in `registry`, every label value pre-created at 0.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let gaps = IntCounterVec::new(
-            Opts::new("voxsig_bridge_gaps_total", "Gaps in an account's live feed, by cause."),
+            Opts::new(
+                "voxsig_bridge_gaps_total",
+                "Gaps in an account's live feed, by cause.",
+            ),
             &["cause"],
         )?;
         let gap_seconds = Histogram::with_opts(
-            HistogramOpts::new("voxsig_bridge_gap_seconds", "How long gaps lasted.").buckets(
-                vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0],
-            ),
+            HistogramOpts::new("voxsig_bridge_gap_seconds", "How long gaps lasted.").buckets(vec![
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0,
+            ]),
         )?;
         let unrecovered = IntCounterVec::new(
             Opts::new(
@@ -112,8 +117,11 @@ impl CatchupMetrics {
             &["endpoint", "result"],
         )?;
         let rest_seconds = HistogramVec::new(
-            HistogramOpts::new("voxsig_bridge_rest_request_seconds", "REST API request latency.")
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "voxsig_bridge_rest_request_seconds",
+                "REST API request latency.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["endpoint"],
         )?;
         registry.register(Box::new(gaps.clone()))?;
