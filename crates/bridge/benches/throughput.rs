@@ -263,6 +263,7 @@ fn write_config(
         tokens: TokenSelection::Users,
         max_per_account: Some(1),
         accounts: max_accounts,
+        ..ExportOptions::default()
     });
     let text = format!(
         "[source]\nurl = \"{}\"\n[route]\nexclude = [\"presence.update\"]\n[buffer]\nmax_events = 100000\n{accounts}",

@@ -5,6 +5,7 @@ use crate::config::Refusal;
 use crate::emit::{EventSpec, Rate, RunSpec, Selection};
 use crate::error::SimError;
 use crate::faults::{Faults, Malformed};
+use crate::rest::{Endpoint, FaultSpan, RestFault, RestFaultSpec};
 use crate::shared::Shared;
 use crate::truth::lock;
 use crate::world::{ExportOptions, TokenSelection};
@@ -89,6 +90,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/faults/listener/stop", post(listener_stop))
         .route("/faults/listener/start", post(listener_start))
         .route("/faults/rotate-token", post(rotate_token))
+        .route("/faults/outage", post(outage))
+        .route("/faults/outage/end", post(outage_end))
+        .route("/faults/rest", post(rest_fault))
+        .route("/faults/rest/clear", post(rest_clear))
+        .route("/messages", get(messages))
         .with_state(shared)
 }
 
@@ -112,6 +118,9 @@ struct ExportQuery {
     max_per_account: Option<usize>,
     /// Comma-separated account ids.
     accounts: Option<String>,
+    /// Export `api_access_token` too.
+    #[serde(default)]
+    api_tokens: bool,
 }
 
 async fn bridge_config(
@@ -135,6 +144,7 @@ async fn bridge_config(
         tokens,
         max_per_account: q.max_per_account,
         accounts,
+        api_tokens: q.api_tokens,
     });
     Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
 }
@@ -379,13 +389,86 @@ async fn listener_start(State(s): AppState) -> Reply {
 struct RotateBody {
     token: String,
     new_token: Option<String>,
+    /// As the platform: the old token's subscribe gets no answer whatever the refusal mode.
+    #[serde(default)]
+    silent: bool,
 }
 
 async fn rotate_token(State(s): AppState, Json(b): Json<RotateBody>) -> Reply {
     let f = faults(&s);
-    let new = match b.new_token {
-        Some(new) => f.rotate_token_to(&b.token, &new).map(|_| new)?,
-        None => f.rotate_token(&b.token)?,
+    let new = match (b.new_token, b.silent) {
+        (Some(new), false) => f.rotate_token_to(&b.token, &new).map(|_| new)?,
+        (Some(new), true) => f.rotate_token_silently_to(&b.token, &new).map(|_| new)?,
+        (None, false) => f.rotate_token(&b.token)?,
+        (None, true) => f.rotate_token_silently(&b.token)?,
     };
     ok(json!({ "new_token": new }))
+}
+
+#[derive(Deserialize)]
+struct OutageBody {
+    seconds: f64,
+}
+
+async fn outage(State(s): AppState, Json(b): Json<OutageBody>) -> Reply {
+    let d = Duration::try_from_secs_f64(b.seconds)
+        .map_err(|_| SimError::Invalid("seconds must be a non-negative number".into()))?;
+    ok(json!({ "affected": faults(&s).outage(d) }))
+}
+
+async fn outage_end(State(s): AppState) -> Reply {
+    faults(&s).end_outage();
+    ok(json!({ "outage": false }))
+}
+
+#[derive(Deserialize)]
+struct RestFaultBody {
+    #[serde(flatten)]
+    fault: RestFault,
+    /// The next N requests...
+    requests: Option<u64>,
+    /// ...or every request for this many seconds.
+    seconds: Option<f64>,
+    /// Only this endpoint: `profile`, `conversations`, `messages` or `other`.
+    endpoint: Option<Endpoint>,
+}
+
+async fn rest_fault(State(s): AppState, Json(b): Json<RestFaultBody>) -> Reply {
+    let span = match (b.requests, b.seconds) {
+        (Some(n), None) => FaultSpan::Requests(n),
+        (None, Some(secs)) => FaultSpan::For(
+            Duration::try_from_secs_f64(secs)
+                .map_err(|_| SimError::Invalid("seconds must be a non-negative number".into()))?,
+        ),
+        _ => {
+            return Err(SimError::Invalid("give either requests or seconds".into()).into());
+        }
+    };
+    faults(&s).rest_fault(RestFaultSpec {
+        fault: b.fault,
+        span,
+        endpoint: b.endpoint,
+    });
+    ok(json!({ "ok": true }))
+}
+
+async fn rest_clear(State(s): AppState) -> Reply {
+    faults(&s).clear_rest_faults();
+    ok(json!({ "ok": true }))
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    account: Option<u64>,
+    /// Unix milliseconds, inclusive.
+    #[serde(default)]
+    from_ms: u64,
+    /// Unix milliseconds, exclusive.
+    to_ms: Option<u64>,
+}
+
+async fn messages(State(s): AppState, Query(q): Query<MessagesQuery>) -> Reply {
+    let store = lock(&s.store);
+    let messages = store.all_messages(q.account, q.from_ms, q.to_ms.unwrap_or(u64::MAX));
+    ok(json!({ "messages": messages, "stats": store.stats() }))
 }

@@ -1,6 +1,7 @@
 //! How a simulator starts. Fields that faults need to change at run time (ping interval, refusal
 //! mode) have setters on [`crate::Faults`].
 
+use crate::store::StoreLimits;
 use crate::world::{World, WorldSpec};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct SimConfig {
     pub max_client_message: usize,
     /// Seed of the event generator.
     pub seed: u64,
+    /// How many created messages the REST surface keeps (in total and per conversation).
+    pub store_limits: StoreLimits,
 }
 
 impl Default for SimConfig {
@@ -87,6 +90,7 @@ impl Default for SimConfig {
             ground_truth_limit: 200_000,
             max_client_message: 1 << 20,
             seed: 1,
+            store_limits: StoreLimits::default(),
         }
     }
 }

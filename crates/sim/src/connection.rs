@@ -2,6 +2,7 @@
 //! task draining the socket's bounded queue.
 
 use crate::config::Refusal;
+use crate::door::Rewind;
 use crate::hub::{Outgoing, SocketEntry, Target};
 use crate::shared::{Admitted, Shared};
 use crate::truth::PresenceRecord;
@@ -13,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -39,11 +39,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Frames written between two flushes at most.
 const WRITE_BATCH: usize = 512;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Rewind>;
 
-/// Accepts a TCP connection as a WebSocket and serves it until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
-    let _ = tcp.set_nodelay(true);
+/// Accepts a connection (its head already read by the door) as a WebSocket and serves it until
+/// it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: Rewind) {
     let path = shared.config.path.clone();
     #[allow(clippy::result_large_err)] // The signature is tungstenite's handshake callback.
     let check = move |req: &Request, resp: Response| check_request(&path, req, resp);

@@ -6,7 +6,8 @@ use crate::hub::{Outgoing, Target};
 use crate::payload::{self, has_conversation, Scene, Times};
 use crate::rng::Rng;
 use crate::shared::{Member, Shared};
-use crate::truth::{DeliveryLog, EventLog, Origin, Ticket};
+use crate::store::{ConversationStatus, Sender, StoredMessage, PRE_RUN_MESSAGE_BASE};
+use crate::truth::{lock, DeliveryLog, EventLog, Origin, Ticket};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -198,7 +199,6 @@ pub(crate) struct Emitter {
     /// Last `sim_seq` per account.
     seqs: HashMap<u64, u64>,
     next_id: u64,
-    next_message: u64,
     next_notification: u64,
     round_robin: usize,
     targets: Vec<Arc<Target>>,
@@ -211,7 +211,6 @@ impl Emitter {
             rng: Rng::new(seed),
             seqs: HashMap::new(),
             next_id: 0,
-            next_message: 300_000,
             next_notification: 400_000,
             round_robin: 0,
             targets: Vec::new(),
@@ -328,7 +327,7 @@ impl Shared {
         };
         let rng = &mut em.rng;
         let agent = &world.users[*rng.pick(&acc.users)];
-        let assignee = rng.chance(80).then(|| &world.users[*rng.pick(&acc.users)]);
+        let drawn_assignee = rng.chance(80).then(|| *rng.pick(&acc.users));
         let by_contact = match kind.shape() {
             PayloadShape::Message => kind != EventKind::FirstReplyCreated && rng.chance(50),
             PayloadShape::Typing => rng.chance(50),
@@ -342,25 +341,55 @@ impl Shared {
                     | EventKind::ConversationTypingOn
             )
             && rng.chance(10);
-        if kind.shape() == PayloadShape::Message {
-            em.next_message += 1;
-        }
         if kind.shape() == PayloadShape::Notification {
             em.next_notification += 1;
         }
         let now_ms = em.tick();
+        let wall_ms = em.times.now * 1000 + u64::from(now_ms);
         let sim_seq = em.next_seq(account_id);
+        // The platform's records: the conversation's state as events render it, message ids.
+        let mut store = lock(&self.store);
+        let record = store.conversation(conversation_id);
+        let current = record.map_or(ConversationStatus::Open, |c| c.status);
+        let status = if kind == EventKind::ConversationStatusChanged {
+            let others: Vec<ConversationStatus> = ConversationStatus::ALL
+                .into_iter()
+                .filter(|s| *s != current)
+                .collect();
+            *em.rng.pick(&others)
+        } else {
+            current
+        };
+        let assigns = matches!(
+            kind,
+            EventKind::AssigneeChanged | EventKind::ConversationCreated
+        );
+        let assignee = if assigns {
+            drawn_assignee
+        } else {
+            record.and_then(|c| c.assignee)
+        };
+        let message_id = match kind {
+            EventKind::MessageCreated => store.next_message_id(),
+            // An update concerns the conversation's last message; without one, the message
+            // that conversation payloads show as the first (created before the run).
+            EventKind::MessageUpdated | EventKind::FirstReplyCreated => store
+                .last_message(conversation_id)
+                .map_or(PRE_RUN_MESSAGE_BASE + conversation_id, |m| m.id),
+            _ => 0,
+        };
         let scene = Scene {
             account: &world.accounts[acc.position],
             contact: &world.contacts[contact],
             conversation_id,
-            assignee,
+            status: status.as_str(),
+            assignee: assignee.and_then(|i| world.users.get(i)),
             agent,
             by_contact,
             private,
             times: &em.times,
             now_ms,
-            message_id: em.next_message,
+            message_id,
             notification_id: em.next_notification,
             sim_seq,
         };
@@ -393,8 +422,49 @@ impl Shared {
             Vec::new()
         };
         let (mut frame, body, data) = frame_start(kind, em.targets.first().map(|t| &**t), 4096);
-        payload::render(&mut frame, kind, &scene, &users_online, &mut em.rng);
+        let content = payload::render(&mut frame, kind, &scene, &users_online, &mut em.rng);
         let data = frame_end(&mut frame, data);
+        let content = || -> Arc<str> {
+            let literal = content.clone().map_or("\"\"", |r| &frame[r]);
+            Arc::from(serde_json::from_str::<String>(literal).unwrap_or_default())
+        };
+        match kind {
+            EventKind::MessageCreated => {
+                store.message_created(
+                    StoredMessage {
+                        id: message_id,
+                        account_id,
+                        inbox_id: scene.account.inbox_id,
+                        conversation_id,
+                        content: content(),
+                        message_type: u8::from(!by_contact),
+                        private,
+                        sender: if by_contact {
+                            Sender::Contact(scene.contact.id)
+                        } else {
+                            Sender::User(agent.id)
+                        },
+                        created_at: em.times.now,
+                        created_at_ms: wall_ms,
+                        sim_seq,
+                    },
+                    wall_ms,
+                );
+            }
+            EventKind::MessageUpdated | EventKind::FirstReplyCreated => {
+                store.message_updated(conversation_id, message_id, content(), wall_ms);
+            }
+            _ if kind.shape() == PayloadShape::Conversation => {
+                store.conversation_changed(
+                    conversation_id,
+                    (kind == EventKind::ConversationStatusChanged).then_some(status),
+                    assigns.then_some(assignee),
+                    wall_ms,
+                );
+            }
+            _ => {}
+        }
+        drop(store);
         Ok(Rendered {
             kind,
             account_id,

@@ -4,8 +4,10 @@ use crate::config::Refusal;
 use crate::error::{Result, SimError};
 use crate::hub::Outgoing;
 use crate::payload::push_str;
+use crate::rest::RestFaultSpec;
 use crate::rng::Rng;
 use crate::shared::Shared;
+use crate::truth::lock;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -166,5 +168,55 @@ impl Faults {
     /// Replaces a token by `new`.
     pub fn rotate_token_to(&self, old: &str, new: &str) -> Result<()> {
         self.shared.world_mut().rotate(old, new.to_owned())
+    }
+
+    /// Rotates a user's pubsub token as the platform does when the user changes their password,
+    /// and returns the new one: nothing is sent to open sockets (no frame, no `user:logout`), the
+    /// old token's subscriptions just stop receiving, and a new `subscribe` with the old token
+    /// gets neither confirm nor reject (whatever [`Faults::set_refusal`] says; the platform's
+    /// channel raises). `GET /api/v1/profile` returns the new token.
+    pub fn rotate_token_silently(&self, old: &str) -> Result<String> {
+        let new = self.rotate_token(old)?;
+        lock(&self.shared.retired).insert(old.to_owned());
+        Ok(new)
+    }
+
+    /// [`Faults::rotate_token_silently`] to a chosen token.
+    pub fn rotate_token_silently_to(&self, old: &str, new: &str) -> Result<()> {
+        self.rotate_token_to(old, new)?;
+        lock(&self.shared.retired).insert(old.to_owned());
+        Ok(())
+    }
+
+    /// An outage: drops every socket (no close frame) and answers WebSocket upgrades 503 (with
+    /// `Retry-After`) for `duration`, while events keep being generated and stored (the REST
+    /// surface keeps answering). Returns how many sockets were dropped.
+    pub fn outage(&self, duration: Duration) -> usize {
+        self.shared
+            .knobs
+            .set_outage(Some(tokio::time::Instant::now() + duration));
+        self.drop_connections()
+    }
+
+    /// Ends an outage early.
+    pub fn end_outage(&self) {
+        self.shared.knobs.set_outage(None);
+    }
+
+    /// Whether an outage refuses upgrades now.
+    pub fn in_outage(&self) -> bool {
+        self.shared.knobs.outage_left().is_some()
+    }
+
+    /// Adds a REST fault (429 with `Retry-After`, 500, or slow answers) for the next N requests
+    /// or for a period, on one endpoint or all. Several may be in force; the oldest matching one
+    /// applies to each request.
+    pub fn rest_fault(&self, spec: RestFaultSpec) {
+        lock(&self.shared.rest.plan).add(spec, tokio::time::Instant::now());
+    }
+
+    /// Removes every REST fault.
+    pub fn clear_rest_faults(&self) {
+        lock(&self.shared.rest.plan).clear();
     }
 }

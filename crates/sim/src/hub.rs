@@ -75,6 +75,12 @@ pub struct Stats {
     pub event_frames_dropped: u64,
     /// Pings skipped because a socket's queue was full.
     pub pings_skipped: u64,
+    /// WebSocket upgrades answered 503 during an outage.
+    pub upgrades_refused_total: u64,
+    /// Requests of the REST surface.
+    pub rest: crate::rest::RestStats,
+    /// The platform's message records.
+    pub messages: crate::store::StoreStats,
 }
 
 /// The registry.

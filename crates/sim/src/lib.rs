@@ -6,6 +6,14 @@
 //! every catalogued event with realistic payloads for a world of accounts, users and contacts,
 //! records what it sent (the ground truth), and injects faults.
 //!
+//! On the same port it serves the platform's REST catch-up surface (`GET /api/v1/profile`,
+//! conversations with `updated_within`/`status`, message pages with `after`/`before`),
+//! authenticated by each user's `api_access_token` and consistent with the events sent: every
+//! `message.created` is stored before it is broadcast (see the `rest` and `store` modules and the
+//! crate README). Faults include the platform's silent token rotation
+//! ([`Faults::rotate_token_silently`]), an outage ([`Faults::outage`]) and REST errors
+//! ([`Faults::rest_fault`]).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use voxsig_protocol::EventKind;
@@ -29,14 +37,17 @@
 mod admin;
 mod config;
 mod connection;
+mod door;
 mod emit;
 mod error;
 mod faults;
 mod hub;
 mod payload;
+mod rest;
 mod rng;
 mod server;
 mod shared;
+mod store;
 mod truth;
 mod world;
 
@@ -48,6 +59,11 @@ pub use emit::{
 pub use error::{Result, SimError};
 pub use faults::{Faults, Malformed};
 pub use hub::Stats;
+pub use rest::{Endpoint, FaultSpan, RestFault, RestFaultSpec, RestStats};
+pub use store::{
+    ConversationCounts, ConversationStatus, MessageQuery, Sender, StoreLimits, StoreStats,
+    StoredMessage,
+};
 pub use truth::{Delivery, DeliveryStatus, GroundTruth, Origin, PresenceRecord, SentEvent};
 pub use world::{
     Account, BridgeAccount, Contact, ExportOptions, Role, TokenSelection, User, World, WorldSpec,
@@ -86,8 +102,10 @@ impl Sim {
         let world = match &config.world {
             WorldSource::Generate(spec) => World::generate(spec)?,
             WorldSource::Given(world) => {
+                let mut world = world.clone();
+                world.fill_api_tokens();
                 world.validate()?;
-                world.clone()
+                world
             }
         };
         let listener = server::bind(config.bind).await?;
@@ -96,7 +114,9 @@ impl Sim {
             Some(a) => Some(server::bind(a).await?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, addr, WorldState::new(world)));
+        let (rest_tx, rest_rx) = tokio::sync::mpsc::channel(1024);
+        let shared = Arc::new(Shared::new(config, addr, WorldState::new(world), rest_tx));
+        rest::spawn(shared.clone(), door::RestListener { rx: rest_rx, addr });
         *shared.listener.lock().await = Some(server::spawn_accept(&shared, listener));
         server::spawn_pings(shared.clone());
         if let Some(admin) = admin {
@@ -118,6 +138,40 @@ impl Sim {
     /// `ws://ADDR/cable`.
     pub fn url(&self) -> String {
         format!("ws://{}{}", self.shared.addr, self.shared.config.path)
+    }
+
+    /// `http://ADDR`: the REST surface (`/api/v1/...`), on the WebSocket's port, as a bridge
+    /// derives it from the cable URL's origin.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// Every message created and still held (see [`StoreLimits`]), in id order, optionally of
+    /// one account: the ground truth of the REST surface.
+    pub fn messages(&self, account: Option<u64>) -> Vec<StoredMessage> {
+        truth::lock(&self.shared.store).all_messages(account, 0, u64::MAX)
+    }
+
+    /// The messages created in `[from, to)` (wall clock), optionally of one account, in id
+    /// order.
+    pub fn messages_between(
+        &self,
+        account: Option<u64>,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    ) -> Vec<StoredMessage> {
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        truth::lock(&self.shared.store).all_messages(account, ms(from), ms(to))
+    }
+
+    /// A conversation's current status, if the world has it.
+    pub fn conversation_status(&self, conversation_id: u64) -> Option<ConversationStatus> {
+        truth::lock(&self.shared.store)
+            .conversation(conversation_id)
+            .map(|c| c.status)
     }
 
     /// `http://ADDR` of the admin endpoint, if it runs.

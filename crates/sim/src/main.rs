@@ -8,8 +8,8 @@ use std::time::Duration;
 use voxsig_protocol::catalogue::Audience;
 use voxsig_protocol::EventKind;
 use voxsig_sim::{
-    ExportOptions, Rate, Refusal, RunSpec, Selection, Sim, SimConfig, TokenSelection, World,
-    WorldSpec,
+    ExportOptions, Rate, Refusal, RunSpec, Selection, Sim, SimConfig, StoreLimits, TokenSelection,
+    World, WorldSpec,
 };
 
 /// A Voxsig-compatible ActionCable server for demos, tests and benchmarks.
@@ -85,6 +85,9 @@ struct ExportOpts {
     /// At most this many tokens per account (of each kind).
     #[arg(long, value_name = "N")]
     max_per_account: Option<usize>,
+    /// Also export each user's `api_access_token` (REST catch-up).
+    #[arg(long)]
+    api_tokens: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +107,7 @@ impl ExportOpts {
             },
             max_per_account: self.max_per_account,
             accounts: None,
+            api_tokens: self.api_tokens,
         }
     }
 }
@@ -157,6 +161,9 @@ struct ServeArgs {
     /// Events kept in the ground truth (0: none, for long runs).
     #[arg(long, default_value_t = 200_000)]
     ground_truth_limit: usize,
+    /// Created messages the REST surface keeps, in total (the oldest go first).
+    #[arg(long, default_value_t = StoreLimits::default().messages, value_name = "N")]
+    message_limit: usize,
 }
 
 #[derive(Args)]
@@ -260,13 +267,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         stream_before_auth: args.stream_before_auth,
         ground_truth_limit: args.ground_truth_limit,
+        store_limits: StoreLimits {
+            messages: args.message_limit,
+            ..StoreLimits::default()
+        },
         ..SimConfig::default()
     }
     .with_world(world.clone());
     let sim = Sim::start(config).await?;
     println!("voxsig-sim listening on {}", sim.url());
+    println!(
+        "REST API on {} (GET /api/v1/profile, /api/v1/accounts/ID/conversations, .../conversations/ID/messages; header api_access_token)",
+        sim.api_url()
+    );
     if let Some(admin) = sim.admin_url() {
-        println!("admin endpoint on {admin} (GET /stats /world /ground-truth /presence; POST /emit /burst /run /faults/...)");
+        println!("admin endpoint on {admin} (GET /stats /world /ground-truth /presence; GET /messages; POST /emit /burst /run /faults/...)");
     }
     println!(
         "world: {} accounts, {} users, {} contacts",

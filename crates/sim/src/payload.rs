@@ -9,6 +9,7 @@
 use crate::rng::Rng;
 use crate::world::{Account, Contact, User};
 use std::fmt::Write as _;
+use std::ops::Range;
 use voxsig_protocol::catalogue::PayloadShape;
 use voxsig_protocol::EventKind;
 
@@ -219,6 +220,8 @@ pub(crate) struct Scene<'a> {
     /// The conversation's contact (for contact events: the contact concerned).
     pub(crate) contact: &'a Contact,
     pub(crate) conversation_id: u64,
+    /// The conversation's status (the store's; for `conversation.status_changed`, the new one).
+    pub(crate) status: &'a str,
     pub(crate) assignee: Option<&'a User>,
     /// The agent acting (notification recipient, typing agent, message author for outgoing).
     pub(crate) agent: &'a User,
@@ -253,6 +256,20 @@ fn user_obj(out: &mut String, u: &User) {
         .str("availability_status", &u.availability)
         .str("thumbnail", "")
         .end();
+}
+
+/// A user's `push_event_data` as JSON text.
+pub(crate) fn user_json(u: &User) -> String {
+    let mut out = String::with_capacity(160);
+    user_obj(&mut out, u);
+    out
+}
+
+/// A contact's `push_event_data` as JSON text.
+pub(crate) fn contact_json(c: &Contact) -> String {
+    let mut out = String::with_capacity(320);
+    contact_obj(&mut out, c, None);
+    out
 }
 
 fn contact_obj(out: &mut String, c: &Contact, account_id: Option<u64>) {
@@ -318,13 +335,15 @@ fn content(out: &mut String, rng: &mut Rng, words: usize) -> usize {
     start
 }
 
-fn message_obj(out: &mut String, s: &Scene<'_>, rng: &mut Rng, with_seq: bool) {
+/// Writes a message object; returns where its `content` string literal lies in `out`.
+fn message_obj(out: &mut String, s: &Scene<'_>, rng: &mut Rng, with_seq: bool) -> Range<usize> {
     let words = 20 + rng.index(70);
     let mut o = Obj::new(out);
     o.num("id", s.message_id);
     let text_at = o.key("content").len();
     content(o.out, rng, words);
     let text = o.out[text_at..].to_owned();
+    let span = text_at..o.out.len();
     o.num("account_id", s.account.id)
         .num("inbox_id", s.account.inbox_id)
         .num("conversation_id", s.conversation_id)
@@ -369,6 +388,7 @@ fn message_obj(out: &mut String, s: &Scene<'_>, rng: &mut Rng, with_seq: bool) {
         o.num("sim_seq", s.sim_seq);
     }
     o.end();
+    span
 }
 
 fn conversation_obj(
@@ -409,7 +429,7 @@ fn conversation_obj(
             let first = Scene {
                 by_contact: true,
                 private: false,
-                message_id: 200_000 + s.conversation_id,
+                message_id: crate::store::PRE_RUN_MESSAGE_BASE + s.conversation_id,
                 ..*s
             };
             message_obj(out, &first, rng, false);
@@ -470,7 +490,7 @@ fn conversation_obj(
 fn typing(out: &mut String, s: &Scene<'_>, rng: &mut Rng, on: bool) {
     let mut o = Obj::new(out);
     o.with("conversation", |out| {
-        conversation_obj(out, s, rng, "open", false, false)
+        conversation_obj(out, s, rng, s.status, false, false)
     })
     .with("user", |out| actor_obj(out, s.actor()));
     if on {
@@ -521,7 +541,7 @@ fn notification(out: &mut String, s: &Scene<'_>, rng: &mut Rng, kind: EventKind)
             .raw("meta", "{}")
             .num("account_id", s.account.id)
             .with("primary_actor", |out| {
-                conversation_obj(out, s, rng, "open", false, false)
+                conversation_obj(out, s, rng, s.status, false, false)
             })
             .with("push_message_title", |out| {
                 push_str(out, &title.replace("{}", &s.conversation_id.to_string()))
@@ -566,25 +586,20 @@ pub(crate) fn presence(
     o.num("sim_seq", sim_seq).end();
 }
 
-/// Renders the `data` of one event into `out`.
+/// Renders the `data` of one event into `out`; for a message event, returns where the message's
+/// `content` string literal lies in `out`.
 pub(crate) fn render(
     out: &mut String,
     kind: EventKind,
     s: &Scene<'_>,
     users_online: &[(u64, &str)],
     rng: &mut Rng,
-) {
+) -> Option<Range<usize>> {
     match kind.shape() {
         PayloadShape::Conversation => {
-            let status = match kind {
-                EventKind::ConversationStatusChanged => {
-                    *rng.pick(&["open", "resolved", "pending", "snoozed"])
-                }
-                _ => "open",
-            };
-            conversation_obj(out, s, rng, status, kind == EventKind::TeamChanged, true);
+            conversation_obj(out, s, rng, s.status, kind == EventKind::TeamChanged, true);
         }
-        PayloadShape::Message => message_obj(out, s, rng, true),
+        PayloadShape::Message => return Some(message_obj(out, s, rng, true)),
         PayloadShape::Typing => typing(out, s, rng, kind == EventKind::ConversationTypingOn),
         PayloadShape::Contact => {
             // The contact object with the account and the sequence appended.
@@ -613,6 +628,7 @@ pub(crate) fn render(
             .end();
         }
     }
+    None
 }
 
 /// Whether events of this kind name a conversation (and so may go to its contact).
@@ -637,6 +653,7 @@ mod tests {
             account: &w.accounts[0],
             contact: &w.contacts[0],
             conversation_id: w.contacts[0].conversations[0],
+            status: "open",
             assignee: Some(&w.users[0]),
             agent: &w.users[1],
             by_contact,

@@ -1,6 +1,6 @@
 //! The listener (stoppable and restartable on the same port) and the ping timer.
 
-use crate::connection;
+use crate::door;
 use crate::error::{Result, SimError};
 use crate::hub::Outgoing;
 use crate::shared::{ListenerTask, Shared};
@@ -36,8 +36,8 @@ pub(crate) fn spawn_accept(shared: &Arc<Shared>, listener: TcpListener) -> Liste
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
-                        tokio::spawn(connection::serve(shared.clone(), tcp));
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(door::serve(shared.clone(), tcp, peer));
                     }
                     Err(e) => {
                         // Out of descriptors and the like: back off a little instead of spinning.

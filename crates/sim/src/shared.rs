@@ -1,8 +1,11 @@
 //! The state every task of a simulator shares.
 
 use crate::config::{Refusal, SimConfig};
+use crate::door::RestConn;
 use crate::emit::Emitter;
 use crate::hub::{Hub, Stats};
+use crate::rest::RestState;
+use crate::store::Store;
 use crate::truth::{lock, FrameCounters, Truth};
 use crate::world::{Owner, WorldState};
 use std::collections::HashMap;
@@ -10,10 +13,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use voxsig_protocol::IdentifierKey;
+
+/// Wall-clock unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
 
 /// Ids online and their status, for a presence map.
 pub(crate) type PresenceMap = Vec<(u64, String)>;
@@ -49,6 +60,8 @@ pub(crate) struct Knobs {
     /// 0: off; 1 + `Refusal as u8`: every new subscription is refused that way.
     refuse_all: AtomicU8,
     slow_writer_us: AtomicU64,
+    /// Until when WebSocket upgrades are refused (an outage).
+    outage_until: Mutex<Option<Instant>>,
     /// Wakes the ping task when the interval changes.
     pub(crate) changed: Notify,
 }
@@ -69,6 +82,7 @@ impl Knobs {
             refusal: AtomicU8::new(config.refusal as u8),
             refuse_all: AtomicU8::new(0),
             slow_writer_us: AtomicU64::new(0),
+            outage_until: Mutex::new(None),
             changed: Notify::new(),
         }
     }
@@ -111,6 +125,18 @@ impl Knobs {
             .store(how.map_or(0, |r| r as u8 + 1), Ordering::Relaxed);
     }
 
+    /// How long the outage still lasts, if one is on.
+    pub(crate) fn outage_left(&self) -> Option<Duration> {
+        let until = (*lock(&self.outage_until))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Refuses upgrades until `until` (`None`: ends the outage).
+    pub(crate) fn set_outage(&self, until: Option<Instant>) {
+        *lock(&self.outage_until) = until;
+    }
+
     pub(crate) fn slow_writer(&self) -> Option<Duration> {
         match self.slow_writer_us.load(Ordering::Relaxed) {
             0 => None,
@@ -141,6 +167,12 @@ pub(crate) struct Shared {
     world: RwLock<WorldState>,
     pub(crate) hub: Hub,
     pub(crate) truth: Truth,
+    /// The platform's records behind the REST surface.
+    pub(crate) store: Mutex<Store>,
+    /// The REST surface's counters and faults.
+    pub(crate) rest: RestState,
+    /// Connections the door hands to the REST router.
+    pub(crate) rest_tx: mpsc::Sender<RestConn>,
     pub(crate) counters: Arc<FrameCounters>,
     pub(crate) emitter: tokio::sync::Mutex<Emitter>,
     presence: Mutex<HashMap<(u64, Member), Instant>>,
@@ -149,14 +181,25 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) started: Instant,
     pub(crate) rotations: AtomicU64,
+    /// Tokens rotated away silently: a subscribe with one gets no answer.
+    pub(crate) retired: Mutex<std::collections::HashSet<String>>,
     /// Stop flags of runs started over the admin endpoint.
     pub(crate) runs: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: SimConfig, addr: SocketAddr, world: WorldState) -> Self {
+    pub(crate) fn new(
+        config: SimConfig,
+        addr: SocketAddr,
+        world: WorldState,
+        rest_tx: mpsc::Sender<RestConn>,
+    ) -> Self {
         let seed = config.seed;
+        let store = Store::new(world.seeds(), config.store_limits, unix_ms());
         Shared {
+            store: Mutex::new(store),
+            rest: RestState::default(),
+            rest_tx,
             knobs: Knobs::new(&config),
             truth: Truth::new(config.ground_truth_limit),
             addr,
@@ -170,6 +213,7 @@ impl Shared {
             shutdown: watch::Sender::new(false),
             started: Instant::now(),
             rotations: AtomicU64::new(0),
+            retired: Mutex::new(std::collections::HashSet::new()),
             runs: Mutex::new(Vec::new()),
             config,
         }
@@ -220,6 +264,9 @@ impl Shared {
             known_token: owner.is_some(),
             how,
         };
+        if owner.is_none() && lock(&self.retired).contains(key.pubsub_token.expose()) {
+            return Err(refuse(Refusal::Silent));
+        }
         match (admitted, self.knobs.refuse_all()) {
             (_, Some(how)) => Err(refuse(how)),
             (Some(a), None) => Ok(a),
@@ -275,6 +322,8 @@ impl Shared {
         s.event_frames_written = self.counters.written.load(Ordering::Relaxed);
         s.event_frames_dropped = self.counters.dropped.load(Ordering::Relaxed);
         s.pings_skipped = self.hub.pings_skipped.load(Ordering::Relaxed);
+        s.rest = self.rest.stats();
+        s.messages = lock(&self.store).stats();
         s
     }
 }

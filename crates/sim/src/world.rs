@@ -63,8 +63,20 @@ pub struct User {
     pub availability: String,
     /// The user's pubsub token. It receives the events of every account in `accounts`.
     pub pubsub_token: String,
+    /// The user's REST API access token (header `api_access_token`), distinct from the pubsub
+    /// token. Left empty in a world file, it is derived from the user id (see
+    /// [`World::fill_api_tokens`]).
+    #[serde(default)]
+    pub api_access_token: String,
     /// The accounts the user belongs to (a user may belong to several).
     pub accounts: Vec<u64>,
+}
+
+impl User {
+    /// The e-mail address the profile endpoint shows (the world has none of its own).
+    pub fn email(&self) -> String {
+        format!("user{}@voxsig.example", self.id)
+    }
 }
 
 fn default_availability() -> String {
@@ -160,6 +172,9 @@ pub struct ExportOptions {
     pub max_per_account: Option<usize>,
     /// Only these accounts, if set.
     pub accounts: Option<Vec<u64>>,
+    /// Also export each user entry's `api_access_token` (for a bridge that catches up over
+    /// REST). Off by default: a bridge config without REST support rejects the key.
+    pub api_tokens: bool,
 }
 
 /// One `[[accounts]]` entry of a bridge config: a token and the identifier fields it needs.
@@ -172,6 +187,9 @@ pub struct BridgeAccount {
     pub user_id: Option<u64>,
     /// The pubsub token.
     pub pubsub_token: String,
+    /// The user's REST API access token (user entries, when [`ExportOptions::api_tokens`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub api_access_token: Option<String>,
 }
 
 impl BridgeAccount {
@@ -240,6 +258,7 @@ impl World {
                     },
                     availability: if rng.chance(20) { "busy" } else { "online" }.to_owned(),
                     pubsub_token: rng.token(24),
+                    api_access_token: String::new(),
                     accounts: vec![a],
                 });
                 if u < spec.shared_users && a < spec.accounts as u64 {
@@ -268,8 +287,37 @@ impl World {
                 });
             }
         }
+        world.fill_api_tokens();
         world.validate()?;
         Ok(world)
+    }
+
+    /// Gives every user without an API access token one, derived from the user id alone (so a
+    /// generated world, and a world file without tokens, always get the same ones) and unique
+    /// among the world's tokens.
+    pub fn fill_api_tokens(&mut self) {
+        let mut taken: HashSet<String> = self
+            .users
+            .iter()
+            .map(|u| u.api_access_token.clone())
+            .chain(self.users.iter().map(|u| u.pubsub_token.clone()))
+            .chain(self.contacts.iter().map(|c| c.pubsub_token.clone()))
+            .filter(|t| !t.is_empty())
+            .collect();
+        for user in self
+            .users
+            .iter_mut()
+            .filter(|u| u.api_access_token.is_empty())
+        {
+            let mut rng = Rng::new(user.id ^ 0x00A9_1AC3_55ED);
+            let token = loop {
+                let t = rng.token(24);
+                if taken.insert(t.clone()) {
+                    break t;
+                }
+            };
+            user.api_access_token = token;
+        }
     }
 
     /// Loads a world from a `.json` file, or TOML for any other extension.
@@ -289,16 +337,18 @@ impl World {
 
     /// Decodes and validates a world written as TOML (`[[accounts]]`, `[[users]]`, `[[contacts]]`).
     pub fn from_toml(text: &str) -> Result<World> {
-        let world: World =
+        let mut world: World =
             toml::from_str(text).map_err(|e| SimError::InvalidWorld(e.to_string()))?;
+        world.fill_api_tokens();
         world.validate()?;
         Ok(world)
     }
 
     /// Decodes and validates a world written as JSON.
     pub fn from_json(text: &str) -> Result<World> {
-        let world: World =
+        let mut world: World =
             serde_json::from_str(text).map_err(|e| SimError::InvalidWorld(e.to_string()))?;
+        world.fill_api_tokens();
         world.validate()?;
         Ok(world)
     }
@@ -341,6 +391,10 @@ impl World {
             }
             if !tokens.insert(u.pubsub_token.as_str()) || u.pubsub_token.is_empty() {
                 return invalid(format!("user {} has an empty or duplicate token", u.id));
+            }
+            // An empty API token is filled by `fill_api_tokens` when the simulator starts.
+            if !u.api_access_token.is_empty() && !tokens.insert(u.api_access_token.as_str()) {
+                return invalid(format!("user {} has a duplicate API access token", u.id));
             }
         }
         let mut contacts = HashSet::new();
@@ -455,6 +509,9 @@ impl World {
                             account_id: account.id,
                             user_id: Some(u.id),
                             pubsub_token: u.pubsub_token.clone(),
+                            api_access_token: options
+                                .api_tokens
+                                .then(|| u.api_access_token.clone()),
                         }),
                 );
             }
@@ -466,6 +523,7 @@ impl World {
                             account_id: account.id,
                             user_id: None,
                             pubsub_token: c.pubsub_token.clone(),
+                            api_access_token: None,
                         }),
                 );
             }
@@ -500,6 +558,8 @@ pub(crate) enum Owner {
 #[derive(Debug, Default)]
 pub(crate) struct WorldIndex {
     pub(crate) tokens: HashMap<String, Owner>,
+    /// API access token to the index of its user.
+    pub(crate) api_tokens: HashMap<String, usize>,
     /// Account id to (indices of its users, indices of its contacts).
     pub(crate) accounts: HashMap<u64, AccountIndex>,
     /// Conversation id to the index of its contact.
@@ -533,6 +593,9 @@ impl WorldIndex {
         }
         for (i, u) in world.users.iter().enumerate() {
             index.tokens.insert(u.pubsub_token.clone(), Owner::User(i));
+            if !u.api_access_token.is_empty() {
+                index.api_tokens.insert(u.api_access_token.clone(), i);
+            }
             for a in &u.accounts {
                 if let Some(acc) = index.accounts.get_mut(a) {
                     acc.users.push(i);
@@ -569,9 +632,31 @@ impl WorldState {
         WorldState { world, index }
     }
 
+    /// Every conversation, for the platform's records.
+    pub(crate) fn seeds(&self) -> Vec<crate::store::Seed> {
+        let world = &self.world;
+        world
+            .contacts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let inbox_id = world.account(c.account_id).map_or(1, |a| a.inbox_id);
+                c.conversations.iter().map(move |id| crate::store::Seed {
+                    id: *id,
+                    account_id: c.account_id,
+                    inbox_id,
+                    contact: i,
+                })
+            })
+            .collect()
+    }
+
     /// Replaces a token; the old one is unknown from now on.
     pub(crate) fn rotate(&mut self, old: &str, new: String) -> Result<()> {
-        if self.index.tokens.contains_key(&new) || new.is_empty() {
+        if self.index.tokens.contains_key(&new)
+            || self.index.api_tokens.contains_key(&new)
+            || new.is_empty()
+        {
             return Err(SimError::TokenInUse);
         }
         match self.index.tokens.get(old) {
@@ -659,6 +744,7 @@ mod tests {
             tokens: TokenSelection::All,
             max_per_account: Some(1),
             accounts: Some(vec![2]),
+            api_tokens: true,
         });
         assert_eq!(some.len(), 2);
         let toml_text = w.bridge_config_toml(&ExportOptions::default());
@@ -670,6 +756,39 @@ mod tests {
         let back: Back = toml::from_str(&toml_text).unwrap();
         assert_eq!(back.accounts, users);
         assert!(back.accounts[0].identifier().wire().contains("\"user_id\""));
+    }
+
+    #[test]
+    fn every_user_gets_a_distinct_derived_api_token() {
+        let w = World::generate(&spec()).unwrap();
+        let again = World::generate(&spec()).unwrap();
+        assert_eq!(w, again, "deterministic");
+        let mut seen = HashSet::new();
+        for u in &w.users {
+            assert_eq!(u.api_access_token.len(), 24);
+            assert_ne!(u.api_access_token, u.pubsub_token);
+            assert!(seen.insert(u.api_access_token.clone()));
+        }
+        // A world file without API tokens gets the same ones; with one set, it is kept.
+        let mut stripped = w.clone();
+        for u in &mut stripped.users {
+            u.api_access_token.clear();
+        }
+        stripped.users[1].api_access_token = "chosen".into();
+        let back = World::from_toml(&stripped.to_toml()).unwrap();
+        assert_eq!(back.users[0].api_access_token, w.users[0].api_access_token);
+        assert_eq!(back.users[1].api_access_token, "chosen");
+        let mut dup = w.clone();
+        dup.users[1].api_access_token = dup.users[0].api_access_token.clone();
+        assert!(dup.validate().is_err());
+        let mut clash = w.clone();
+        clash.users[1].api_access_token = clash.contacts[0].pubsub_token.clone();
+        assert!(clash.validate().is_err());
+        let state = WorldState::new(w.clone());
+        assert_eq!(
+            state.index.api_tokens.get(&w.users[2].api_access_token),
+            Some(&2)
+        );
     }
 
     #[test]

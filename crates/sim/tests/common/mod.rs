@@ -187,11 +187,33 @@ impl Client {
 
 /// A minimal HTTP/1.1 request; returns the status and the body.
 pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_with(base, method, path, "", body).await;
+    (status, body)
+}
+
+/// A REST GET with the `api_access_token` header (if given); returns the status, the head
+/// (lower-cased) and the body as JSON (or a JSON string of the raw body).
+pub async fn rest(base: &str, path: &str, token: Option<&str>) -> (u16, String, Value) {
+    let headers = token.map_or(String::new(), |t| format!("api_access_token: {t}\r\n"));
+    let (status, head, body) = http_with(base, "GET", path, &headers, None).await;
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, head.to_ascii_lowercase(), json)
+}
+
+/// A minimal HTTP/1.1 request with extra header lines (each ending in CRLF); returns the
+/// status, the head and the body.
+pub async fn http_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let host = base.trim_start_matches("http://");
     let mut tcp = TcpStream::connect(host).await.expect("admin reachable");
     let body = body.unwrap_or("");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(request.as_bytes()).await.expect("write");
@@ -211,7 +233,7 @@ pub async fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> (
     } else {
         body.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
