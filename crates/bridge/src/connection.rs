@@ -449,6 +449,7 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
         Happening::SubscribeSent { sub, .. } => {
             if let Some(mb) = member(sub) {
                 shared.status.set_sub(mb.index, SubState::Pending);
+                shared.catchup.subscribing(mb.index, now_ms());
             }
             None
         }
@@ -473,6 +474,9 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             retry_in,
         } => {
             failed(shared, member(sub), "rejected", attempt, retry_in);
+            if let Some(mb) = member(sub) {
+                shared.catchup.rejected(mb.index);
+            }
             None
         }
         Happening::Unanswered {

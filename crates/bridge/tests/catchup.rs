@@ -25,6 +25,10 @@ const CATCHUP: &str = "[catchup]\nrate = 1000.0\nconcurrency = 16\nmargin = \"2s
 /// config (a `[source]` first line joins FAST's table) and `accounts` replaces the exported
 /// entries when not empty.
 async fn rig_rest(sim: Sim, extra: &str, accounts: &str) -> Rig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
     let exported = sim.world().bridge_config_toml(&ExportOptions {
         tokens: TokenSelection::Users,
         api_tokens: true,
@@ -114,6 +118,26 @@ async fn every_message_once(rig: &Rig, accounts: Option<&[u64]>) -> (usize, usiz
             .collect();
         if missing.is_empty() {
             break;
+        }
+        if Instant::now() >= deadline {
+            let records = rig.memory.records();
+            let m = rig.sim.messages(None);
+            eprintln!(
+                "created_at_ms {:?}..{:?} ({} msgs, conv {:?}); {} records: {:?}; status {:?}",
+                m.first().map(|m| m.created_at_ms),
+                m.last().map(|m| m.created_at_ms),
+                m.len(),
+                m.iter()
+                    .map(|m| (m.account_id, m.conversation_id))
+                    .collect::<std::collections::BTreeSet<_>>(),
+                records.len(),
+                records
+                    .iter()
+                    .take(5)
+                    .map(|r| (&r.headers.event, &r.headers.event_id, r.headers.replayed))
+                    .collect::<Vec<_>>(),
+                rig.bridge().status().snapshot()
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -303,6 +327,12 @@ async fn a_bad_api_token_and_a_gap_beyond_max_window_are_reported_unrecovered() 
     rig.sim.faults().outage(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     rig.confirmed(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "{:?} gaps={}",
+        rig.bridge().status().snapshot().accounts,
+        rig.metric("voxsig_bridge_gaps_total", &[])
+    );
     eventually("the long gap reported", WAIT, || {
         rig.metric(
             "voxsig_bridge_gaps_unrecovered_total",

@@ -81,6 +81,8 @@ struct Open {
 struct Sub {
     account: u64,
     confirmed: bool,
+    /// When `subscribe` was sent, while unanswered: the server may already broadcast to it.
+    pending_since: Option<i64>,
 }
 
 /// What the book did with a loss.
@@ -108,6 +110,7 @@ impl GapBook {
                 .map(|&account| Sub {
                     account,
                     confirmed: false,
+                    pending_since: None,
                 })
                 .collect(),
             open: HashMap::new(),
@@ -123,7 +126,25 @@ impl GapBook {
         });
     }
 
-    /// Subscription `sub` stopped receiving; its last frame was at `last_frame_ms`.
+    /// `subscribe` was sent for `sub` at `at_ms`: from then on the server may broadcast to it,
+    /// so losing the socket before the confirm arrives is a gap from this moment.
+    pub fn subscribing(&mut self, sub: usize, at_ms: i64) {
+        if let Some(s) = self.subs.get_mut(sub) {
+            if !s.confirmed {
+                s.pending_since.get_or_insert(at_ms);
+            }
+        }
+    }
+
+    /// The server refused `sub` (rejected, or left it unanswered): nothing flows to it.
+    pub fn refused(&mut self, sub: usize) {
+        if let Some(s) = self.subs.get_mut(sub) {
+            s.pending_since = None;
+        }
+    }
+
+    /// Subscription `sub` stopped receiving; its last frame was at `last_frame_ms`. A
+    /// subscription lost before its confirm arrived opens a gap from its `subscribe`.
     /// `watermark` is the account's highest published message id now.
     pub fn lost(
         &mut self,
@@ -135,9 +156,14 @@ impl GapBook {
         let Some(s) = self.subs.get_mut(sub) else {
             return Opened::Nothing;
         };
-        if !std::mem::replace(&mut s.confirmed, false) {
+        let pending = s.pending_since.take();
+        let start = if std::mem::replace(&mut s.confirmed, false) {
+            last_frame_ms
+        } else if let Some(since) = pending {
+            since
+        } else {
             return Opened::Nothing;
-        }
+        };
         let account = s.account;
         if self.open.contains_key(&account) {
             return Opened::Nothing;
@@ -145,7 +171,7 @@ impl GapBook {
         self.open.insert(
             account,
             Open {
-                start_ms: last_frame_ms,
+                start_ms: start,
                 cause,
                 watermark,
             },
@@ -165,6 +191,7 @@ impl GapBook {
     pub fn confirmed(&mut self, sub: usize, now_ms: i64) -> Option<Gap> {
         let s = self.subs.get_mut(sub)?;
         s.confirmed = true;
+        s.pending_since = None;
         let account = s.account;
         let open = self.open.remove(&account)?;
         Some(Gap {
@@ -192,6 +219,8 @@ mod tests {
     use super::*;
 
     enum Step {
+        Subscribe(usize, i64),
+        Refuse(usize),
         Confirm(usize, i64),
         Lose(usize, GapCause, i64),
         Restore(u64, i64),
@@ -205,6 +234,8 @@ mod tests {
         let mut closed = Vec::new();
         for step in steps {
             match *step {
+                Subscribe(sub, at) => book.subscribing(sub, at),
+                Refuse(sub) => book.refused(sub),
                 Confirm(sub, at) => {
                     if let Some(g) = book.confirmed(sub, at) {
                         closed.push((g.account, g.start_ms, g.end_ms, g.cause));
@@ -237,10 +268,44 @@ mod tests {
                 vec![(1, 50, 90, SocketDropped)],
             ),
             (
-                "a loss before any confirm opens nothing",
+                "a loss before any subscribe opens nothing",
                 vec![1],
                 vec![Lose(0, Stale, 5), Confirm(0, 90)],
                 vec![],
+            ),
+            (
+                "a loss while the first subscribe is unanswered: a gap from the subscribe",
+                vec![1],
+                vec![
+                    Subscribe(0, 3),
+                    Lose(0, SocketDropped, 5),
+                    Subscribe(0, 7),
+                    Confirm(0, 9),
+                ],
+                vec![(1, 3, 9, SocketDropped)],
+            ),
+            (
+                "a refused subscribe lost afterwards opens nothing",
+                vec![1],
+                vec![
+                    Subscribe(0, 3),
+                    Refuse(0),
+                    Lose(0, SocketDropped, 5),
+                    Confirm(0, 9),
+                ],
+                vec![],
+            ),
+            (
+                "re-subscribing after a confirm changes nothing",
+                vec![1],
+                vec![
+                    Subscribe(0, 1),
+                    Confirm(0, 2),
+                    Subscribe(0, 3),
+                    Lose(0, Stale, 4),
+                    Confirm(0, 8),
+                ],
+                vec![(1, 4, 8, Stale)],
             ),
             (
                 "two losses in a row (no confirm between) are one gap",

@@ -141,9 +141,11 @@ impl Ledger {
         self.shard(account).get(&account).and_then(|a| a.high)
     }
 
-    /// Where to resume a conversation after a gap whose account watermark was `watermark`:
-    /// the highest id of the conversation published up to the watermark; else the watermark.
-    /// `None` when nothing at all is known (fetch from the start, filtered by time).
+    /// Where to resume a conversation after a gap whose account watermark was `watermark` (the
+    /// account's highest published id when the gap opened): the highest id of the conversation
+    /// published up to the watermark; else the watermark. `None` when nothing had been
+    /// published on the account before the gap (fetch from the start, filtered by time): ids
+    /// claimed since were claimed after the gap opened and say nothing about before it.
     pub fn resume_after(
         &self,
         account: u64,
@@ -156,8 +158,7 @@ impl Ledger {
             .and_then(|a| a.conversations.get(&conversation));
         match (known, watermark) {
             (Some(conv), Some(w)) => conv.ids.range(..=w).next_back().copied().or(Some(w)),
-            (Some(conv), None) => conv.high(),
-            (None, w) => w,
+            (_, w) => w,
         }
     }
 
@@ -235,7 +236,7 @@ mod tests {
             (7, Some(25), Some(20)),
             (7, Some(30), Some(30)),
             (7, Some(5), Some(5)),
-            (7, None, Some(30)),
+            (7, None, None),
             (8, Some(25), Some(25)),
             (8, None, None),
         ];

@@ -305,8 +305,19 @@ impl Catchup {
         }
     }
 
+    /// `subscribe` was sent for subscription `index`.
+    pub fn subscribing(&self, index: usize, now_ms: i64) {
+        self.book().subscribing(index, now_ms);
+    }
+
+    /// Subscription `index` was rejected.
+    pub fn rejected(&self, index: usize) {
+        self.book().refused(index);
+    }
+
     /// Subscription `index` went unanswered: with an API token, check for a rotated token.
     pub fn unanswered(&self, index: usize) {
+        self.book().refused(index);
         let has_api = self
             .subs
             .lock()
