@@ -107,6 +107,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .div_ceil(settings.config.source.subscriptions_per_connection),
                 settings.topic.sample()
             );
+            if !settings.discover.is_empty() {
+                println!(
+                    "# and {} entries whose pubsub token or accounts are read from the profile at start",
+                    settings.discover.len()
+                );
+            }
             Ok(())
         }
         Command::Run {
