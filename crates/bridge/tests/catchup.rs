@@ -563,3 +563,26 @@ async fn kill_9_and_restart_with_the_same_state_dir_publishes_what_was_missed() 
     assert!(!down.is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_off_sends_no_update_presence_presence_on_does() {
+    for (presence, want_some) in [("off", false), ("on", true)] {
+        let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+        let extra = format!("[source]\npresence = \"{presence}\"\npresence_interval = \"1s\"\n");
+        let rig = rig_rest(sim, &extra, "").await;
+        rig.confirmed(1).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let token = rig.sim.world().users[0].pubsub_token.clone();
+        let sent = rig.sim.presence_of(&token).len();
+        assert_eq!(
+            sent > 0,
+            want_some,
+            "presence = {presence}: {sent} update_presence"
+        );
+        assert_eq!(
+            rig.metric("voxsig_bridge_presence_updates_sent_total", &[]) > 0.0,
+            want_some
+        );
+        rig.stop().await;
+    }
+}

@@ -212,7 +212,11 @@ fn api_tokens_profile_entries_and_catchup_settings() {
     assert_eq!(s.discover.len(), 2);
     assert_eq!(s.discover[0].accounts, AccountSelector::All);
     assert_eq!(s.discover[1].accounts, AccountSelector::Id(4));
-    assert_eq!(s.discover[1].api_token.expose(), "fileApiToken0123456789", "trimmed");
+    assert_eq!(
+        s.discover[1].api_token.expose(),
+        "fileApiToken0123456789",
+        "trimmed"
+    );
     // A complete entry subscribes as configured and keeps its API token for catch-up.
     assert_eq!(s.accounts.len(), 2);
     assert_eq!(s.accounts[0].account_id, 5);
@@ -222,7 +226,12 @@ fn api_tokens_profile_entries_and_catchup_settings() {
     assert!(s.accounts[1].api_token.is_none());
     // `check` shows no API token.
     let shown = s.redacted_toml();
-    for secret in ["profileApiToken", "fileApiToken", "fullApiToken", "pubsubTokenAAA"] {
+    for secret in [
+        "profileApiToken",
+        "fileApiToken",
+        "fullApiToken",
+        "pubsubTokenAAA",
+    ] {
         assert!(!shown.contains(secret), "{secret} in:\n{shown}");
     }
     assert!(shown.contains("account_id = \"all\""), "{shown}");
@@ -295,6 +304,9 @@ fn api_token_errors_name_the_entry_and_never_the_secret() {
             "{toml}\n=> {e}"
         );
         let shown = e.to_string();
-        assert!(!shown.contains("secretApiToken") && !shown.contains("ApiToken\u{0}"), "{shown}");
+        assert!(
+            !shown.contains("secretApiToken") && !shown.contains("ApiToken\u{0}"),
+            "{shown}"
+        );
     }
 }
