@@ -228,8 +228,14 @@ mod tests {
     }
     use Step::*;
 
+    /// A closed gap: account, start, end, cause.
+    type Closed = (u64, i64, i64, GapCause);
+
+    /// A case: name, the subscriptions' accounts, the steps, the gaps expected.
+    type Case = (&'static str, Vec<u64>, Vec<Step>, Vec<Closed>);
+
     /// Runs steps, collecting the gaps closed.
-    fn run(accounts: &[u64], steps: &[Step]) -> Vec<(u64, i64, i64, GapCause)> {
+    fn run(accounts: &[u64], steps: &[Step]) -> Vec<Closed> {
         let mut book = GapBook::new(accounts);
         let mut closed = Vec::new();
         for step in steps {
@@ -254,7 +260,7 @@ mod tests {
     #[test]
     fn table() {
         use GapCause::*;
-        let cases: Vec<(&str, Vec<u64>, Vec<Step>, Vec<(u64, i64, i64, GapCause)>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "first confirm is no gap",
                 vec![1],
