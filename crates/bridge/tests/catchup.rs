@@ -327,12 +327,6 @@ async fn a_bad_api_token_and_a_gap_beyond_max_window_are_reported_unrecovered() 
     rig.sim.faults().outage(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     rig.confirmed(1).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    eprintln!(
-        "{:?} gaps={}",
-        rig.bridge().status().snapshot().accounts,
-        rig.metric("voxsig_bridge_gaps_total", &[])
-    );
     eventually("the long gap reported", WAIT, || {
         rig.metric(
             "voxsig_bridge_gaps_unrecovered_total",

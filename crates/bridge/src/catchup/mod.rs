@@ -170,6 +170,8 @@ pub struct AccountInfo {
     pub api_token: Option<ApiToken>,
     /// Routing facts for its replayed events (those of its first entry).
     pub receiver: Receiver,
+    /// The entry whose API token it uses, for messages.
+    pub entry: String,
 }
 
 /// The shared catch-up state: the gap book, the ledger and what the worker needs.
@@ -219,9 +221,11 @@ impl Catchup {
             let entry = accounts.entry(sub.account).or_insert_with(|| AccountInfo {
                 api_token: None,
                 receiver: receiver.clone(),
+                entry: sub.entry.clone(),
             });
-            if entry.api_token.is_none() {
+            if entry.api_token.is_none() && sub.api_token.is_some() {
                 entry.api_token = sub.api_token.clone();
+                entry.entry = sub.entry.clone();
             }
         }
         let book = GapBook::new(

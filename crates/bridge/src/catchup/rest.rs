@@ -407,7 +407,7 @@ impl RestClient {
             .map_err(transport)?;
         let status = response.status().as_u16();
         match status {
-            200..=299 => response.bytes().await.map_err(transport),
+            200..=299 => read_bounded(response).await,
             401 => Err(RestError::Unauthorized),
             404 => Err(RestError::NotFound),
             429 => Err(RestError::RateLimited {
@@ -422,6 +422,28 @@ impl RestClient {
             _ => Err(RestError::Client(status)),
         }
     }
+}
+
+/// The largest body read (a conversation list of a busy account is well under 1 MiB).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Reads a body, refusing one larger than [`MAX_BODY_BYTES`] without buffering it all.
+async fn read_bounded(mut response: reqwest::Response) -> Result<bytes::Bytes, RestError> {
+    let too_large = || RestError::Decode(format!("body larger than {MAX_BODY_BYTES} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn transport(e: reqwest::Error) -> RestError {

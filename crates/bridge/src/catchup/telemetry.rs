@@ -250,6 +250,8 @@ impl Event for GapRecovered<'_> {
 pub struct GapUnrecovered<'a> {
     /// The gap.
     pub gap: &'a Gap,
+    /// The account entry whose API token was used (`accounts[2]`), if any.
+    pub entry: Option<&'a str>,
     /// Why.
     pub reason: Unrecovered,
     /// The last REST error, for `rest_failed`.
@@ -270,6 +272,7 @@ impl Event for GapUnrecovered<'_> {
             .inc_by(self.published);
         tracing::warn!(
             account = self.gap.account,
+            entry = self.entry,
             cause = self.gap.cause.as_str(),
             gap_ms = self.gap.duration_ms(),
             reason = self.reason.as_str(),

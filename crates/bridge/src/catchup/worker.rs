@@ -162,10 +162,12 @@ fn unrecovered(
         gap.cause,
         Err((reason, published)),
     );
+    let entry = cu.accounts.get(&gap.account).map(|a| a.entry.as_str());
     emit(
         &cu.metrics,
         t::GapUnrecovered {
             gap,
+            entry,
             reason,
             error,
             published,
