@@ -580,3 +580,36 @@ async fn presence_off_sends_no_update_presence_presence_on_does() {
         rig.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_met_by_an_unanswered_resubscribe_is_followed_at_once() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    // No periodic profile check within the test: only the unanswered re-subscribe can tell.
+    let extra = format!("{CATCHUP}profile_check = \"10m\"\n");
+    let rig = rig_rest(sim, &extra, "").await;
+    rig.confirmed(1).await;
+    let old = rig.sim.world().users[0].pubsub_token.clone();
+    rig.sim.burst(10, &messages_only([1])).await.unwrap();
+    rig.sim.faults().rotate_token_silently(&old).unwrap();
+    let rotated_at = Instant::now();
+    rig.sim.faults().drop_connections();
+    rig.sim.burst(10, &messages_only([1])).await.unwrap();
+    eventually("the rotation followed", WAIT, || {
+        rig.metric("voxsig_bridge_token_rotations_total", &[]) >= 1.0
+    })
+    .await;
+    let followed_in = rotated_at.elapsed();
+    rig.sim.burst(10, &messages_only([1])).await.unwrap();
+    let (created, _, replayed) = every_message_once(&rig, None).await;
+    eprintln!("unanswered → rotation followed in {followed_in:?}; {created} messages, {replayed} replayed");
+    // confirm_timeout (1 s) + one profile fetch, with room for a busy machine.
+    assert!(followed_in < Duration::from_secs(4), "{followed_in:?}");
+    assert!(
+        rig.metric(
+            "voxsig_bridge_subscription_failures_total",
+            &[("cause", "unanswered")]
+        ) >= 1.0
+    );
+    assert!(rig.metric("voxsig_bridge_gaps_total", &[("cause", "token_rotated")]) >= 1.0);
+    rig.stop().await;
+}
