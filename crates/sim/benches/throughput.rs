@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use voxsig_protocol::{Command, EventKind, RoomIdentifier};
-use voxsig_sim::{Selection, Sim, SimConfig, WorldSpec};
+use voxsig_sim::{Selection, Sim, SimConfig, StoreLimits, WorldSpec};
 
 /// Frames and bytes received by all client sockets.
 #[derive(Default)]
@@ -43,9 +43,10 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn start(accounts: usize, users: usize) -> Sim {
+async fn start(accounts: usize, users: usize, store: StoreLimits) -> Sim {
     let config = SimConfig {
         ground_truth_limit: 0,
+        store_limits: store,
         admin_bind: None,
         ping_interval: Duration::from_secs(3),
         ..SimConfig::default()
@@ -127,9 +128,10 @@ async fn throughput(
     sockets: usize,
     events: u64,
     kinds: &[EventKind],
+    store: StoreLimits,
     limit: Duration,
 ) -> Row {
-    let sim = start(accounts, 1).await;
+    let sim = start(accounts, 1, store).await;
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + limit;
     clients(&sim, sockets, counts.clone(), deadline).await;
@@ -178,7 +180,7 @@ async fn concurrency(
     // One user per subscription: accounts of 50 users, so each event fans out to 50 subscriptions.
     let users = 50.min(subscriptions);
     let accounts = subscriptions / users;
-    let sim = start(accounts, users).await;
+    let sim = start(accounts, users, StoreLimits::default()).await;
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + limit;
     let t_sub = Instant::now();
@@ -275,25 +277,36 @@ fn main() {
         .and_then(|i| args.get(i + 1).cloned());
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let all = EventKind::ALL;
+    let kept = StoreLimits::default();
     let mut rows = Vec::new();
     rt.block_on(async {
         let mixed = "mixed catalogue";
         if wanted(mixed) {
-            rows.push(throughput(mixed, 10, 1, 1_000_000 / scale, all, limit).await);
+            rows.push(throughput(mixed, 10, 1, 1_000_000 / scale, all, kept, limit).await);
         }
         let messages = "message.created only";
         if wanted(messages) {
             let kinds = [EventKind::MessageCreated];
-            rows.push(throughput(messages, 10, 1, 1_000_000 / scale, &kinds, limit).await);
+            rows.push(throughput(messages, 10, 1, 1_000_000 / scale, &kinds, kept, limit).await);
+        }
+        // The same without the REST surface's message store: its cost, measured in this run.
+        let unkept = "message.created only, no message store";
+        if wanted(unkept) {
+            let kinds = [EventKind::MessageCreated];
+            let none = StoreLimits {
+                messages: 0,
+                per_conversation: 0,
+            };
+            rows.push(throughput(unkept, 10, 1, 1_000_000 / scale, &kinds, none, limit).await);
         }
         let small = "small events (contact.updated)";
         if wanted(small) {
             let kinds = [EventKind::ContactUpdated];
-            rows.push(throughput(small, 10, 1, 1_000_000 / scale, &kinds, limit).await);
+            rows.push(throughput(small, 10, 1, 1_000_000 / scale, &kinds, kept, limit).await);
         }
         let many = "mixed, many sockets";
         if wanted(many) {
-            rows.push(throughput(many, 100, 100, 1_000_000 / scale, all, limit).await);
+            rows.push(throughput(many, 100, 100, 1_000_000 / scale, all, kept, limit).await);
         }
         let bridge = "10k subscriptions, bridge-style";
         if wanted(bridge) {

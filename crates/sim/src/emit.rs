@@ -369,13 +369,34 @@ impl Shared {
         } else {
             record.and_then(|c| c.assignee)
         };
+        let (mut agent, mut by_contact, mut private) = (agent, by_contact, private);
+        let mut message_created_at = None;
         let message_id = match kind {
             EventKind::MessageCreated => store.next_message_id(),
-            // An update concerns the conversation's last message; without one, the message
-            // that conversation payloads show as the first (created before the run).
-            EventKind::MessageUpdated | EventKind::FirstReplyCreated => store
-                .last_message(conversation_id)
-                .map_or(PRE_RUN_MESSAGE_BASE + conversation_id, |m| m.id),
+            // An update concerns the conversation's last message, and says what it is (author,
+            // type, privacy, creation time); without one, the message that conversation
+            // payloads show as the first (created before the run).
+            EventKind::MessageUpdated | EventKind::FirstReplyCreated => {
+                match store.last_message(conversation_id) {
+                    Some(m) => {
+                        private = m.private;
+                        by_contact = matches!(m.sender, Sender::Contact(_));
+                        if let Sender::User(id) = m.sender {
+                            if let Some(u) = acc
+                                .users
+                                .iter()
+                                .map(|i| &world.users[*i])
+                                .find(|u| u.id == id)
+                            {
+                                agent = u;
+                            }
+                        }
+                        message_created_at = Some(m.created_at);
+                        m.id
+                    }
+                    None => PRE_RUN_MESSAGE_BASE + conversation_id,
+                }
+            }
             _ => 0,
         };
         let scene = Scene {
@@ -390,6 +411,7 @@ impl Shared {
             times: &em.times,
             now_ms,
             message_id,
+            message_created_at,
             notification_id: em.next_notification,
             sim_seq,
         };
@@ -424,9 +446,14 @@ impl Shared {
         let (mut frame, body, data) = frame_start(kind, em.targets.first().map(|t| &**t), 4096);
         let content = payload::render(&mut frame, kind, &scene, &users_online, &mut em.rng);
         let data = frame_end(&mut frame, data);
+        // Only what is kept is decoded (limits of 0: the generator alone, for benchmarks).
+        let keeps = store.keeps_messages();
         let content = || -> Arc<str> {
-            let literal = content.clone().map_or("\"\"", |r| &frame[r]);
-            Arc::from(serde_json::from_str::<String>(literal).unwrap_or_default())
+            match content.clone().filter(|_| keeps) {
+                // Generated text has no escapes: the literal's inside is the text itself.
+                Some(r) => Arc::from(frame.get(r.start + 1..r.end - 1).unwrap_or("")),
+                None => Arc::from(""),
+            }
         };
         match kind {
             EventKind::MessageCreated => {

@@ -232,6 +232,8 @@ pub(crate) struct Scene<'a> {
     pub(crate) times: &'a Times,
     pub(crate) now_ms: u16,
     pub(crate) message_id: u64,
+    /// The message's `created_at` when it was created earlier (updates); `None`: now.
+    pub(crate) message_created_at: Option<u64>,
     pub(crate) notification_id: u64,
     pub(crate) sim_seq: u64,
 }
@@ -315,6 +317,8 @@ fn source_id(out: &mut String, contact: &Contact) {
     out.push('"');
 }
 
+/// Writes a string literal of `words` words; never an escape (the message store takes the text
+/// between the quotes as is).
 fn content(out: &mut String, rng: &mut Rng, words: usize) -> usize {
     let start = out.len();
     out.push('"');
@@ -348,7 +352,7 @@ fn message_obj(out: &mut String, s: &Scene<'_>, rng: &mut Rng, with_seq: bool) -
         .num("inbox_id", s.account.inbox_id)
         .num("conversation_id", s.conversation_id)
         .num("message_type", u64::from(!s.by_contact))
-        .num("created_at", s.times.now)
+        .num("created_at", s.message_created_at.unwrap_or(s.times.now))
         .raw("updated_at", &s.times.iso_now)
         .bool("private", s.private)
         .str("status", "sent")
@@ -430,6 +434,7 @@ fn conversation_obj(
                 by_contact: true,
                 private: false,
                 message_id: crate::store::PRE_RUN_MESSAGE_BASE + s.conversation_id,
+                message_created_at: None,
                 ..*s
             };
             message_obj(out, &first, rng, false);
@@ -661,6 +666,7 @@ mod tests {
             times,
             now_ms: 123,
             message_id: 300_078,
+            message_created_at: None,
             notification_id: 400_120,
             sim_seq: 42,
         }

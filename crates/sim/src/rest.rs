@@ -12,7 +12,7 @@
 //! unknown account or conversation → 404. Ids in paths that are not numbers → 404; query
 //! parameters that are not what they should be (`after=abc`, `updated_within=-1`, numbers past
 //! `u64`, an unknown `status`) → 400 `{"error": "..."}` (Chatwoot would coerce with `to_i`; a
-//! simulator that tests clients should tell them). Other paths → 404.
+//! simulator that tests clients should tell them). Other paths and methods → 404.
 //!
 //! A message in `payload` (Chatwoot's `models/_message` partial) and the `data` of the
 //! `message.created` event that announced it share `id`, `content`, `inbox_id`,
@@ -331,6 +331,8 @@ fn router(shared: Arc<Shared>) -> Router {
             get(messages),
         )
         .fallback(other)
+        // Another method on a known path: no such route on the platform either.
+        .method_not_allowed_fallback(other)
         .with_state(shared)
 }
 

@@ -302,6 +302,11 @@ impl Store {
         }
     }
 
+    /// Whether messages are kept at all (limits of 0 keep none: benchmarks of the generator).
+    pub(crate) fn keeps_messages(&self) -> bool {
+        self.limits.messages > 0 && self.limits.per_conversation > 0
+    }
+
     /// The id the next `message.created` gets.
     pub(crate) fn next_message_id(&self) -> u64 {
         self.last_message_id + 1
@@ -310,6 +315,7 @@ impl Store {
     /// Stores a created message (its id must be [`Store::next_message_id`]) and moves the
     /// conversation's timestamps. Returns false (nothing stored) for an unknown conversation.
     pub(crate) fn message_created(&mut self, message: StoredMessage, now_ms: u64) -> bool {
+        let keep = self.keeps_messages();
         let Some(conv) = self.conversations.get_mut(&message.conversation_id) else {
             return false;
         };
@@ -317,9 +323,13 @@ impl Store {
         self.last_message_id = self.last_message_id.max(message.id);
         conv.updated_at_ms = conv.updated_at_ms.max(now_ms);
         conv.last_activity_ms = conv.last_activity_ms.max(now_ms);
+        self.stats.created += 1;
+        if !keep {
+            self.stats.evicted += 1;
+            return true;
+        }
         self.order.push_back((conv.id, message.id));
         conv.messages.push_back(message);
-        self.stats.created += 1;
         self.held += 1;
         if conv.messages.len() > self.limits.per_conversation {
             conv.messages.pop_front();
@@ -634,6 +644,20 @@ mod tests {
             (10_000_200, 10_000_100)
         );
         assert_eq!(s.next_message_id(), id + 1);
+    }
+
+    #[test]
+    fn zero_limits_keep_nothing_but_ids_still_advance() {
+        let mut s = store(StoreLimits {
+            messages: 0,
+            per_conversation: 0,
+        });
+        let a = create(&mut s, 1, 10_000_100);
+        assert_eq!(s.next_message_id(), a + 1);
+        assert!(s.messages(1, MessageQuery::After(0)).is_empty());
+        assert_eq!(s.conversation(1).unwrap().last_activity_ms, 10_000_100);
+        let st = s.stats();
+        assert_eq!((st.created, st.held, st.evicted), (1, 0, 1));
     }
 
     #[test]

@@ -256,6 +256,24 @@ async fn message_pages_match_the_broadcast_events() {
     }
     let ids: Vec<u64> = all.iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // Updates name a stored message and say the same about it.
+    let updates: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["event"] != "message.created" && m["data"]["content"].is_string())
+        .map(|m| &m["data"])
+        .collect();
+    assert!(!updates.is_empty(), "the burst updates messages of the conversation");
+    for update in &updates {
+        let Some(stored) = all.iter().find(|m| m["id"] == update["id"]) else {
+            // A conversation without messages yet: the pre-run message, not listed.
+            assert!(update["id"].as_u64().unwrap() < 1_000_000, "{update}");
+            continue;
+        };
+        for key in ["created_at", "message_type", "private", "conversation_id"] {
+            assert_eq!(stored[key], update[key], "{key}");
+        }
+        assert_eq!(stored["sender"]["id"], update["sender"]["id"]);
+    }
     // before: the 20 below, oldest first; neither: the latest 20.
     let before = page(format!("?before={}", ids[50])).await;
     let before_ids: Vec<u64> = before.iter().map(|m| m["id"].as_u64().unwrap()).collect();
@@ -335,6 +353,8 @@ async fn hostile_requests_get_400_or_404_and_the_server_stays_up() {
             assert!(body["error"].is_string(), "{body}");
         }
     }
+    let (status, _, body) = http_with(&api, "POST", "/api/v1/profile", "", Some("{}")).await;
+    assert_eq!(status, 404, "{body}");
     // Not HTTP at all, and a head that never ends: the connection closes, nothing else.
     let addr = sim.addr();
     let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -359,6 +379,43 @@ async fn hostile_requests_get_400_or_404_and_the_server_stays_up() {
     assert!(stats.bad_request >= 8 && stats.not_found >= 8, "{stats:?}");
     // The WebSocket still works on the same port.
     common::subscribed(&sim).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_several_requests() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let sim = common::start().await;
+    let admin = token(&sim, 0);
+    let tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    let mut tcp = BufReader::new(tcp);
+    for path in [
+        "/api/v1/profile",
+        "/api/v1/accounts/1/conversations",
+        "/api/v1/profile",
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\napi_access_token: {admin}\r\n\r\n");
+        tcp.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let mut status = String::new();
+        tcp.read_line(&mut status).await.unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        tcp.read_exact(&mut body).await.unwrap();
+        let _: Value = serde_json::from_slice(&body).unwrap();
+    }
+    assert_eq!(sim.stats().rest.profile, 2);
     sim.shutdown().await;
 }
 
