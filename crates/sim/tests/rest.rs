@@ -262,7 +262,10 @@ async fn message_pages_match_the_broadcast_events() {
         .filter(|m| m["event"] != "message.created" && m["data"]["content"].is_string())
         .map(|m| &m["data"])
         .collect();
-    assert!(!updates.is_empty(), "the burst updates messages of the conversation");
+    assert!(
+        !updates.is_empty(),
+        "the burst updates messages of the conversation"
+    );
     for update in &updates {
         let Some(stored) = all.iter().find(|m| m["id"] == update["id"]) else {
             // A conversation without messages yet: the pre-run message, not listed.
