@@ -613,3 +613,22 @@ async fn a_rotation_met_by_an_unanswered_resubscribe_is_followed_at_once() {
     assert!(rig.metric("voxsig_bridge_gaps_total", &[("cause", "token_rotated")]) >= 1.0);
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_api_token_for_discovery_is_one_clear_error_naming_the_entry() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let toml = format!(
+        "{FAST}\n[[accounts]]\nlabels = {{ team = \"a\" }}\naccount_id = \"all\"\napi_access_token = \"notTheApiToken00000000\"\n"
+    )
+    .replacen("[source]", &format!("[source]\nurl = \"{}\"", sim.url()), 1);
+    let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
+    let (sink, _memory) = MemorySink::new();
+    let error = match Bridge::start_with_sink(settings, Box::new(sink), &Registry::new()).await {
+        Ok(_) => panic!("a bridge without a readable profile must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("accounts[0]"), "{error}");
+    assert!(error.contains("401"), "{error}");
+    assert!(!error.contains("notTheApiToken"), "{error}");
+    sim.shutdown().await;
+}

@@ -22,6 +22,10 @@ use voxsig_protocol::{EventKind, EventRef, PubsubToken, RawStr, RoomIdentifier};
 /// How often the checkpoint is written.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// The most message pages read for one conversation in one fill (100,000 messages): a server
+/// that never stops paging cannot keep a fill going forever.
+const MAX_PAGES: usize = 1000;
+
 /// Starts the worker. It ends at shutdown, after a last checkpoint.
 pub fn spawn(
     shared: Arc<Shared>,
@@ -206,7 +210,12 @@ async fn fill_with(
         // what was created since the gap began.
         let created_since = resume.is_none().then_some(since_ms.div_euclid(1000));
         let mut after = resume.unwrap_or(0);
-        loop {
+        for page_number in 0.. {
+            if page_number == MAX_PAGES {
+                return Err(RestError::Decode(format!(
+                    "conversation {display_id}: more than {MAX_PAGES} pages of messages"
+                )));
+            }
             tally.requests += 1;
             let page = match client.messages(token, account, display_id, after).await {
                 Ok(page) => page,
