@@ -87,22 +87,23 @@ async fn run(
 }
 
 async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) {
-    let mut accounts = cu.ledger.checkpoint();
     // The last sign of life of each account: its subscriptions' last frames (events, confirms,
-    // pings), so a quiet account does not look like a long gap after a restart.
+    // pings), so a quiet account does not look like a long gap after a restart; for an account
+    // in an open gap, the gap's start, so a restart keeps the gap. The ledger keeps the latest.
+    let open: HashMap<u64, i64> = cu
+        .book()
+        .open_gaps()
+        .map(|(a, start, _)| (a, start))
+        .collect();
     let status = &shared.status;
-    let mut alive: HashMap<u64, i64> = HashMap::new();
     for (i, sub) in status.subscriptions().iter().enumerate() {
-        if sub.state() == crate::status::SubState::Confirmed {
-            let at = status.last_frame_ms(i);
-            let e = alive.entry(sub.account_id).or_insert(0);
-            *e = (*e).max(at);
-        }
+        let at = match open.get(&sub.account_id) {
+            Some(start) => *start,
+            None => status.last_frame_ms(i),
+        };
+        cu.ledger.received(sub.account_id, at);
     }
-    for (account, at) in alive {
-        let cp = accounts.entry(account).or_default();
-        cp.last_event_ms = cp.last_event_ms.max(at);
-    }
+    let accounts = cu.ledger.checkpoint();
     let file = file.clone();
     let written = now_ms();
     let result = tokio::task::spawn_blocking(move || file.store(written, accounts)).await;
