@@ -118,6 +118,8 @@ pub struct SubStatus {
     failures: AtomicU32,
     last_error: Mutex<Option<String>>,
     confirmed_ms: AtomicI64,
+    /// The token it follows after a rotation (the platform's new one), if any.
+    rotated_to: Mutex<Option<PubsubToken>>,
 }
 
 /// One socket's live state.
@@ -178,6 +180,7 @@ impl StatusBoard {
                     failures: AtomicU32::new(0),
                     last_error: Mutex::new(None),
                     confirmed_ms: AtomicI64::new(0),
+                    rotated_to: Mutex::new(None),
                 })
                 .collect(),
             sockets: (0..sockets).map(|_| SocketStatus::default()).collect(),
@@ -204,6 +207,15 @@ impl StatusBoard {
             }
             if state == SubState::Confirmed {
                 s.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A subscription follows a rotated token now.
+    pub fn rotated(&self, index: usize, token: PubsubToken) {
+        if let Some(s) = self.subs.get(index) {
+            if let Ok(mut t) = s.rotated_to.lock() {
+                *t = Some(token);
             }
         }
     }
@@ -363,7 +375,12 @@ impl StatusBoard {
                 .map(|s| SubSnapshot {
                     account_id: s.account_id,
                     user_id: s.user_id,
-                    token: s.token.redacted(),
+                    token: s
+                        .rotated_to
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.as_ref().map(PubsubToken::redacted))
+                        .unwrap_or_else(|| s.token.redacted()),
                     socket: s.conn,
                     state: SubState::from_u8(s.state.load(Ordering::Relaxed)),
                     events: s.events.load(Ordering::Relaxed),

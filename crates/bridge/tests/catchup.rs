@@ -411,6 +411,12 @@ async fn a_silently_rotated_token_is_followed_and_its_gap_recovered() {
     assert!(rig.metric("voxsig_bridge_gaps_total", &[("cause", "token_rotated")]) >= 1.0);
     let snapshot = serde_json::to_string(&rig.bridge().status().snapshot()).unwrap();
     assert!(!snapshot.contains(&new) && !snapshot.contains(&old));
+    let shown = &rig.bridge().status().snapshot().subscriptions[0].token;
+    assert_eq!(
+        shown,
+        &voxsig_protocol::PubsubToken::new(new.clone()).redacted(),
+        "/status shows the token followed"
+    );
     rig.stop().await;
 }
 

@@ -411,6 +411,7 @@ impl Catchup {
             // the last profile that still showed the old token.
             let start = self.status.last_event_ms(index).max(last_ok_ms);
             self.lost(index, account, GapCause::TokenRotated, start);
+            self.status.rotated(index, new.clone());
             self.book().recause(account, GapCause::TokenRotated);
             emit(
                 &self.metrics,
