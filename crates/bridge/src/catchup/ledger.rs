@@ -5,7 +5,8 @@
 //! Both paths ask [`Ledger::claim`] before publishing a `message.created`: the first to claim a
 //! message id publishes it, the other counts a duplicate. Memory is bounded: per conversation
 //! the [`IDS_PER_CONVERSATION`] highest ids, per account [`Ledger::new`]'s `max_conversations`
-//! most recently active conversations.
+//! most recently active conversations and at most [`IDS_PER_ACCOUNT`] ids in all (about 2 MB an
+//! account at most; the least recently active conversations go first).
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,7 +15,10 @@ use std::sync::Mutex;
 use xxhash_rust::xxh3::Xxh3;
 
 /// Message ids remembered per conversation.
-pub const IDS_PER_CONVERSATION: usize = 256;
+pub const IDS_PER_CONVERSATION: usize = 64;
+
+/// Message ids remembered per account, over all its conversations.
+pub const IDS_PER_ACCOUNT: usize = 65_536;
 
 const SHARDS: usize = 16;
 
@@ -60,6 +64,8 @@ struct Account {
     /// The last live event received (Unix ms), for the checkpoint.
     last_event_ms: i64,
     tick: u64,
+    /// Ids held over all conversations.
+    ids: usize,
 }
 
 /// What was published, shared by the live and the catch-up paths.
@@ -120,10 +126,12 @@ impl Ledger {
         conv.ids.insert(id);
         if conv.ids.len() > IDS_PER_CONVERSATION {
             conv.ids.pop_first();
+        } else {
+            acc.ids += 1;
         }
         acc.high = Some(acc.high.map_or(id, |h| h.max(id)));
         let len = acc.conversations.len();
-        if len > self.max_conversations + self.max_conversations / 8 {
+        if len > self.max_conversations + self.max_conversations / 8 || acc.ids > IDS_PER_ACCOUNT {
             evict(acc, self.max_conversations);
         }
         Claim::First
@@ -196,7 +204,9 @@ impl Ledger {
                 acc.tick += 1;
                 let tick = acc.tick;
                 let conv = acc.conversations.entry(*c).or_default();
-                conv.ids.insert(*high);
+                if conv.ids.insert(*high) {
+                    acc.ids += 1;
+                }
                 conv.touched = tick;
             }
         }
@@ -204,11 +214,29 @@ impl Ledger {
 }
 
 /// Keeps the `keep` most recently touched conversations.
+/// Keeps the most recently touched conversations: at most `keep`, holding at most 7/8 of
+/// [`IDS_PER_ACCOUNT`] ids.
 fn evict(acc: &mut Account, keep: usize) {
-    let mut touched: Vec<u64> = acc.conversations.values().map(|c| c.touched).collect();
-    touched.sort_unstable();
-    let cut = touched[touched.len() - keep];
-    acc.conversations.retain(|_, c| c.touched >= cut);
+    let mut by_recency: Vec<(u64, usize)> = acc
+        .conversations
+        .values()
+        .map(|c| (c.touched, c.ids.len()))
+        .collect();
+    by_recency.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let budget = IDS_PER_ACCOUNT / 8 * 7;
+    let (mut kept, mut ids, mut cut) = (0usize, 0usize, 0u64);
+    for (touched, n) in by_recency {
+        if kept == keep || ids + n > budget {
+            cut = touched + 1;
+            break;
+        }
+        kept += 1;
+        ids += n;
+    }
+    if cut > 0 {
+        acc.conversations.retain(|_, c| c.touched >= cut);
+    }
+    acc.ids = acc.conversations.values().map(|c| c.ids.len()).sum();
 }
 
 #[cfg(test)]
@@ -261,6 +289,31 @@ mod tests {
         let shard = l.shard(1);
         let conv = &shard[&1].conversations[&999];
         assert_eq!(conv.ids.len(), IDS_PER_CONVERSATION);
+        assert!(shard[&1].ids <= IDS_PER_ACCOUNT);
+        assert_eq!(
+            shard[&1].ids,
+            shard[&1]
+                .conversations
+                .values()
+                .map(|c| c.ids.len())
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn ids_per_account_are_bounded_across_conversations() {
+        let l = Ledger::new(100_000);
+        // 5,000 conversations of 64 messages: 320,000 ids offered.
+        for conv in 0..5_000u64 {
+            for id in 0..64u64 {
+                l.claim(1, conv, conv * 100 + id);
+            }
+        }
+        let shard = l.shard(1);
+        let acc = &shard[&1];
+        assert!(acc.ids <= IDS_PER_ACCOUNT, "{}", acc.ids);
+        assert!(acc.conversations.contains_key(&4_999), "the latest is kept");
+        assert!(!acc.conversations.contains_key(&0), "the oldest went");
     }
 
     #[test]
