@@ -222,7 +222,7 @@ fn evict(acc: &mut Account, keep: usize) {
         .values()
         .map(|c| (c.touched, c.ids.len()))
         .collect();
-    by_recency.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    by_recency.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
     let budget = IDS_PER_ACCOUNT / 8 * 7;
     let (mut kept, mut ids, mut cut) = (0usize, 0usize, 0u64);
     for (touched, n) in by_recency {
