@@ -267,6 +267,12 @@ async fn rest_failures_are_retried_counted_and_never_stop_live_events() {
     rig.confirmed(2).await;
     rig.sim.burst(20, &messages_only([1, 2])).await.unwrap();
     every_message_once(&rig, None).await;
+    // The fills may still be retrying when every message is in (all came live): wait for them.
+    eventually("the gaps filled through the faults", WAIT, || {
+        let accounts = rig.bridge().status().snapshot().accounts;
+        !accounts.is_empty() && accounts.iter().all(|a| a.last_gap.recovered == Some(true))
+    })
+    .await;
     for result in ["rate_limited", "server_error", "timeout"] {
         assert!(
             rig.metric(

@@ -52,24 +52,39 @@ async fn run(
     profile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When each API token's profile last showed the tokens the subscriptions use.
     let profile_ok: Arc<std::sync::Mutex<HashMap<String, i64>>> = Arc::default();
+    // One fill per account at a time: a gap closing while its account is being filled waits,
+    // merged with any other that closes meanwhile, and is filled next.
+    let mut filling: HashMap<u64, Option<Gap>> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             job = jobs.recv() => match job {
                 None => break,
-                Some(Job::Fill(gap)) => {
-                    tasks.spawn(fill(shared.clone(), gap));
-                }
+                Some(Job::Fill(gap)) => match filling.get_mut(&gap.account) {
+                    Some(waiting) => *waiting = Some(merge(waiting.take(), gap)),
+                    None => {
+                        filling.insert(gap.account, None);
+                        tasks.spawn(fill(shared.clone(), gap));
+                    }
+                },
                 Some(Job::CheckProfile(index)) => {
                     let token = cu.sub_api_token(index);
                     if let Some(token) = token {
-                        tasks.spawn(check_profile(shared.clone(), token, profile_ok.clone()));
+                        let (shared, profile_ok) = (shared.clone(), profile_ok.clone());
+                        tasks.spawn(async move {
+                            check_profile(shared, token, profile_ok).await;
+                            None
+                        });
                     }
                 }
             },
             _ = profile_tick.tick() => {
                 for token in cu.api_tokens() {
-                    tasks.spawn(check_profile(shared.clone(), token, profile_ok.clone()));
+                    let (shared, profile_ok) = (shared.clone(), profile_ok.clone());
+                    tasks.spawn(async move {
+                        check_profile(shared, token, profile_ok).await;
+                        None
+                    });
                 }
             }
             _ = checkpoint_tick.tick(), if checkpoint.is_some() => {
@@ -77,7 +92,18 @@ async fn run(
                     write_checkpoint(&cu, &shared, file).await;
                 }
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(Some(account)) = done {
+                    match filling.get_mut(&account).and_then(Option::take) {
+                        Some(next) => {
+                            tasks.spawn(fill(shared.clone(), next));
+                        }
+                        None => {
+                            filling.remove(&account);
+                        }
+                    }
+                }
+            }
         }
     }
     tasks.abort_all();
@@ -112,8 +138,30 @@ async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) 
     }
 }
 
-/// Fills one gap: conversations changed in it, then their messages after the last published.
-async fn fill(shared: Arc<Shared>, gap: Gap) {
+/// Two gaps of one account as one: from the earlier start to the later end, resuming from the
+/// lower watermark (`None`, nothing known, is the lowest).
+fn merge(waiting: Option<Gap>, gap: Gap) -> Gap {
+    match waiting {
+        None => gap,
+        Some(w) => Gap {
+            account: gap.account,
+            start_ms: w.start_ms.min(gap.start_ms),
+            end_ms: w.end_ms.max(gap.end_ms),
+            cause: w.cause,
+            watermark: w.watermark.min(gap.watermark),
+        },
+    }
+}
+
+/// Fills one gap (conversations changed in it, then their messages after the last published);
+/// returns its account.
+async fn fill(shared: Arc<Shared>, gap: Gap) -> Option<u64> {
+    fill_one(&shared, &gap).await;
+    Some(gap.account)
+}
+
+async fn fill_one(shared: &Arc<Shared>, gap: &Gap) {
+    let gap = *gap;
     let cu = &shared.catchup;
     let info = cu.accounts.get(&gap.account);
     let token = info.and_then(|i| i.api_token.clone());
@@ -129,7 +177,7 @@ async fn fill(shared: Arc<Shared>, gap: Gap) {
         return;
     };
     let mut tally = Tally::default();
-    match fill_with(&shared, &client, &token, &receiver, &gap, &mut tally).await {
+    match fill_with(shared, &client, &token, &receiver, &gap, &mut tally).await {
         Ok(()) => {
             cu.status.gap_done(
                 gap.account,
@@ -425,5 +473,38 @@ impl Catchup {
                 let _ = tx.send(Rotation { index, identifier });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(start_ms: i64, end_ms: i64, cause: GapCause, watermark: Option<u64>) -> Gap {
+        Gap {
+            account: 1,
+            start_ms,
+            end_ms,
+            cause,
+            watermark,
+        }
+    }
+
+    #[test]
+    fn merged_gaps_cover_both_and_resume_from_the_lower_watermark() {
+        let a = gap(10, 20, GapCause::Stale, Some(5));
+        let b = gap(30, 40, GapCause::SocketDropped, Some(9));
+        assert_eq!(merge(None, a), a);
+        let m = merge(Some(a), b);
+        assert_eq!(
+            (m.start_ms, m.end_ms, m.cause, m.watermark),
+            (10, 40, GapCause::Stale, Some(5))
+        );
+        let n = merge(Some(b), gap(0, 1, GapCause::Restart, None));
+        assert_eq!(
+            (n.start_ms, n.end_ms, n.watermark),
+            (0, 40, None),
+            "nothing known is lowest"
+        );
     }
 }
