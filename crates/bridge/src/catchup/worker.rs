@@ -55,6 +55,8 @@ async fn run(
     // One fill per account at a time: a gap closing while its account is being filled waits,
     // merged with any other that closes meanwhile, and is filled next.
     let mut filling: HashMap<u64, Option<Gap>> = HashMap::new();
+    // One profile fetch per API token at a time, however many subscriptions ask for it.
+    let mut checking: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -68,23 +70,14 @@ async fn run(
                     }
                 },
                 Some(Job::CheckProfile(index)) => {
-                    let token = cu.sub_api_token(index);
-                    if let Some(token) = token {
-                        let (shared, profile_ok) = (shared.clone(), profile_ok.clone());
-                        tasks.spawn(async move {
-                            check_profile(shared, token, profile_ok).await;
-                            None
-                        });
+                    if let Some(token) = cu.sub_api_token(index) {
+                        check(&mut tasks, &mut checking, &shared, &profile_ok, token);
                     }
                 }
             },
             _ = profile_tick.tick() => {
                 for token in cu.api_tokens() {
-                    let (shared, profile_ok) = (shared.clone(), profile_ok.clone());
-                    tasks.spawn(async move {
-                        check_profile(shared, token, profile_ok).await;
-                        None
-                    });
+                    check(&mut tasks, &mut checking, &shared, &profile_ok, token);
                 }
             }
             _ = checkpoint_tick.tick(), if checkpoint.is_some() => {
@@ -92,18 +85,21 @@ async fn run(
                     write_checkpoint(&cu, &shared, file).await;
                 }
             }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(Some(account)) = done {
-                    match filling.get_mut(&account).and_then(Option::take) {
-                        Some(next) => {
-                            tasks.spawn(fill(shared.clone(), next));
-                        }
-                        None => {
-                            filling.remove(&account);
-                        }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                Ok(Done::Filled(account)) => match filling.get_mut(&account).and_then(Option::take) {
+                    Some(next) => {
+                        tasks.spawn(fill(shared.clone(), next));
                     }
+                    None => {
+                        filling.remove(&account);
+                    }
+                },
+                Ok(Done::Profile(key)) => {
+                    checking.remove(&key);
                 }
-            }
+                // A task that panicked: its books are released at shutdown at the latest.
+                Err(_) => {}
+            },
         }
     }
     tasks.abort_all();
@@ -153,11 +149,36 @@ fn merge(waiting: Option<Gap>, gap: Gap) -> Gap {
     }
 }
 
-/// Fills one gap (conversations changed in it, then their messages after the last published);
-/// returns its account.
-async fn fill(shared: Arc<Shared>, gap: Gap) -> Option<u64> {
+/// Starts a profile check of `token` unless one is running.
+fn check(
+    tasks: &mut JoinSet<Done>,
+    checking: &mut std::collections::HashSet<String>,
+    shared: &Arc<Shared>,
+    profile_ok: &Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    token: ApiToken,
+) {
+    if checking.insert(token.expose().to_owned()) {
+        let (shared, profile_ok) = (shared.clone(), profile_ok.clone());
+        tasks.spawn(async move {
+            let key = token.expose().to_owned();
+            check_profile(shared, token, profile_ok).await;
+            Done::Profile(key)
+        });
+    }
+}
+
+/// What a worker task finished.
+enum Done {
+    /// A fill of this account.
+    Filled(u64),
+    /// A profile check of this API token.
+    Profile(String),
+}
+
+/// Fills one gap (conversations changed in it, then their messages after the last published).
+async fn fill(shared: Arc<Shared>, gap: Gap) -> Done {
     fill_one(&shared, &gap).await;
-    Some(gap.account)
+    Done::Filled(gap.account)
 }
 
 async fn fill_one(shared: &Arc<Shared>, gap: &Gap) {
