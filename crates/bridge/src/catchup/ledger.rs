@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 /// Message ids remembered per conversation.
 pub const IDS_PER_CONVERSATION: usize = 64;
@@ -26,18 +26,20 @@ const SHARDS: usize = 16;
 /// platform's own id, the same live and over REST), otherwise `h-<hex>`, a 128-bit hash of the
 /// account, the event name and the payload bytes.
 pub fn event_id(account: u64, event: &str, message_id: Option<u64>, data: &[u8]) -> String {
-    let mut out = String::with_capacity(36);
+    let mut out = String::with_capacity(34);
     match message_id {
         Some(id) if event == "message.created" => {
             let _ = write!(out, "msg-{id}");
         }
         _ => {
-            let mut hasher = Xxh3::new();
-            hasher.update(&account.to_le_bytes());
-            hasher.update(event.as_bytes());
-            hasher.update(&[0]);
-            hasher.update(data);
-            let _ = write!(out, "h-{:032x}", hasher.digest128());
+            // One pass over the payload, seeded with the account and the event name.
+            let seed = xxh3_64(event.as_bytes()) ^ account.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let digest = xxh3_128_with_seed(data, seed);
+            out.push_str("h-");
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for shift in (0..32).rev() {
+                out.push(char::from(HEX[((digest >> (shift * 4)) & 0xf) as usize]));
+            }
         }
     }
     out

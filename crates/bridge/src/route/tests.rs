@@ -183,7 +183,7 @@ fn envelope_wraps_data_verbatim() {
         .unwrap();
     assert_eq!(
         std::str::from_utf8(&r.payload).unwrap(),
-        r#"{"event":"message.created","account_id":9,"received_at":"2026-11-21T22:32:09.123Z","event_id":"h-afc01f24c7829d686f5078498f0b2487","replayed":false,"data":{"account_id":9,"conversation_id":5,"content":"hi"}}"#
+        r#"{"event":"message.created","account_id":9,"received_at":"2026-11-21T22:32:09.123Z","event_id":"h-cb4988a1621d75c953b051aa4dd1a1dd","replayed":false,"data":{"account_id":9,"conversation_id":5,"content":"hi"}}"#
     );
     assert_eq!(r.headers.received_at_ms, 1_795_300_329_123);
 }
