@@ -348,6 +348,11 @@ async fn drive(
 ) -> (Ended, bool) {
     let mut welcomed = false;
     loop {
+        // Rotated tokens are rare: checked once per turn of the loop (a frame, a ping at least
+        // every few seconds, or a timer), not as one more branch polled for every frame.
+        while let Ok(rotation) = rotations.try_recv() {
+            follow(session, members, rotation);
+        }
         let mut wrote = false;
         while let Some(frame) = session.poll_transmit() {
             if let Err(e) = ws.feed(Message::text(frame)).await {
@@ -376,7 +381,6 @@ async fn drive(
                 let _ = ws.close(None).await;
                 return (Ended::Shutdown, welcomed);
             }
-            Some(rotation) = rotations.recv() => follow(session, members, rotation),
             message = ws.next() => {
                 let now = Instant::now().into_std();
                 match message {
