@@ -362,6 +362,15 @@ async fn kafka_counts_topics_keys_headers_and_per_conversation_order() {
             Some(&sent.account_id.to_string())
         );
         assert!(headers.get("received_at").is_some_and(|v| !v.is_empty()));
+        // A stable event id on every record (the message id for messages); live, not replayed.
+        let event_id = headers.get("event_id").expect("event_id header");
+        if sent.event == "message.created" {
+            let data: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(event_id, &format!("msg-{}", data["id"]));
+        } else {
+            assert!(event_id.starts_with("h-"), "{event_id}");
+        }
+        assert!(!headers.contains_key("replayed"));
         // One key, one partition; within it, the order the simulator sent in.
         assert_eq!(
             *partition_of.entry(key.clone()).or_insert(*partition),

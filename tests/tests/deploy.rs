@@ -37,6 +37,12 @@ const COUNTERS: &[&str] = &[
     "voxsig_bridge_sink_connection_errors_total",
     "voxsig_bridge_buffer_records_dropped_total",
     "voxsig_bridge_account_events_received_total",
+    "voxsig_bridge_gaps_total",
+    "voxsig_bridge_gaps_unrecovered_total",
+    "voxsig_bridge_catchup_messages_total",
+    "voxsig_bridge_live_duplicates_total",
+    "voxsig_bridge_token_rotations_total",
+    "voxsig_bridge_rest_requests_total",
 ];
 
 const GAUGES: &[&str] = &[
@@ -52,7 +58,11 @@ const GAUGES: &[&str] = &[
     "voxsig_bridge_build_info",
 ];
 
-const HISTOGRAMS: &[&str] = &["voxsig_bridge_sink_publish_latency_seconds"];
+const HISTOGRAMS: &[&str] = &[
+    "voxsig_bridge_sink_publish_latency_seconds",
+    "voxsig_bridge_gap_seconds",
+    "voxsig_bridge_rest_request_seconds",
+];
 
 /// Whether a PromQL expression may name this series.
 fn known_metric(name: &str) -> bool {

@@ -6,6 +6,8 @@
 //! Only known sections are read from the environment, so a token kept in
 //! `VOXSIG_BRIDGE_TOKEN_ACME` for `pubsub_token_env` does not confuse the loader.
 
+use crate::catchup::rest::ApiToken;
+pub use crate::catchup::CatchupConfig;
 use crate::route::{EventFilter, PayloadMode, Template};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -36,6 +38,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "shard",
     "state",
+    "catchup",
 ];
 
 /// The whole configuration, as written.
@@ -75,6 +78,9 @@ pub struct Config {
     /// The bridge's data directory (catch-up checkpoints, the disk buffer).
     #[serde(default)]
     pub state: StateConfig,
+    /// Filling gaps from the platform's REST API.
+    #[serde(default)]
+    pub catchup: CatchupConfig,
 }
 
 /// Where the bridge keeps what must survive a restart: catch-up checkpoints and, with
@@ -142,6 +148,32 @@ pub struct SourceConfig {
     pub max_frame_bytes: usize,
     /// Extra PEM CA certificates to trust for `wss://` besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// The platform's REST API (profile, catch-up). Defaults to the `/cable` URL's origin
+    /// (`https://host` for `wss://host/cable`).
+    pub api_url: Option<String>,
+    /// `on` (default): subscriptions send `update_presence`, as the platform's clients do;
+    /// `off`: never (the bridge user then does not stay online for automatic assignment).
+    pub presence: Presence,
+}
+
+/// Whether subscriptions announce presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Send `update_presence` after each confirm and every `presence_interval`.
+    #[default]
+    On,
+    /// Never send it.
+    Off,
+}
+
+impl SourceConfig {
+    /// The REST API's base URL: `api_url`, else the `/cable` URL's origin.
+    pub fn api_base(&self) -> String {
+        self.api_url
+            .clone()
+            .unwrap_or_else(|| crate::runtime::origin_of(&self.url))
+    }
 }
 
 impl SourceConfig {
@@ -165,6 +197,8 @@ impl Default for SourceConfig {
             connect_rate: 20.0,
             max_frame_bytes: 4 * 1024 * 1024,
             ca_file: None,
+            api_url: None,
+            presence: Presence::On,
         }
     }
 }
@@ -244,12 +278,64 @@ impl From<JitterConfig> for Jitter {
     }
 }
 
-/// One subscription: a user token (with `user_id`) or a contact token (without).
+/// Which account an entry subscribes for: one id, or `"all"` (every account of the API
+/// token's profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountSelector {
+    /// One account.
+    Id(u64),
+    /// Every account in the profile (needs an API access token).
+    All,
+}
+
+impl Serialize for AccountSelector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AccountSelector::Id(id) => s.serialize_u64(*id),
+            AccountSelector::All => s.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AccountSelector;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an account id or \"all\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(AccountSelector::Id(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(AccountSelector::Id)
+                    .map_err(|_| E::custom("an account id is not negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "all" => Ok(AccountSelector::All),
+                    // Environment overrides arrive as strings.
+                    _ => v
+                        .parse()
+                        .map(AccountSelector::Id)
+                        .map_err(|_| E::custom("expected an account id or \"all\"")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One subscription: a user token (with `user_id`) or a contact token (without). With an
+/// `api_access_token`, the pubsub token and user id may be left out (read from the profile).
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
-    /// The account.
-    pub account_id: u64,
+    /// The account, or `"all"`; a contact entry may leave it out.
+    #[serde(default)]
+    pub account_id: Option<AccountSelector>,
     /// The user, for a user (agent/admin) token; absent for a contact token.
     #[serde(default)]
     pub user_id: Option<u64>,
@@ -262,6 +348,15 @@ pub struct AccountConfig {
     /// The file holding the token (surrounding white space trimmed).
     #[serde(default)]
     pub pubsub_token_file: Option<PathBuf>,
+    /// The user's REST API access token (profile discovery, catch-up, rotation).
+    #[serde(default, serialize_with = "redact")]
+    pub api_access_token: Option<String>,
+    /// The environment variable holding the API access token.
+    #[serde(default)]
+    pub api_access_token_env: Option<String>,
+    /// The file holding the API access token (surrounding white space trimmed).
+    #[serde(default)]
+    pub api_access_token_file: Option<PathBuf>,
     /// Free-form labels, usable in topic templates as `{label.NAME}`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -278,6 +373,12 @@ impl std::fmt::Debug for AccountConfig {
             )
             .field("pubsub_token_env", &self.pubsub_token_env)
             .field("pubsub_token_file", &self.pubsub_token_file)
+            .field(
+                "api_access_token",
+                &self.api_access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("api_access_token_env", &self.api_access_token_env)
+            .field("api_access_token_file", &self.api_access_token_file)
             .field("labels", &self.labels)
             .finish()
     }
@@ -427,6 +528,28 @@ pub struct Account {
     pub token: PubsubToken,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The user's API access token, when the entry has one.
+    pub api_token: Option<ApiToken>,
+    /// The entry it came from (`accounts[2]`), for messages.
+    pub entry: String,
+}
+
+/// An entry whose pubsub token, user or accounts come from the profile (`GET /api/v1/profile`)
+/// at start.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// The entry (`accounts[2]`), for messages.
+    pub entry: String,
+    /// One account or all of the profile's.
+    pub accounts: AccountSelector,
+    /// The user, if configured (else the profile's).
+    pub user_id: Option<u64>,
+    /// The pubsub token, if configured (else the profile's).
+    pub token: Option<PubsubToken>,
+    /// The API access token.
+    pub api_token: ApiToken,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Account {
@@ -446,6 +569,8 @@ pub struct Settings {
     pub config: Config,
     /// Every subscription, tokens resolved.
     pub accounts: Vec<Account>,
+    /// Entries resolved from the profile at start (see [`crate::catchup::profile::discover`]).
+    pub discover: Vec<Discovery>,
     /// The parsed topic template.
     pub topic: Template,
     /// The parsed key template.
@@ -572,6 +697,7 @@ impl Config {
                 ),
             ));
         }
+        self.catchup.validate()?;
         if entries.is_empty() {
             return Err(ConfigError::new(
                 "accounts",
@@ -579,8 +705,54 @@ impl Config {
             ));
         }
         let mut accounts = Vec::with_capacity(entries.len());
+        let mut discover = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for (key, entry) in entries {
+            let api_token = resolve_api_token(&key, &entry)?.map(ApiToken::new);
+            let has_pubsub = entry.pubsub_token.is_some()
+                || entry.pubsub_token_env.is_some()
+                || entry.pubsub_token_file.is_some();
+            let selector = entry.account_id;
+            let needs_profile = !has_pubsub
+                || selector == Some(AccountSelector::All)
+                || (entry.user_id.is_none() && api_token.is_some());
+            if needs_profile {
+                let Some(api_token) = api_token else {
+                    return Err(ConfigError::new(
+                        key,
+                        if selector == Some(AccountSelector::All) {
+                            "account_id = \"all\" needs an api_access_token (the accounts come from the profile)"
+                        } else {
+                            "set exactly one of pubsub_token, pubsub_token_env, pubsub_token_file (or an api_access_token to read it from the profile)"
+                        },
+                    ));
+                };
+                let token = if has_pubsub {
+                    Some(PubsubToken::new(resolve_token(&key, &entry)?))
+                } else {
+                    None
+                };
+                discover.push(Discovery {
+                    entry: key,
+                    accounts: selector.unwrap_or(AccountSelector::All),
+                    user_id: entry.user_id,
+                    token,
+                    api_token,
+                    labels: entry.labels,
+                });
+                continue;
+            }
+            let account_id = match selector {
+                Some(AccountSelector::Id(id)) => id,
+                // A contact token's identifier has no account; events name theirs.
+                None if entry.user_id.is_none() => 0,
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{key}.account_id"),
+                        "is required for a user entry",
+                    ))
+                }
+            };
             let token = resolve_token(&key, &entry)?;
             if let Some(first) = seen.insert(token.clone(), key.clone()) {
                 return Err(ConfigError::new(
@@ -588,19 +760,22 @@ impl Config {
                     format!("uses the same pubsub token as {first}; each token may appear once"),
                 ));
             }
-            if !self.shard.owns(entry.account_id) {
+            if !self.shard.owns(account_id) {
                 continue;
             }
             accounts.push(Account {
-                account_id: entry.account_id,
+                account_id,
                 user_id: entry.user_id,
                 token: PubsubToken::new(token),
                 labels: entry.labels,
+                api_token,
+                entry: key,
             });
         }
         Ok(Settings {
             config: self,
             accounts,
+            discover,
             topic,
             key,
             filter,
@@ -661,6 +836,16 @@ impl Config {
                 return Err(ConfigError::new(key, problem));
             }
         }
+        if let Some(api) = &s.api_url {
+            if !(api.starts_with("http://") || api.starts_with("https://"))
+                || reqwest::Url::parse(api).is_err()
+            {
+                return Err(ConfigError::new(
+                    "source.api_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         if let Some(ca) = &s.ca_file {
             if !ca.is_file() {
                 return Err(ConfigError::new(
@@ -682,13 +867,27 @@ impl Settings {
             .accounts
             .iter()
             .map(|a| AccountConfig {
-                account_id: a.account_id,
+                account_id: Some(AccountSelector::Id(a.account_id)),
                 user_id: a.user_id,
                 pubsub_token: Some(a.token.expose().to_owned()),
                 pubsub_token_env: None,
                 pubsub_token_file: None,
+                api_access_token: a.api_token.as_ref().map(|t| t.expose().to_owned()),
+                api_access_token_env: None,
+                api_access_token_file: None,
                 labels: a.labels.clone(),
             })
+            .chain(self.discover.iter().map(|d| AccountConfig {
+                account_id: Some(d.accounts),
+                user_id: d.user_id,
+                pubsub_token: d.token.as_ref().map(|t| t.expose().to_owned()),
+                pubsub_token_env: None,
+                pubsub_token_file: None,
+                api_access_token: Some(d.api_token.expose().to_owned()),
+                api_access_token_env: None,
+                api_access_token_file: None,
+                labels: d.labels.clone(),
+            }))
             .collect();
         // The accounts file's entries are listed above; naming the file as well would show them
         // twice. It is named in a comment instead.
@@ -848,6 +1047,46 @@ fn load_accounts_file(path: &Path) -> Result<Vec<(String, AccountConfig)>, Confi
         .enumerate()
         .map(|(i, a)| (format!("{shown}: accounts[{i}]"), a))
         .collect())
+}
+
+/// The entry's API access token, if it has one (at most one of the three keys; trimmed).
+fn resolve_api_token(key: &str, entry: &AccountConfig) -> Result<Option<String>, ConfigError> {
+    let token =
+        match (
+            &entry.api_access_token,
+            &entry.api_access_token_env,
+            &entry.api_access_token_file,
+        ) {
+            (None, None, None) => return Ok(None),
+            (Some(token), None, None) => token.clone(),
+            (None, Some(var), None) => std::env::var(var).map_err(|_| {
+                ConfigError::new(
+                    format!("{key}.api_access_token_env"),
+                    format!("environment variable {var} is not set (or not UTF-8)"),
+                )
+            })?,
+            (None, None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.api_access_token_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?,
+            _ => return Err(ConfigError::new(
+                key,
+                "set at most one of api_access_token, api_access_token_env, api_access_token_file",
+            )),
+        };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ConfigError::new(key, "the api access token is empty"));
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(ConfigError::new(
+            key,
+            "the api access token holds white space or control characters",
+        ));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 fn resolve_token(key: &str, entry: &AccountConfig) -> Result<String, ConfigError> {

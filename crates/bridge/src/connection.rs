@@ -4,6 +4,9 @@
 //! The read loop blocks on nothing but the bounded buffer: when the sink is slow, `push` waits,
 //! reading stops, and TCP pushes back on the platform — memory stays bounded.
 
+use crate::catchup::gaps::GapCause;
+use crate::catchup::ledger::Claim;
+use crate::catchup::{Catchup, Rotation};
 use crate::dedup::{Dedup, Verdict};
 use crate::reconnect::{Health, Reconnect, ReconnectPolicy};
 use crate::route::{Receiver, Router, Unrouted};
@@ -13,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -60,9 +63,12 @@ pub struct Shared {
     pub limiter: ConnectLimiter,
     /// Flips to `true` on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Gap bookkeeping, published message ids, catch-up.
+    pub catchup: Arc<Catchup>,
 }
 
 /// One subscription of a connection: its global index, identifier and routing facts.
+#[derive(Clone)]
 pub struct Member {
     /// Index in the configured accounts (and the status board).
     pub index: usize,
@@ -112,7 +118,12 @@ enum Ended {
 }
 
 /// Runs one socket's life until shutdown.
-pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    conn: usize,
+    mut members: Vec<Member>,
+    mut rotations: mpsc::UnboundedReceiver<Rotation>,
+) {
     let mut shutdown = shared.shutdown.clone();
     let mut rng = Rng::new(shared.session.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9));
     let mut session: Option<Session> = None;
@@ -179,7 +190,16 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
             }
         }
 
-        let (ended, health) = drive(&shared, conn, &members, session, &mut ws, &mut shutdown).await;
+        let (ended, health) = drive(
+            &shared,
+            conn,
+            &mut members,
+            session,
+            &mut ws,
+            &mut shutdown,
+            &mut rotations,
+        )
+        .await;
         // Healthy (confirmed, quiet for `healthy_after`): reconnect at once and start the
         // back-off afresh; otherwise (a poison frame right after welcome) keep backing off.
         let retry = backoff.ended(&health, Instant::now().into_std(), &mut rng);
@@ -212,6 +232,24 @@ pub async fn run(shared: Arc<Shared>, conn: usize, members: Vec<Member>) {
             Ended::Closed(detail) => ("closed", detail.clone(), Some(retry)),
             Ended::Error(detail) => ("error", detail.clone(), Some(retry)),
         };
+        let gap_cause = match &ended {
+            Ended::Shutdown => None,
+            Ended::Stale => Some(GapCause::Stale),
+            Ended::Disconnect {
+                reconnect: false, ..
+            } => Some(GapCause::Refused),
+            _ => Some(GapCause::SocketDropped),
+        };
+        if let Some(cause) = gap_cause {
+            for m in &members {
+                shared.catchup.lost(
+                    m.index,
+                    m.receiver.account_id,
+                    cause,
+                    shared.status.last_frame_ms(m.index),
+                );
+            }
+        }
         emit(
             &shared.metrics,
             t::Disconnected {
@@ -289,14 +327,20 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
 async fn drive(
     shared: &Shared,
     conn: usize,
-    members: &[Member],
+    members: &mut Vec<Member>,
     session: &mut Session,
     ws: &mut Socket,
     shutdown: &mut watch::Receiver<bool>,
+    rotations: &mut mpsc::UnboundedReceiver<Rotation>,
 ) -> (Ended, Health) {
     let healthy_after = shared.reconnect.healthy_after;
     let mut health = Health::new(Instant::now().into_std());
     loop {
+        // Rotated tokens are rare: checked once per turn of the loop (a frame, a ping at least
+        // every few seconds, or a timer), not as one more branch polled for every frame.
+        while let Ok(rotation) = rotations.try_recv() {
+            follow(session, members, rotation);
+        }
         let mut wrote = false;
         while let Some(frame) = session.poll_transmit() {
             if let Err(e) = ws.feed(Message::text(frame)).await {
@@ -388,6 +432,32 @@ fn frame_error_of(
     }
 }
 
+/// A rotated token: the old subscription is dropped and one with the new token is added; the
+/// session's new handle maps to a copy of the member with the new identifier.
+fn follow(session: &mut Session, members: &mut Vec<Member>, rotation: Rotation) {
+    let now = Instant::now().into_std();
+    let old = members
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| m.index == rotation.index)
+        .map(|(i, m)| (i, m.clone()));
+    let Some((position, member)) = old else {
+        return;
+    };
+    session.remove(SubscriptionId(position as u32));
+    let id = session.add(rotation.identifier.clone(), now);
+    let replacement = Member {
+        identifier: rotation.identifier,
+        ..member
+    };
+    match (id.0 as usize).cmp(&members.len()) {
+        std::cmp::Ordering::Less => members[id.0 as usize] = replacement,
+        std::cmp::Ordering::Equal => members.push(replacement),
+        std::cmp::Ordering::Greater => {}
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -408,12 +478,14 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
         Happening::SubscribeSent { sub, .. } => {
             if let Some(mb) = member(sub) {
                 shared.status.set_sub(mb.index, SubState::Pending);
+                shared.catchup.subscribing(mb.index, now_ms());
             }
             None
         }
         Happening::Confirmed { sub, after } => {
             if let Some(mb) = member(sub) {
                 shared.status.set_sub(mb.index, SubState::Confirmed);
+                shared.catchup.confirmed(mb.index, now_ms());
                 emit(
                     m,
                     t::SubscriptionConfirmed {
@@ -431,6 +503,9 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             retry_in,
         } => {
             failed(shared, member(sub), "rejected", attempt, retry_in);
+            if let Some(mb) = member(sub) {
+                shared.catchup.rejected(mb.index);
+            }
             None
         }
         Happening::Unanswered {
@@ -439,6 +514,10 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             retry_in,
         } => {
             failed(shared, member(sub), "unanswered", attempt, retry_in);
+            if let Some(mb) = member(sub) {
+                // The platform's answer to a rotated token: none. Check the profile.
+                shared.catchup.unanswered(mb.index);
+            }
             None
         }
         Happening::StreamingUnconfirmed { sub } => {
@@ -545,6 +624,14 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
         if verdict == Verdict::Duplicate {
             emit(m, t::EventDeduplicated { event_label });
             return;
+        }
+    }
+    if event.kind == EventKind::MessageCreated {
+        if let (Some(conversation), Some(id)) = (event.conversation_id, event.message_id) {
+            // Published already (by a catch-up, or on another path): once is enough.
+            if shared.catchup.live_message(account, conversation, id) == Claim::Duplicate {
+                return;
+            }
         }
     }
     match shared

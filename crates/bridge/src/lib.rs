@@ -7,6 +7,7 @@
 //! [`status`] holds the live state. [`runtime::Bridge`] ties it together; [`config`] loads and
 //! validates what it runs with.
 
+pub mod catchup;
 pub mod config;
 pub mod connection;
 pub mod dedup;

@@ -135,6 +135,12 @@ async fn dispatch(command: Command) -> anyhow::Result<Stopped> {
             if settings.config.sink.is_none() {
                 println!("# note: no [sink] configured: `run` writes events to stdout");
             }
+            if !settings.discover.is_empty() {
+                println!(
+                    "# and {} entries whose pubsub token or accounts are read from the profile at start",
+                    settings.discover.len()
+                );
+            }
             Ok(Stopped::Clean)
         }
         Command::Run {

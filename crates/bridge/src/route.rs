@@ -249,7 +249,7 @@ pub enum PayloadMode {
     /// The event's `data`, byte-identical.
     #[default]
     Raw,
-    /// `{"event":…,"account_id":…,"received_at":"…","data":<data>}`.
+    /// `{"event":…,"account_id":…,"received_at":"…","event_id":"…","replayed":false,"data":<data>}`.
     Envelope,
     /// CloudEvents 1.0 in each sink's binding mode (`voxsig_sinks::cloudevents`): structured
     /// (the JSON event, rendered here) or binary (the data; the sink adds the attributes).
@@ -338,7 +338,35 @@ impl Router {
         received_at: SystemTime,
         accepted_at: Instant,
     ) -> Result<Record, Unrouted> {
+        self.route_as(event, receiver, received_at, accepted_at, false)
+    }
+
+    /// Renders one event recovered by a catch-up: as [`Router::route`], marked replayed.
+    pub fn route_replayed(
+        &self,
+        event: &EventRef<'_>,
+        receiver: &Receiver,
+        received_at: SystemTime,
+        accepted_at: Instant,
+    ) -> Result<Record, Unrouted> {
+        self.route_as(event, receiver, received_at, accepted_at, true)
+    }
+
+    fn route_as(
+        &self,
+        event: &EventRef<'_>,
+        receiver: &Receiver,
+        received_at: SystemTime,
+        accepted_at: Instant,
+        replayed: bool,
+    ) -> Result<Record, Unrouted> {
         let account = Self::account_of(event, receiver);
+        let event_id = crate::catchup::ledger::event_id(
+            account,
+            &event.name,
+            event.message_id,
+            event.data.as_bytes(),
+        );
         let ctx = Context {
             account,
             event: &event.name,
@@ -358,14 +386,21 @@ impl Router {
             event_label: event.kind.name().unwrap_or("other"),
             account_id: Some(account),
             received_at_ms,
-            event_id: None,
-            replayed: false,
+            event_id: Some(event_id),
+            replayed,
         };
         let payload = match (self.payload, &self.structured) {
             (PayloadMode::Raw, _) | (PayloadMode::CloudEvents, None) => {
                 Bytes::copy_from_slice(event.data.as_bytes())
             }
-            (PayloadMode::Envelope, _) => envelope(&event.name, account, received_at, event.data),
+            (PayloadMode::Envelope, _) => envelope(
+                &event.name,
+                account,
+                received_at,
+                headers.event_id.as_deref().unwrap_or_default(),
+                replayed,
+                event.data,
+            ),
             (PayloadMode::CloudEvents, Some(ce)) => ce.structured(&headers, event.data.as_bytes()),
         };
         Ok(Record {
@@ -379,13 +414,20 @@ impl Router {
 }
 
 /// Builds the envelope without parsing `data`: it is spliced in as the bytes it is.
-fn envelope(event: &str, account: u64, received_at: SystemTime, data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + event.len() + 96);
+fn envelope(
+    event: &str,
+    account: u64,
+    received_at: SystemTime,
+    event_id: &str,
+    replayed: bool,
+    data: &str,
+) -> Bytes {
+    let mut out = String::with_capacity(data.len() + event.len() + 160);
     out.push_str("{\"event\":");
     out.push_str(&serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into()));
     let _ = write!(
         out,
-        ",\"account_id\":{account},\"received_at\":\"{}\",\"data\":",
+        ",\"account_id\":{account},\"received_at\":\"{}\",\"event_id\":\"{event_id}\",\"replayed\":{replayed},\"data\":",
         humantime::format_rfc3339_millis(received_at)
     );
     out.push_str(data);

@@ -1,7 +1,11 @@
 //! The running bridge: builds the shared pieces, spreads subscriptions over sockets, starts the
 //! sink and the connection tasks, and shuts everything down in order.
 
-use crate::config::Settings;
+use crate::catchup::checkpoint::CheckpointFile;
+use crate::catchup::rest::{RestClient, RestSettings, RetryPolicy};
+use crate::catchup::telemetry::CatchupMetrics;
+use crate::catchup::{self, Catchup, SubInfo};
+use crate::config::{Presence, Settings};
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
@@ -41,6 +45,15 @@ pub enum StartError {
     /// The buffer could not be opened (disk buffer: directory unusable, newer format).
     #[error(transparent)]
     Buffer(#[from] voxsig_sinks::BufferError),
+    /// The REST client could not be built.
+    #[error("source.api_url: {0}")]
+    Rest(String),
+    /// An entry's profile could not be read at start.
+    #[error("{0}")]
+    Discovery(#[from] catchup::profile::DiscoveryError),
+    /// No subscription is left (every entry resolved to nothing).
+    #[error("accounts: no subscriptions after reading the profiles")]
+    NoAccounts,
 }
 
 /// A running bridge.
@@ -54,6 +67,8 @@ pub struct Bridge {
     sink_metrics: SinkMetrics,
     sockets: usize,
     http: HttpState,
+    catchup: tokio::task::JoinHandle<()>,
+    catchup_state: Arc<Catchup>,
 }
 
 impl Bridge {
@@ -69,10 +84,38 @@ impl Bridge {
 
     /// Starts the bridge with a given sink (tests, `tail`, the demo).
     pub async fn start_with_sink(
-        settings: Settings,
+        mut settings: Settings,
         sink: Box<dyn Sink>,
         registry: &Registry,
     ) -> Result<Bridge, StartError> {
+        let catchup_metrics = CatchupMetrics::register(registry)?;
+        let tls = tls_config(settings.config.source.ca_file.as_deref())?;
+        let wants_rest = !settings.discover.is_empty()
+            || settings.accounts.iter().any(|a| a.api_token.is_some());
+        let client = if wants_rest {
+            let c = &settings.config.catchup;
+            let client = RestClient::new(
+                RestSettings {
+                    base: settings.config.source.api_base(),
+                    rate: c.rate,
+                    concurrency: c.concurrency,
+                    timeout: c.request_timeout,
+                    policy: RetryPolicy::default(),
+                },
+                Some(tls.clone()),
+                catchup_metrics.clone(),
+            )
+            .map_err(|e| StartError::Rest(e.to_string()))?;
+            Some(Arc::new(client))
+        } else {
+            None
+        };
+        if let Some(client) = &client {
+            catchup::profile::discover(&mut settings, client).await?;
+        }
+        if settings.accounts.is_empty() {
+            return Err(StartError::NoAccounts);
+        }
         let config = &settings.config;
         let per_account = config
             .metrics
@@ -103,6 +146,58 @@ impl Bridge {
             groups.len(),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut rotation_rx = Vec::with_capacity(groups.len());
+        let mut rotation_tx = Vec::with_capacity(groups.len());
+        for _ in 0..groups.len() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            rotation_tx.push(tx);
+            rotation_rx.push(rx);
+        }
+        let receivers: Vec<Receiver> = settings
+            .accounts
+            .iter()
+            .map(|a| Receiver {
+                account_id: a.account_id,
+                user_id: a.user_id,
+                labels: a.labels.clone(),
+            })
+            .collect();
+        let (catchup_state, jobs) = Catchup::new(catchup::Parts {
+            config: config.catchup.clone(),
+            metrics: catchup_metrics,
+            client,
+            subs: settings
+                .accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        SubInfo {
+                            account: a.account_id,
+                            user_id: a.user_id,
+                            token: a.token.clone(),
+                            api_token: a.api_token.clone(),
+                            entry: a.entry.clone(),
+                            conn: i / per_socket,
+                        },
+                        receivers[i].clone(),
+                    )
+                })
+                .collect(),
+            rotations: rotation_tx,
+            status: status.clone(),
+        });
+        let catchup_state = Arc::new(catchup_state);
+        let checkpoint = config.state.dir.as_deref().map(CheckpointFile::in_dir);
+        if let Some(file) = &checkpoint {
+            match file.load() {
+                Ok(Some(cp)) => catchup_state.restored(&cp),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up checkpoint unreadable: starting without it")
+                }
+            }
+        }
         let charset = settings.sink.value_charset();
         let sink_config = settings.sink.clone();
         let router = Router::new(
@@ -129,12 +224,13 @@ impl Bridge {
                 stale_after: source.stale_after,
                 confirm_timeout: source.confirm_timeout,
                 max_frame_bytes: source.max_frame_bytes,
+                presence: source.presence == Presence::On,
                 seed: seed(),
                 ..SessionConfig::default()
             },
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
-            tls: tls_connector(source.ca_file.as_deref())?,
+            tls: Some(Connector::Rustls(Arc::new(tls))),
             router,
             dedup: config
                 .dedup
@@ -144,27 +240,22 @@ impl Bridge {
             metrics: metrics.clone(),
             status: status.clone(),
             limiter: ConnectLimiter::new(source.connect_rate),
-            shutdown: shutdown_rx,
+            shutdown: shutdown_rx.clone(),
+            catchup: catchup_state.clone(),
         });
+        let catchup_task = catchup::spawn(shared.clone(), jobs, checkpoint, shutdown_rx);
         let mut connections = JoinSet::new();
         let sockets = groups.len();
-        for (conn, group) in groups.into_iter().enumerate() {
+        for ((conn, group), rotations) in groups.into_iter().enumerate().zip(rotation_rx) {
             let members = group
                 .into_iter()
-                .map(|i| {
-                    let a = &settings.accounts[i];
-                    Member {
-                        index: i,
-                        identifier: a.identifier(),
-                        receiver: Receiver {
-                            account_id: a.account_id,
-                            user_id: a.user_id,
-                            labels: a.labels.clone(),
-                        },
-                    }
+                .map(|i| Member {
+                    index: i,
+                    identifier: settings.accounts[i].identifier(),
+                    receiver: receivers[i].clone(),
                 })
                 .collect();
-            connections.spawn(connection::run(shared.clone(), conn, members));
+            connections.spawn(connection::run(shared.clone(), conn, members, rotations));
         }
         tracing::info!(
             subscriptions = settings.accounts.len(),
@@ -189,7 +280,14 @@ impl Bridge {
             sink_metrics,
             sockets,
             http,
+            catchup: catchup_task,
+            catchup_state,
         })
+    }
+
+    /// The catch-up state (gap book, ledger).
+    pub fn catchup(&self) -> Arc<Catchup> {
+        self.catchup_state.clone()
     }
 
     /// Serves `/metrics`, `/healthz`, `/readyz` and `/status` on `addr` (port 0 picks one).
@@ -249,10 +347,15 @@ impl Bridge {
             while self.connections.join_next().await.is_some() {}
         })
         .await;
-        self.writer.close();
         if joined.is_err() {
+            self.writer.close();
             while self.connections.join_next().await.is_some() {}
         }
+        // The catch-up worker stops its fills and writes a last checkpoint, within the deadline.
+        let grace = STOP_READING_GRACE.min(drain_timeout.saturating_sub(started.elapsed()) / 4);
+        let _ = tokio::time::timeout(grace, &mut self.catchup).await;
+        self.catchup.abort();
+        self.writer.close();
         let left = drain_timeout.saturating_sub(started.elapsed());
         let report = self.sink.shutdown(left).await;
         if report.lost() > 0 {
@@ -293,8 +396,9 @@ fn seed() -> u64 {
         ^ u64::from(std::process::id())
 }
 
-/// rustls with the system's roots (plus `ca_file`), verification always on.
-fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<Option<Connector>, StartError> {
+/// rustls with the system's roots (plus `ca_file`), verification always on; shared by the
+/// WebSocket and the REST client.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, StartError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -316,7 +420,7 @@ fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<Option<Connector>,
         .map_err(|e| StartError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Some(Connector::Rustls(Arc::new(config))))
+    Ok(config)
 }
 
 fn rustls_pemfile_certs(

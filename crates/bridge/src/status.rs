@@ -1,7 +1,10 @@
 //! The live state of every subscription and socket, written by the connection tasks without
 //! locks on the hot path and read by `/status`, `/readyz` and the metrics gauges.
 
+use crate::catchup::gaps::GapCause;
+use crate::catchup::telemetry::Unrecovered;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -120,6 +123,9 @@ pub struct SubStatus {
     failures: AtomicU32,
     last_error: Mutex<Option<String>>,
     streamed_unconfirmed: AtomicBool,
+    confirmed_ms: AtomicI64,
+    /// The token it follows after a rotation (the platform's new one), if any.
+    rotated_to: Mutex<Option<PubsubToken>>,
 }
 
 /// One socket's live state.
@@ -135,6 +141,25 @@ pub struct SocketStatus {
 pub struct StatusBoard {
     subs: Vec<SubStatus>,
     sockets: Vec<SocketStatus>,
+    gaps: Mutex<BTreeMap<u64, GapStatus>>,
+}
+
+/// An account's last gap, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapStatus {
+    /// The last frame received before it (Unix ms).
+    pub start: i64,
+    /// When the account was confirmed again (Unix ms); `None` while it is open.
+    pub end: Option<i64>,
+    /// Why it opened.
+    pub cause: GapCause,
+    /// Whether its messages were recovered: `None` while open or being filled.
+    pub recovered: Option<bool>,
+    /// Messages a catch-up published for it.
+    pub recovered_messages: u64,
+    /// Why it was not recovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecovered_reason: Option<Unrecovered>,
 }
 
 /// Unix milliseconds now.
@@ -161,9 +186,12 @@ impl StatusBoard {
                     failures: AtomicU32::new(0),
                     last_error: Mutex::new(None),
                     streamed_unconfirmed: AtomicBool::new(false),
+                    confirmed_ms: AtomicI64::new(0),
+                    rotated_to: Mutex::new(None),
                 })
                 .collect(),
             sockets: (0..sockets).map(|_| SocketStatus::default()).collect(),
+            gaps: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -184,6 +212,86 @@ impl StatusBoard {
             if SubState::from_u8(s.state.load(Ordering::Relaxed)) != SubState::LoggedOut {
                 s.state.store(state as u8, Ordering::Relaxed);
             }
+            if state == SubState::Confirmed {
+                s.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A subscription follows a rotated token now.
+    pub fn rotated(&self, index: usize, token: PubsubToken) {
+        if let Some(s) = self.subs.get(index) {
+            if let Ok(mut t) = s.rotated_to.lock() {
+                *t = Some(token);
+            }
+        }
+    }
+
+    /// When the last event arrived on a subscription (Unix ms); 0 when none.
+    pub fn last_event_ms(&self, index: usize) -> i64 {
+        self.subs
+            .get(index)
+            .map_or(0, |s| s.last_event_ms.load(Ordering::Relaxed))
+    }
+
+    /// The last sign of life of a subscription (Unix ms): its last event, its confirm, or the
+    /// last ping on its socket, whichever is latest; 0 when none.
+    pub fn last_frame_ms(&self, index: usize) -> i64 {
+        let Some(s) = self.subs.get(index) else {
+            return 0;
+        };
+        let ping = self
+            .sockets
+            .get(s.conn)
+            .map_or(0, |k| k.last_ping_ms.load(Ordering::Relaxed));
+        s.last_event_ms
+            .load(Ordering::Relaxed)
+            .max(s.confirmed_ms.load(Ordering::Relaxed))
+            .max(ping)
+    }
+
+    /// A gap opened on an account.
+    pub fn gap_opened(&self, account: u64, start: i64, cause: GapCause) {
+        if let Ok(mut gaps) = self.gaps.lock() {
+            gaps.insert(
+                account,
+                GapStatus {
+                    start,
+                    end: None,
+                    cause,
+                    recovered: None,
+                    recovered_messages: 0,
+                    unrecovered_reason: None,
+                },
+            );
+        }
+    }
+
+    /// An account's gap closed and was filled (`Ok(messages)`) or not (`Err(reason)`).
+    pub fn gap_done(
+        &self,
+        account: u64,
+        start: i64,
+        end: i64,
+        cause: GapCause,
+        outcome: Result<u64, (Unrecovered, u64)>,
+    ) {
+        if let Ok(mut gaps) = self.gaps.lock() {
+            let (recovered, recovered_messages, unrecovered_reason) = match outcome {
+                Ok(n) => (true, n, None),
+                Err((reason, n)) => (false, n, Some(reason)),
+            };
+            gaps.insert(
+                account,
+                GapStatus {
+                    start,
+                    end: Some(end),
+                    cause,
+                    recovered: Some(recovered),
+                    recovered_messages,
+                    unrecovered_reason,
+                },
+            );
         }
     }
 
@@ -288,7 +396,12 @@ impl StatusBoard {
                 .map(|s| SubSnapshot {
                     account_id: s.account_id,
                     user_id: s.user_id,
-                    token: s.token.redacted(),
+                    token: s
+                        .rotated_to
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.as_ref().map(PubsubToken::redacted))
+                        .unwrap_or_else(|| s.token.redacted()),
                     socket: s.conn,
                     state: SubState::from_u8(s.state.load(Ordering::Relaxed)),
                     events: s.events.load(Ordering::Relaxed),
@@ -309,6 +422,18 @@ impl StatusBoard {
                     connected_since_ms: nonzero(s.connected_since_ms.load(Ordering::Relaxed)),
                 })
                 .collect(),
+            accounts: self
+                .gaps
+                .lock()
+                .map(|gaps| {
+                    gaps.iter()
+                        .map(|(account, gap)| AccountSnapshot {
+                            account_id: *account,
+                            last_gap: gap.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -337,6 +462,17 @@ pub struct Snapshot {
     pub subscriptions: Vec<SubSnapshot>,
     /// Every socket.
     pub sockets: Vec<SocketSnapshot>,
+    /// Every account that had a gap, with its last one.
+    pub accounts: Vec<AccountSnapshot>,
+}
+
+/// An account's gap state in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountSnapshot {
+    /// The account.
+    pub account_id: u64,
+    /// Its last gap.
+    pub last_gap: GapStatus,
 }
 
 /// One subscription in a snapshot.

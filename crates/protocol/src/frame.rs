@@ -65,6 +65,9 @@ pub struct EventRef<'a> {
     pub conversation_id: Option<u64>,
     /// The inbox, where the payload has one (`data.inbox_id` or `data.conversation.inbox_id`).
     pub inbox_id: Option<u64>,
+    /// The message's own id (`data.id`) for message events: the platform's stable id of the
+    /// message, the same in a live event and in the REST API's answer.
+    pub message_id: Option<u64>,
     /// The raw bytes of `data`, exactly as received.
     pub data: &'a str,
 }
@@ -349,6 +352,10 @@ impl<'a> ServerFrame<'a> {
             account_id: probe.account_id.or(probe.notification_account_id),
             conversation_id: probe.conversation_id(kind),
             inbox_id: probe.inbox_id.or(probe.nested_inbox_id),
+            message_id: match kind.shape() {
+                PayloadShape::Message => probe.id,
+                _ => None,
+            },
             name,
             data,
         }))
@@ -464,6 +471,11 @@ mod tests {
         assert_eq!(e.conversation_id, Some(9));
         assert_eq!(e.inbox_id, Some(2));
         assert_eq!(
+            e.message_id,
+            Some(5),
+            "a message event's data.id is its message id"
+        );
+        assert_eq!(
             e.data,
             r#"{"id":5, "account_id":3,"conversation_id":"9","inbox_id":2,"content":"a \"quoted\" é"}"#
         );
@@ -475,6 +487,10 @@ mod tests {
             r#"{"message":{"data":{"id":77,"account_id":1},"event":"conversation.status_changed"},"identifier":"x"}"#,
         );
         assert_eq!(conv.conversation_id, Some(77));
+        assert_eq!(
+            conv.message_id, None,
+            "a conversation's id is no message id"
+        );
         let typing = event(
             r#"{"identifier":"x","message":{"event":"conversation.typing_on","data":{"conversation":{"id":43,"inbox_id":4,"messages":[{"id":1,"conversation_id":999}]},"user":{"id":102},"account_id":1}}}"#,
         );

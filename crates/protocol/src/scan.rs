@@ -59,6 +59,15 @@ pub struct RawStr<'a> {
 }
 
 impl<'a> RawStr<'a> {
+    /// A string that needs no escaping, for events that did not come from a frame (e.g. ones
+    /// a catch-up read from the REST API).
+    pub fn plain(text: &'a str) -> Self {
+        RawStr {
+            raw: text,
+            escaped: false,
+        }
+    }
+
     /// The contents between the quotes, escapes and all.
     pub fn raw(&self) -> &'a str {
         self.raw

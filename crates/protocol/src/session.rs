@@ -53,6 +53,9 @@ pub struct SessionConfig {
     pub max_frame_bytes: usize,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// Whether confirmed subscriptions send `update_presence` (which marks the user online on
+    /// the platform, making it eligible for automatic assignment). Off: none is ever sent.
+    pub presence: bool,
 }
 
 impl Default for SessionConfig {
@@ -71,6 +74,7 @@ impl Default for SessionConfig {
                 max: Duration::from_secs(1800),
                 jitter: Jitter::Equal,
             },
+            presence: true,
             max_frame_bytes: 4 * 1024 * 1024,
             seed: 0x5eed,
         }
@@ -623,6 +627,7 @@ impl Session {
 
     fn send_presence(&mut self, sub: SubscriptionId, since: Instant, now: Instant) {
         let next_presence = now + self.config.presence_interval;
+        let presence = self.config.presence;
         let Some(entry) = self.entry_mut(sub) else {
             return;
         };
@@ -630,6 +635,9 @@ impl Session {
             since,
             next_presence,
         };
+        if !presence {
+            return;
+        }
         let frame = Command::UpdatePresence(&entry.identifier).encode();
         self.transmit.push_back(frame);
         self.happenings.push_back(Happening::PresenceSent { sub });

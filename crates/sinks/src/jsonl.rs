@@ -1,7 +1,7 @@
 //! The stdout and file sinks: one JSON object per line.
 //!
 //! ```json
-//! {"topic":"voxsig/1/message.created","key":"1/7","event":"message.created","account_id":1,"received_at_ms":1700000000000,"payload":{...}}
+//! {"topic":"voxsig/1/message.created","key":"1/7","event":"message.created","account_id":1,"received_at_ms":1700000000000,"event_id":"msg-42","replayed":false,"payload":{...}}
 //! ```
 //! The payload is embedded as raw JSON when it is JSON (checked, never parsed into a tree), as a
 //! string otherwise. A record is acknowledged once its line was written and flushed (and, for a
@@ -56,6 +56,9 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     account_id: Option<u64>,
     received_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    replayed: bool,
     payload: Payload<'a>,
 }
 
@@ -78,6 +81,8 @@ pub(crate) fn write_line(out: &mut Vec<u8>, record: &Record) {
         event: &record.headers.event,
         account_id: record.headers.account_id,
         received_at_ms: record.headers.received_at_ms,
+        event_id: record.headers.event_id.as_deref(),
+        replayed: record.headers.replayed,
         payload,
     };
     // Serialising plain strings and integers into a Vec cannot fail.
@@ -252,6 +257,20 @@ mod tests {
         assert_eq!(lines[0]["topic"], "voxsig/1/message.created");
         assert_eq!(lines[1]["payload"], "not json \u{fffd}");
         assert!(lines[1].get("key").is_none());
+        assert_eq!(lines[0]["replayed"], false);
+        assert!(lines[0].get("event_id").is_none());
+    }
+
+    #[test]
+    fn lines_carry_event_id_and_replayed() {
+        let mut out = Vec::new();
+        let mut r = record("voxsig/1/message.created", 7);
+        r.headers.event_id = Some("msg-7".into());
+        r.headers.replayed = true;
+        write_line(&mut out, &r);
+        let line: serde_json::Value = serde_json::from_slice(out.trim_ascii_end()).unwrap();
+        assert_eq!(line["event_id"], "msg-7");
+        assert_eq!(line["replayed"], true);
     }
 
     #[tokio::test]

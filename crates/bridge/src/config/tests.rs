@@ -256,3 +256,125 @@ fn the_disk_buffer_lives_under_the_state_dir_and_keeps_its_own_defaults() {
     ));
     assert_eq!(e.key, "buffer.fsync_interval");
 }
+
+const URL: &str = "[source]\nurl = \"wss://app.example/cable\"\n";
+
+#[test]
+fn api_tokens_profile_entries_and_catchup_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api");
+    std::fs::write(&file, "  fileApiToken0123456789\n").unwrap();
+    let toml = format!(
+        "{URL}presence = \"off\"\n[catchup]\nmax_window = \"1h\"\nrate = 20.0\n\
+         [[accounts]]\naccount_id = \"all\"\napi_access_token = \"profileApiToken01234567\"\n\
+         [[accounts]]\naccount_id = 4\napi_access_token_file = {file:?}\n\
+         [[accounts]]\naccount_id = 5\nuser_id = 9\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\napi_access_token = \"fullApiToken0123456789\"\n\
+         [[accounts]]\npubsub_token = \"contactTokenBBBBBBBBBBBB\"\n"
+    );
+    let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+    assert_eq!(s.config.source.presence, Presence::Off);
+    assert_eq!(s.config.source.api_base(), "https://app.example");
+    assert_eq!(s.config.catchup.max_window, Duration::from_secs(3600));
+    assert_eq!(s.config.catchup.rate, 20.0);
+    // "all" and the entry without a pubsub token wait for the profile.
+    assert_eq!(s.discover.len(), 2);
+    assert_eq!(s.discover[0].accounts, AccountSelector::All);
+    assert_eq!(s.discover[1].accounts, AccountSelector::Id(4));
+    assert_eq!(
+        s.discover[1].api_token.expose(),
+        "fileApiToken0123456789",
+        "trimmed"
+    );
+    // A complete entry subscribes as configured and keeps its API token for catch-up.
+    assert_eq!(s.accounts.len(), 2);
+    assert_eq!(s.accounts[0].account_id, 5);
+    assert!(s.accounts[0].api_token.is_some());
+    // A contact entry needs no account id.
+    assert!(s.accounts[1].identifier().is_contact());
+    assert!(s.accounts[1].api_token.is_none());
+    // `check` shows no API token.
+    let shown = s.redacted_toml();
+    for secret in [
+        "profileApiToken",
+        "fileApiToken",
+        "fullApiToken",
+        "pubsubTokenAAA",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+    }
+    assert!(shown.contains("account_id = \"all\""), "{shown}");
+    assert!(!format!("{s:?}").contains("ApiToken0123"), "Debug redacts");
+}
+
+#[test]
+fn api_token_errors_name_the_entry_and_never_the_secret() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{URL}[[accounts]]\naccount_id = \"all\"\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\nuser_id = 1\n"),
+            "accounts[0]",
+            "needs an api_access_token",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = 1\nuser_id = 1\n"),
+            "accounts[0]",
+            "pubsub_token",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = 1\napi_access_token = \"secretApiTokenXXXXXXXX\"\napi_access_token_env = \"X\"\n"),
+            "accounts[0]",
+            "at most one",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = 1\napi_access_token = \"  \"\n"),
+            "accounts[0]",
+            "empty",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = 1\napi_access_token = \"secret\\u0000ApiToken\"\n"),
+            "accounts[0]",
+            "control",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = 1\napi_access_token_env = \"VOXSIG_TEST_NO_SUCH_VAR_9\"\n"),
+            "accounts[0].api_access_token_env",
+            "not set",
+        ),
+        (
+            format!("{URL}[[accounts]]\nuser_id = 3\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\n"),
+            "accounts[0].account_id",
+            "required",
+        ),
+        (
+            format!("{URL}[[accounts]]\naccount_id = \"some\"\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\n"),
+            "accounts.0.account_id",
+            "",
+        ),
+        (
+            format!("{URL}api_url = \"ftp://x\"\n[[accounts]]\naccount_id = 1\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\n"),
+            "source.api_url",
+            "http",
+        ),
+        (
+            format!("{URL}[catchup]\nconcurrency = 0\n[[accounts]]\naccount_id = 1\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\n"),
+            "catchup.concurrency",
+            "between",
+        ),
+        (
+            format!("{URL}presence = \"sometimes\"\n[[accounts]]\naccount_id = 1\npubsub_token = \"pubsubTokenAAAAAAAAAAAA\"\n"),
+            "source.presence",
+            "",
+        ),
+    ];
+    for (toml, key, problem) in cases {
+        let e = error_of(&toml);
+        assert!(
+            e.key.starts_with(key) && e.problem.contains(problem),
+            "{toml}\n=> {e}"
+        );
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("secretApiToken") && !shown.contains("ApiToken\u{0}"),
+            "{shown}"
+        );
+    }
+}

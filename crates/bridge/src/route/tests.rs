@@ -1,5 +1,5 @@
 use super::*;
-use voxsig_protocol::ServerFrame;
+use voxsig_protocol::{EventKind, ServerFrame};
 
 fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([("team".to_owned(), "emea".to_owned())])
@@ -187,7 +187,7 @@ fn envelope_wraps_data_verbatim() {
         .unwrap();
     assert_eq!(
         std::str::from_utf8(&r.payload).unwrap(),
-        r#"{"event":"message.created","account_id":9,"received_at":"2026-11-21T22:32:09.123Z","data":{"account_id":9,"conversation_id":5,"content":"hi"}}"#
+        r#"{"event":"message.created","account_id":9,"received_at":"2026-11-21T22:32:09.123Z","event_id":"h-cb4988a1621d75c953b051aa4dd1a1dd","replayed":false,"data":{"account_id":9,"conversation_id":5,"content":"hi"}}"#
     );
     assert_eq!(r.headers.received_at_ms, 1_795_300_329_123);
 }
@@ -264,4 +264,50 @@ fn the_platform_origin_comes_from_the_source_url() {
     assert_eq!(source.platform_origin(), "https://app.voxsig.com");
     source.url = "ws://127.0.0.1:3000/cable".into();
     assert_eq!(source.platform_origin(), "http://127.0.0.1:3000");
+}
+
+#[test]
+fn replayed_records_are_marked_and_carry_the_message_id_as_event_id() {
+    let receiver = Receiver {
+        account_id: 1,
+        user_id: Some(3),
+        labels: BTreeMap::new(),
+    };
+    let data = r#"{"id":77,"conversation_id":5,"content":"hi"}"#;
+    let e = EventRef {
+        identifier: voxsig_protocol::RawStr::plain(""),
+        name: "message.created".into(),
+        kind: EventKind::MessageCreated,
+        account_id: Some(9),
+        conversation_id: Some(5),
+        inbox_id: None,
+        message_id: Some(77),
+        data,
+    };
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(1_795_300_329_123);
+    let raw = router(PayloadMode::Raw)
+        .route_replayed(&e, &receiver, at, Instant::now())
+        .unwrap();
+    assert!(raw.headers.replayed);
+    assert_eq!(raw.headers.event_id.as_deref(), Some("msg-77"));
+    assert_eq!(
+        &raw.payload[..],
+        data.as_bytes(),
+        "raw payloads stay byte-identical"
+    );
+    let live = router(PayloadMode::Raw)
+        .route(&e, &receiver, at, Instant::now())
+        .unwrap();
+    assert!(!live.headers.replayed);
+    assert_eq!(
+        live.headers.event_id, raw.headers.event_id,
+        "same id live and replayed"
+    );
+    let env = router(PayloadMode::Envelope)
+        .route_replayed(&e, &receiver, at, Instant::now())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&env.payload).unwrap();
+    assert_eq!(v["replayed"], true);
+    assert_eq!(v["event_id"], "msg-77");
+    assert_eq!(v["data"]["id"], 77);
 }

@@ -621,3 +621,29 @@ fn events_on_an_unconfirmed_subscription_keep_it_streaming() {
         .iter()
         .any(|x| matches!(x, Happening::Confirmed { sub, .. } if *sub == w)));
 }
+
+#[test]
+fn presence_off_sends_no_update_presence_ever() {
+    let config = SessionConfig {
+        presence_interval: secs(30.0),
+        presence: false,
+        ..SessionConfig::default()
+    };
+    let mut h = Harness::with(config);
+    let a = user("tok-a", 1, 7);
+    let sa = h.session.add(a.clone(), h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.sent();
+    h.feed(0.5, &confirm(&a)).unwrap();
+    assert!(h.sent().is_empty(), "no presence after the confirm");
+    h.run_until(95.0, |_, frame| {
+        assert_ne!(frame, Command::UpdatePresence(&a).encode());
+    });
+    assert!(!h.happened().contains(&Happening::PresenceSent { sub: sa }));
+    assert_eq!(
+        h.session
+            .subscription_state(sa)
+            .map(|s| matches!(s, SubscriptionState::Confirmed { .. })),
+        Some(true)
+    );
+}

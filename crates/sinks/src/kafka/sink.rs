@@ -761,8 +761,9 @@ impl Task {
     }
 }
 
-/// The Kafka headers of a record: `event`, `account_id` (absent value when unknown) and
-/// `received_at` (Unix ms).
+/// The Kafka headers of a record: `event`, `account_id` (absent value when unknown),
+/// `received_at` (Unix ms), `event_id` (when the record has one) and `replayed: 1` (records a
+/// catch-up recovered after a gap).
 pub fn kafka_headers(record: &Record) -> OwnedHeaders {
     let (mut account_buf, mut received_buf) = ([0u8; 24], [0u8; 24]);
     let account = record
@@ -771,7 +772,7 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
         .map(|a| decimal(a, false, &mut account_buf));
     let at = record.headers.received_at_ms;
     let received_at = decimal(at.unsigned_abs(), at < 0, &mut received_buf);
-    OwnedHeaders::new_with_capacity(3)
+    let mut headers = OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: "event",
             value: Some(record.headers.event.as_bytes()),
@@ -783,7 +784,20 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
         .insert(Header {
             key: "received_at",
             value: Some(received_at),
-        })
+        });
+    if let Some(id) = &record.headers.event_id {
+        headers = headers.insert(Header {
+            key: "event_id",
+            value: Some(id.as_bytes()),
+        });
+    }
+    if record.headers.replayed {
+        headers = headers.insert(Header {
+            key: "replayed",
+            value: Some(b"1".as_slice()),
+        });
+    }
+    headers
 }
 
 /// CloudEvents Kafka binary mode: `ce_specversion`, `ce_id`, `ce_source`, `ce_type`, `ce_time`
@@ -834,6 +848,24 @@ fn decimal(mut n: u64, negative: bool, buf: &mut [u8; 24]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers as _;
+
+    #[test]
+    fn headers_carry_event_id_and_replayed_only_when_set() {
+        let mut record = crate::testing::record("t", 1);
+        let names = |h: &OwnedHeaders| -> Vec<(String, Vec<u8>)> {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        };
+        let plain = names(&kafka_headers(&record));
+        assert_eq!(plain.len(), 3);
+        record.headers.event_id = Some("msg-9".into());
+        record.headers.replayed = true;
+        let marked = names(&kafka_headers(&record));
+        assert!(marked.contains(&("event_id".into(), b"msg-9".to_vec())));
+        assert!(marked.contains(&("replayed".into(), b"1".to_vec())));
+    }
 
     #[test]
     fn decimals() {

@@ -1,0 +1,348 @@
+//! What was published: per account and conversation, the message ids already out (bounded), so
+//! a message is published once whether it arrives live, from a catch-up, or both; and the stable
+//! event id every record carries.
+//!
+//! Both paths ask [`Ledger::claim`] before publishing a `message.created`: the first to claim a
+//! message id publishes it, the other counts a duplicate. Memory is bounded: per conversation
+//! the [`IDS_PER_CONVERSATION`] highest ids, per account [`Ledger::new`]'s `max_conversations`
+//! most recently active conversations and at most [`IDS_PER_ACCOUNT`] ids in all (about 2 MB an
+//! account at most; the least recently active conversations go first).
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write;
+use std::sync::Mutex;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
+
+/// Message ids remembered per conversation.
+pub const IDS_PER_CONVERSATION: usize = 64;
+
+/// Message ids remembered per account, over all its conversations.
+pub const IDS_PER_ACCOUNT: usize = 65_536;
+
+const SHARDS: usize = 16;
+
+/// The stable id of an event: `msg-<id>` for a message event with a message id (the
+/// platform's own id, the same live and over REST), otherwise `h-<hex>`, a 128-bit hash of the
+/// account, the event name and the payload bytes.
+pub fn event_id(account: u64, event: &str, message_id: Option<u64>, data: &[u8]) -> String {
+    let mut out = String::with_capacity(34);
+    match message_id {
+        Some(id) if event == "message.created" => {
+            let _ = write!(out, "msg-{id}");
+        }
+        _ => {
+            // One pass over the payload, seeded with the account and the event name.
+            let seed = xxh3_64(event.as_bytes()) ^ account.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let digest = xxh3_128_with_seed(data, seed);
+            out.push_str("h-");
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for shift in (0..32).rev() {
+                out.push(char::from(HEX[((digest >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone)]
+struct Conversation {
+    ids: BTreeSet<u64>,
+    /// Recency, for eviction.
+    touched: u64,
+}
+
+impl Conversation {
+    fn high(&self) -> Option<u64> {
+        self.ids.last().copied()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    conversations: HashMap<u64, Conversation>,
+    /// The highest message id published on the account.
+    high: Option<u64>,
+    /// The last live event received (Unix ms), for the checkpoint.
+    last_event_ms: i64,
+    tick: u64,
+    /// Ids held over all conversations.
+    ids: usize,
+}
+
+/// What was published, shared by the live and the catch-up paths.
+#[derive(Debug)]
+pub struct Ledger {
+    max_conversations: usize,
+    shards: Vec<Mutex<HashMap<u64, Account>>>,
+}
+
+/// A claim's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Not published before: publish it.
+    First,
+    /// Already published (live or replayed): skip.
+    Duplicate,
+}
+
+/// What the checkpoint keeps of one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCheckpoint {
+    /// The last event received live (Unix ms); 0 when none.
+    pub last_event_ms: i64,
+    /// The highest message id published on the account.
+    pub high: Option<u64>,
+    /// Per conversation (display id), the highest message id published.
+    pub conversations: BTreeMap<u64, u64>,
+}
+
+impl Ledger {
+    /// A ledger remembering at most `max_conversations` conversations per account.
+    pub fn new(max_conversations: usize) -> Self {
+        Ledger {
+            max_conversations: max_conversations.max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, account: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Account>> {
+        // A poisoned lock only means another task panicked mid-update; the data is still a
+        // valid cache.
+        self.shards[(account as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims message `id` of `conversation` on `account` for publishing.
+    pub fn claim(&self, account: u64, conversation: u64, id: u64) -> Claim {
+        let mut shard = self.shard(account);
+        let acc = shard.entry(account).or_default();
+        acc.tick += 1;
+        let tick = acc.tick;
+        let conv = acc.conversations.entry(conversation).or_default();
+        conv.touched = tick;
+        if conv.ids.contains(&id) {
+            return Claim::Duplicate;
+        }
+        conv.ids.insert(id);
+        if conv.ids.len() > IDS_PER_CONVERSATION {
+            conv.ids.pop_first();
+        } else {
+            acc.ids += 1;
+        }
+        acc.high = Some(acc.high.map_or(id, |h| h.max(id)));
+        let len = acc.conversations.len();
+        if len > self.max_conversations + self.max_conversations / 8 || acc.ids > IDS_PER_ACCOUNT {
+            evict(acc, self.max_conversations);
+        }
+        Claim::First
+    }
+
+    /// A live event arrived for `account` at `at_ms`.
+    pub fn received(&self, account: u64, at_ms: i64) {
+        let mut shard = self.shard(account);
+        let acc = shard.entry(account).or_default();
+        acc.last_event_ms = acc.last_event_ms.max(at_ms);
+    }
+
+    /// The highest message id published on the account.
+    pub fn account_high(&self, account: u64) -> Option<u64> {
+        self.shard(account).get(&account).and_then(|a| a.high)
+    }
+
+    /// Where to resume a conversation after a gap whose account watermark was `watermark` (the
+    /// account's highest published id when the gap opened): the highest id of the conversation
+    /// published up to the watermark; else the watermark. `None` when nothing had been
+    /// published on the account before the gap (fetch from the start, filtered by time): ids
+    /// claimed since were claimed after the gap opened and say nothing about before it.
+    pub fn resume_after(
+        &self,
+        account: u64,
+        conversation: u64,
+        watermark: Option<u64>,
+    ) -> Option<u64> {
+        let shard = self.shard(account);
+        let known = shard
+            .get(&account)
+            .and_then(|a| a.conversations.get(&conversation));
+        match (known, watermark) {
+            (Some(conv), Some(w)) => conv.ids.range(..=w).next_back().copied().or(Some(w)),
+            (_, w) => w,
+        }
+    }
+
+    /// The checkpoint of every account.
+    pub fn checkpoint(&self) -> BTreeMap<u64, AccountCheckpoint> {
+        let mut out = BTreeMap::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, acc) in shard.iter() {
+                out.insert(
+                    *id,
+                    AccountCheckpoint {
+                        last_event_ms: acc.last_event_ms,
+                        high: acc.high,
+                        conversations: acc
+                            .conversations
+                            .iter()
+                            .filter_map(|(c, conv)| conv.high().map(|h| (*c, h)))
+                            .collect(),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// Loads a checkpoint (at start).
+    pub fn restore(&self, checkpoint: &BTreeMap<u64, AccountCheckpoint>) {
+        for (id, cp) in checkpoint {
+            let mut shard = self.shard(*id);
+            let acc = shard.entry(*id).or_default();
+            acc.last_event_ms = acc.last_event_ms.max(cp.last_event_ms);
+            acc.high = acc.high.max(cp.high);
+            for (c, high) in cp.conversations.iter().take(self.max_conversations) {
+                acc.tick += 1;
+                let tick = acc.tick;
+                let conv = acc.conversations.entry(*c).or_default();
+                if conv.ids.insert(*high) {
+                    acc.ids += 1;
+                }
+                conv.touched = tick;
+            }
+        }
+    }
+}
+
+/// Keeps the `keep` most recently touched conversations.
+/// Keeps the most recently touched conversations: at most `keep`, holding at most 7/8 of
+/// [`IDS_PER_ACCOUNT`] ids.
+fn evict(acc: &mut Account, keep: usize) {
+    let mut by_recency: Vec<(u64, usize)> = acc
+        .conversations
+        .values()
+        .map(|c| (c.touched, c.ids.len()))
+        .collect();
+    by_recency.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+    let budget = IDS_PER_ACCOUNT / 8 * 7;
+    let (mut kept, mut ids, mut cut) = (0usize, 0usize, 0u64);
+    for (touched, n) in by_recency {
+        if kept == keep || ids + n > budget {
+            cut = touched + 1;
+            break;
+        }
+        kept += 1;
+        ids += n;
+    }
+    if cut > 0 {
+        acc.conversations.retain(|_, c| c.touched >= cut);
+    }
+    acc.ids = acc.conversations.values().map(|c| c.ids.len()).sum();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_claimed_once_by_either_path() {
+        let l = Ledger::new(100);
+        assert_eq!(l.claim(1, 10, 500), Claim::First);
+        assert_eq!(l.claim(1, 10, 500), Claim::Duplicate);
+        assert_eq!(l.claim(1, 11, 500), Claim::First, "per conversation");
+        assert_eq!(l.claim(2, 10, 500), Claim::First, "per account");
+        assert_eq!(l.account_high(1), Some(500));
+    }
+
+    #[test]
+    fn resume_point_table() {
+        let l = Ledger::new(100);
+        for id in [10, 20, 30] {
+            l.claim(1, 7, id);
+        }
+        let cases = [
+            // (conversation, watermark, want)
+            (7, Some(25), Some(20)),
+            (7, Some(30), Some(30)),
+            (7, Some(5), Some(5)),
+            (7, None, None),
+            (8, Some(25), Some(25)),
+            (8, None, None),
+        ];
+        for (conv, w, want) in cases {
+            assert_eq!(l.resume_after(1, conv, w), want, "{conv} {w:?}");
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let l = Ledger::new(50);
+        for conv in 0..1000u64 {
+            for id in 0..300u64 {
+                l.claim(1, conv, conv * 1000 + id);
+            }
+        }
+        let cp = l.checkpoint();
+        let n = cp[&1].conversations.len();
+        assert!(n <= 50 + 50 / 8, "{n}");
+        // The most recent conversation is kept.
+        assert_eq!(cp[&1].conversations.get(&999), Some(&999_299));
+        let shard = l.shard(1);
+        let conv = &shard[&1].conversations[&999];
+        assert_eq!(conv.ids.len(), IDS_PER_CONVERSATION);
+        assert!(shard[&1].ids <= IDS_PER_ACCOUNT);
+        assert_eq!(
+            shard[&1].ids,
+            shard[&1]
+                .conversations
+                .values()
+                .map(|c| c.ids.len())
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn ids_per_account_are_bounded_across_conversations() {
+        let l = Ledger::new(100_000);
+        // 5,000 conversations of 64 messages: 320,000 ids offered.
+        for conv in 0..5_000u64 {
+            for id in 0..64u64 {
+                l.claim(1, conv, conv * 100 + id);
+            }
+        }
+        let shard = l.shard(1);
+        let acc = &shard[&1];
+        assert!(acc.ids <= IDS_PER_ACCOUNT, "{}", acc.ids);
+        assert!(acc.conversations.contains_key(&4_999), "the latest is kept");
+        assert!(!acc.conversations.contains_key(&0), "the oldest went");
+    }
+
+    #[test]
+    fn checkpoint_round_trip() {
+        let l = Ledger::new(100);
+        l.claim(3, 1, 11);
+        l.claim(3, 2, 22);
+        l.received(3, 1234);
+        let cp = l.checkpoint();
+        assert_eq!(cp[&3].last_event_ms, 1234);
+        assert_eq!(cp[&3].high, Some(22));
+        let back = Ledger::new(100);
+        back.restore(&cp);
+        assert_eq!(back.checkpoint(), cp);
+        assert_eq!(back.claim(3, 2, 22), Claim::Duplicate);
+        assert_eq!(back.resume_after(3, 1, cp[&3].high), Some(11));
+    }
+
+    #[test]
+    fn event_ids() {
+        assert_eq!(event_id(1, "message.created", Some(42), b"{}"), "msg-42");
+        let a = event_id(1, "conversation.updated", None, b"{\"id\":1}");
+        assert!(a.starts_with("h-") && a.len() == 34, "{a}");
+        assert_eq!(a, event_id(1, "conversation.updated", None, b"{\"id\":1}"));
+        assert_ne!(a, event_id(2, "conversation.updated", None, b"{\"id\":1}"));
+        assert_ne!(a, event_id(1, "conversation.created", None, b"{\"id\":1}"));
+        // message.updated carries the message id too, but is another event than its creation.
+        assert!(event_id(1, "message.updated", Some(42), b"{}").starts_with("h-"));
+    }
+}
