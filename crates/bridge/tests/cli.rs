@@ -159,6 +159,7 @@ fn the_example_configs_are_valid() {
             .arg(&copy)
             .env("VOXSIG_TOKEN_ACME_ALICE", "aliceToken")
             .env("VOXSIG_TOKEN_1_7", "t17")
+            .env("VOXSIG_API_TOKEN_ADMIN", "adminApiToken")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}: {}", path.display(), text(&o).1);
