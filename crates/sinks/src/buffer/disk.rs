@@ -33,6 +33,11 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
 pub(crate) const MAX_BATCH: usize = 256 * 1024;
+/// The writer thread, woken by the first record of a batch, waits this long for more (unless
+/// [`WAKE_BYTES`] arrive sooner): fewer, larger writes and wake-ups under load.
+pub(crate) const LINGER: Duration = Duration::from_micros(200);
+/// A batch this large is written at once.
+const WAKE_BYTES: usize = 64 * 1024;
 /// The writer thread retries a failed write after this long.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
 
@@ -553,8 +558,13 @@ impl Disk {
             format::encode(seq, record, &mut batch.bytes);
             debug_assert_eq!((batch.bytes.len() - before) as u64, size);
             batch.end_seq = seq + 1;
-            if batch.idle {
-                batch.idle = false;
+            let wake = match batch.writer {
+                Writer::Idle => true,
+                Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
+                Writer::Busy => false,
+            };
+            if wake {
+                batch.writer = Writer::Busy;
                 self.log.wake.notify_one();
             }
         }
@@ -825,9 +835,19 @@ struct Batch {
     at: u64,
     /// The sequence number after the last record in `bytes`.
     end_seq: u64,
-    /// The writer thread waits for a record.
-    idle: bool,
+    /// What the writer thread does (whether a record must wake it).
+    writer: Writer,
     closed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Waits for the first record.
+    Idle,
+    /// Waits up to [`LINGER`] for more records, or for [`WAKE_BYTES`] of them.
+    Lingering,
+    /// Writing, or woken: it looks at the batch before it waits again.
+    Busy,
 }
 
 /// Frames taken from the batch, to be written at `at`.
@@ -862,7 +882,7 @@ impl Log {
                 file,
                 at: SEGMENT_HEADER_LEN as u64,
                 end_seq: next_seq,
-                idle: false,
+                writer: Writer::Busy,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -901,13 +921,21 @@ impl Log {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             } else if batch.bytes.is_empty() {
-                batch.idle = true;
+                batch.writer = Writer::Idle;
                 batch = self
                     .wake
                     .wait(batch)
                     .unwrap_or_else(|p| p.into_inner());
-                batch.idle = false;
+                batch.writer = Writer::Busy;
                 continue;
+            } else if batch.bytes.len() < WAKE_BYTES {
+                batch.writer = Writer::Lingering;
+                batch = self
+                    .wake
+                    .wait_timeout(batch, LINGER)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                batch.writer = Writer::Busy;
             }
             if batch.closed {
                 return;
