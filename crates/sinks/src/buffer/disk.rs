@@ -922,10 +922,7 @@ impl Log {
                     .0;
             } else if batch.bytes.is_empty() {
                 batch.writer = Writer::Idle;
-                batch = self
-                    .wake
-                    .wait(batch)
-                    .unwrap_or_else(|p| p.into_inner());
+                batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
                 batch.writer = Writer::Busy;
                 continue;
             } else if batch.bytes.len() < WAKE_BYTES {
@@ -1011,9 +1008,7 @@ impl Log {
         if !self.failing.load(Ordering::SeqCst) {
             return None;
         }
-        let kind = locked(&self.io)
-            .error
-            .unwrap_or(std::io::ErrorKind::Other);
+        let kind = locked(&self.io).error.unwrap_or(std::io::ErrorKind::Other);
         Some(std::io::Error::from(kind))
     }
 
