@@ -735,8 +735,9 @@ impl BufferWriter {
     /// is the backpressure to the socket readers); under the drop policies it never waits and
     /// drops per policy, counted by reason. A record larger than `max_bytes` on its own is
     /// dropped (reason `too_large`). Errors only once the buffer is closed. With the disk buffer,
-    /// the record is in the operating system's hands when this returns (it survives a crash of
-    /// the process); a failed disk write is handled like a full buffer (counted).
+    /// the record is in the write batch when this returns and in the operating system's hands
+    /// within ~200 µs (write-behind; the crash guarantee is in the crate's README); while the disk
+    /// refuses writes, new records are handled like a full buffer (counted).
     pub async fn push(&self, record: Record) -> Result<(), BufferClosed> {
         let shared = &*self.shared;
         let size = shared.size_of(&record);
