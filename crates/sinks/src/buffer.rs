@@ -1828,6 +1828,34 @@ mod disk_tests {
     }
 
     #[tokio::test]
+    async fn closing_while_the_disk_refuses_says_what_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, r, registry) = opened(&disk_config(dir.path()));
+        fail_writes(&r, true);
+        w.push(numbered(0)).await.unwrap();
+        until_failing(&r, true).await;
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_errors_total", None),
+            0,
+            "no push met the failure yet"
+        );
+        w.close();
+        drop((w, r));
+        // The last handle may be the flusher thread's for a moment: wait (bounded).
+        for _ in 0..100 {
+            if metric(&registry, "voxsig_bridge_buffer_write_errors_total", None) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_errors_total", None),
+            1,
+            "the unwritten batch is reported when the buffer goes"
+        );
+    }
+
+    #[tokio::test]
     async fn fsync_always_and_never_deliver_the_same() {
         for fsync in [Fsync::Always, Fsync::Never] {
             let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::books::{Acks, Segment, Segments};
 use super::format::{self, FrameHeader, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
-use crate::telemetry::{emit, BufferRecovered, CorruptKind, CorruptRecords, RecordsReplayed};
+use crate::telemetry::{
+    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReplayed,
+};
 use crate::{Record, SinkMetrics};
 
 /// The largest frame written or accepted when reading (a record larger is refused as too large).
@@ -808,6 +810,17 @@ impl Disk {
 
 impl Drop for Disk {
     fn drop(&mut self) {
+        if let Err(error) = self.log.flush() {
+            let bytes = self.log.unwritten();
+            emit(
+                &self.metrics,
+                DiskBatchLost {
+                    dir: &self.dir,
+                    error: &error,
+                    bytes,
+                },
+            );
+        }
         self.flush_work().run();
         self.log.close();
     }
@@ -1010,6 +1023,16 @@ impl Log {
         }
         let kind = locked(&self.io).error.unwrap_or(std::io::ErrorKind::Other);
         Some(std::io::Error::from(kind))
+    }
+
+    /// Bytes accepted and not written (a failed chunk and the batch).
+    fn unwritten(&self) -> usize {
+        let batch = self.lock_batch().bytes.len();
+        batch
+            + locked(&self.io)
+                .failed
+                .as_ref()
+                .map_or(0, |c| c.bytes.len())
     }
 
     /// Every record below this is written.
