@@ -601,6 +601,22 @@ impl InternalEvent for DiskWriteFailed<'_> {
     }
 }
 
+/// The disk buffer closed while the disk still refused writes: accepted records that were only
+/// in the write batch are lost (the drain report cannot see them; this says so).
+pub(crate) struct DiskBatchLost<'a> {
+    pub dir: &'a std::path::Path,
+    pub error: &'a std::io::Error,
+    pub bytes: usize,
+}
+
+impl InternalEvent for DiskBatchLost<'_> {
+    fn emit(self, m: &SinkMetrics) {
+        tracing::error!(dir = %self.dir.display(), error = %self.error, bytes = self.bytes,
+            "disk buffer: closed while the disk refused writes; accepted records not yet written are lost");
+        m.inner.write_errors.inc();
+    }
+}
+
 /// The sink stopped; what it delivered and what it could not.
 pub(crate) struct SinkStopped<'a> {
     pub sink: &'static str,

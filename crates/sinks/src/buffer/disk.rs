@@ -10,12 +10,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::books::{Acks, Segment, Segments};
 use super::format::{self, FrameHeader, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
-use crate::telemetry::{emit, BufferRecovered, CorruptKind, CorruptRecords, RecordsReplayed};
+use crate::telemetry::{
+    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReplayed,
+};
 use crate::{Record, SinkMetrics};
 
 /// The largest frame written or accepted when reading (a record larger is refused as too large).
@@ -29,6 +32,16 @@ pub(crate) const LEDGER_FILE: &str = "ledger";
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// Read-ahead of the cursor.
 const READ_BUFFER: usize = 256 * 1024;
+/// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
+/// one batch being written): beyond it, `append` writes the batch itself before taking more.
+pub(crate) const MAX_BATCH: usize = 256 * 1024;
+/// The writer thread, woken by the first record of a batch, waits this long for more (unless
+/// [`WAKE_BYTES`] arrive sooner): fewer, larger writes and wake-ups under load.
+pub(crate) const LINGER: Duration = Duration::from_micros(200);
+/// A batch this large is written at once.
+const WAKE_BYTES: usize = 64 * 1024;
+/// The writer thread retries a failed write after this long.
+const WRITE_RETRY: Duration = Duration::from_millis(100);
 
 /// When the disk buffer forces its data to stable storage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -106,7 +119,8 @@ pub(crate) struct Disk {
     ledger: Arc<File>,
     segments: Segments,
     acks: Acks,
-    scratch: Vec<u8>,
+    /// The write-behind batch and its writer thread.
+    log: Arc<Log>,
     body: Vec<u8>,
     /// Records on disk only (not in the memory queue), not yet read back.
     spilled: u64,
@@ -449,16 +463,18 @@ impl Disk {
                 elapsed: started.elapsed(),
             },
         );
+        let active = Arc::new(active);
+        let log = Log::start(active.clone(), next_seq);
         let disk = Disk {
             dir: dir.to_owned(),
             fsync,
             segment_max,
-            active: Arc::new(active),
+            active,
             active_len: SEGMENT_HEADER_LEN as u64,
             ledger: Arc::new(ledger),
             segments,
             acks: Acks::new(acked_below),
-            scratch: Vec::with_capacity(4096),
+            log,
             body: Vec::new(),
             spilled: events as u64,
             cursor: replay_from.filter(|_| events > 0).map(|segment| Cursor {
@@ -491,9 +507,21 @@ impl Disk {
         let file = if fail {
             File::open(&path)
         } else {
-            OpenOptions::new().append(true).open(&path)
+            OpenOptions::new().write(true).open(&path)
         };
         self.active = Arc::new(file.expect("reopen the active segment"));
+        self.log.lock_batch().file = self.active.clone();
+    }
+
+    /// Tests: whether the writer found the disk refusing writes.
+    #[cfg(test)]
+    pub(crate) fn failing(&self) -> bool {
+        self.log.failing.load(Ordering::SeqCst)
+    }
+
+    /// Writes every accepted record now (errors are the writer's to report and retry).
+    pub(crate) fn write_out(&self) {
+        let _ = self.log.flush();
     }
 
     /// The directory.
@@ -506,30 +534,45 @@ impl Disk {
         self.spilled
     }
 
-    /// Appends record `seq`. On success the record is in the operating system's hands (it
-    /// survives a crash of the process). `spill`: it is not kept in memory, the reader must read
-    /// it back from disk. On failure nothing of it remains in the segment.
+    /// Appends record `seq` to the write-behind batch; the writer thread hands it to the kernel
+    /// within microseconds (it is woken by the first record of a batch; under load batches grow).
+    /// A batch is never larger than [`MAX_BATCH`]: past it this call writes the batch itself.
+    /// `spill`: the record is not kept in memory, the reader must read it back from disk. Fails
+    /// (and takes nothing) while the disk refuses writes: the records already accepted are kept
+    /// in memory and retried in order.
     pub(crate) fn append(&mut self, seq: u64, record: &Record, spill: bool) -> std::io::Result<()> {
-        self.scratch.clear();
-        format::encode(seq, record, &mut self.scratch);
-        let needs_rotation = self.active_len + self.scratch.len() as u64 > self.segment_max
+        if let Some(error) = self.log.failure() {
+            return Err(error);
+        }
+        let size = format::framed_len(record) as u64;
+        let needs_rotation = self.active_len + size > self.segment_max
             && self.active_len > SEGMENT_HEADER_LEN as u64;
         if needs_rotation {
             self.rotate(seq)?;
         }
-        let at = self.active_len;
-        if let Err(e) = (&*self.active).write_all(&self.scratch) {
-            // Cut a partial frame off; if even that fails, the next start truncates it.
-            let _ = self.active.set_len(at);
-            let _ = (&*self.active).seek(SeekFrom::Start(at));
-            return Err(e);
+        if self.log.lock_batch().bytes.len() >= MAX_BATCH {
+            self.log.flush()?;
         }
-        self.active_len += self.scratch.len() as u64;
+        let at = self.active_len;
+        {
+            let mut batch = self.log.lock_batch();
+            let before = batch.bytes.len();
+            format::encode(seq, record, &mut batch.bytes);
+            debug_assert_eq!((batch.bytes.len() - before) as u64, size);
+            batch.end_seq = seq + 1;
+            let wake = match batch.writer {
+                Writer::Idle => true,
+                Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
+                Writer::Busy => false,
+            };
+            if wake {
+                batch.writer = Writer::Busy;
+                self.log.wake.notify_one();
+            }
+        }
+        self.active_len += size;
         self.segments.appended(seq);
         self.dirty = true;
-        if self.scratch.capacity() > 1024 * 1024 {
-            self.scratch = Vec::with_capacity(4096);
-        }
         if spill {
             if self.spilled == 0 {
                 let segment = self.segments.active().map_or(seq, |s| s.first);
@@ -545,11 +588,18 @@ impl Disk {
     }
 
     fn rotate(&mut self, first: u64) -> std::io::Result<()> {
+        // Everything of the old segment reaches it before the new one starts.
+        self.log.flush()?;
         if self.fsync != Fsync::Never {
             self.active.sync_data()?;
         }
         let file = create_segment(&segment_path(&self.dir, first), self.fsync)?;
         self.active = Arc::new(file);
+        {
+            let mut batch = self.log.lock_batch();
+            batch.file = self.active.clone();
+            batch.at = SEGMENT_HEADER_LEN as u64;
+        }
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.segments.push(Segment { first, end: first });
         Ok(())
@@ -568,6 +618,10 @@ impl Disk {
         let mut count = 0;
         let mut bytes = 0;
         let mut replayed = 0u64;
+        // Read only what is written: write the batch out first (the lock keeps new ones away).
+        if self.spilled > 0 && self.log.flush().is_err() {
+            return (0, 0);
+        }
         while self.spilled > 0 && count < max && bytes < max_bytes {
             let Some(cursor) = self.cursor.as_mut() else {
                 self.spilled = 0;
@@ -714,6 +768,10 @@ impl Disk {
     /// `fsync = "always"`: makes sure record `seq` is on stable storage before it is handed on.
     pub(crate) fn ensure_synced(&mut self, seq: u64, next_seq: u64) {
         if self.fsync == Fsync::Always && seq >= self.synced_below {
+            // Group commit: one write and one sync for every record accepted so far.
+            if let Err(error) = self.log.flush() {
+                tracing::error!(dir = %self.dir.display(), %error, "disk buffer: write failed before fsync");
+            }
             if let Err(error) = self.active.sync_data() {
                 tracing::error!(dir = %self.dir.display(), %error, "disk buffer: fsync failed");
             }
@@ -724,7 +782,11 @@ impl Disk {
 
     /// What the flusher must do now (taken under the lock, done outside it).
     pub(crate) fn flush_work(&mut self) -> FlushWork {
-        let below = self.acks.below();
+        // What the writer thread has not written yet is written now (so a flusher period bounds
+        // how long an accepted record can stay in memory only); the ledger never passes what is
+        // written.
+        let _ = self.log.flush();
+        let below = self.acks.below().min(self.log.written_end());
         let work = FlushWork {
             dir: self.dir.clone(),
             sync: (self.dirty && self.fsync != Fsync::Never).then(|| self.active.clone()),
@@ -748,7 +810,239 @@ impl Disk {
 
 impl Drop for Disk {
     fn drop(&mut self) {
+        if let Err(error) = self.log.flush() {
+            let bytes = self.log.unwritten();
+            emit(
+                &self.metrics,
+                DiskBatchLost {
+                    dir: &self.dir,
+                    error: &error,
+                    bytes,
+                },
+            );
+        }
         self.flush_work().run();
+        self.log.close();
+    }
+}
+
+/// The write-behind log: records encoded into an in-memory batch under the buffer's lock,
+/// written to the active segment by a dedicated thread (many records per `pwrite`), or by the
+/// buffer itself when it needs them on disk now (reading back, `fsync = "always"`, the
+/// flusher, rotation, a full batch). Lock order: the buffer's state, then `batch`, then `io`;
+/// whoever holds `io` writes, so writes happen in order and never overlap.
+pub(crate) struct Log {
+    batch: Mutex<Batch>,
+    /// Wakes the writer thread (only when it said it sleeps: `Batch::idle`).
+    wake: Condvar,
+    io: Mutex<Io>,
+    /// The last write failed: nothing new is accepted until a retry succeeds.
+    failing: AtomicBool,
+}
+
+struct Batch {
+    /// Encoded frames not yet handed to a writer.
+    bytes: Vec<u8>,
+    /// The active segment and the offset `bytes` start at in it.
+    file: Arc<File>,
+    at: u64,
+    /// The sequence number after the last record in `bytes`.
+    end_seq: u64,
+    /// What the writer thread does (whether a record must wake it).
+    writer: Writer,
+    closed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Waits for the first record.
+    Idle,
+    /// Waits up to [`LINGER`] for more records, or for [`WAKE_BYTES`] of them.
+    Lingering,
+    /// Writing, or woken: it looks at the batch before it waits again.
+    Busy,
+}
+
+/// Frames taken from the batch, to be written at `at`.
+struct Chunk {
+    bytes: Vec<u8>,
+    at: u64,
+    end_seq: u64,
+}
+
+#[derive(Default)]
+struct Io {
+    /// A chunk whose write failed: written (first) by the next attempt.
+    failed: Option<Chunk>,
+    error: Option<std::io::ErrorKind>,
+    /// Every record below this is written.
+    written_end: u64,
+    /// A written chunk's buffer, reused.
+    spare: Vec<u8>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Log {
+    fn start(file: Arc<File>, next_seq: u64) -> Arc<Log> {
+        let log = Arc::new(Log {
+            batch: Mutex::new(Batch {
+                bytes: Vec::new(),
+                file,
+                at: SEGMENT_HEADER_LEN as u64,
+                end_seq: next_seq,
+                writer: Writer::Busy,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            io: Mutex::new(Io {
+                written_end: next_seq,
+                ..Io::default()
+            }),
+            failing: AtomicBool::new(false),
+        });
+        let writer = log.clone();
+        let spawned = std::thread::Builder::new()
+            .name("voxsig-buffer-write".into())
+            .spawn(move || writer.run());
+        if let Err(error) = spawned {
+            // Without it batches are written when full and by the flusher: bounded, later.
+            tracing::error!(%error, "disk buffer: cannot start the writer thread");
+        }
+        log
+    }
+
+    fn lock_batch(&self) -> MutexGuard<'_, Batch> {
+        locked(&self.batch)
+    }
+
+    /// The writer thread: writes whatever is pending per wake-up.
+    fn run(&self) {
+        let mut batch = self.lock_batch();
+        loop {
+            if batch.closed {
+                return;
+            }
+            if self.failing.load(Ordering::SeqCst) {
+                batch = self
+                    .wake
+                    .wait_timeout(batch, WRITE_RETRY)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            } else if batch.bytes.is_empty() {
+                batch.writer = Writer::Idle;
+                batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
+                batch.writer = Writer::Busy;
+                continue;
+            } else if batch.bytes.len() < WAKE_BYTES {
+                batch.writer = Writer::Lingering;
+                batch = self
+                    .wake
+                    .wait_timeout(batch, LINGER)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                batch.writer = Writer::Busy;
+            }
+            if batch.closed {
+                return;
+            }
+            let mut io = locked(&self.io);
+            let (file, chunk) = Self::take(&mut batch, &mut io);
+            drop(batch);
+            let _ = self.write(&mut io, &file, chunk);
+            drop(io);
+            batch = self.lock_batch();
+        }
+    }
+
+    fn take(batch: &mut Batch, io: &mut Io) -> (Arc<File>, Option<Chunk>) {
+        let file = batch.file.clone();
+        if batch.bytes.is_empty() {
+            return (file, None);
+        }
+        let bytes = std::mem::replace(&mut batch.bytes, std::mem::take(&mut io.spare));
+        let chunk = Chunk {
+            at: batch.at,
+            end_seq: batch.end_seq,
+            bytes,
+        };
+        batch.at += chunk.bytes.len() as u64;
+        (file, Some(chunk))
+    }
+
+    /// Writes a failed chunk again (first), then `chunk`, into `file` (the active segment now).
+    fn write(&self, io: &mut Io, file: &File, chunk: Option<Chunk>) -> std::io::Result<()> {
+        let chunk = match (io.failed.take(), chunk) {
+            (Some(mut failed), Some(chunk)) => {
+                failed.bytes.extend_from_slice(&chunk.bytes);
+                failed.end_seq = chunk.end_seq;
+                Some(failed)
+            }
+            (failed, chunk) => failed.or(chunk),
+        };
+        let Some(mut chunk) = chunk else {
+            return Ok(());
+        };
+        match file.write_all_at(&chunk.bytes, chunk.at) {
+            Ok(()) => {
+                io.written_end = chunk.end_seq;
+                io.error = None;
+                self.failing.store(false, Ordering::SeqCst);
+                chunk.bytes.clear();
+                if chunk.bytes.capacity() <= 4 * MAX_BATCH {
+                    io.spare = chunk.bytes;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                io.error = Some(error.kind());
+                io.failed = Some(chunk);
+                self.failing.store(true, Ordering::SeqCst);
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes everything accepted so far, now (waiting for a write in progress).
+    fn flush(&self) -> std::io::Result<()> {
+        let mut batch = self.lock_batch();
+        let mut io = locked(&self.io);
+        let (file, chunk) = Self::take(&mut batch, &mut io);
+        drop(batch);
+        self.write(&mut io, &file, chunk)
+    }
+
+    /// The error of the last write while writes fail.
+    fn failure(&self) -> Option<std::io::Error> {
+        if !self.failing.load(Ordering::SeqCst) {
+            return None;
+        }
+        let kind = locked(&self.io).error.unwrap_or(std::io::ErrorKind::Other);
+        Some(std::io::Error::from(kind))
+    }
+
+    /// Bytes accepted and not written (a failed chunk and the batch).
+    fn unwritten(&self) -> usize {
+        let batch = self.lock_batch().bytes.len();
+        batch
+            + locked(&self.io)
+                .failed
+                .as_ref()
+                .map_or(0, |c| c.bytes.len())
+    }
+
+    /// Every record below this is written.
+    fn written_end(&self) -> u64 {
+        locked(&self.io).written_end
+    }
+
+    fn close(&self) {
+        self.lock_batch().closed = true;
+        self.wake.notify_one();
     }
 }
 
