@@ -168,19 +168,17 @@ pub enum Presence {
 }
 
 impl SourceConfig {
-    /// The REST API's base URL: `api_url`, else the `/cable` URL's origin.
+    /// The platform's origin, `https://host` for `wss://host/cable` (`http://` for `ws://`):
+    /// the base of CloudEvents `source` and the default of the REST API's base.
+    pub fn platform_origin(&self) -> String {
+        crate::runtime::origin_of(&self.url)
+    }
+
+    /// The REST API's base URL: `api_url`, else the platform's origin.
     pub fn api_base(&self) -> String {
         self.api_url
             .clone()
-            .unwrap_or_else(|| crate::runtime::origin_of(&self.url))
-    }
-}
-
-impl SourceConfig {
-    /// The platform's origin, `https://host` for `wss://host/cable` (`http://` for `ws://`):
-    /// the base of CloudEvents `source` (and of the platform's REST API).
-    pub fn platform_origin(&self) -> String {
-        crate::runtime::origin_of(&self.url)
+            .unwrap_or_else(|| self.platform_origin())
     }
 }
 

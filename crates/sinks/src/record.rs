@@ -45,6 +45,12 @@ pub struct Headers {
     pub replayed: bool,
 }
 
+impl Headers {
+    /// The value of the `replayed` marker where it travels as a header or property (Kafka
+    /// header, MQTT 5 user property): present only on replayed records.
+    pub const REPLAYED_VALUE: &'static str = "1";
+}
+
 impl Record {
     /// The bytes this record counts against the buffer's `max_bytes` budget: topic, key,
     /// payload and event name plus a fixed overhead.

@@ -491,7 +491,7 @@ async fn mqtt5_subscribers_see_the_properties() {
             ("account_id", "7"),
             ("received_at", "1764000000123"),
             ("event_id", "evt-0001"),
-            ("replayed", "true"),
+            ("replayed", "1"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
     );

@@ -794,7 +794,7 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
     if record.headers.replayed {
         headers = headers.insert(Header {
             key: "replayed",
-            value: Some(b"1".as_slice()),
+            value: Some(crate::Headers::REPLAYED_VALUE.as_bytes()),
         });
     }
     headers

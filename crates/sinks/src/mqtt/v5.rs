@@ -54,7 +54,10 @@ impl PropertyRules {
             user.push(("event_id".to_owned(), mqtt_text(id)));
         }
         if headers.replayed {
-            user.push(("replayed".to_owned(), "true".to_owned()));
+            user.push((
+                "replayed".to_owned(),
+                crate::Headers::REPLAYED_VALUE.to_owned(),
+            ));
         }
         if let Some(ce) = &self.cloudevents {
             let attributes = ce.attributes(headers, &record.payload);
@@ -158,7 +161,7 @@ mod tests {
                 ("account_id", "42"),
                 ("received_at", "1700000000123"),
                 ("event_id", "ev-1"),
-                ("replayed", "true"),
+                ("replayed", "1"),
             ]
         );
         r.headers.event = "message.created".into();
