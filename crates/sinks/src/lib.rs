@@ -67,7 +67,8 @@ mod record;
 mod secret;
 mod sink;
 pub mod telemetry;
-pub mod testing;
+#[cfg(test)]
+mod testing;
 pub mod topic;
 
 pub use backoff::ReconnectConfig;
