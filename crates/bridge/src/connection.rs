@@ -712,3 +712,66 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    #[test]
+    fn each_end_has_one_reason_gap_cause_and_detail() {
+        let disconnect = |reconnect| Ended::Disconnect {
+            reason: Some("server_restart".into()),
+            reconnect,
+        };
+        let close = Ended::Closed(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        }));
+        let table = [
+            (Ended::Shutdown, "shutdown", None, ""),
+            (Ended::Stale, "stale", Some(GapCause::Stale), ""),
+            (
+                disconnect(false),
+                "server_refused",
+                Some(GapCause::Refused),
+                "server_restart",
+            ),
+            (
+                disconnect(true),
+                "server_disconnect",
+                Some(GapCause::SocketDropped),
+                "server_restart",
+            ),
+            (
+                close,
+                "closed",
+                Some(GapCause::SocketDropped),
+                "close 1001 bye",
+            ),
+            (
+                Ended::Closed(None),
+                "closed",
+                Some(GapCause::SocketDropped),
+                "",
+            ),
+            (
+                Ended::Eof,
+                "closed",
+                Some(GapCause::SocketDropped),
+                "connection closed",
+            ),
+            (
+                Ended::Error(WsError::ConnectionClosed),
+                "error",
+                Some(GapCause::SocketDropped),
+                "Connection closed normally",
+            ),
+        ];
+        for (ended, reason, gap, detail) in table {
+            assert_eq!(ended.reason().as_str(), reason, "{ended:?}");
+            assert_eq!(ended.gap_cause(), gap, "{ended:?}");
+            assert_eq!(ended.to_string(), detail, "{ended:?}");
+        }
+    }
+}

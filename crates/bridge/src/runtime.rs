@@ -538,3 +538,30 @@ fn rustls_pemfile_certs(
         .filter_map(Result::ok)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    #[test]
+    fn the_layout_puts_each_subscription_on_one_socket() {
+        // (subscriptions, per socket, sockets, groups)
+        let table: [(usize, usize, usize, &[std::ops::Range<usize>]); 4] = [
+            (0, 3, 0, &[]),
+            (1, 3, 1, &[0..1]),
+            (6, 3, 2, &[0..3, 3..6]),
+            (7, 3, 3, &[0..3, 3..6, 6..7]),
+        ];
+        for (subscriptions, per_socket, sockets, groups) in table {
+            let layout = Layout {
+                per_socket,
+                subscriptions,
+            };
+            assert_eq!(layout.sockets(), sockets);
+            assert_eq!(layout.groups().collect::<Vec<_>>(), groups);
+            for (socket, group) in groups.iter().enumerate() {
+                assert!(group.clone().all(|i| layout.socket_of(i) == socket));
+            }
+        }
+    }
+}
