@@ -675,7 +675,7 @@ impl Config {
         let key =
             Template::parse(&key_text).map_err(|e| ConfigError::new("route.key", e.to_string()))?;
         let filter = EventFilter::new(&self.route.include, &self.route.exclude)
-            .map_err(|(key, problem)| ConfigError::new(format!("route.{key}"), problem))?;
+            .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
 
         let mut entries: Vec<(String, AccountConfig)> = self
             .accounts

@@ -59,6 +59,7 @@ pub mod buffer;
 pub mod cloudevents;
 mod config;
 mod error;
+mod health;
 pub mod jsonl;
 pub mod kafka;
 pub mod memory;
@@ -78,6 +79,7 @@ pub use buffer::{
 };
 pub use config::SinkConfig;
 pub use error::{ConfigError, SinkError};
+pub use health::{SinkHealth, SinkHealthWatch};
 pub use jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 pub use kafka::{KafkaConfig, KafkaSink};
 pub use memory::{MemoryHandle, MemorySink};
