@@ -2,7 +2,9 @@
 //! publish loop of the same payloads, measured in the same run against mosquitto and tansu
 //! started on free loopback ports.
 //!
-//! `cargo bench -p voxsig-sinks --bench throughput` (optionally `-- --quick`). Every loop is
+//! `cargo bench -p voxsig-sinks --bench throughput` (optionally `-- --quick`; `-- --mqtt`: the
+//! MQTT rows only; `-- --mqtt-sink-only` / `--mqtt-bare-only`: one side alone, for profiling,
+//! `VOXSIG_BENCH_QOS` 0 or 1 and `VOXSIG_BENCH_RECORDS` records). Every loop is
 //! bounded in count and time; prints a markdown table. Under `cargo test` (no `--bench`
 //! argument) it runs as a smoke test: one round of a hundredth of the records.
 //!
@@ -439,13 +441,21 @@ async fn create_topic(brokers: &str) {
         .expect("create topic");
 }
 
-/// Records for `--kafka-sink-only` / `--kafka-bare-only`: 300,000, or `VOXSIG_BENCH_RECORDS`
+/// Records for the `--*-sink-only` / `--*-bare-only` modes: 300,000, or `VOXSIG_BENCH_RECORDS`
 /// (fewer, for profiling under `valgrind --tool=callgrind`).
 fn profile_records() -> u64 {
     std::env::var("VOXSIG_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000)
+}
+
+/// QoS for `--mqtt-sink-only` / `--mqtt-bare-only`: `VOXSIG_BENCH_QOS` (0 or 1; default 1).
+fn profile_qos() -> u8 {
+    std::env::var("VOXSIG_BENCH_QOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(1, |q: u8| q.min(1))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -551,6 +561,31 @@ async fn main() {
         println!("{side}: {:.0} rec/s, {:.0} ns CPU/record", m.rate, m.cpu_ns);
         return;
     }
+    if only("--mqtt-sink-only") || only("--mqtt-bare-only") {
+        let mosquitto = Mosquitto::start(MosquittoOptions::default());
+        let level = profile_qos();
+        let recs = records(profile_records(), Layout::Mqtt);
+        let warmup = records(WARMUP, Layout::Mqtt);
+        let (side, m) = if only("--mqtt-sink-only") {
+            let config = SinkConfig::Mqtt(mqtt_config(mosquitto.url(), level));
+            ("mqtt sink", through_sink(config, recs, warmup).await)
+        } else {
+            let qos = if level == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            (
+                "bare rumqttc",
+                bare_mqtt(mosquitto.port, qos, recs, warmup).await,
+            )
+        };
+        println!(
+            "{side}, QoS {level}: {:.0} rec/s, {:.0} ns CPU/record",
+            m.rate, m.cpu_ns
+        );
+        return;
+    }
     if only("--memory") {
         let recs = records(200_000, Layout::Kafka);
         for _ in 0..3 {
@@ -569,7 +604,6 @@ async fn main() {
         print_buffer_rows(&buffer_rows, rounds, scale).await;
         return;
     }
-    let tansu = Tansu::start();
     let mut rows = Vec::new();
 
     // The MQTT 5 row: the same bare (3.1.1) rumqttc loop beside the sink speaking MQTT 5
@@ -623,13 +657,14 @@ async fn main() {
         rows.push(row);
     }
 
-    let n = 200_000 / scale;
-    let brokers = tansu.brokers();
     if only("--mqtt") {
-        // MQTT rows only (`-- --bench --mqtt`): skip Kafka.
+        // MQTT rows only (`-- --bench --mqtt`): skip Kafka (and tansu).
         print_rows(rows, rounds, warmup_n);
         return;
     }
+    let tansu = Tansu::start();
+    let n = 200_000 / scale;
+    let brokers = tansu.brokers();
     create_topic(&brokers).await;
     let config = KafkaConfig::new(brokers.clone());
     for (name, keep) in [

@@ -32,6 +32,22 @@ const RESERVED: &[(&str, &str)] = &[
     ("delivery.timeout.ms", "use `message_timeout_ms`"),
 ];
 
+/// librdkafka properties the sink sets by default, before `properties` (which may override
+/// them; not [`RESERVED`]).
+const DEFAULTS: &[(&str, &str)] = &[
+    // TCP_NODELAY on broker sockets: a produce request leaves at once instead of waiting
+    // (Nagle's algorithm) for the broker to acknowledge earlier data; `linger_ms` batches.
+    ("socket.nagle.disable", "true"),
+];
+
+/// Sets the sink's default librdkafka properties ([`DEFAULTS`]) on `cc`; the pass-through
+/// `properties`, set after, may override them.
+pub(crate) fn set_default_properties(cc: &mut rdkafka::config::ClientConfig) {
+    for (name, value) in DEFAULTS {
+        cc.set(*name, *value);
+    }
+}
+
 /// Brokers as a list or a comma-separated string.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -333,6 +349,19 @@ mod tests {
             r#"{"brokers": "b:1", "kafka": {"propertie": {}}}"#,
         );
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn defaults_may_be_overridden_and_are_not_reserved() {
+        let mut cc = rdkafka::config::ClientConfig::new();
+        set_default_properties(&mut cc);
+        assert_eq!(cc.get("socket.nagle.disable"), Some("true"));
+        for (name, _) in DEFAULTS {
+            assert!(RESERVED.iter().all(|(k, _)| k != name), "{name}");
+            let mut c = KafkaConfig::new("127.0.0.1:9092");
+            c.properties.insert((*name).into(), Secret::inline("false"));
+            c.validate().unwrap();
+        }
     }
 
     fn toml_like(json: &str) -> KafkaConfig {

@@ -75,6 +75,7 @@ impl KafkaSink {
     pub fn new(config: &KafkaConfig, instance: &str) -> Result<Self, SinkError> {
         config.validate()?;
         let mut cc = ClientConfig::new();
+        super::config::set_default_properties(&mut cc);
         for (key, name, value) in config.all_properties() {
             let value = value
                 .resolve()
@@ -911,6 +912,22 @@ mod tests {
         ] {
             assert_eq!(decimal(n, negative, &mut buf), text.as_bytes());
         }
+    }
+
+    #[test]
+    fn nagle_is_off_unless_the_properties_say_otherwise() {
+        let mut config = KafkaConfig::new("127.0.0.1:9092");
+        let sink = KafkaSink::new(&config, "t").unwrap();
+        assert_eq!(sink.client_config.get("socket.nagle.disable"), Some("true"));
+        config.properties.insert(
+            "socket.nagle.disable".into(),
+            crate::Secret::inline("false"),
+        );
+        let sink = KafkaSink::new(&config, "t").unwrap();
+        assert_eq!(
+            sink.client_config.get("socket.nagle.disable"),
+            Some("false")
+        );
     }
 
     #[test]

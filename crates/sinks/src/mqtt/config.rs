@@ -51,6 +51,10 @@ pub struct MqttConfig {
     /// Connection (TCP + TLS + CONNACK) timeout in seconds. Default 10.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// `TCP_NODELAY` on the broker connection: each batch of publishes leaves at once instead
+    /// of waiting (Nagle's algorithm) for the broker to acknowledge earlier data. Default true.
+    #[serde(default = "default_tcp_nodelay")]
+    pub tcp_nodelay: bool,
     /// Largest MQTT packet sent, in bytes; larger records are rejected (counted). Default 1 MiB.
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
@@ -167,6 +171,9 @@ fn default_inflight() -> u16 {
 fn default_connect_timeout() -> u64 {
     10
 }
+fn default_tcp_nodelay() -> bool {
+    true
+}
 fn default_max_packet() -> usize {
     1024 * 1024
 }
@@ -259,6 +266,7 @@ impl MqttConfig {
             clean_session: false,
             inflight: default_inflight(),
             connect_timeout_secs: default_connect_timeout(),
+            tcp_nodelay: default_tcp_nodelay(),
             max_packet_bytes: default_max_packet(),
             reconnect: ReconnectConfig::default(),
             status: StatusConfig::default(),
@@ -473,6 +481,16 @@ mod tests {
         assert!(
             serde_json::from_str::<MqttConfig>(r#"{"url":"mqtt://a","protocol":"4"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn tcp_nodelay_is_on_unless_turned_off() {
+        let c: MqttConfig = serde_json::from_str(r#"{"url":"mqtt://a"}"#).unwrap();
+        assert!(c.tcp_nodelay);
+        assert!(MqttConfig::new("mqtt://a").tcp_nodelay);
+        let c: MqttConfig =
+            serde_json::from_str(r#"{"url":"mqtt://a","tcp_nodelay":false}"#).unwrap();
+        assert!(!c.tcp_nodelay);
     }
 
     #[test]

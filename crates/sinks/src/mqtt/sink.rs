@@ -8,6 +8,7 @@
 //! between requests and packet ids cannot slip.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,14 @@ use futures_util::future::BoxFuture;
 use super::config::{parse_url, EventPatterns, MqttConfig, Protocol, DEFAULT_CLIENT_ID};
 use super::tracker::{Action, Item, Tracker};
 use super::v5::PropertyRules;
-use super::wire::{BrokerLimits, Happened, Outgoing, Publisher, Wire, V4, V5};
+use super::wire::{BrokerLimits, Happened, Outgoing, Publisher, Wire, WireError, V4, V5};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::cloudevents::CloudEvents;
 use crate::jsonl::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected};
 use crate::topic::check_mqtt_topic;
-use crate::{DrainReport, Sink, SinkError};
+use crate::{DrainReport, Sink, SinkError, SinkMetrics};
 
 /// How long a clean shutdown waits for the `offline` status to be acknowledged.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,6 +36,7 @@ const CHANNEL_SLACK: usize = 8;
 pub struct MqttSink {
     client: ClientOptions,
     connect_timeout_secs: u64,
+    tcp_nodelay: bool,
     endpoint: String,
     qos: u8,
     retain: EventPatterns,
@@ -161,6 +163,7 @@ impl MqttSink {
         Ok(MqttSink {
             client,
             connect_timeout_secs: config.connect_timeout_secs,
+            tcp_nodelay: config.tcp_nodelay,
             endpoint: endpoint.to_string(),
             qos: config.qos,
             retain: EventPatterns::new(&config.retain),
@@ -192,6 +195,7 @@ impl Sink for MqttSink {
         let MqttSink {
             client,
             connect_timeout_secs,
+            tcp_nodelay,
             endpoint,
             qos,
             retain,
@@ -212,11 +216,12 @@ impl Sink for MqttSink {
         };
         match client {
             ClientOptions::V4(options) => {
-                let (client, wire) = V4::new(*options, cap, connect_timeout_secs);
+                let (client, wire) = V4::new(*options, cap, connect_timeout_secs, tcp_nodelay);
                 Box::pin(run_loop(client, wire, settings, reader))
             }
             ClientOptions::V5(options, rules) => {
-                let (client, wire) = V5::new(*options, cap, connect_timeout_secs, rules);
+                let (client, wire) =
+                    V5::new(*options, cap, connect_timeout_secs, tcp_nodelay, rules);
                 Box::pin(run_loop(client, wire, settings, reader))
             }
         }
@@ -418,124 +423,206 @@ impl<C: Publisher> Adapter<C> {
     }
 }
 
+/// The sink task: until the buffer is drained (or aborted) and the `offline` status is
+/// acknowledged, get ready for the next turn, wait for what happens next and act on it.
 async fn run_loop<C: Publisher, W: Wire>(
     client: C,
-    mut wire: W,
+    wire: W,
     settings: Settings,
-    mut reader: BufferReader,
+    reader: BufferReader,
 ) -> DrainReport {
-    let sink = reader.sink_label();
-    let metrics = reader.metrics().clone();
-    let mut backoff = Backoff::new(&settings.reconnect);
-    let mut a = Adapter {
-        client,
-        tracker: Tracker::new(settings.window),
-        claims: HashMap::new(),
-        batch: Vec::new(),
-        qos: settings.qos,
-        retain: settings.retain.clone(),
-        max_packet: settings.max_packet,
-        broker_max_qos: None,
-        retain_available: true,
-        offline_acked: false,
-    };
-    let mut status_due = false;
-    let mut stop_deadline: Option<tokio::time::Instant> = None;
-    let mut disconnecting = false;
+    let mut run = Run::new(client, wire, settings, reader);
     loop {
-        if reader.is_aborted() {
+        if run.prepare_turn().is_break() {
             break;
         }
-        if reader.is_finished() && stop_deadline.is_none() {
-            // Everything acknowledged: say goodbye (the will is not sent on a clean stop).
-            match (&settings.status, a.tracker.is_connected()) {
-                (Some(status), true) => a.send_status(status, false),
-                _ => break,
-            }
-            stop_deadline = Some(tokio::time::Instant::now() + STOP_TIMEOUT);
+        let next = run.next_happening().await;
+        if run.act(next).await.is_break() {
+            break;
         }
-        if a.offline_acked && !disconnecting {
-            disconnecting = a.client.disconnect();
-        }
-        if let (Some(status), true) = (&settings.status, status_due) {
-            if a.tracker.may_send_status() {
-                status_due = false;
-                a.send_status(status, true);
-            }
-        }
-        if let Some(resend) = a.tracker.poll_resend() {
-            wire.resend(resend);
-        }
-        let happened = {
-            let mut poll = pin!(wire.poll());
-            loop {
-                if stop_deadline.is_none() {
-                    a.fill(&mut reader);
-                }
-                let stop_at = stop_deadline.unwrap_or_else(tokio::time::Instant::now);
-                tokio::select! {
-                    biased;
-                    happened = &mut poll => break Some(happened),
-                    () = reader.readable(), if a.tracker.room() > 0 && !reader.is_closed() => {}
-                    () = reader.done(), if stop_deadline.is_none() && a.tracker.records_outstanding() == 0 => break None,
-                    () = reader.aborted() => break None,
-                    () = tokio::time::sleep_until(stop_at), if stop_deadline.is_some() => break None,
-                }
-            }
+    }
+    run.reader.report()
+}
+
+/// What the sink task keeps between turns.
+struct Run<C: Publisher, W: Wire> {
+    a: Adapter<C>,
+    wire: W,
+    settings: Settings,
+    reader: BufferReader,
+    backoff: Backoff,
+    metrics: SinkMetrics,
+    sink: &'static str,
+    /// The `online` status is to be sent (after a CONNACK, once the tracker allows it).
+    status_due: bool,
+    /// Set when the buffer is drained: how long the `offline` status may take.
+    stop_deadline: Option<tokio::time::Instant>,
+    /// Our DISCONNECT was handed to rumqttc.
+    disconnecting: bool,
+}
+
+impl<C: Publisher, W: Wire> Run<C, W> {
+    fn new(client: C, wire: W, settings: Settings, reader: BufferReader) -> Self {
+        let a = Adapter {
+            client,
+            tracker: Tracker::new(settings.window),
+            claims: HashMap::new(),
+            batch: Vec::new(),
+            qos: settings.qos,
+            retain: settings.retain.clone(),
+            max_packet: settings.max_packet,
+            broker_max_qos: None,
+            retain_available: true,
+            offline_acked: false,
         };
-        match happened {
-            None if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => break,
+        Run {
+            a,
+            wire,
+            backoff: Backoff::new(&settings.reconnect),
+            metrics: reader.metrics().clone(),
+            sink: reader.sink_label(),
+            settings,
+            reader,
+            status_due: false,
+            stop_deadline: None,
+            disconnecting: false,
+        }
+    }
+
+    /// Before waiting: stop when aborted or drained with nothing left to say; otherwise start
+    /// the goodbye, disconnect once `offline` is acknowledged, send a due `online` and hand a
+    /// held re-send back to rumqttc.
+    fn prepare_turn(&mut self) -> ControlFlow<()> {
+        if self.reader.is_aborted() {
+            return ControlFlow::Break(());
+        }
+        if self.reader.is_finished() && self.stop_deadline.is_none() {
+            // Everything acknowledged: say goodbye (the will is not sent on a clean stop).
+            match (&self.settings.status, self.a.tracker.is_connected()) {
+                (Some(status), true) => self.a.send_status(status, false),
+                _ => return ControlFlow::Break(()),
+            }
+            self.stop_deadline = Some(tokio::time::Instant::now() + STOP_TIMEOUT);
+        }
+        if self.a.offline_acked && !self.disconnecting {
+            self.disconnecting = self.a.client.disconnect();
+        }
+        if let (Some(status), true) = (&self.settings.status, self.status_due) {
+            if self.a.tracker.may_send_status() {
+                self.status_due = false;
+                self.a.send_status(status, true);
+            }
+        }
+        if let Some(resend) = self.a.tracker.poll_resend() {
+            self.wire.resend(resend);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Hands records to rumqttc whenever the buffer has some and the window room, until rumqttc
+    /// reports something (`Some`) or the drain, an abort or the stop deadline interrupts
+    /// (`None`). The event loop's `poll` stays the same future meanwhile.
+    async fn next_happening(&mut self) -> Option<Result<Happened, WireError>> {
+        let Run {
+            a,
+            wire,
+            reader,
+            stop_deadline,
+            ..
+        } = self;
+        let stop_deadline = *stop_deadline;
+        let mut poll = pin!(wire.poll());
+        loop {
+            if stop_deadline.is_none() {
+                a.fill(reader);
+            }
+            let stop_at = stop_deadline.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                biased;
+                happened = &mut poll => return Some(happened),
+                () = reader.readable(), if a.tracker.room() > 0 && !reader.is_closed() => {}
+                () = reader.done(), if stop_deadline.is_none() && a.tracker.records_outstanding() == 0 => return None,
+                () = reader.aborted() => return None,
+                () = tokio::time::sleep_until(stop_at), if stop_deadline.is_some() => return None,
+            }
+        }
+    }
+
+    /// Acts on what happened; breaks when the task is done.
+    async fn act(&mut self, next: Option<Result<Happened, WireError>>) -> ControlFlow<()> {
+        match next {
+            None if self
+                .stop_deadline
+                .is_some_and(|d| tokio::time::Instant::now() >= d) =>
+            {
+                return ControlFlow::Break(());
+            }
             None => {}
             Some(Ok(Happened::ConnAck {
                 session_present,
                 limits,
-            })) => {
-                backoff.reset();
-                emit(
-                    &metrics,
-                    SinkConnected {
-                        sink,
-                        endpoint: &settings.endpoint,
-                        detail: if session_present {
-                            "session resumed"
-                        } else {
-                            "new session"
-                        },
-                    },
-                );
-                let reconnected =
-                    a.connected(&mut wire, session_present, limits, &settings, &reader);
-                emit(
-                    &metrics,
-                    RecordsRedelivered {
-                        sink,
-                        count: reconnected.on_wire,
-                        cause: reconnected.cause(),
-                    },
-                );
-                status_due = settings.status.is_some() && stop_deadline.is_none();
+            })) => self.connected(session_present, limits),
+            Some(Ok(Happened::Disconnected)) if self.disconnecting => {
+                return ControlFlow::Break(());
             }
-            Some(Ok(Happened::Disconnected)) if disconnecting => break,
-            Some(Ok(happened)) => a.feed(happened, &reader),
-            Some(Err(error)) => {
-                a.disconnected(&mut wire, &reader);
-                if disconnecting || stop_deadline.is_some() && reader.is_finished() {
-                    break;
-                }
-                let retry_in = backoff.next_delay();
-                emit(
-                    &metrics,
-                    ConnectionFailed {
-                        sink,
-                        endpoint: &settings.endpoint,
-                        kind: error.kind,
-                        error: &error.error,
-                        retry_in: Some(retry_in),
-                    },
-                );
-                sleep_unless_aborted(&reader, retry_in).await;
-            }
+            Some(Ok(happened)) => self.a.feed(happened, &self.reader),
+            Some(Err(error)) => return self.connection_failed(error).await,
         }
+        ControlFlow::Continue(())
     }
-    reader.report()
+
+    /// CONNACK: reported, the tracker told, the `online` status due.
+    fn connected(&mut self, session_present: bool, limits: BrokerLimits) {
+        self.backoff.reset();
+        emit(
+            &self.metrics,
+            SinkConnected {
+                sink: self.sink,
+                endpoint: &self.settings.endpoint,
+                detail: if session_present {
+                    "session resumed"
+                } else {
+                    "new session"
+                },
+            },
+        );
+        let reconnected = self.a.connected(
+            &mut self.wire,
+            session_present,
+            limits,
+            &self.settings,
+            &self.reader,
+        );
+        emit(
+            &self.metrics,
+            RecordsRedelivered {
+                sink: self.sink,
+                count: reconnected.on_wire,
+                cause: reconnected.cause(),
+            },
+        );
+        self.status_due = self.settings.status.is_some() && self.stop_deadline.is_none();
+    }
+
+    /// A failed connection (or connection attempt): the tracker replans; unless the task is
+    /// stopping, reported and retried after the back-off.
+    async fn connection_failed(&mut self, error: WireError) -> ControlFlow<()> {
+        self.a.disconnected(&mut self.wire, &self.reader);
+        if self.disconnecting || self.stop_deadline.is_some() && self.reader.is_finished() {
+            return ControlFlow::Break(());
+        }
+        let retry_in = self.backoff.next_delay();
+        emit(
+            &self.metrics,
+            ConnectionFailed {
+                sink: self.sink,
+                endpoint: &self.settings.endpoint,
+                kind: error.kind,
+                error: &error.error,
+                retry_in: Some(retry_in),
+            },
+        );
+        sleep_unless_aborted(&self.reader, retry_in).await;
+        ControlFlow::Continue(())
+    }
 }

@@ -32,7 +32,7 @@
 //! MQTT 3.1.1 client) is isolated: see [`Tracker::connection_lost`]. An MQTT 5 broker says so
 //! with a PUBACK / PUBREC reason code of 0x80 or more: that record is rejected at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,51 @@ struct Numbered {
     received: bool,
 }
 
+/// Numbered publishes awaiting acknowledgement, oldest first per packet id, in a table indexed
+/// by the id. rumqttc numbers from 1 to its `inflight`, so the table stops growing once each id
+/// was used, and each id's queue keeps its capacity: numbering a publish then allocates nothing
+/// (a map of queues allocated a queue every time an id came back into use).
+#[derive(Debug, Default)]
+struct ByPkid {
+    queues: Vec<VecDeque<Numbered>>,
+}
+
+impl ByPkid {
+    /// `numbered` becomes the newest holder of `pkid`.
+    fn push(&mut self, pkid: u16, numbered: Numbered) {
+        let i = usize::from(pkid);
+        if i >= self.queues.len() {
+            self.queues.resize_with(i + 1, VecDeque::new);
+        }
+        self.queues[i].push_back(numbered);
+    }
+
+    /// The holders of `pkid`, oldest first, if any.
+    fn get_mut(&mut self, pkid: u16) -> Option<&mut VecDeque<Numbered>> {
+        self.queues
+            .get_mut(usize::from(pkid))
+            .filter(|queue| !queue.is_empty())
+    }
+
+    /// Every numbered publish with its packet id and place in that id's queue.
+    fn iter(&self) -> impl Iterator<Item = (u16, usize, &Numbered)> {
+        (0..=u16::MAX).zip(&self.queues).flat_map(|(pkid, queue)| {
+            queue
+                .iter()
+                .enumerate()
+                .map(move |(at, numbered)| (pkid, at, numbered))
+        })
+    }
+
+    /// Takes every numbered publish out (the queues keep their capacity).
+    fn take_all(&mut self) -> Vec<Numbered> {
+        self.queues
+            .iter_mut()
+            .flat_map(|queue| queue.drain(..))
+            .collect()
+    }
+}
+
 /// Ties packet ids to records. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -216,7 +261,7 @@ pub(crate) struct Tracker {
     /// connection loss (the rest are still in its request channel).
     in_pending: usize,
     /// Numbered, awaiting acknowledgement, oldest first per packet id.
-    by_pkid: HashMap<u16, VecDeque<Numbered>>,
+    by_pkid: ByPkid,
     /// Packet ids rumqttc is about to re-send after resuming a session.
     resends: HashSet<u16>,
     /// Publishes rumqttc holds back because their packet id collided with an unacknowledged
@@ -250,7 +295,7 @@ impl Tracker {
             window: window.max(1),
             unassigned: VecDeque::new(),
             in_pending: 0,
-            by_pkid: HashMap::new(),
+            by_pkid: ByPkid::default(),
             resends: HashSet::new(),
             collided: VecDeque::new(),
             records_outstanding: 0,
@@ -334,7 +379,7 @@ impl Tracker {
                 // A re-send of an unacknowledged publish (its record is counted already); the
                 // re-sent one is the newest holder of its id.
                 let written = self.stamp(now);
-                if let Some(numbered) = self.by_pkid.get_mut(&pkid).and_then(|q| q.back_mut()) {
+                if let Some(numbered) = self.by_pkid.get_mut(pkid).and_then(|q| q.back_mut()) {
                     numbered.written = written;
                 }
                 return;
@@ -355,11 +400,14 @@ impl Tracker {
 
     fn number(&mut self, pkid: u16, item: Item, now: Instant) {
         let written = self.stamp(now);
-        self.by_pkid.entry(pkid).or_default().push_back(Numbered {
-            item,
-            written,
-            received: false,
-        });
+        self.by_pkid.push(
+            pkid,
+            Numbered {
+                item,
+                written,
+                received: false,
+            },
+        );
     }
 
     /// `Outgoing::AwaitAck(pkid)`: the next request's packet id is still in use; rumqttc holds
@@ -374,7 +422,7 @@ impl Tracker {
     /// PUBACK / PUBREC / PUBCOMP for `pkid`; `refused` is an MQTT 5 failure reason code (0x80
     /// or more; 3.1.1: always `None`).
     pub(crate) fn acked(&mut self, kind: AckKind, pkid: u16, refused: Option<u8>) {
-        let Some(queue) = self.by_pkid.get_mut(&pkid) else {
+        let Some(queue) = self.by_pkid.get_mut(pkid) else {
             self.stray_acks += 1;
             tracing::debug!(
                 pkid,
@@ -399,9 +447,6 @@ impl Tracker {
             return;
         }
         let numbered = queue.remove(at).expect("position found above");
-        if queue.is_empty() {
-            self.by_pkid.remove(&pkid);
-        }
         if self.fed == Some(pkid) {
             self.fed = None;
         }
@@ -445,9 +490,8 @@ impl Tracker {
         self.connection += 1;
         let on_wire = self
             .by_pkid
-            .values()
-            .flatten()
-            .filter(|n| matches!(n.item, Item::Record(_)))
+            .iter()
+            .filter(|(_, _, n)| matches!(n.item, Item::Record(_)))
             .count() as u64;
         if session_present {
             self.resends = pending
@@ -467,7 +511,7 @@ impl Tracker {
         // Held re-sends belong to the forgotten session.
         self.held.clear();
         self.fed = None;
-        let mut lost: Vec<Numbered> = self.by_pkid.drain().flat_map(|(_, q)| q).collect();
+        let mut lost = self.by_pkid.take_all();
         lost.sort_by_key(|n| n.written.order);
         let lost: Vec<Item> = lost
             .into_iter()
@@ -527,7 +571,6 @@ impl Tracker {
         let just_written = self
             .by_pkid
             .iter()
-            .flat_map(|(pkid, queue)| queue.iter().enumerate().map(move |(i, n)| (*pkid, i, n)))
             .filter(|(_, _, n)| {
                 n.written.connection == connection
                     && now.saturating_duration_since(n.written.at) <= POISON_WINDOW
@@ -613,14 +656,11 @@ impl Tracker {
             return;
         }
         self.suspect = None;
-        let Some(queue) = self.by_pkid.get_mut(&pkid) else {
+        let Some(queue) = self.by_pkid.get_mut(pkid) else {
             return;
         };
         if queue.remove(at).is_none() {
             return;
-        }
-        if queue.is_empty() {
-            self.by_pkid.remove(&pkid);
         }
         // rumqttc holds the unacknowledged publish to re-send it on a resumed session; it must
         // not go again.
@@ -738,7 +778,7 @@ mod tests {
     fn table() {
         use In::*;
         let p = Pending::Publish;
-        let cases: Vec<(&str, Vec<In>, Vec<Action>, usize)> =
+        let mut cases: Vec<(&str, Vec<In>, Vec<Action>, usize)> =
             vec![
             (
                 "QoS 1: each PUBACK acknowledges its own record",
@@ -860,12 +900,110 @@ mod tests {
                 0,
             ),
         ];
+        cases.extend(table_by_pkid());
         for (name, inputs, expected, outstanding) in cases {
             let mut run = Run::new(10);
             run.feed(&inputs);
             assert_eq!(run.take(), expected, "{name}");
             assert_eq!(run.tracker.records_outstanding(), outstanding, "{name}");
         }
+    }
+
+    /// Cases for the table of packet ids: ids reused round after round, acknowledgements out
+    /// of order across ids, ids far beyond those in use.
+    #[allow(clippy::type_complexity)]
+    fn table_by_pkid() -> Vec<(&'static str, Vec<In>, Vec<Action>, usize)> {
+        use In::*;
+        let p = Pending::Publish;
+        vec![
+            (
+                "ids 1 and 2 reused three times: each PUBACK acknowledges the id's current record",
+                vec![
+                    Hand(1),
+                    Hand(2),
+                    Write(1),
+                    Write(2),
+                    PubAck(1),
+                    PubAck(2),
+                    Hand(3),
+                    Hand(4),
+                    Write(1),
+                    Write(2),
+                    PubAck(2),
+                    PubAck(1),
+                    Hand(5),
+                    Write(1),
+                    PubAck(1),
+                ],
+                vec![Ack(1), Ack(2), Ack(4), Ack(3), Ack(5)],
+                0,
+            ),
+            (
+                "acknowledgements in reverse order across ids",
+                vec![
+                    Hand(1),
+                    Hand(2),
+                    Hand(3),
+                    Write(3),
+                    Write(2),
+                    Write(1),
+                    PubAck(1),
+                    PubAck(2),
+                    PubAck(3),
+                ],
+                vec![Ack(3), Ack(2), Ack(1)],
+                0,
+            ),
+            (
+                "a PUBACK for an id far beyond those in use is a stray",
+                vec![Hand(1), Write(1), PubAck(65_535), PubAck(1)],
+                vec![Ack(1)],
+                0,
+            ),
+            (
+                "QoS 2 on a reused id, then the session lost: requeued in write order",
+                vec![
+                    Hand(1),
+                    Write(2),
+                    PubRec(2),
+                    Hand(2),
+                    Write(2),
+                    Hand(3),
+                    Write(1),
+                    Wait(6_000),
+                    Lost(vec![p(2), p(1)]),
+                    ConnAck(false, vec![]),
+                ],
+                vec![Requeue(1), Requeue(2), Requeue(3)],
+                0,
+            ),
+        ]
+    }
+
+    /// Numbering reuses the table: it grows to the highest id used and no further, and an id's
+    /// queue keeps its storage after its publish is acknowledged.
+    #[test]
+    fn numbering_reuses_the_table() {
+        let mut run = Run::new(4);
+        let mut seq = 0;
+        for _ in 0..1_000 {
+            for pkid in 1..=4u16 {
+                seq += 1;
+                run.feed(&[In::Hand(seq), In::Write(pkid)]);
+            }
+            run.feed(&[In::PubAck(3), In::PubAck(1), In::PubAck(4), In::PubAck(2)]);
+        }
+        assert_eq!(run.take().len(), 4_000, "every record acknowledged");
+        assert_eq!(run.tracker.records_outstanding(), 0);
+        let queues = &run.tracker.by_pkid.queues;
+        assert_eq!(queues.len(), 5, "ids 0..=4");
+        assert!(queues[1..].iter().all(|q| q.is_empty() && q.capacity() > 0));
+        run.feed(&[In::PubAck(60_000)]);
+        assert_eq!(
+            run.tracker.by_pkid.queues.len(),
+            5,
+            "a stray ack adds nothing"
+        );
     }
 
     #[test]
@@ -1087,8 +1225,9 @@ mod tests {
             let mut pending: Vec<Pending> = run
                 .tracker
                 .by_pkid
-                .keys()
-                .map(|p| Pending::Publish(*p))
+                .iter()
+                .filter(|(_, at, _)| *at == 0)
+                .map(|(p, _, _)| Pending::Publish(p))
                 .collect();
             pending.extend(std::iter::repeat_n(Pending::Publish(0), fresh));
             run.feed(&[In::Lost(pending), In::ConnAck(false, vec![])]);

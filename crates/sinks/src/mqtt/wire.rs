@@ -5,11 +5,15 @@
 //! Each turns rumqttc's events into [`Happened`] (what the tracker is fed) and applies the
 //! tracker's answers about rumqttc's re-send queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use super::tracker::{AckKind, Pending, Place, Resend};
 use super::v5::PropertyRules;
@@ -107,7 +111,7 @@ pub(crate) trait Wire: Send + 'static {
 }
 
 fn rearrange<R>(
-    pending: &mut std::collections::VecDeque<R>,
+    pending: &mut VecDeque<R>,
     plan: &[(usize, Place)],
     held: &mut HashMap<Resend, R>,
     key: impl Fn(&R) -> Option<Resend>,
@@ -135,14 +139,26 @@ fn rearrange<R>(
 /// MQTT fixed header (at most 5 bytes), topic length prefix and packet id.
 const PUBLISH_OVERHEAD: usize = 9;
 
-/// MQTT 3.1.1: the sending half.
+/// MQTT 3.1.1: the sending half. Requests go to [`V4`]'s own queue (not through rumqttc's
+/// `AsyncClient`), so the event loop can take every ready request at once.
 pub(crate) struct V4Client {
-    client: rumqttc::AsyncClient,
+    requests: mpsc::Sender<rumqttc::Request>,
 }
 
 /// MQTT 3.1.1: the event loop.
+///
+/// rumqttc 0.25's `EventLoop::poll` writes and flushes each request on its own: one `write`
+/// system call per publish (its `max_request_batch` option is parsed and never used). Once
+/// connected, this drives the connection with rumqttc's own parts instead — `MqttState` numbers
+/// publishes and matches acknowledgements, `Network` frames packets — and takes every request
+/// that is ready per wake-up, re-sends first, as rumqttc's flow control admits them, before one
+/// flush (see [`V4::next_event`]). rumqttc's `poll` still makes each connection (TCP, TLS,
+/// CONNECT / CONNACK) and its `clean` still moves what was in flight to its re-send queue.
 pub(crate) struct V4 {
     eventloop: rumqttc::EventLoop,
+    requests: mpsc::Receiver<rumqttc::Request>,
+    /// When the next PINGREQ is due (reset at every CONNACK, as rumqttc does).
+    keep_alive: Pin<Box<Sleep>>,
     held: HashMap<Resend, rumqttc::Request>,
 }
 
@@ -151,32 +167,159 @@ impl V4 {
         options: rumqttc::MqttOptions,
         cap: usize,
         connect_timeout_secs: u64,
+        tcp_nodelay: bool,
     ) -> (V4Client, Self) {
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, cap);
+        let (tx, requests) = mpsc::channel(cap.max(1));
+        // rumqttc's own request channel stays empty: requests come through `requests`.
+        let mut eventloop = rumqttc::EventLoop::new(options, 1);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(connect_timeout_secs);
+        network.set_tcp_nodelay(tcp_nodelay);
         eventloop.set_network_options(network);
         (
-            V4Client { client },
+            V4Client { requests: tx },
             V4 {
                 eventloop,
+                requests,
+                keep_alive: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 held: HashMap::new(),
             },
         )
     }
+
+    /// The next event once connected: one the last turn produced, or else what the network,
+    /// the requests or the keep-alive timer bring — rumqttc's `select`, except that a wake-up
+    /// by a request writes every ready request (at most [`MAX_BATCH`]) before the one flush.
+    async fn next_event(&mut self) -> Result<rumqttc::Event, rumqttc::ConnectionError> {
+        use rumqttc::ConnectionError;
+        loop {
+            let el = &mut self.eventloop;
+            if let Some(event) = el.state.events.pop_front() {
+                return Ok(event);
+            }
+            let Some(network) = el.network.as_mut() else {
+                // `poll` connects first; nothing to drive without a connection.
+                return Err(ConnectionError::RequestsDone);
+            };
+            let flow = Flow {
+                max_inflight: el.mqtt_options.inflight(),
+                throttle: el.mqtt_options.pending_throttle(),
+            };
+            let keep_alive = el.mqtt_options.keep_alive();
+            let flush_timeout = Duration::from_secs(el.network_options.connection_timeout());
+            let state = &mut el.state;
+            let pending = &mut el.pending;
+            let open = !pending.is_empty() || flow.admits(state);
+            tokio::select! {
+                read = network.readb(state) => read?,
+                first = next_request(pending, &mut self.requests, flow.throttle), if open => {
+                    let first = first.ok_or(ConnectionError::RequestsDone)?;
+                    let mut next = Some(first);
+                    let mut written = 0;
+                    while let Some(request) = next.take() {
+                        if let Some(packet) = state.handle_outgoing_packet(request)? {
+                            network.write(packet).await?;
+                        }
+                        written += 1;
+                        if written < MAX_BATCH {
+                            next = flow.ready(state, pending, &mut self.requests);
+                        }
+                    }
+                }
+                () = self.keep_alive.as_mut(), if !keep_alive.is_zero() => {
+                    self.keep_alive.as_mut().reset(Instant::now() + keep_alive);
+                    let ping = rumqttc::Request::PingReq(rumqttc::PingReq);
+                    if let Some(packet) = state.handle_outgoing_packet(ping)? {
+                        network.write(packet).await?;
+                    }
+                }
+            }
+            match tokio::time::timeout(flush_timeout, network.flush()).await {
+                Ok(flushed) => flushed?,
+                Err(_) => return Err(ConnectionError::FlushTimeout),
+            }
+        }
+    }
+
+    /// After a connection error: rumqttc's `clean` (what was in flight goes to its re-send
+    /// queue), and the requests not taken yet follow them, as rumqttc does with its channel.
+    fn clean(&mut self) {
+        self.eventloop.clean();
+        while let Ok(request) = self.requests.try_recv() {
+            self.eventloop.pending.push_back(request);
+        }
+    }
+}
+
+/// Most requests written before one flush (and before their events are handed out).
+const MAX_BATCH: usize = 256;
+
+/// rumqttc's flow control for requests.
+#[derive(Clone, Copy)]
+struct Flow {
+    max_inflight: u16,
+    /// rumqttc's pause between re-sends (zero unless configured): re-sends go one per turn
+    /// when it is set.
+    throttle: Duration,
+}
+
+impl Flow {
+    /// Whether a fresh request may be taken: room in flight and no collision held back.
+    fn admits(self, state: &rumqttc::MqttState) -> bool {
+        state.inflight() < self.max_inflight && state.collision.is_none()
+    }
+
+    /// The next request ready without waiting: a re-send first, then a fresh one if admitted.
+    fn ready(
+        self,
+        state: &rumqttc::MqttState,
+        pending: &mut VecDeque<rumqttc::Request>,
+        requests: &mut mpsc::Receiver<rumqttc::Request>,
+    ) -> Option<rumqttc::Request> {
+        if !pending.is_empty() {
+            return if self.throttle.is_zero() {
+                pending.pop_front()
+            } else {
+                None
+            };
+        }
+        if self.admits(state) {
+            requests.try_recv().ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// A re-send (after the throttle) before a fresh request, as rumqttc takes them. Cancel-safe.
+async fn next_request(
+    pending: &mut VecDeque<rumqttc::Request>,
+    requests: &mut mpsc::Receiver<rumqttc::Request>,
+    throttle: Duration,
+) -> Option<rumqttc::Request> {
+    if pending.is_empty() {
+        return requests.recv().await;
+    }
+    if !throttle.is_zero() {
+        tokio::time::sleep(throttle).await;
+    }
+    pending.pop_front()
 }
 
 impl Publisher for V4Client {
     fn publish(&self, p: Outgoing<'_>) -> bool {
-        let sent = self
-            .client
-            .publish_bytes(p.topic.to_owned(), qos_v4(p.qos), p.retain, p.payload)
-            .now_or_never();
-        matches!(sent, Some(Ok(())))
+        // rumqttc's 3.1.1 publish owns its topic as a `String`: the one copy of it per publish.
+        let mut publish = rumqttc::Publish::from_bytes(p.topic, qos_v4(p.qos), p.payload);
+        publish.retain = p.retain;
+        self.requests
+            .try_send(rumqttc::Request::Publish(publish))
+            .is_ok()
     }
 
     fn disconnect(&self) -> bool {
-        self.client.disconnect().now_or_never().is_some()
+        self.requests
+            .try_send(rumqttc::Request::Disconnect(rumqttc::Disconnect))
+            .is_ok()
     }
 
     fn publish_size(&self, record: &Record) -> usize {
@@ -231,7 +374,22 @@ fn error_kind_v4(error: &rumqttc::ConnectionError) -> &'static str {
 
 impl Wire for V4 {
     async fn poll(&mut self) -> Result<Happened, WireError> {
-        match self.eventloop.poll().await {
+        let event = if self.eventloop.network.is_none() {
+            // Connects (TCP, TLS, CONNECT) and returns the CONNACK.
+            let connected = self.eventloop.poll().await;
+            if connected.is_ok() {
+                let keep_alive = self.eventloop.mqtt_options.keep_alive();
+                self.keep_alive.as_mut().reset(Instant::now() + keep_alive);
+            }
+            connected
+        } else {
+            let event = self.next_event().await;
+            if event.is_err() {
+                self.clean();
+            }
+            event
+        };
+        match event {
             Ok(event) => Ok(happened_v4(&event)),
             Err(error) => Err(WireError {
                 kind: error_kind_v4(&error),
@@ -293,7 +451,8 @@ pub(crate) struct V5Client {
     rules: PropertyRules,
 }
 
-/// MQTT 5: the event loop.
+/// MQTT 5: the event loop. rumqttc's own (one flush per request): its MQTT 5 event loop keeps
+/// the connection private, so requests cannot be written in batches as over 3.1.1.
 pub(crate) struct V5 {
     eventloop: rumqttc::v5::EventLoop,
     held: HashMap<Resend, rumqttc::v5::Request>,
@@ -304,9 +463,13 @@ impl V5 {
         mut options: rumqttc::v5::MqttOptions,
         cap: usize,
         connect_timeout_secs: u64,
+        tcp_nodelay: bool,
         rules: PropertyRules,
     ) -> (V5Client, Self) {
         options.set_connection_timeout(connect_timeout_secs);
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(tcp_nodelay);
+        options.set_network_options(network);
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, cap);
         (
             V5Client { client, rules },
