@@ -299,7 +299,7 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("actioncable-v1-json"),
+        HeaderValue::from_static(voxsig_protocol::SUBPROTOCOL),
     );
     if let Ok(origin) = HeaderValue::from_str(&shared.origin) {
         headers.insert("Origin", origin);

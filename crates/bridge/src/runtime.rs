@@ -5,7 +5,7 @@ use crate::catchup::checkpoint::CheckpointFile;
 use crate::catchup::rest::{RestClient, RestSettings, RetryPolicy};
 use crate::catchup::telemetry::CatchupMetrics;
 use crate::catchup::{self, Catchup, SubInfo};
-use crate::config::{Presence, Settings};
+use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
@@ -18,7 +18,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::Connector;
-use voxsig_protocol::SessionConfig;
 use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
 
 /// How long sockets get to stop reading before the buffer is closed under them (at most a
@@ -198,15 +197,12 @@ impl Bridge {
                 }
             }
         }
-        let charset = settings.sink.value_charset();
-        let sink_config = settings.sink.clone();
         let router = Router::new(
             settings.topic.clone(),
             settings.key.clone(),
             settings.filter.clone(),
             config.route.payload,
-            charset,
-            Box::new(move |topic| sink_config.check_topic(topic).map_err(|e| e.to_string())),
+            settings.sink.topic_rules(),
         );
         let router = match config.cloudevents() {
             Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
@@ -219,15 +215,7 @@ impl Bridge {
                 .origin
                 .clone()
                 .unwrap_or_else(|| origin_of(&source.url)),
-            session: SessionConfig {
-                presence_interval: source.presence_interval,
-                stale_after: source.stale_after,
-                confirm_timeout: source.confirm_timeout,
-                max_frame_bytes: source.max_frame_bytes,
-                presence: source.presence == Presence::On,
-                seed: seed(),
-                ..SessionConfig::default()
-            },
+            session: source.session(seed()),
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: Some(Connector::Rustls(Arc::new(tls))),
@@ -405,10 +393,9 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
-        let mut reader = std::io::BufReader::new(pem.as_slice());
-        for cert in rustls_pemfile_certs(&mut reader) {
+        let certs =
+            voxsig_sinks::pem::read_certs(path).map_err(|e| StartError::Tls(e.to_string()))?;
+        for cert in certs {
             roots
                 .add(cert)
                 .map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
@@ -421,15 +408,4 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
-}
-
-fn rustls_pemfile_certs(
-    reader: &mut dyn std::io::BufRead,
-) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut pem = Vec::new();
-    let _ = reader.read_to_end(&mut pem);
-    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect()
 }
