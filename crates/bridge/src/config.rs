@@ -24,6 +24,7 @@ mod state;
 
 pub use crate::catchup::CatchupConfig;
 pub use accounts::{Account, AccountConfig, AccountSelector, Discovery};
+pub(crate) use error::first_failed;
 pub use error::ConfigError;
 pub use route::RouteConfig;
 pub use secrets::resolve_secret;

@@ -25,6 +25,16 @@ impl ConfigError {
     }
 }
 
+/// A table of checks, `(key, holds, problem)`: the first that does not hold is the error.
+pub(crate) fn first_failed<'a>(
+    checks: impl IntoIterator<Item = (&'a str, bool, &'a str)>,
+) -> Result<(), ConfigError> {
+    match checks.into_iter().find(|(_, holds, _)| !holds) {
+        Some((key, _, problem)) => Err(ConfigError::new(key, problem)),
+        None => Ok(()),
+    }
+}
+
 /// Turns figment's error (which names the key and the file) into ours. The value found is
 /// described by its type, never quoted: it may be a secret in the wrong key.
 pub(super) fn figment_error(e: figment::Error) -> ConfigError {

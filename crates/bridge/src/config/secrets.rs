@@ -4,47 +4,37 @@ use super::accounts::AccountConfig;
 use super::ConfigError;
 use std::path::Path;
 
-/// The entry's API access token, if it has one (at most one of the three keys; trimmed).
+/// The entry's API access token, if it has one: at most one of the three keys, resolved as
+/// every secret is ([`resolve_secret`]), and free of white space and control characters.
 pub(super) fn resolve_api_token(
     key: &str,
     entry: &AccountConfig,
 ) -> Result<Option<String>, ConfigError> {
-    let token =
-        match (
-            &entry.api_access_token,
-            &entry.api_access_token_env,
-            &entry.api_access_token_file,
-        ) {
-            (None, None, None) => return Ok(None),
-            (Some(token), None, None) => token.clone(),
-            (None, Some(var), None) => std::env::var(var).map_err(|_| {
-                ConfigError::new(
-                    format!("{key}.api_access_token_env"),
-                    format!("environment variable {var} is not set (or not UTF-8)"),
-                )
-            })?,
-            (None, None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(
-                    format!("{key}.api_access_token_file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?,
-            _ => return Err(ConfigError::new(
+    let inline = entry.api_access_token.as_deref();
+    let env = entry.api_access_token_env.as_deref();
+    let file = entry.api_access_token_file.as_deref();
+    match [inline.is_some(), env.is_some(), file.is_some()]
+        .into_iter()
+        .filter(|set| *set)
+        .count()
+    {
+        0 => return Ok(None),
+        1 => {}
+        _ => {
+            return Err(ConfigError::new(
                 key,
                 "set at most one of api_access_token, api_access_token_env, api_access_token_file",
-            )),
-        };
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(ConfigError::new(key, "the api access token is empty"));
+            ))
+        }
     }
+    let token = resolve_secret(key, "api_access_token", inline, env, file)?;
     if token.chars().any(|c| c.is_control() || c == ' ') {
         return Err(ConfigError::new(
             key,
             "the api access token holds white space or control characters",
         ));
     }
-    Ok(Some(token.to_owned()))
+    Ok(Some(token))
 }
 
 pub(super) fn resolve_token(key: &str, entry: &AccountConfig) -> Result<String, ConfigError> {

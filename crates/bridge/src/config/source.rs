@@ -1,7 +1,7 @@
 //! `[source]`: the platform's WebSocket endpoint, the session's tunables (defaulting to the
 //! protocol's own) and the sockets' reconnect back-off.
 
-use super::ConfigError;
+use super::{first_failed, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -144,10 +144,7 @@ impl SourceConfig {
                 "must be at least source.reconnect.initial, which must be above zero",
             ),
         ];
-        match checks.into_iter().find(|(_, ok, _)| !ok) {
-            Some((key, _, problem)) => Err(ConfigError::new(key, problem)),
-            None => Ok(()),
-        }
+        first_failed(checks)
     }
 
     fn validate_api_url(&self) -> Result<(), ConfigError> {
