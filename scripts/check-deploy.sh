@@ -69,6 +69,6 @@ if command -v kubectl >/dev/null 2>&1; then
   echo "== kubectl kustomize deploy/k8s"
   kubectl kustomize deploy/k8s >/dev/null
 else
-  echo "== kubectl not found: skipping the kustomize render (tests/tests/deploy.rs checks structure)"
+  echo "== kubectl not found: skipping the kustomize render (tests/tests/deploy/k8s.rs checks structure)"
 fi
 echo "deploy checks: OK"

@@ -1,28 +1,21 @@
 //! sim -> voxsig-bridge -> real brokers. Mosquitto and tansu run as processes of this test on free
-//! loopback ports (the broker helpers are the sinks' own test support); what arrives is read back
+//! loopback ports (the shared test support, `voxsig-testkit`); what arrives is read back
 //! with plain clients and checked against the simulator's ground truth.
 
-#[path = "../../crates/sinks/tests/support/mod.rs"]
-mod brokers;
+use voxsig_testkit::brokers;
+use voxsig_testkit::kafka::{consumer_from_beginning, headers_of};
+use voxsig_testkit::mqtt::on_publish;
+use voxsig_testkit::wait::until as eventually;
 
 use brokers::{Mosquitto, MosquittoOptions, Tansu};
 
-/// A metric summed over all its series (the sinks' test helper, without label filters).
+/// A metric summed over all its series (the testkit's helper, without label filters).
 fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
     brokers::metric(registry, name, &[])
 }
 
-/// Waits for `check` (the sinks' test helper), failing with `what` on timeout.
-async fn eventually(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
-    assert!(
-        brokers::eventually(timeout, check).await,
-        "timed out: {what}"
-    );
-}
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rdkafka::message::Message;
+use rumqttc::MqttOptions;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,39 +113,17 @@ async fn subscriber(port: u16, id: &str, clean: bool, filter: &str) -> Arc<Mutex
     options
         .set_clean_session(clean)
         .set_keep_alive(Duration::from_secs(5));
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    client
-        .subscribe(filter, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-    let mut subscribed_tx = Some(subscribed_tx);
     let sink = got.clone();
-    tokio::spawn(async move {
-        let _client = client; // keep the request channel open
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Got {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
-                    retain: p.retain,
-                    dup: p.dup,
-                }),
-                Ok(_) => {}
-                // The broker restarts in one test: keep reconnecting.
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
-        .await
-        .expect("suback in time")
-        .expect("suback");
+    // The broker restarts in one test: the client keeps reconnecting.
+    on_publish(options, filter, move |p| {
+        sink.lock().unwrap().push(Got {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            retain: p.retain,
+            dup: p.dup,
+        })
+    })
+    .await;
     got
 }
 
@@ -289,45 +260,14 @@ async fn kafka_counts_topics_keys_headers_and_per_conversation_order() {
     let brokers = tansu.brokers();
     let wanted = want.len();
     let consumed = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "voxsig-e2e")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let metadata = consumer
-            .fetch_metadata(Some("voxsig-events"), Duration::from_secs(10))
-            .expect("metadata");
-        let mut assignment = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                assignment
-                    .add_partition_offset("voxsig-events", p.id(), Offset::Beginning)
-                    .expect("assign");
-            }
-        }
-        consumer.assign(&assignment).expect("assign");
+        let consumer = consumer_from_beginning(&brokers, "voxsig-e2e", &["voxsig-events"]);
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while out.len() < wanted && std::time::Instant::now() < deadline {
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let headers: HashMap<String, String> = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_owned(),
-                                x.value
-                                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                                    .unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = headers_of(&m);
             out.push((
                 m.partition(),
                 m.key().map(|k| String::from_utf8_lossy(k).into_owned()),

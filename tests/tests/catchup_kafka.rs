@@ -1,13 +1,11 @@
 //! Catch-up through a real Kafka broker (tansu): messages lost to an outage come back from the
 //! REST API marked `replayed: 1`, every message once, told apart by the `event_id` header.
 
-#[path = "../../crates/sinks/tests/support/mod.rs"]
-mod brokers;
+use voxsig_testkit::brokers;
+use voxsig_testkit::kafka::consumer_from_beginning;
 
 use brokers::Tansu;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::Duration;
 use voxsig_bridge::{Bridge, Config};
@@ -19,24 +17,7 @@ const TOPIC: &str = "voxsig-catchup";
 
 /// (event_id, replayed, payload) of every record on the topic, until `wanted` or a deadline.
 fn consume(brokers: &str, wanted: usize) -> Vec<(String, bool, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "voxsig-catchup")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
-        .expect("metadata");
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            assignment
-                .add_partition_offset(TOPIC, p.id(), Offset::Beginning)
-                .expect("assign");
-        }
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = consumer_from_beginning(brokers, "voxsig-catchup", &[TOPIC]);
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // Read until `wanted`, then a little longer so a stray duplicate would show.

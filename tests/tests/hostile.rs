@@ -1,14 +1,13 @@
 //! Hostile platform -> voxsig-bridge -> real Mosquitto: what a broken or malicious feed must not
 //! be able to do to the MQTT side.
 
-#[path = "../../crates/sinks/tests/support/mod.rs"]
-mod brokers;
-#[path = "../../crates/bridge/tests/support/hostile.rs"]
-mod hostile;
+use voxsig_testkit::brokers;
+use voxsig_testkit::hostile;
+use voxsig_testkit::mqtt::on_publish;
 
 use brokers::{Mosquitto, MosquittoOptions};
 use hostile::Hostile;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::MqttOptions;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use voxsig_bridge::{Bridge, Config};
@@ -35,34 +34,13 @@ async fn subscriber(port: u16, filter: &str) -> Arc<Mutex<Vec<(String, Vec<u8>, 
     let got = Arc::new(Mutex::new(Vec::new()));
     let mut options = MqttOptions::new("hostile-sub", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
     let sink = got.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    sink.lock()
-                        .unwrap()
-                        .push((p.topic.clone(), p.payload.to_vec(), p.retain))
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("suback in time")
-        .unwrap();
+    on_publish(options, filter, move |p| {
+        sink.lock()
+            .unwrap()
+            .push((p.topic.clone(), p.payload.to_vec(), p.retain))
+    })
+    .await;
     got
 }
 

@@ -10,23 +10,23 @@ use crate::catchup::{Catchup, Rotation};
 use crate::dedup::{Dedup, Verdict};
 use crate::reconnect::{Health, Reconnect, ReconnectPolicy};
 use crate::route::{Receiver, Router, Unrouted};
-use crate::status::{now_ms, SocketState, StatusBoard, SubState};
-use crate::telemetry::{self as t, emit, BridgeMetrics};
+use crate::shutdown::Shutdown;
+use crate::status::{now_ms, SocketState, StatusBoard};
+use crate::telemetry::{self as t, emit, BridgeMetrics, DisconnectReason};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::backoff::{Backoff, Jitter, Rng};
-use voxsig_protocol::session::{
-    CloseReason, Delivery, Happening, SubscriptionId, SubscriptionState,
-};
+use voxsig_protocol::session::{CloseReason, Delivery, Happening, RetryCause, SubscriptionId};
 use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
 use voxsig_sinks::BufferWriter;
 
@@ -36,57 +36,57 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Everything the connection tasks share.
-pub struct Shared {
+pub(crate) struct Shared {
     /// `ws://` or `wss://` URL.
-    pub url: String,
+    pub(crate) url: String,
     /// The `Origin` header sent.
-    pub origin: String,
+    pub(crate) origin: String,
     /// Protocol session settings.
-    pub session: SessionConfig,
+    pub(crate) session: SessionConfig,
     /// Reconnect back-off, and when a connection counts as healthy.
-    pub reconnect: ReconnectPolicy,
+    pub(crate) reconnect: ReconnectPolicy,
     /// Wait after a `disconnect` with `reconnect: false`.
-    pub after_refusal: Duration,
+    pub(crate) after_refusal: Duration,
     /// TLS for `wss://`.
-    pub tls: Option<Connector>,
+    pub(crate) tls: Option<Connector>,
     /// Events into records.
-    pub router: Router,
+    pub(crate) router: Router,
     /// Cross-subscription dedup, when enabled.
-    pub dedup: Option<Dedup>,
+    pub(crate) dedup: Option<Dedup>,
     /// The buffer into the sink.
-    pub buffer: BufferWriter,
+    pub(crate) buffer: BufferWriter,
     /// Counters.
-    pub metrics: BridgeMetrics,
+    pub(crate) metrics: BridgeMetrics,
     /// Live state.
-    pub status: Arc<StatusBoard>,
+    pub(crate) status: Arc<StatusBoard>,
     /// Paces new sockets.
-    pub limiter: ConnectLimiter,
-    /// Flips to `true` on shutdown.
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) limiter: ConnectLimiter,
+    /// Says when the bridge stops.
+    pub(crate) shutdown: Shutdown,
     /// Gap bookkeeping, published message ids, catch-up.
-    pub catchup: Arc<Catchup>,
+    pub(crate) catchup: Arc<Catchup>,
 }
 
 /// One subscription of a connection: its global index, identifier and routing facts.
 #[derive(Clone)]
-pub struct Member {
+pub(crate) struct Member {
     /// Index in the configured accounts (and the status board).
-    pub index: usize,
+    pub(crate) index: usize,
     /// The identifier.
-    pub identifier: RoomIdentifier,
+    pub(crate) identifier: RoomIdentifier,
     /// Routing facts.
-    pub receiver: Receiver,
+    pub(crate) receiver: Receiver,
 }
 
 /// Paces socket openings across the process: at most `rate` per second.
-pub struct ConnectLimiter {
+pub(crate) struct ConnectLimiter {
     interval: Duration,
     next: Mutex<Instant>,
 }
 
 impl ConnectLimiter {
     /// A limiter letting `rate` sockets per second through.
-    pub fn new(rate: f64) -> Self {
+    pub(crate) fn new(rate: f64) -> Self {
         ConnectLimiter {
             interval: Duration::from_secs_f64(1.0 / rate.max(0.001)),
             next: Mutex::new(Instant::now()),
@@ -94,7 +94,7 @@ impl ConnectLimiter {
     }
 
     /// Waits for this caller's slot.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let slot = {
             let mut next = self.next.lock().await;
             let slot = (*next).max(Instant::now());
@@ -105,197 +105,280 @@ impl ConnectLimiter {
     }
 }
 
-/// Why a connection ended.
+/// Why a WebSocket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// `source.url` does not make a WebSocket request.
+    #[error("source.url: {0}")]
+    Request(WsError),
+    /// TCP, TLS or the WebSocket upgrade failed.
+    #[error(transparent)]
+    Handshake(#[from] WsError),
+    /// The handshake took longer than [`CONNECT_TIMEOUT`].
+    #[error("handshake timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Why a connection ended; its `Display` is the detail an operator reads (may be empty).
+#[derive(Debug)]
 enum Ended {
+    /// The bridge is stopping.
     Shutdown,
+    /// The session saw no ping within `stale_after`.
     Stale,
+    /// The server sent `disconnect`.
     Disconnect {
         reason: Option<String>,
         reconnect: bool,
     },
-    Closed(String),
-    Error(String),
+    /// The server sent a close frame.
+    Closed(Option<CloseFrame>),
+    /// The stream ended without a close frame.
+    Eof,
+    /// A WebSocket or I/O error.
+    Error(WsError),
 }
 
-/// Runs one socket's life until shutdown.
-pub async fn run(
-    shared: Arc<Shared>,
-    conn: usize,
-    mut members: Vec<Member>,
-    mut rotations: mpsc::UnboundedReceiver<Rotation>,
-) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut rng = Rng::new(shared.session.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9));
-    let mut session: Option<Session> = None;
-    let mut backoff = Reconnect::new(shared.reconnect);
-    let mut ever_connected = false;
-    loop {
-        if *shutdown.borrow() {
-            break;
+impl Ended {
+    /// The `voxsig_bridge_disconnects_total` reason.
+    fn reason(&self) -> DisconnectReason {
+        match self {
+            Ended::Shutdown => DisconnectReason::Shutdown,
+            Ended::Stale => DisconnectReason::Stale,
+            Ended::Disconnect {
+                reconnect: false, ..
+            } => DisconnectReason::ServerRefused,
+            Ended::Disconnect {
+                reconnect: true, ..
+            } => DisconnectReason::ServerDisconnect,
+            Ended::Closed(_) | Ended::Eof => DisconnectReason::Closed,
+            Ended::Error(_) => DisconnectReason::Error,
         }
-        shared.status.set_socket(conn, SocketState::Connecting);
-        tokio::select! {
-            _ = shared.limiter.wait() => {}
-            _ = shutdown.changed() => break,
-        }
-        let connected = tokio::select! {
-            result = connect(&shared) => result,
-            _ = shutdown.changed() => break,
-        };
-        let mut ws = match connected {
-            Ok(ws) => ws,
-            Err(error) => {
-                let retry_in = backoff.connect_failed(&mut rng);
-                emit(
-                    &shared.metrics,
-                    t::ConnectFailed {
-                        conn,
-                        error: &error,
-                        retry_in,
-                    },
-                );
-                if !pause(&shared, conn, retry_in, &mut shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let now = Instant::now().into_std();
-        let session = session.get_or_insert_with(|| {
-            let mut s = Session::new(shared.session.clone(), now);
-            for m in &members {
-                s.add(m.identifier.clone(), now);
-            }
-            s
-        });
-        session.reconnected(now);
-        shared.status.set_socket(conn, SocketState::Open);
-        if ever_connected {
-            shared.status.reconnected(conn);
-        }
-        emit(
-            &shared.metrics,
-            t::Connected {
-                conn,
-                subscriptions: members.len(),
-                reconnect: ever_connected,
-            },
-        );
-        ever_connected = true;
-        // Subscriptions backing off after a reject or timeout keep showing why.
-        for (i, m) in members.iter().enumerate() {
-            let state = session.subscription_state(SubscriptionId(i as u32));
-            if matches!(state, Some(SubscriptionState::Waiting)) {
-                shared.status.set_sub(m.index, SubState::Waiting);
-            }
-        }
+    }
 
-        let (ended, health) = drive(
-            &shared,
-            conn,
-            &mut members,
-            session,
-            &mut ws,
-            &mut shutdown,
-            &mut rotations,
-        )
-        .await;
-        // Healthy (confirmed, quiet for `healthy_after`): reconnect at once and start the
-        // back-off afresh; otherwise (a poison frame right after welcome) keep backing off.
-        let retry = backoff.ended(&health, Instant::now().into_std(), &mut rng);
-        let (reason, detail, retry_in) = match &ended {
-            Ended::Shutdown => ("shutdown", String::new(), None),
-            Ended::Stale => ("stale", String::new(), Some(retry)),
-            Ended::Disconnect {
-                reason,
-                reconnect: false,
-            } => {
-                let wait = Backoff {
-                    initial: shared.after_refusal,
-                    max: shared.after_refusal,
-                    jitter: Jitter::Equal,
-                };
-                (
-                    "server_refused",
-                    reason.clone().unwrap_or_default(),
-                    Some(wait.delay(0, &mut rng)),
-                )
-            }
-            Ended::Disconnect {
-                reason,
-                reconnect: true,
-            } => (
-                "server_disconnect",
-                reason.clone().unwrap_or_default(),
-                Some(retry),
-            ),
-            Ended::Closed(detail) => ("closed", detail.clone(), Some(retry)),
-            Ended::Error(detail) => ("error", detail.clone(), Some(retry)),
-        };
-        let gap_cause = match &ended {
+    /// The gap it opens in every account of the socket (none at shutdown).
+    fn gap_cause(&self) -> Option<GapCause> {
+        match self {
             Ended::Shutdown => None,
             Ended::Stale => Some(GapCause::Stale),
             Ended::Disconnect {
                 reconnect: false, ..
             } => Some(GapCause::Refused),
             _ => Some(GapCause::SocketDropped),
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Shutdown | Ended::Stale | Ended::Closed(None) => Ok(()),
+            Ended::Disconnect { reason, .. } => f.write_str(reason.as_deref().unwrap_or_default()),
+            Ended::Closed(Some(frame)) => {
+                write!(f, "close {} {}", u16::from(frame.code), frame.reason)
+            }
+            Ended::Eof => f.write_str("connection closed"),
+            Ended::Error(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Runs one socket's life until shutdown: open a socket (paced, backing off after failures),
+/// serve its subscriptions until the connection ends, account for the end, wait, and again.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    conn: usize,
+    members: Vec<Member>,
+    rotations: mpsc::UnboundedReceiver<Rotation>,
+) {
+    let mut life = SocketLife::new(shared, conn, members, rotations);
+    while let Some(mut ws) = life.open().await {
+        life.opened();
+        let (ended, health) = life.serve(&mut ws).await;
+        let Some(retry_in) = life.closed(&ended, &health) else {
+            break;
         };
-        if let Some(cause) = gap_cause {
-            for m in &members {
-                shared.catchup.lost(
+        if !life.pause(retry_in).await {
+            break;
+        }
+    }
+    life.shared.status.set_socket(conn, SocketState::Stopped);
+}
+
+/// What one socket's task keeps from one connection to the next.
+struct SocketLife {
+    shared: Arc<Shared>,
+    /// The socket's number.
+    conn: usize,
+    /// Its subscriptions, by session handle.
+    members: Vec<Member>,
+    rotations: mpsc::UnboundedReceiver<Rotation>,
+    shutdown: Shutdown,
+    /// The protocol session; it outlives sockets (subscriptions backing off keep their timers).
+    session: Session,
+    backoff: Reconnect,
+    rng: Rng,
+    ever_connected: bool,
+}
+
+impl SocketLife {
+    fn new(
+        shared: Arc<Shared>,
+        conn: usize,
+        members: Vec<Member>,
+        rotations: mpsc::UnboundedReceiver<Rotation>,
+    ) -> Self {
+        let now = Instant::now().into_std();
+        let mut session = Session::new(shared.session.clone(), now);
+        for m in &members {
+            session.add(m.identifier.clone(), now);
+        }
+        SocketLife {
+            rng: Rng::new(shared.session.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9)),
+            backoff: Reconnect::new(shared.reconnect),
+            shutdown: shared.shutdown.clone(),
+            shared,
+            conn,
+            members,
+            rotations,
+            session,
+            ever_connected: false,
+        }
+    }
+
+    /// Opens a socket: waits for a slot of the connect limiter, connects, and backs off after
+    /// each failure. `None` at shutdown.
+    async fn open(&mut self) -> Option<Socket> {
+        loop {
+            if self.shutdown.is_shutdown() {
+                return None;
+            }
+            self.shared
+                .status
+                .set_socket(self.conn, SocketState::Connecting);
+            tokio::select! {
+                () = self.shared.limiter.wait() => {}
+                () = self.shutdown.recv() => return None,
+            }
+            let connected = tokio::select! {
+                result = connect(&self.shared) => result,
+                () = self.shutdown.recv() => return None,
+            };
+            let error = match connected {
+                Ok(ws) => return Some(ws),
+                Err(error) => error,
+            };
+            let retry_in = self.backoff.connect_failed(&mut self.rng);
+            emit(
+                &self.shared.metrics,
+                t::ConnectFailed {
+                    conn: self.conn,
+                    error: &error,
+                    retry_in,
+                },
+            );
+            if !self.pause(retry_in).await {
+                return None;
+            }
+        }
+    }
+
+    /// A socket is open: the session starts over on it.
+    fn opened(&mut self) {
+        self.session.reconnected(Instant::now().into_std());
+        self.shared.status.set_socket(self.conn, SocketState::Open);
+        if self.ever_connected {
+            self.shared.status.reconnected(self.conn);
+        }
+        emit(
+            &self.shared.metrics,
+            t::Connected {
+                conn: self.conn,
+                subscriptions: self.members.len(),
+                reconnect: self.ever_connected,
+            },
+        );
+        self.ever_connected = true;
+    }
+
+    /// Serves the subscriptions on `ws` until the connection ends.
+    async fn serve(&mut self, ws: &mut Socket) -> (Ended, Health) {
+        drive(
+            &self.shared,
+            self.conn,
+            &mut self.members,
+            &mut self.session,
+            ws,
+            &mut self.shutdown,
+            &mut self.rotations,
+        )
+        .await
+    }
+
+    /// Accounts for the end of a connection: a gap in every account it carried, the
+    /// `Disconnected` event, the status board. Returns the wait before reconnecting (`None` at
+    /// shutdown). Healthy (confirmed, quiet for `healthy_after`): reconnect at once and start
+    /// the back-off afresh; otherwise (a poison frame right after welcome) keep backing off; a
+    /// server refusal waits `after_refusal`.
+    fn closed(&mut self, ended: &Ended, health: &Health) -> Option<Duration> {
+        let retry = self
+            .backoff
+            .ended(health, Instant::now().into_std(), &mut self.rng);
+        let reason = ended.reason();
+        let retry_in = match reason {
+            DisconnectReason::Shutdown => None,
+            DisconnectReason::ServerRefused => {
+                let wait = Backoff {
+                    initial: self.shared.after_refusal,
+                    max: self.shared.after_refusal,
+                    jitter: Jitter::Equal,
+                };
+                Some(wait.delay(0, &mut self.rng))
+            }
+            _ => Some(retry),
+        };
+        if let Some(cause) = ended.gap_cause() {
+            for m in &self.members {
+                self.shared.catchup.lost(
                     m.index,
                     m.receiver.account_id,
                     cause,
-                    shared.status.last_frame_ms(m.index),
+                    self.shared.status.last_frame_ms(m.index),
                 );
             }
         }
         emit(
-            &shared.metrics,
+            &self.shared.metrics,
             t::Disconnected {
-                conn,
+                conn: self.conn,
                 reason,
-                detail: &detail,
+                detail: ended,
                 retry_in,
             },
         );
-        for m in &members {
-            if matches!(
-                shared.status.subscriptions()[m.index].state(),
-                SubState::Pending | SubState::Confirmed | SubState::UnconfirmedStreaming
-            ) {
-                shared.status.set_sub(m.index, SubState::Waiting);
-            }
-        }
-        let Some(retry_in) = retry_in else { break };
-        if !pause(&shared, conn, retry_in, &mut shutdown).await {
-            break;
-        }
+        self.shared.status.socket_closed(self.conn);
+        retry_in
     }
-    shared.status.set_socket(conn, SocketState::Stopped);
-}
 
-/// Waits out a back-off; `false` when shutdown came first.
-async fn pause(
-    shared: &Shared,
-    conn: usize,
-    wait: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    shared.status.set_socket(conn, SocketState::Backoff);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => true,
-        _ = shutdown.changed() => false,
+    /// Waits out a back-off; `false` when shutdown came first.
+    async fn pause(&mut self, wait: Duration) -> bool {
+        self.shared
+            .status
+            .set_socket(self.conn, SocketState::Backoff);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.shutdown.recv() => false,
+        }
     }
 }
 
 /// Opens the WebSocket, offering ActionCable's subprotocol and the configured Origin.
-async fn connect(shared: &Shared) -> Result<Socket, String> {
+async fn connect(shared: &Shared) -> Result<Socket, ConnectError> {
     let mut request = shared
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| e.to_string())?;
+        .map_err(ConnectError::Request)?;
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
@@ -318,8 +401,8 @@ async fn connect(shared: &Shared) -> Result<Socket, String> {
     );
     match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
         Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("handshake timed out after {CONNECT_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(ConnectError::Handshake(e)),
+        Err(_) => Err(ConnectError::TimedOut(CONNECT_TIMEOUT)),
     }
 }
 
@@ -330,7 +413,7 @@ async fn drive(
     members: &mut Vec<Member>,
     session: &mut Session,
     ws: &mut Socket,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
     rotations: &mut mpsc::UnboundedReceiver<Rotation>,
 ) -> (Ended, Health) {
     let healthy_after = shared.reconnect.healthy_after;
@@ -344,13 +427,13 @@ async fn drive(
         let mut wrote = false;
         while let Some(frame) = session.poll_transmit() {
             if let Err(e) = ws.feed(Message::text(frame)).await {
-                return (Ended::Error(e.to_string()), health);
+                return (Ended::Error(e), health);
             }
             wrote = true;
         }
         if wrote {
             if let Err(e) = ws.flush().await {
-                return (Ended::Error(e.to_string()), health);
+                return (Ended::Error(e), health);
             }
         }
         while let Some(happening) = session.poll_happening() {
@@ -365,7 +448,7 @@ async fn drive(
         let deadline = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
             biased;
-            _ = shutdown.changed() => {
+            () = shutdown.recv() => {
                 let _ = ws.close(None).await;
                 return (Ended::Shutdown, health);
             }
@@ -385,10 +468,7 @@ async fn drive(
                         let error = session.handle_binary(bytes.len(), now);
                         emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
                     }
-                    Some(Ok(Message::Close(frame))) => {
-                        let detail = frame.map(|f| format!("close {} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                        return (Ended::Closed(detail), health);
-                    }
+                    Some(Ok(Message::Close(frame))) => return (Ended::Closed(frame), health),
                     Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
                     Some(Err(e)) => {
                         // A frame the WebSocket layer cannot pass on (not UTF-8, beyond the
@@ -398,9 +478,9 @@ async fn drive(
                             health.trouble(now, healthy_after);
                             emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
                         }
-                        return (Ended::Error(e.to_string()), health);
+                        return (Ended::Error(e), health);
                     }
-                    None => return (Ended::Closed("connection closed".into()), health),
+                    None => return (Ended::Eof, health),
                 }
             }
             _ = sleep_until(deadline) => session.handle_timeout(Instant::now().into_std()),
@@ -414,7 +494,6 @@ fn frame_error_of(
     max: usize,
 ) -> Option<voxsig_protocol::FrameError> {
     use tokio_tungstenite::tungstenite::error::CapacityError;
-    use tokio_tungstenite::tungstenite::Error as WsError;
     use voxsig_protocol::FrameError;
     match error {
         // "invalid utf-8 sequence of 1 bytes from index 5"
@@ -465,26 +544,27 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Logs, counts and records a session happening; returns how the connection ended, if it did.
+/// Records a session happening (status board, catch-up books, telemetry); returns how the
+/// connection ended, if it did.
 fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening) -> Option<Ended> {
-    let member = |sub: SubscriptionId| members.get(sub.0 as usize);
+    let member = happening
+        .subscription()
+        .and_then(|sub| members.get(sub.0 as usize));
+    let first_unconfirmed = shared
+        .status
+        .apply(conn, member.map(|mb| mb.index), &happening);
+    let failure = happening.failure();
     let m = &shared.metrics;
     match happening {
-        Happening::Welcomed => None,
-        Happening::Ping { .. } => {
-            shared.status.ping(conn, now_ms());
-            None
-        }
-        Happening::SubscribeSent { sub, .. } => {
-            if let Some(mb) = member(sub) {
-                shared.status.set_sub(mb.index, SubState::Pending);
+        Happening::Welcomed | Happening::Ping { .. } => None,
+        Happening::SubscribeSent { .. } => {
+            if let Some(mb) = member {
                 shared.catchup.subscribing(mb.index, now_ms());
             }
             None
         }
-        Happening::Confirmed { sub, after } => {
-            if let Some(mb) = member(sub) {
-                shared.status.set_sub(mb.index, SubState::Confirmed);
+        Happening::Confirmed { after, .. } => {
+            if let Some(mb) = member {
                 shared.catchup.confirmed(mb.index, now_ms());
                 emit(
                     m,
@@ -498,38 +578,40 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             None
         }
         Happening::Rejected {
-            sub,
-            attempt,
-            retry_in,
-        } => {
-            failed(shared, member(sub), "rejected", attempt, retry_in);
-            if let Some(mb) = member(sub) {
-                shared.catchup.rejected(mb.index);
-            }
-            None
+            attempt, retry_in, ..
         }
-        Happening::Unanswered {
-            sub,
-            attempt,
-            retry_in,
+        | Happening::Unanswered {
+            attempt, retry_in, ..
         } => {
-            failed(shared, member(sub), "unanswered", attempt, retry_in);
-            if let Some(mb) = member(sub) {
+            let (Some(mb), Some(cause)) = (member, failure) else {
+                return None;
+            };
+            emit(
+                m,
+                t::SubscriptionFailed {
+                    account: mb.receiver.account_id,
+                    token: mb.identifier.token(),
+                    cause,
+                    attempt,
+                    retry_in,
+                },
+            );
+            match cause {
+                RetryCause::Rejected => shared.catchup.rejected(mb.index),
                 // The platform's answer to a rotated token: none. Check the profile.
-                shared.catchup.unanswered(mb.index);
+                RetryCause::Unanswered => shared.catchup.unanswered(mb.index),
             }
             None
         }
-        Happening::StreamingUnconfirmed { sub } => {
-            if let Some(mb) = member(sub) {
-                let first = shared.status.set_unconfirmed_streaming(mb.index);
+        Happening::StreamingUnconfirmed { .. } => {
+            if let Some(mb) = member {
                 emit(
                     m,
                     t::SubscriptionStreamingUnconfirmed {
                         account: mb.receiver.account_id,
                         user: mb.receiver.user_id,
                         token: mb.identifier.token(),
-                        first,
+                        first: first_unconfirmed,
                     },
                 );
             }
@@ -548,36 +630,6 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
             Some(Ended::Disconnect { reason, reconnect })
         }
     }
-}
-
-fn failed(
-    shared: &Shared,
-    member: Option<&Member>,
-    cause: &'static str,
-    attempt: u32,
-    retry_in: Duration,
-) {
-    let Some(mb) = member else { return };
-    let (state, error) = match cause {
-        "rejected" => (SubState::Rejected, "rejected by the server"),
-        _ => (
-            SubState::Unanswered,
-            "no confirm or reject within the confirm timeout",
-        ),
-    };
-    shared.status.set_sub(mb.index, state);
-    shared.status.sub_failed(mb.index, error);
-    let token = mb.identifier.token();
-    emit(
-        &shared.metrics,
-        t::SubscriptionFailed {
-            account: mb.receiver.account_id,
-            token,
-            cause,
-            attempt,
-            retry_in,
-        },
-    );
 }
 
 /// One event: count, filter, dedup, route, buffer (waiting when the buffer is full).
@@ -658,5 +710,68 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
                 detail: &detail,
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    #[test]
+    fn each_end_has_one_reason_gap_cause_and_detail() {
+        let disconnect = |reconnect| Ended::Disconnect {
+            reason: Some("server_restart".into()),
+            reconnect,
+        };
+        let close = Ended::Closed(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        }));
+        let table = [
+            (Ended::Shutdown, "shutdown", None, ""),
+            (Ended::Stale, "stale", Some(GapCause::Stale), ""),
+            (
+                disconnect(false),
+                "server_refused",
+                Some(GapCause::Refused),
+                "server_restart",
+            ),
+            (
+                disconnect(true),
+                "server_disconnect",
+                Some(GapCause::SocketDropped),
+                "server_restart",
+            ),
+            (
+                close,
+                "closed",
+                Some(GapCause::SocketDropped),
+                "close 1001 bye",
+            ),
+            (
+                Ended::Closed(None),
+                "closed",
+                Some(GapCause::SocketDropped),
+                "",
+            ),
+            (
+                Ended::Eof,
+                "closed",
+                Some(GapCause::SocketDropped),
+                "connection closed",
+            ),
+            (
+                Ended::Error(WsError::ConnectionClosed),
+                "error",
+                Some(GapCause::SocketDropped),
+                "Connection closed normally",
+            ),
+        ];
+        for (ended, reason, gap, detail) in table {
+            assert_eq!(ended.reason().as_str(), reason, "{ended:?}");
+            assert_eq!(ended.gap_cause(), gap, "{ended:?}");
+            assert_eq!(ended.to_string(), detail, "{ended:?}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
+use voxsig_sinks::SinkHealthWatch;
 
 /// Gauges computed from the live state when scraped.
 #[derive(Clone)]
@@ -71,6 +72,8 @@ pub struct HttpState {
     pub status: Arc<StatusBoard>,
     /// Scrape-time gauges.
     pub gauges: Gauges,
+    /// Whether the sink holds a broker connection.
+    pub sink: SinkHealthWatch,
     /// The share of subscriptions that must be confirmed for `/readyz`.
     pub ready_fraction: f64,
 }
@@ -117,7 +120,7 @@ impl HttpState {
         };
         self.gauges.last_ping_age.set(age);
         let subscriptions = self.status.subscriptions().len();
-        let sink_connected = self.sink_connected();
+        let sink_connected = self.sink.get().is_connected();
         let enough =
             subscriptions > 0 && confirmed as f64 >= self.ready_fraction * subscriptions as f64;
         let ready = sink_connected && enough;
@@ -129,15 +132,6 @@ impl HttpState {
             subscriptions,
             required_fraction: self.ready_fraction,
         }
-    }
-
-    fn sink_connected(&self) -> bool {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "voxsig_bridge_sink_connected")
-            .flat_map(|f| f.get_metric().iter())
-            .any(|m| m.get_gauge().get_value() >= 1.0)
     }
 }
 

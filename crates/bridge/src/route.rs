@@ -26,15 +26,29 @@ pub struct EventFilter {
     exclude: Vec<String>,
 }
 
+/// An empty include/exclude pattern: it would match nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an empty pattern matches nothing")]
+pub struct EmptyPattern {
+    /// `include` or `exclude`.
+    pub list: &'static str,
+    /// Its position in the list.
+    pub index: usize,
+}
+
+impl EmptyPattern {
+    /// The configuration key it sits at, e.g. `route.exclude[0]`.
+    pub fn key(&self) -> String {
+        format!("route.{}[{}]", self.list, self.index)
+    }
+}
+
 impl EventFilter {
     /// Builds a filter; an empty pattern is an error naming its list (`include` or `exclude`).
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (String, String)> {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, EmptyPattern> {
         for (list, patterns) in [("include", include), ("exclude", exclude)] {
-            if let Some(i) = patterns.iter().position(|p| p.is_empty()) {
-                return Err((
-                    format!("{list}[{i}]"),
-                    "an empty pattern matches nothing".into(),
-                ));
+            if let Some(index) = patterns.iter().position(|p| p.is_empty()) {
+                return Err(EmptyPattern { list, index });
             }
         }
         Ok(EventFilter {

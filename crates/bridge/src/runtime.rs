@@ -2,20 +2,20 @@
 //! sink and the connection tasks, and shuts everything down in order.
 
 use crate::catchup::checkpoint::CheckpointFile;
-use crate::catchup::rest::{RestClient, RestSettings, RetryPolicy};
+use crate::catchup::rest::{RestClient, RestError, RestSettings, RetryPolicy};
 use crate::catchup::telemetry::CatchupMetrics;
-use crate::catchup::{self, Catchup, SubInfo};
+use crate::catchup::{self, Catchup, Rotation, SubInfo};
 use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
 use crate::route::{Receiver, Router};
-use crate::status::StatusBoard;
+use crate::shutdown::ShutdownTrigger;
+use crate::status::{BoardEntry, StatusBoard};
 use crate::telemetry::BridgeMetrics;
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::Connector;
 use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
@@ -35,20 +35,32 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The sink could not be built.
-    #[error("sink: {0}")]
-    Sink(String),
-    /// TLS could not be set up.
+    /// The sink could not be built (its message names the key).
+    #[error(transparent)]
+    Sink(#[from] voxsig_sinks::SinkError),
+    /// `source.ca_file` could not be read, or holds a block that cannot be parsed, or none.
     #[error("source.ca_file: {0}")]
-    Tls(String),
+    CaFile(#[from] voxsig_sinks::pem::PemError),
+    /// A certificate of `source.ca_file` was refused.
+    #[error("source.ca_file: {} holds a certificate that cannot be used", path.display())]
+    CaCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The TLS library refused its own defaults (a build problem, never a configuration one).
+    #[error("TLS could not be set up")]
+    Tls(#[source] rustls::Error),
     /// The buffer could not be opened (disk buffer: directory unusable, newer format).
     #[error(transparent)]
     Buffer(#[from] voxsig_sinks::BufferError),
     /// The REST client could not be built.
-    #[error("source.api_url: {0}")]
-    Rest(String),
+    #[error("source.api_url: the REST client could not be built")]
+    Rest(#[source] RestError),
     /// An entry's profile could not be read at start.
-    #[error("{0}")]
+    #[error(transparent)]
     Discovery(#[from] catchup::profile::DiscoveryError),
     /// No subscription is left (every entry resolved to nothing).
     #[error("accounts: no subscriptions after reading the profiles")]
@@ -57,7 +69,7 @@ pub enum StartError {
 
 /// A running bridge.
 pub struct Bridge {
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
     connections: JoinSet<()>,
     writer: BufferWriter,
     sink: SinkHandle,
@@ -76,8 +88,7 @@ impl Bridge {
         let instance = instance_name();
         let sink = settings
             .sink
-            .build_with(&instance, settings.config.cloudevents().as_ref())
-            .map_err(|e| StartError::Sink(e.to_string()))?;
+            .build_with(&instance, settings.config.cloudevents().as_ref())?;
         Self::start_with_sink(settings, sink, registry).await
     }
 
@@ -89,32 +100,7 @@ impl Bridge {
     ) -> Result<Bridge, StartError> {
         let catchup_metrics = CatchupMetrics::register(registry)?;
         let tls = tls_config(settings.config.source.ca_file.as_deref())?;
-        let wants_rest = !settings.discover.is_empty()
-            || settings.accounts.iter().any(|a| a.api_token.is_some());
-        let client = if wants_rest {
-            let c = &settings.config.catchup;
-            let client = RestClient::new(
-                RestSettings {
-                    base: settings.config.source.api_base(),
-                    rate: c.rate,
-                    concurrency: c.concurrency,
-                    timeout: c.request_timeout,
-                    policy: RetryPolicy::default(),
-                },
-                Some(tls.clone()),
-                catchup_metrics.clone(),
-            )
-            .map_err(|e| StartError::Rest(e.to_string()))?;
-            Some(Arc::new(client))
-        } else {
-            None
-        };
-        if let Some(client) = &client {
-            catchup::profile::discover(&mut settings, client).await?;
-        }
-        if settings.accounts.is_empty() {
-            return Err(StartError::NoAccounts);
-        }
+        let client = discover_accounts(&mut settings, &tls, &catchup_metrics).await?;
         let config = &settings.config;
         let per_account = config
             .metrics
@@ -129,85 +115,23 @@ impl Bridge {
         let sink_kind = sink.kind();
         let sink = voxsig_sinks::spawn(sink, reader);
 
-        let per_socket = config.source.subscriptions_per_connection.max(1);
-        let groups: Vec<Vec<usize>> = (0..settings.accounts.len())
-            .collect::<Vec<_>>()
-            .chunks(per_socket)
-            .map(<[usize]>::to_vec)
-            .collect();
-        let status = Arc::new(StatusBoard::new(
-            settings
-                .accounts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (a.account_id, a.user_id, a.token.clone(), i / per_socket))
-                .collect(),
-            groups.len(),
-        ));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut rotation_rx = Vec::with_capacity(groups.len());
-        let mut rotation_tx = Vec::with_capacity(groups.len());
-        for _ in 0..groups.len() {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            rotation_tx.push(tx);
-            rotation_rx.push(rx);
-        }
-        let receivers: Vec<Receiver> = settings
-            .accounts
-            .iter()
-            .map(|a| Receiver {
-                account_id: a.account_id,
-                user_id: a.user_id,
-                labels: a.labels.clone(),
-            })
-            .collect();
+        let layout = Layout::of(&settings);
+        let status = Arc::new(status_board(&settings, &layout));
+        let shutdown = ShutdownTrigger::new();
+        let (rotation_tx, rotation_rx): (Vec<_>, Vec<_>) = (0..layout.sockets())
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let receivers: Vec<Receiver> = settings.accounts.iter().map(receiver_of).collect();
         let (catchup_state, jobs) = Catchup::new(catchup::Parts {
             config: config.catchup.clone(),
             metrics: catchup_metrics,
             client,
-            subs: settings
-                .accounts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    (
-                        SubInfo {
-                            account: a.account_id,
-                            user_id: a.user_id,
-                            token: a.token.clone(),
-                            api_token: a.api_token.clone(),
-                            entry: a.entry.clone(),
-                            conn: i / per_socket,
-                        },
-                        receivers[i].clone(),
-                    )
-                })
-                .collect(),
+            subs: catchup_subs(&settings, &layout, &receivers),
             rotations: rotation_tx,
             status: status.clone(),
         });
         let catchup_state = Arc::new(catchup_state);
-        let checkpoint = config.state.dir.as_deref().map(CheckpointFile::in_dir);
-        if let Some(file) = &checkpoint {
-            match file.load() {
-                Ok(Some(cp)) => catchup_state.restored(&cp),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "catch-up checkpoint unreadable: starting without it")
-                }
-            }
-        }
-        let router = Router::new(
-            settings.topic.clone(),
-            settings.key.clone(),
-            settings.filter.clone(),
-            config.route.payload,
-            settings.sink.topic_rules(),
-        );
-        let router = match config.cloudevents() {
-            Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
-            None => router,
-        };
+        let checkpoint = restore_checkpoint(&settings, &catchup_state);
         let source = &config.source;
         let shared = Arc::new(Shared {
             url: source.url.clone(),
@@ -219,7 +143,7 @@ impl Bridge {
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: Some(Connector::Rustls(Arc::new(tls))),
-            router,
+            router: router(&settings),
             dedup: config
                 .dedup
                 .enabled
@@ -228,26 +152,14 @@ impl Bridge {
             metrics: metrics.clone(),
             status: status.clone(),
             limiter: ConnectLimiter::new(source.connect_rate),
-            shutdown: shutdown_rx.clone(),
+            shutdown: shutdown.subscribe(),
             catchup: catchup_state.clone(),
         });
-        let catchup_task = catchup::spawn(shared.clone(), jobs, checkpoint, shutdown_rx);
-        let mut connections = JoinSet::new();
-        let sockets = groups.len();
-        for ((conn, group), rotations) in groups.into_iter().enumerate().zip(rotation_rx) {
-            let members = group
-                .into_iter()
-                .map(|i| Member {
-                    index: i,
-                    identifier: settings.accounts[i].identifier(),
-                    receiver: receivers[i].clone(),
-                })
-                .collect();
-            connections.spawn(connection::run(shared.clone(), conn, members, rotations));
-        }
+        let catchup_task = catchup::spawn(shared.clone(), jobs, checkpoint, shutdown.subscribe());
+        let connections = spawn_connections(&shared, &settings, &layout, &receivers, rotation_rx);
         tracing::info!(
             subscriptions = settings.accounts.len(),
-            sockets,
+            sockets = layout.sockets(),
             sink = sink_kind,
             topic = settings.topic.as_str(),
             "bridge started"
@@ -256,6 +168,7 @@ impl Bridge {
             registry: registry.clone(),
             status: status.clone(),
             gauges,
+            sink: sink.health(),
             ready_fraction: config.metrics.ready_fraction,
         };
         Ok(Bridge {
@@ -266,7 +179,7 @@ impl Bridge {
             status,
             metrics,
             sink_metrics,
-            sockets,
+            sockets: layout.sockets(),
             http,
             catchup: catchup_task,
             catchup_state,
@@ -327,7 +240,7 @@ impl Bridge {
     /// ([`DrainReport::lost`]) and kept for the next start with the disk buffer.
     pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
         let started = tokio::time::Instant::now();
-        let _ = self.shutdown.send(true);
+        self.shutdown.fire();
         // A socket stops at once unless it is waiting for room in a full buffer (the sink is
         // slow or its broker away): give those a moment, then close the buffer so they give up.
         // What they held was never accepted, so nothing accepted is lost by it.
@@ -370,6 +283,182 @@ pub fn origin_of(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// How the subscriptions are spread over sockets: `subscriptions_per_connection` each, in
+/// configuration order. The one place that says which socket carries a subscription.
+struct Layout {
+    per_socket: usize,
+    subscriptions: usize,
+}
+
+impl Layout {
+    fn of(settings: &Settings) -> Self {
+        Layout {
+            per_socket: settings.config.source.subscriptions_per_connection.max(1),
+            subscriptions: settings.accounts.len(),
+        }
+    }
+
+    /// The socket carrying subscription `index`.
+    fn socket_of(&self, index: usize) -> usize {
+        index / self.per_socket
+    }
+
+    /// How many sockets there are.
+    fn sockets(&self) -> usize {
+        self.subscriptions.div_ceil(self.per_socket)
+    }
+
+    /// The subscriptions of each socket, by socket.
+    fn groups(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.sockets()).map(|socket| {
+            let start = socket * self.per_socket;
+            start..(start + self.per_socket).min(self.subscriptions)
+        })
+    }
+}
+
+/// Builds the REST client when an entry needs one (profile discovery, catch-up) and resolves
+/// the entries read from profiles into subscriptions. Fails when none is left.
+async fn discover_accounts(
+    settings: &mut Settings,
+    tls: &rustls::ClientConfig,
+    metrics: &CatchupMetrics,
+) -> Result<Option<Arc<RestClient>>, StartError> {
+    let wants_rest =
+        !settings.discover.is_empty() || settings.accounts.iter().any(|a| a.api_token.is_some());
+    let client = if wants_rest {
+        let c = &settings.config.catchup;
+        let client = RestClient::new(
+            RestSettings {
+                base: settings.config.source.api_base(),
+                rate: c.rate,
+                concurrency: c.concurrency,
+                timeout: c.request_timeout,
+                policy: RetryPolicy::default(),
+            },
+            Some(tls.clone()),
+            metrics.clone(),
+        )
+        .map_err(StartError::Rest)?;
+        Some(Arc::new(client))
+    } else {
+        None
+    };
+    if let Some(client) = &client {
+        catchup::profile::discover(settings, client).await?;
+    }
+    if settings.accounts.is_empty() {
+        return Err(StartError::NoAccounts);
+    }
+    Ok(client)
+}
+
+/// The status board: every subscription waiting, on its socket.
+fn status_board(settings: &Settings, layout: &Layout) -> StatusBoard {
+    let subs = settings
+        .accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BoardEntry {
+            account_id: a.account_id,
+            user_id: a.user_id,
+            token: a.token.clone(),
+            conn: layout.socket_of(i),
+        });
+    StatusBoard::new(subs, layout.sockets())
+}
+
+/// The routing facts of a subscription.
+fn receiver_of(account: &crate::config::Account) -> Receiver {
+    Receiver {
+        account_id: account.account_id,
+        user_id: account.user_id,
+        labels: account.labels.clone(),
+    }
+}
+
+/// Every subscription as catch-up knows it, in status-board order.
+fn catchup_subs(
+    settings: &Settings,
+    layout: &Layout,
+    receivers: &[Receiver],
+) -> Vec<(SubInfo, Receiver)> {
+    settings
+        .accounts
+        .iter()
+        .zip(receivers)
+        .enumerate()
+        .map(|(i, (a, receiver))| {
+            let info = SubInfo {
+                account: a.account_id,
+                user_id: a.user_id,
+                token: a.token.clone(),
+                api_token: a.api_token.clone(),
+                entry: a.entry.clone(),
+                conn: layout.socket_of(i),
+            };
+            (info, receiver.clone())
+        })
+        .collect()
+}
+
+/// Reads the catch-up checkpoint of `[state] dir`, when set, into the catch-up state; returns
+/// the file for the worker to keep writing.
+fn restore_checkpoint(settings: &Settings, catchup: &Catchup) -> Option<CheckpointFile> {
+    let file = settings
+        .config
+        .state
+        .dir
+        .as_deref()
+        .map(CheckpointFile::in_dir)?;
+    match file.load() {
+        Ok(Some(cp)) => catchup.restored(&cp),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "catch-up checkpoint unreadable: starting without it")
+        }
+    }
+    Some(file)
+}
+
+/// Events into records: the templates, the filter and the payload mode, with the sink's rules.
+fn router(settings: &Settings) -> Router {
+    let config = &settings.config;
+    let router = Router::new(
+        settings.topic.clone(),
+        settings.key.clone(),
+        settings.filter.clone(),
+        config.route.payload,
+        settings.sink.topic_rules(),
+    );
+    match config.cloudevents() {
+        Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
+        None => router,
+    }
+}
+
+/// One task per socket, each with its subscriptions and its rotation receiver.
+fn spawn_connections(
+    shared: &Arc<Shared>,
+    settings: &Settings,
+    layout: &Layout,
+    receivers: &[Receiver],
+    rotations: Vec<tokio::sync::mpsc::UnboundedReceiver<Rotation>>,
+) -> JoinSet<()> {
+    let mut connections = JoinSet::new();
+    for ((conn, group), rotations) in layout.groups().enumerate().zip(rotations) {
+        let members = group
+            .map(|i| Member {
+                index: i,
+                identifier: settings.accounts[i].identifier(),
+                receiver: receivers[i].clone(),
+            })
+            .collect();
+        connections.spawn(connection::run(shared.clone(), conn, members, rotations));
+    }
+    connections
+}
+
 fn instance_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -393,19 +482,49 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let certs =
-            voxsig_sinks::pem::read_certs(path).map_err(|e| StartError::Tls(e.to_string()))?;
-        for cert in certs {
+        for cert in voxsig_sinks::pem::read_certs(path)? {
             roots
                 .add(cert)
-                .map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
+                .map_err(|source| StartError::CaCertificate {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
+        .map_err(StartError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    #[test]
+    fn the_layout_puts_each_subscription_on_one_socket() {
+        // (subscriptions, per socket, sockets, each socket's first and end index)
+        type Row = (usize, usize, usize, &'static [(usize, usize)]);
+        let table: [Row; 4] = [
+            (0, 3, 0, &[]),
+            (1, 3, 1, &[(0, 1)]),
+            (6, 3, 2, &[(0, 3), (3, 6)]),
+            (7, 3, 3, &[(0, 3), (3, 6), (6, 7)]),
+        ];
+        for (subscriptions, per_socket, sockets, groups) in table {
+            let layout = Layout {
+                per_socket,
+                subscriptions,
+            };
+            assert_eq!(layout.sockets(), sockets);
+            let got: Vec<(usize, usize)> = layout.groups().map(|g| (g.start, g.end)).collect();
+            assert_eq!(got, groups);
+            for (socket, &(start, end)) in groups.iter().enumerate() {
+                assert!((start..end).all(|i| layout.socket_of(i) == socket));
+            }
+        }
+    }
 }

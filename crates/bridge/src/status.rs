@@ -1,5 +1,11 @@
 //! The live state of every subscription and socket, written by the connection tasks without
 //! locks on the hot path and read by `/status`, `/readyz` and the metrics gauges.
+//!
+//! A subscription's state is a view of its protocol session (`voxsig_protocol::Session` owns
+//! the state machine): the connection hands every session happening to
+//! [`StatusBoard::apply`], the one place that turns happenings into [`SubState`]s, and tells
+//! [`StatusBoard::socket_closed`] when the socket under the session went away. Only what the
+//! session does not know is set apart: a token logged out by the platform (an event).
 
 use crate::catchup::gaps::GapCause;
 use crate::catchup::telemetry::Unrecovered;
@@ -8,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-use voxsig_protocol::PubsubToken;
+use voxsig_protocol::{Happening, PubsubToken};
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,17 +175,30 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A subscription as a new board first shows it (waiting, no events yet).
+#[derive(Debug, Clone)]
+pub struct BoardEntry {
+    /// The configured account.
+    pub account_id: u64,
+    /// The user, for user tokens.
+    pub user_id: Option<u64>,
+    /// The token (shown redacted only).
+    pub token: PubsubToken,
+    /// The socket it rides on.
+    pub conn: usize,
+}
+
 impl StatusBoard {
-    /// A board for these subscriptions (`(account, user, token, socket)`) and sockets.
-    pub fn new(subs: Vec<(u64, Option<u64>, PubsubToken, usize)>, sockets: usize) -> Self {
+    /// A board for these subscriptions and `sockets` sockets.
+    pub fn new(subs: impl IntoIterator<Item = BoardEntry>, sockets: usize) -> Self {
         StatusBoard {
             subs: subs
                 .into_iter()
-                .map(|(account_id, user_id, token, conn)| SubStatus {
-                    account_id,
-                    user_id,
-                    token,
-                    conn,
+                .map(|entry| SubStatus {
+                    account_id: entry.account_id,
+                    user_id: entry.user_id,
+                    token: entry.token,
+                    conn: entry.conn,
                     state: AtomicU8::new(SubState::Waiting as u8),
                     last_event_ms: AtomicI64::new(0),
                     events: AtomicI64::new(0),
@@ -205,8 +224,53 @@ impl StatusBoard {
         self.sockets.len()
     }
 
+    /// Applies a session happening of socket `conn` to the board; `sub` is the board index of
+    /// the subscription it is about ([`Happening::subscription`]), if any. The one place the
+    /// board follows the protocol session. Returns `true` when the happening is a subscription
+    /// streaming unconfirmed for the first time in this process (the one time worth a warning).
+    pub fn apply(&self, conn: usize, sub: Option<usize>, happening: &Happening) -> bool {
+        if let Happening::Ping { .. } = happening {
+            self.ping(conn, now_ms());
+        }
+        let Some(index) = sub else {
+            return false;
+        };
+        match happening {
+            Happening::SubscribeSent { .. } => self.set_sub(index, SubState::Pending),
+            Happening::Confirmed { .. } => self.set_sub(index, SubState::Confirmed),
+            Happening::Rejected { .. } => {
+                self.set_sub(index, SubState::Rejected);
+                self.sub_failed(index, "rejected by the server");
+            }
+            Happening::Unanswered { .. } => {
+                self.set_sub(index, SubState::Unanswered);
+                self.sub_failed(index, "no confirm or reject within the confirm timeout");
+            }
+            Happening::StreamingUnconfirmed { .. } => return self.set_unconfirmed_streaming(index),
+            Happening::Welcomed
+            | Happening::PresenceSent { .. }
+            | Happening::Ping { .. }
+            | Happening::UnknownFrame { .. }
+            | Happening::Closed(_) => {}
+        }
+        false
+    }
+
+    /// The socket `conn` closed: its subscriptions that were live on it wait for the next
+    /// connection; those backing off after a reject or timeout keep showing why.
+    pub fn socket_closed(&self, conn: usize) {
+        for (index, s) in self.subs.iter().enumerate().filter(|(_, s)| s.conn == conn) {
+            if matches!(
+                s.state(),
+                SubState::Pending | SubState::Confirmed | SubState::UnconfirmedStreaming
+            ) {
+                self.set_sub(index, SubState::Waiting);
+            }
+        }
+    }
+
     /// Sets a subscription's state.
-    pub fn set_sub(&self, index: usize, state: SubState) {
+    fn set_sub(&self, index: usize, state: SubState) {
         if let Some(s) = self.subs.get(index) {
             // A logged-out token stays reported as such until the process is restarted with a new one.
             if SubState::from_u8(s.state.load(Ordering::Relaxed)) != SubState::LoggedOut {
@@ -313,7 +377,7 @@ impl StatusBoard {
 
     /// Marks a subscription streaming unconfirmed; `true` the first time for it in this process
     /// (the one time it is worth a warning).
-    pub fn set_unconfirmed_streaming(&self, index: usize) -> bool {
+    fn set_unconfirmed_streaming(&self, index: usize) -> bool {
         let Some(s) = self.subs.get(index) else {
             return false;
         };
@@ -326,7 +390,7 @@ impl StatusBoard {
     }
 
     /// Records a failure of a subscription.
-    pub fn sub_failed(&self, index: usize, error: &str) {
+    fn sub_failed(&self, index: usize, error: &str) {
         if let Some(s) = self.subs.get(index) {
             s.failures.fetch_add(1, Ordering::Relaxed);
             s.set_error(error);
@@ -353,7 +417,7 @@ impl StatusBoard {
     }
 
     /// Records a ping on a socket.
-    pub fn ping(&self, conn: usize, at_ms: i64) {
+    fn ping(&self, conn: usize, at_ms: i64) {
         if let Some(s) = self.sockets.get(conn) {
             s.last_ping_ms.store(at_ms, Ordering::Relaxed);
         }
@@ -511,4 +575,102 @@ pub struct SocketSnapshot {
     pub last_ping_ms: Option<i64>,
     /// Connected since (unix ms).
     pub connected_since_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use voxsig_protocol::session::{CloseReason, SubscriptionId};
+
+    fn board() -> StatusBoard {
+        let entry = |account_id, conn| BoardEntry {
+            account_id,
+            user_id: Some(1),
+            token: PubsubToken::new(format!("token{account_id}token{account_id}")),
+            conn,
+        };
+        StatusBoard::new([entry(1, 0), entry(2, 0), entry(3, 1)], 2)
+    }
+
+    #[test]
+    fn the_board_follows_session_happenings_in_one_place() {
+        let sub = SubscriptionId(0);
+        let wait = Duration::from_secs(5);
+        let sent = Happening::SubscribeSent { sub, attempt: 0 };
+        let confirmed = Happening::Confirmed { sub, after: wait };
+        let rejected = Happening::Rejected {
+            sub,
+            attempt: 1,
+            retry_in: wait,
+        };
+        let unanswered = Happening::Unanswered {
+            sub,
+            attempt: 1,
+            retry_in: wait,
+        };
+        let streaming = Happening::StreamingUnconfirmed { sub };
+        let closed = Happening::Closed(CloseReason::Stale);
+        // (happening, state after it, failures after it, first time streaming unconfirmed)
+        let table = [
+            (&sent, SubState::Pending, 0, false),
+            (&confirmed, SubState::Confirmed, 0, false),
+            (&closed, SubState::Confirmed, 0, false),
+            (&sent, SubState::Pending, 0, false),
+            (&rejected, SubState::Rejected, 1, false),
+            (&sent, SubState::Pending, 1, false),
+            (&unanswered, SubState::Unanswered, 2, false),
+            (&sent, SubState::Pending, 2, false),
+            (&streaming, SubState::UnconfirmedStreaming, 2, true),
+            (&sent, SubState::Pending, 2, false),
+            (&streaming, SubState::UnconfirmedStreaming, 2, false),
+            (&confirmed, SubState::Confirmed, 2, false),
+        ];
+        let b = board();
+        for (row, (happening, state, failures, first)) in table.into_iter().enumerate() {
+            let index = happening.subscription().map(|_| 1);
+            assert_eq!(b.apply(0, index, happening), first, "row {row}");
+            let snapshot = b.snapshot();
+            assert_eq!(snapshot.subscriptions[1].state, state, "row {row}");
+            assert_eq!(snapshot.subscriptions[1].failures, failures, "row {row}");
+            assert_eq!(
+                snapshot.subscriptions[0].state,
+                SubState::Waiting,
+                "row {row}"
+            );
+        }
+        assert!(b.snapshot().subscriptions[1].last_error.is_some());
+    }
+
+    #[test]
+    fn a_closed_socket_sends_its_live_subscriptions_back_to_waiting() {
+        let b = board();
+        let sub = SubscriptionId(0);
+        let confirmed = Happening::Confirmed {
+            sub,
+            after: Duration::ZERO,
+        };
+        let rejected = Happening::Rejected {
+            sub,
+            attempt: 1,
+            retry_in: Duration::ZERO,
+        };
+        b.apply(0, Some(0), &confirmed);
+        b.apply(0, Some(1), &rejected);
+        b.apply(1, Some(2), &confirmed);
+        b.apply(0, None, &Happening::Ping { unix_time: None });
+        assert!(b.last_frame_ms(0) > 0);
+        b.socket_closed(0);
+        let states: Vec<SubState> = b.snapshot().subscriptions.iter().map(|s| s.state).collect();
+        // Socket 0's confirmed one waits, its rejected one keeps showing why; socket 1 is untouched.
+        assert_eq!(
+            states,
+            [SubState::Waiting, SubState::Rejected, SubState::Confirmed]
+        );
+        // A logged-out token stays reported as such.
+        b.set_logged_out(2);
+        b.apply(1, Some(2), &confirmed);
+        b.socket_closed(1);
+        assert_eq!(b.snapshot().subscriptions[2].state, SubState::LoggedOut);
+    }
 }

@@ -28,6 +28,7 @@
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use voxsig_protocol::session::RetryCause;
 use voxsig_protocol::{quote_untrusted, EventKind, FrameError, PubsubToken};
 pub use voxsig_sinks::telemetry::{LogLimiter, LogVerdict, LOG_BURST, LOG_INTERVAL};
 
@@ -94,15 +95,46 @@ impl std::fmt::Debug for BridgeMetrics {
     }
 }
 
-/// Label values known up front, so every series exists (at 0) from the first scrape.
-const DISCONNECT_REASONS: &[&str] = &[
-    "stale",
-    "server_disconnect",
-    "server_refused",
-    "closed",
-    "error",
-    "shutdown",
-];
+/// Why a WebSocket connection ended: the `reason` of `voxsig_bridge_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// No ping within `source.stale_after`.
+    Stale,
+    /// The server sent `disconnect` and invites a reconnect.
+    ServerDisconnect,
+    /// The server sent `disconnect` with `reconnect: false`.
+    ServerRefused,
+    /// The WebSocket was closed (a close frame, or the stream ended).
+    Closed,
+    /// A WebSocket or I/O error.
+    Error,
+    /// The bridge is stopping.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    /// Every reason, so every series exists (at 0) from the first scrape.
+    pub const ALL: [DisconnectReason; 6] = [
+        DisconnectReason::Stale,
+        DisconnectReason::ServerDisconnect,
+        DisconnectReason::ServerRefused,
+        DisconnectReason::Closed,
+        DisconnectReason::Error,
+        DisconnectReason::Shutdown,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Stale => "stale",
+            DisconnectReason::ServerDisconnect => "server_disconnect",
+            DisconnectReason::ServerRefused => "server_refused",
+            DisconnectReason::Closed => "closed",
+            DisconnectReason::Error => "error",
+            DisconnectReason::Shutdown => "shutdown",
+        }
+    }
+}
 
 impl BridgeMetrics {
     /// Creates the counters in `registry`; `per_account` caps the distinct `account` labels
@@ -151,11 +183,13 @@ impl BridgeMetrics {
         for result in ["ok", "error"] {
             counters.connects.with_label_values(&[result]);
         }
-        for reason in DISCONNECT_REASONS {
-            counters.disconnects.with_label_values(&[reason]);
+        for reason in DisconnectReason::ALL {
+            counters.disconnects.with_label_values(&[reason.as_str()]);
         }
-        for cause in ["rejected", "unanswered"] {
-            counters.subscription_failures.with_label_values(&[cause]);
+        for cause in RetryCause::ALL {
+            counters
+                .subscription_failures
+                .with_label_values(&[cause.as_str()]);
         }
         for kind in FrameError::KINDS {
             counters.frame_errors.with_label_values(&[kind]);
@@ -272,28 +306,31 @@ impl InternalEvent for ConnectFailed<'_> {
 pub struct Disconnected<'a> {
     /// The connection's number.
     pub conn: usize,
-    /// One of the `voxsig_bridge_disconnects_total` reasons.
-    pub reason: &'static str,
-    /// Details (the server's reason, an I/O error).
-    pub detail: &'a str,
+    /// Why.
+    pub reason: DisconnectReason,
+    /// Details (the server's reason, an I/O error); may be empty.
+    pub detail: &'a dyn std::fmt::Display,
     /// The wait before reconnecting (none on shutdown).
     pub retry_in: Option<Duration>,
 }
 
 impl InternalEvent for Disconnected<'_> {
     fn emit(self, m: &BridgeMetrics) {
+        let reason = self.reason.as_str();
         match self.reason {
-            "shutdown" => tracing::debug!(conn = self.conn, "closed for shutdown"),
-            "server_refused" => {
-                tracing::warn!(conn = self.conn, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in),
+            DisconnectReason::Shutdown => tracing::debug!(conn = self.conn, "closed for shutdown"),
+            DisconnectReason::ServerRefused => {
+                let detail = self.detail.to_string();
+                tracing::warn!(conn = self.conn, detail = %quote_untrusted(&detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in),
                 "server disconnected us and asked not to reconnect; backing off long")
             }
             _ => {
-                tracing::warn!(conn = self.conn, reason = self.reason, detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in), "disconnected")
+                let detail = self.detail.to_string();
+                tracing::warn!(conn = self.conn, reason, detail = %quote_untrusted(&detail, QUOTED_DETAIL_CHARS), retry_in = %OptSecs(self.retry_in), "disconnected")
             }
         }
-        m.inner.disconnects.with_label_values(&[self.reason]).inc();
-        if self.reason == "stale" {
+        m.inner.disconnects.with_label_values(&[reason]).inc();
+        if self.reason == DisconnectReason::Stale {
             m.inner.stale.inc();
         }
     }
@@ -348,8 +385,8 @@ pub struct SubscriptionFailed<'a> {
     pub account: u64,
     /// Its token, redacted when logged.
     pub token: &'a PubsubToken,
-    /// `rejected` or `unanswered`.
-    pub cause: &'static str,
+    /// Rejected or unanswered.
+    pub cause: RetryCause,
     /// Consecutive failures.
     pub attempt: u32,
     /// Wait before the retry.
@@ -358,15 +395,18 @@ pub struct SubscriptionFailed<'a> {
 
 impl InternalEvent for SubscriptionFailed<'_> {
     fn emit(self, m: &BridgeMetrics) {
-        let what = if self.cause == "rejected" {
-            "subscription rejected by the server (wrong token, account or user?)"
-        } else {
-            "subscription neither confirmed nor rejected in time (the platform's answer to an unknown token); unsubscribed"
+        let what = match self.cause {
+            RetryCause::Rejected => {
+                "subscription rejected by the server (wrong token, account or user?)"
+            }
+            RetryCause::Unanswered => {
+                "subscription neither confirmed nor rejected in time (the platform's answer to an unknown token); unsubscribed"
+            }
         };
         tracing::warn!(account = self.account, token = %self.token, attempt = self.attempt, retry_in = %Secs(self.retry_in), "{what}");
         m.inner
             .subscription_failures
-            .with_label_values(&[self.cause])
+            .with_label_values(&[self.cause.as_str()])
             .inc();
     }
 }
@@ -544,5 +584,23 @@ mod tests {
         assert_eq!(Secs(Duration::from_secs_f64(215.34)).to_string(), "215.3s");
         assert_eq!(OptSecs(None).to_string(), "none");
         assert_eq!(OptSecs(Some(Duration::from_secs(2))).to_string(), "2.0s");
+    }
+
+    #[test]
+    fn typed_reasons_keep_the_label_values_dashboards_use() {
+        let reasons: Vec<&str> = DisconnectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "stale",
+                "server_disconnect",
+                "server_refused",
+                "closed",
+                "error",
+                "shutdown"
+            ]
+        );
+        let causes: Vec<&str> = RetryCause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(causes, ["rejected", "unanswered"]);
     }
 }

@@ -2,9 +2,8 @@
 //! then sends a poison frame is not hammered, and the loss of a healthy connection is followed by
 //! an immediate reconnect.
 
-#[path = "support/hostile.rs"]
-mod hostile;
-mod support;
+use voxsig_testkit::hostile;
+use voxsig_testkit::rig as support;
 
 use hostile::{raw_text_frame, Hostile};
 use prometheus::Registry;

@@ -2,7 +2,7 @@
 //! Gaps are made (outage, rotation, REST faults) and every message the sim created must arrive
 //! exactly once, live or replayed, told apart by `event_id`.
 
-mod support;
+use voxsig_testkit::rig as support;
 
 use prometheus::Registry;
 use std::collections::HashMap;
@@ -39,39 +39,21 @@ async fn rig_rest(sim: Sim, extra: &str, accounts: &str) -> Rig {
     } else {
         accounts.to_owned()
     };
-    let (source_extra, extra) = match extra.strip_prefix("[source]\n") {
-        Some(rest) => rest
-            .split_once("\n[")
-            .map_or((rest, String::new()), |(a, b)| (a, format!("[{b}"))),
-        None => ("", extra.to_owned()),
-    };
+    let (source_extra, extra) = leading_table(extra, "[source]");
     let toml = format!("{FAST}\n{extra}\n{accounts}").replacen(
         "[source]",
         &format!("[source]\nurl = \"{}\"\n{source_extra}", sim.url()),
         1,
     );
-    let settings = Config::from_toml(&toml)
-        .expect("config parses")
-        .validate()
-        .expect("config valid");
-    let (sink, memory) = MemorySink::new();
-    let registry = Registry::new();
-    let bridge = Bridge::start_with_sink(settings, Box::new(sink), &registry)
-        .await
-        .expect("bridge starts");
-    let tokens = sim
+    let mut rig = Rig::start(sim, &toml).await;
+    rig.tokens = rig
+        .sim
         .world()
         .users
         .iter()
         .map(|u| u.pubsub_token.clone())
         .collect();
-    Rig {
-        sim,
-        bridge: Some(bridge),
-        memory,
-        registry,
-        tokens,
-    }
+    rig
 }
 
 /// `message.created` records by message id: (live copies, replayed copies).
@@ -470,13 +452,8 @@ async fn kill_9_and_restart_with_the_same_state_dir_publishes_what_was_missed() 
     let path = dir.path().join("c.toml");
     std::fs::write(&path, config).unwrap();
     let start = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" {
-                c.env_remove(key);
-            }
-        }
-        c.args(["run", "--metrics-addr", "127.0.0.1:0", "-c"])
+        voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "-c"])
             .arg(&path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

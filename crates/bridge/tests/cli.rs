@@ -1,6 +1,6 @@
 //! The `voxsig-bridge` command as an operator uses it.
 
-mod support;
+use voxsig_testkit::rig as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -8,14 +8,7 @@ use support::*;
 use voxsig_sim::{Selection, SimConfig};
 
 fn bridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
-    // A developer's own overrides must not leak into these tests.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" {
-            c.env_remove(key);
-        }
-    }
-    c
+    voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
 }
 
 fn text(o: &Output) -> (String, String) {

@@ -8,13 +8,13 @@
 //! the ratio (disk `max_bytes` = 10 × a memory buffer's) at 2 MiB : 20 MiB instead of
 //! 256 MiB : 2.5 GiB.
 
-mod support;
-
-#[path = "../../sinks/tests/support/mod.rs"]
-mod brokers;
+use voxsig_testkit::brokers;
+use voxsig_testkit::mqtt::on_publish;
+use voxsig_testkit::rig as support;
+use voxsig_testkit::total;
 
 use brokers::{Mosquitto, MosquittoOptions};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::MqttOptions;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,13 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use voxsig_sim::{DeliveryStatus, ExportOptions, Selection, Sim, SimConfig};
 
 fn bridge_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" {
-            c.env_remove(key);
-        }
-    }
-    c
+    voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
 }
 
 /// A bridge process with its metrics port; killed on drop.
@@ -137,16 +131,6 @@ impl Drop for BridgeProcess {
     }
 }
 
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(&format!("{name}{{")) || l.split_whitespace().next() == Some(name)
-        })
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Writes the bridge's config for `sim`, publishing to `mqtt_port`, with `buffer` TOML.
 fn write_config(dir: &Path, sim: &Sim, mqtt_port: u16, buffer: &str) -> PathBuf {
     let accounts = sim.world().bridge_config_toml(&ExportOptions::default());
@@ -222,34 +206,13 @@ async fn subscriber(port: u16) -> Arc<Mutex<HashMap<(u64, u64), u32>>> {
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
         .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
     let sink = got.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(id) = ids(&p.payload) {
-                        *sink.lock().unwrap().entry(id).or_insert(0) += 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+    on_publish(options, "#", move |p| {
+        if let Some(id) = ids(&p.payload) {
+            *sink.lock().unwrap().entry(id).or_insert(0) += 1;
         }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("suback in time")
-        .unwrap();
+    })
+    .await;
     got
 }
 

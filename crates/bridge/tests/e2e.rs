@@ -1,7 +1,7 @@
 //! End to end: voxsig-sim -> voxsig-bridge -> an in-memory sink, checked against the sim's
 //! ground truth.
 
-mod support;
+use voxsig_testkit::rig as support;
 
 use std::time::Duration;
 use support::*;

@@ -1,9 +1,8 @@
 //! A flood of junk frames is counted exactly and logged within a fixed budget; nothing a frame
 //! holds can forge or garble a log line (issue 12, item 2).
 
-#[path = "support/hostile.rs"]
-mod hostile;
-mod support;
+use voxsig_testkit::brokers::free_port;
+use voxsig_testkit::hostile;
 
 use hostile::Hostile;
 use std::io::{Read, Write};
@@ -17,21 +16,7 @@ const HUGE_NAMES: usize = 3;
 const FORGING_NAMES: usize = 20;
 
 fn bridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" || key == "NO_COLOR" {
-            c.env_remove(key);
-        }
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
 }
 
 /// `/metrics` as text, or empty when not (yet) served.

@@ -1,7 +1,8 @@
 //! `/metrics`, `/healthz`, `/readyz` and `/status` during an end-to-end run, checked against
 //! what happened. The scrape is left in `target/e2e-metrics.prom` for `promtool check metrics`.
 
-mod support;
+use voxsig_testkit::rig as support;
+use voxsig_testkit::total;
 
 use std::time::Duration;
 use support::*;
@@ -33,16 +34,6 @@ fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split_whitespace().next() == Some(series))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .sum()
-}
-
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(&format!("{name}{{")) || l.split_whitespace().next() == Some(name)
-        })
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .sum()
 }

@@ -2,9 +2,8 @@
 //! message (issue 12, item 3). Every check greps for the whole secret and every 8-character
 //! substring of it.
 
-#[path = "../../sinks/tests/support/mod.rs"]
-mod brokers;
-mod support;
+use voxsig_testkit::brokers;
+use voxsig_testkit::rig as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -16,13 +15,7 @@ const MQTT_PASSWORD: &str = "mqttPw-Zq8rT4vX2wLk9";
 const PASTED: &str = "pastedTok3nXyZ9QwErTy42";
 
 fn bridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxsig-bridge"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VOXSIG_BRIDGE_") || key == "RUST_LOG" || key == "NO_COLOR" {
-            c.env_remove(key);
-        }
-    }
-    c
+    voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
 }
 
 fn output(o: &Output) -> String {

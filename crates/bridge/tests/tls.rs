@@ -1,10 +1,8 @@
 //! `wss://`: certificates are verified by default; a private CA is trusted only through
 //! `source.ca_file`. A TLS-terminating proxy with a throw-away CA stands in front of the sim.
 
-mod support;
-
-#[path = "../../sinks/tests/support/mod.rs"]
-mod brokers;
+use voxsig_testkit::brokers;
+use voxsig_testkit::rig as support;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -126,6 +126,19 @@ pub enum RetryCause {
     Unanswered,
 }
 
+impl RetryCause {
+    /// Every cause, for metrics that must show each label from the first scrape.
+    pub const ALL: [RetryCause; 2] = [RetryCause::Rejected, RetryCause::Unanswered];
+
+    /// The metrics label (`rejected`, `unanswered`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::Rejected => "rejected",
+            RetryCause::Unanswered => "unanswered",
+        }
+    }
+}
+
 /// Where the connection stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionState {
@@ -211,6 +224,33 @@ pub enum Happening {
     },
     /// The session closed itself.
     Closed(CloseReason),
+}
+
+impl Happening {
+    /// The subscription it is about, when it is about one.
+    pub fn subscription(&self) -> Option<SubscriptionId> {
+        match self {
+            Happening::SubscribeSent { sub, .. }
+            | Happening::Confirmed { sub, .. }
+            | Happening::Rejected { sub, .. }
+            | Happening::Unanswered { sub, .. }
+            | Happening::StreamingUnconfirmed { sub }
+            | Happening::PresenceSent { sub } => Some(*sub),
+            Happening::Welcomed
+            | Happening::Ping { .. }
+            | Happening::UnknownFrame { .. }
+            | Happening::Closed(_) => None,
+        }
+    }
+
+    /// Why a subscription failed, for [`Happening::Rejected`] and [`Happening::Unanswered`].
+    pub fn failure(&self) -> Option<RetryCause> {
+        match self {
+            Happening::Rejected { .. } => Some(RetryCause::Rejected),
+            Happening::Unanswered { .. } => Some(RetryCause::Unanswered),
+            _ => None,
+        }
+    }
 }
 
 /// A broadcast received on one of this session's subscriptions.

@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint.
 
-mod common;
+use voxsig_testkit::client as common;
 
 use common::*;
 use serde_json::Value;

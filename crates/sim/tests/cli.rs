@@ -1,6 +1,6 @@
 //! The `voxsig-sim` command.
 
-mod common;
+use voxsig_testkit::client as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

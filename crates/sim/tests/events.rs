@@ -1,6 +1,6 @@
 //! Event generation and routing, checked against the ground truth.
 
-mod common;
+use voxsig_testkit::client as common;
 
 use common::*;
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! Every fault, as a client sees it.
 
-mod common;
+use voxsig_testkit::client as common;
 
 use common::*;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The ActionCable behaviour: welcome, pings, subscription rules, presence, routing by identifier.
 
-mod common;
+use voxsig_testkit::client as common;
 
 use common::*;
 use serde_json::Value;

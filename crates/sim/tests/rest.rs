@@ -1,7 +1,7 @@
 //! The REST surface: auth, profile, conversations, message pages consistent with the events
 //! broadcast, hostile inputs, and the faults (REST errors, outage, silent token rotation).
 
-mod common;
+use voxsig_testkit::client as common;
 
 use common::{get_json, http_with, post_json, rest, Client, Got, LONG, SHORT};
 use serde_json::Value;

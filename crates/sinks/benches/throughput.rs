@@ -13,9 +13,7 @@
 //! process, from `/proc/self/task/*/schedstat`), which the machine's noise moves much less than
 //! the rates.
 
-#[path = "../tests/support/mod.rs"]
-#[allow(missing_docs)]
-mod support;
+use voxsig_testkit::brokers as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,11 +28,11 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use support::{Mosquitto, MosquittoOptions, Tansu};
 use voxsig_sinks::kafka::{kafka_headers, SINGLE_TOPIC};
 use voxsig_sinks::mqtt::Protocol;
-use voxsig_sinks::testing::{Generator, Layout};
 use voxsig_sinks::{
     buffer, open_buffer, spawn, BufferConfig, BufferReader, DrainReport, Fsync, KafkaConfig,
     MqttConfig, Record, Sink, SinkConfig, SinkMetrics,
 };
+use voxsig_testkit::records::{Generator, Layout};
 
 /// Longest a single measured loop may run.
 const LOOP_LIMIT: Duration = Duration::from_secs(60);

@@ -61,6 +61,7 @@ pub mod cloudevents;
 mod config;
 mod duration;
 mod error;
+mod health;
 pub mod jsonl;
 pub mod kafka;
 pub mod memory;
@@ -70,7 +71,8 @@ mod record;
 mod secret;
 mod sink;
 pub mod telemetry;
-pub mod testing;
+#[cfg(test)]
+mod testing;
 pub mod topic;
 
 pub use backoff::ReconnectConfig;
@@ -80,6 +82,7 @@ pub use buffer::{
 };
 pub use config::SinkConfig;
 pub use error::{ConfigError, SinkError};
+pub use health::{SinkHealth, SinkHealthWatch};
 pub use jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 pub use kafka::{KafkaConfig, KafkaSink};
 pub use memory::{MemoryHandle, MemorySink};

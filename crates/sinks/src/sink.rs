@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferReader, Shared};
+use crate::health::SinkHealthWatch;
 use crate::telemetry::{emit, DropReason, RecordDropped, SinkStopped};
 
 /// How long a sink gets to stop after the drain deadline before its task is aborted (at most a
@@ -96,6 +97,11 @@ impl SinkHandle {
     /// The sink's kind.
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// Whether the sink holds a working broker connection, now and as it changes.
+    pub fn health(&self) -> SinkHealthWatch {
+        self.shared_metrics().health()
     }
 
     /// Whether the sink task ended (it only ends after a shutdown, or if it panicked).

@@ -27,6 +27,7 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::health::{HealthSignal, SinkHealth, SinkHealthWatch};
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -133,6 +134,8 @@ struct Metrics {
     replayed: prometheus::IntCounter,
     corrupt: IntCounterVec,
     write_errors: prometheus::IntCounter,
+    /// Set with the `connected` gauge, by the same events.
+    health: HealthSignal,
 }
 
 impl SinkMetrics {
@@ -235,10 +238,17 @@ impl SinkMetrics {
                 "voxsig_bridge_buffer_write_errors_total",
                 "Records the disk buffer could not write (disk full, I/O error); when_full applied",
             )?,
+            health: HealthSignal::new(),
         };
         Ok(SinkMetrics {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The health of the sink using these metrics (a bridge runs one sink), set by the same
+    /// events as the `voxsig_bridge_sink_connected` gauge.
+    pub fn health(&self) -> SinkHealthWatch {
+        self.inner.health.watch()
     }
 
     /// Metrics registered in a fresh private registry (tests, tools).
@@ -421,6 +431,7 @@ impl InternalEvent for SinkConnected<'_> {
             "sink connected"
         );
         m.inner.connected.with_label_values(&[self.sink]).set(1);
+        m.inner.health.set(SinkHealth::Connected);
     }
 }
 
@@ -442,6 +453,7 @@ impl InternalEvent for ConnectionFailed<'_> {
             error = %self.error, retry_in_ms = self.retry_in.map(|d| d.as_millis() as u64),
             "sink connection failed");
         m.inner.connected.with_label_values(&[self.sink]).set(0);
+        m.inner.health.set(SinkHealth::Disconnected);
         m.inner
             .connection_errors
             .with_label_values(&[self.sink, self.kind])
@@ -640,6 +652,7 @@ impl InternalEvent for SinkStopped<'_> {
             );
         }
         m.inner.connected.with_label_values(&[self.sink]).set(0);
+        m.inner.health.set(SinkHealth::Stopped);
     }
 }
 

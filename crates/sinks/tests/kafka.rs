@@ -1,23 +1,21 @@
 //! The Kafka sink against tansu (a real Kafka-compatible broker, in-memory storage) started on a
 //! free port, and against librdkafka's mock cluster for error injection.
 
-mod support;
+use voxsig_testkit::brokers as support;
+use voxsig_testkit::kafka::{consumer_from_beginning, headers_of};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{Offset, TopicPartitionList};
 use support::{eventually, metric, Tansu};
 use voxsig_sinks::kafka::{Brokers, SINGLE_TOPIC};
-use voxsig_sinks::testing::{record, seq_of, Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, BufferWriter, KafkaConfig, SinkConfig, SinkHandle, SinkMetrics,
 };
+use voxsig_testkit::records::{record, seq_of, Generator, Layout};
 
 /// One consumed message.
 #[derive(Debug, Clone)]
@@ -39,26 +37,8 @@ async fn consume(
     timeout: Duration,
 ) -> Vec<Consumed> {
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "voxsig-sinks-test")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for topic in &topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .expect("metadata");
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    assignment
-                        .add_partition_offset(topic, p.id(), Offset::Beginning)
-                        .expect("assignment");
-                }
-            }
-        }
-        consumer.assign(&assignment).expect("assign");
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let consumer = consumer_from_beginning(&brokers, "voxsig-sinks-test", &topics);
         let deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -70,15 +50,7 @@ async fn consume(
             let payload = message.payload().unwrap_or_default().to_vec();
             let seq = seq_of(&payload).expect("a generated payload");
             seen.insert(seq);
-            let mut headers = HashMap::new();
-            if let Some(h) = message.headers() {
-                for header in h.iter() {
-                    let value = header
-                        .value
-                        .map(|v| String::from_utf8_lossy(v).into_owned());
-                    headers.insert(header.key.to_owned(), value.unwrap_or_default());
-                }
-            }
+            let headers = headers_of(&message);
             out.push(Consumed {
                 topic: message.topic().to_owned(),
                 partition: message.partition(),

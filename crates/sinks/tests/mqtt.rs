@@ -1,8 +1,7 @@
 //! The MQTT sink against a real mosquitto started on a free port.
 
-#[path = "support/mqtt.rs"]
-mod mqtt_support;
-mod support;
+use voxsig_testkit::brokers as support;
+use voxsig_testkit::mqtt as mqtt_support;
 
 use std::time::Duration;
 
@@ -10,11 +9,11 @@ use bytes::Bytes;
 use mqtt_support::{check_complete, Subscriber};
 use support::{eventually, metric, Mosquitto, MosquittoOptions, TestPki};
 use voxsig_sinks::mqtt::{MessageExpiry, Protocol};
-use voxsig_sinks::testing::{record, Generator, Layout};
 use voxsig_sinks::{
     buffer, spawn, BufferConfig, BufferWriter, MqttConfig, Secret, SinkConfig, SinkHandle,
     SinkMetrics,
 };
+use voxsig_testkit::records::{record, Generator, Layout};
 
 fn start_sink(
     config: MqttConfig,

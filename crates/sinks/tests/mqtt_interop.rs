@@ -7,9 +7,8 @@
 //! or left over); a dashboard connecting last sees the retained presence and `online`. What
 //! differs between brokers is documented in `crates/sinks/README.md` (compatibility table).
 
-#[path = "support/mqtt.rs"]
-mod mqtt_support;
-mod support;
+use voxsig_testkit::brokers as support;
+use voxsig_testkit::mqtt as mqtt_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,8 +21,8 @@ use mqtt_support::{
 };
 use support::{eventually, metric, Mosquitto, MosquittoOptions};
 use voxsig_sinks::mqtt::Protocol;
-use voxsig_sinks::testing::{seq_of, Generator, Layout};
 use voxsig_sinks::{buffer, spawn, BufferConfig, MqttConfig, SinkConfig, SinkMetrics};
+use voxsig_testkit::records::{seq_of, Generator, Layout};
 
 /// Not a test: the body of the rumqttd broker process (see `mqtt_support::Rumqttd`).
 #[test]

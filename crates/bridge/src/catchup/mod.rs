@@ -22,7 +22,7 @@ pub mod rest;
 pub mod telemetry;
 mod worker;
 
-pub use worker::spawn;
+pub(crate) use worker::spawn;
 
 use crate::config::{first_failed, ConfigError};
 use crate::route::Receiver;

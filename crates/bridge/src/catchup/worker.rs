@@ -10,12 +10,13 @@ use super::telemetry::{self as t, emit, Unrecovered};
 use super::{Catchup, Job, Rotation};
 use crate::connection::Shared;
 use crate::route::{Receiver, Unrouted};
+use crate::shutdown::Shutdown;
 use crate::status::now_ms;
 use crate::telemetry as bt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use voxsig_protocol::{EventKind, EventRef, PubsubToken, RawStr, RoomIdentifier};
 
@@ -27,11 +28,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const MAX_PAGES: usize = 1000;
 
 /// Starts the worker. It ends at shutdown, after a last checkpoint.
-pub fn spawn(
+pub(crate) fn spawn(
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedReceiver<Job>,
     checkpoint: Option<CheckpointFile>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(shared, jobs, checkpoint, shutdown))
 }
@@ -40,7 +41,7 @@ async fn run(
     shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     checkpoint: Option<CheckpointFile>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let cu = shared.catchup.clone();
     let mut tasks = JoinSet::new();
@@ -59,7 +60,7 @@ async fn run(
     let mut checking: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            () = shutdown.recv() => break,
             job = jobs.recv() => match job {
                 None => break,
                 Some(Job::Fill(gap)) => match filling.get_mut(&gap.account) {

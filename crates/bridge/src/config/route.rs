@@ -92,6 +92,6 @@ impl RouteConfig {
 
     fn filter(&self) -> Result<EventFilter, ConfigError> {
         EventFilter::new(&self.include, &self.exclude)
-            .map_err(|(key, problem)| ConfigError::new(format!("route.{key}"), problem))
+            .map_err(|e| ConfigError::new(e.key(), e.to_string()))
     }
 }

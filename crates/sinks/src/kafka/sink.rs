@@ -339,36 +339,65 @@ impl ProducerContext for Context {
     }
 }
 
+/// Why a delivery failed: the `reason` label of `voxsig_bridge_sink_records_failed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    TooLarge,
+    NotAuthorized,
+    InvalidTopic,
+    InvalidRecord,
+    UnknownTopic,
+    Timeout,
+    ProducerRestart,
+    Broker,
+}
+
+impl Failed {
+    /// The metrics label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Failed::TooLarge => "too_large",
+            Failed::NotAuthorized => "not_authorized",
+            Failed::InvalidTopic => "invalid_topic",
+            Failed::InvalidRecord => "invalid_record",
+            Failed::UnknownTopic => "unknown_topic",
+            Failed::Timeout => "timeout",
+            Failed::ProducerRestart => "producer_restart",
+            Failed::Broker => "broker",
+        }
+    }
+}
+
 /// What to do with a failed delivery.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// Never deliverable: leaves the buffer, counted with this reason.
-    Reject(&'static str),
+    Reject(Failed),
     /// The topic is missing: create it (when enabled) and try again.
     MissingTopic,
     /// Try again.
-    Retry(&'static str),
+    Retry(Failed),
 }
 
 fn verdict(code: Option<RDKafkaErrorCode>) -> Verdict {
     use RDKafkaErrorCode as C;
     match code {
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
-            Verdict::Reject("too_large")
+            Verdict::Reject(Failed::TooLarge)
         }
         Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
-            Verdict::Reject("not_authorized")
+            Verdict::Reject(Failed::NotAuthorized)
         }
-        Some(C::InvalidTopic) => Verdict::Reject("invalid_topic"),
+        Some(C::InvalidTopic) => Verdict::Reject(Failed::InvalidTopic),
         Some(C::InvalidMessage | C::InvalidRecord | C::BadMessage) => {
-            Verdict::Reject("invalid_record")
+            Verdict::Reject(Failed::InvalidRecord)
         }
         Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
             Verdict::MissingTopic
         }
-        Some(C::MessageTimedOut) => Verdict::Retry("timeout"),
-        Some(C::PurgeQueue | C::PurgeInflight) => Verdict::Retry("producer_restart"),
-        _ => Verdict::Retry("broker"),
+        Some(C::MessageTimedOut) => Verdict::Retry(Failed::Timeout),
+        Some(C::PurgeQueue | C::PurgeInflight) => Verdict::Retry(Failed::ProducerRestart),
+        _ => Verdict::Retry(Failed::Broker),
     }
 }
 
@@ -753,7 +782,9 @@ impl Task {
                     continue;
                 };
                 match verdict(error.rdkafka_error_code()) {
-                    Verdict::Reject(reason) => reader.reject_because(claim, reason, &error),
+                    Verdict::Reject(reason) => {
+                        reader.reject_because(claim, reason.as_str(), &error)
+                    }
                     _ => {
                         // Queue full or a transient local error: wait for deliveries.
                         reader.requeue(claim);
@@ -840,18 +871,18 @@ impl Task {
             };
             let reason = match verdict(failure.code) {
                 Verdict::Reject(reason) => {
-                    reader.reject_because(claim, reason, &failure.error);
+                    reader.reject_because(claim, reason.as_str(), &failure.error);
                     continue;
                 }
-                Verdict::MissingTopic => "unknown_topic",
+                Verdict::MissingTopic => Failed::UnknownTopic,
                 Verdict::Retry(reason) => reason,
             };
-            self.timed_out |= reason == "timeout";
+            self.timed_out |= reason == Failed::Timeout;
             // A missing topic, or a broker that lost its data (restarted empty) and with it the
             // topic: ensure it again before the next attempt.
             self.known_topics.remove(&claim.record().topic);
             retried += 1;
-            reader.retry_because(claim, reason, &failure.error);
+            reader.retry_because(claim, reason.as_str(), &failure.error);
         }
         emit(
             &self.metrics,
@@ -989,15 +1020,26 @@ mod tests {
     #[test]
     fn verdicts() {
         use RDKafkaErrorCode as C;
+        let label = |v: Verdict| match v {
+            Verdict::Reject(f) | Verdict::Retry(f) => f.as_str(),
+            Verdict::MissingTopic => "missing",
+        };
         assert_eq!(
             verdict(Some(C::MessageSizeTooLarge)),
-            Verdict::Reject("too_large")
+            Verdict::Reject(Failed::TooLarge)
         );
+        assert_eq!(label(verdict(Some(C::MessageSizeTooLarge))), "too_large");
         assert_eq!(
             verdict(Some(C::UnknownTopicOrPartition)),
             Verdict::MissingTopic
         );
-        assert_eq!(verdict(Some(C::MessageTimedOut)), Verdict::Retry("timeout"));
-        assert_eq!(verdict(None), Verdict::Retry("broker"));
+        assert_eq!(
+            verdict(Some(C::MessageTimedOut)),
+            Verdict::Retry(Failed::Timeout)
+        );
+        assert_eq!(label(verdict(Some(C::MessageTimedOut))), "timeout");
+        assert_eq!(verdict(None), Verdict::Retry(Failed::Broker));
+        assert_eq!(label(verdict(None)), "broker");
+        assert_eq!(Failed::UnknownTopic.as_str(), "unknown_topic");
     }
 }

@@ -1,15 +1,16 @@
-//! Test support: real broker processes (mosquitto, tansu) on free loopback ports.
+//! Real broker processes (mosquitto, tansu) on free loopback ports.
 //!
 //! Each broker runs in its own temporary directory, is killed on drop, and can be killed and
 //! restarted on the same port. A missing binary fails the test with a pointer to
 //! `scripts/install-brokers.sh`; tests never pass silently without their broker.
 
-#![allow(dead_code)]
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use crate::metrics::metric;
+pub use crate::wait::eventually;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -52,6 +53,7 @@ fn wait_listening(port: u16, child: &mut Child, log: &Path) {
     }
 }
 
+/// Whether the tests run as root (mosquitto then needs `user root` to keep its privileges).
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
@@ -67,12 +69,15 @@ fn signal(child: &Child, sig: &str) {
 
 /// A broker process on a fixed port with its own directory; killed on drop.
 pub struct Process {
+    /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Process {
+    /// A process not started yet, with a free port and a fresh directory.
+    #[allow(clippy::new_without_default)] // picks a port and makes a directory: not a default
     pub fn new() -> Process {
         Process {
             port: free_port(),
@@ -81,6 +86,7 @@ impl Process {
         }
     }
 
+    /// Its own directory (configuration, data, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -106,6 +112,13 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// Waits until the running process listens on another `port` too (a second listener).
+    pub fn wait_listening(&mut self, port: u16) {
+        let log = self.log_path();
+        let child = self.child.as_mut().expect("spawned");
+        wait_listening(port, child, &log);
+    }
+
     /// SIGKILL: a crash; nothing is saved.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -122,12 +135,14 @@ impl Process {
         }
     }
 
+    /// Sends `sig` (as `kill` takes it, e.g. `-HUP`).
     pub fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
             signal(child, sig);
         }
     }
 
+    /// What it wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -155,12 +170,16 @@ pub struct MosquittoOptions {
 /// A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 #[derive(Debug, Clone)]
 pub struct TestPki {
+    /// The CA certificate (PEM).
     pub ca: PathBuf,
+    /// The server certificate for 127.0.0.1 (PEM), signed by the CA.
     pub cert: PathBuf,
+    /// The server's private key (PEM).
     pub key: PathBuf,
 }
 
 impl TestPki {
+    /// Writes the CA and the server certificate into `dir`, file names prefixed with `name`.
     pub fn create(dir: &Path, name: &str) -> TestPki {
         let path = |file: &str| dir.join(format!("{name}-{file}"));
         let openssl = |args: &[&str]| {
@@ -241,12 +260,14 @@ impl TestPki {
 
 /// A mosquitto process.
 pub struct Mosquitto {
+    /// The port of its listener.
     pub port: u16,
     process: Process,
     options: MosquittoOptions,
 }
 
 impl Mosquitto {
+    /// Starts mosquitto with `options` and waits until it listens.
     pub fn start(options: MosquittoOptions) -> Mosquitto {
         let process = Process::new();
         let mut m = Mosquitto {
@@ -259,6 +280,7 @@ impl Mosquitto {
         m
     }
 
+    /// `mqtt://` (or `mqtts://` with TLS) and its address.
     pub fn url(&self) -> String {
         let scheme = if self.options.tls.is_some() {
             "mqtts"
@@ -351,6 +373,7 @@ impl Mosquitto {
         self.process.signal("-HUP");
     }
 
+    /// Its log so far.
     pub fn log(&self) -> String {
         self.process.log()
     }
@@ -358,6 +381,7 @@ impl Mosquitto {
 
 /// A tansu process with in-memory storage.
 pub struct Tansu {
+    /// The port of its Kafka listener.
     pub port: u16,
     process: Process,
     /// Started with `--authentication`: clients must authenticate (SASL).
@@ -365,6 +389,7 @@ pub struct Tansu {
 }
 
 impl Tansu {
+    /// Starts tansu (no authentication) and waits until it listens.
     pub fn start() -> Tansu {
         Tansu::start_with(false)
     }
@@ -385,6 +410,7 @@ impl Tansu {
         t
     }
 
+    /// The `bootstrap.servers` value.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -408,55 +434,19 @@ impl Tansu {
         self.process.spawn(command);
     }
 
+    /// SIGKILL: a crash (its in-memory storage is lost).
     pub fn kill(&mut self) {
         self.process.kill();
     }
 
+    /// Starts again on the same port.
     pub fn restart(&mut self) {
         self.process.kill();
         self.spawn();
     }
 
+    /// Its log so far.
     pub fn log(&self) -> String {
         self.process.log()
     }
-}
-
-/// Waits until `condition` holds, polling every 10 ms; false after `timeout`.
-pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    condition()
-}
-
-/// The sum of a metric's samples (counter or gauge) that carry all the given labels, read from
-/// the text exposition (independent of the prometheus crate's protobuf feature).
-pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    use prometheus::Encoder;
-    let mut text = Vec::new();
-    prometheus::TextEncoder::new()
-        .encode(&registry.gather(), &mut text)
-        .expect("encode metrics");
-    String::from_utf8(text)
-        .expect("utf-8")
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest),
-                None => (series, ""),
-            };
-            (metric_name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }

@@ -1,6 +1,5 @@
-//! A simulator, a bridge between it and an in-memory sink, and checks against the sim's ground
-//! truth.
-#![allow(dead_code)]
+//! A simulator, a bridge (in process) between it and an in-memory sink, and checks against the
+//! sim's ground truth.
 
 use prometheus::Registry;
 use std::collections::{HashMap, HashSet};
@@ -10,6 +9,10 @@ use voxsig_sim::{
     DeliveryStatus, ExportOptions, GroundTruth, Origin, Sim, SimConfig, TokenSelection, WorldSpec,
 };
 use voxsig_sinks::{MemoryHandle, MemorySink, Record};
+
+pub use crate::metrics::metric;
+/// Polls until a condition holds, failing the test with what it waited for on a timeout.
+pub use crate::wait::until as eventually;
 
 /// Bridge settings for tests: fast timers, fast connects.
 pub const FAST: &str = r#"
@@ -24,14 +27,22 @@ exclude = ["presence.update"]
 drain_timeout = "10s"
 "#;
 
+/// A simulator and a bridge publishing into an in-memory sink.
 pub struct Rig {
+    /// The simulator.
     pub sim: Sim,
+    /// The bridge, until [`Rig::stop`].
     pub bridge: Option<Bridge>,
+    /// What the bridge published.
     pub memory: MemoryHandle,
+    /// The bridge's metrics.
     pub registry: Registry,
+    /// The pubsub tokens the bridge subscribes with.
     pub tokens: HashSet<String>,
 }
 
+/// A world of `accounts` accounts with `users` users, `contacts` contacts (one conversation
+/// each) and `shared` users that also belong to the next account; seed 7.
 pub fn world(accounts: usize, users: usize, contacts: usize, shared: usize) -> WorldSpec {
     WorldSpec {
         accounts,
@@ -43,6 +54,7 @@ pub fn world(accounts: usize, users: usize, contacts: usize, shared: usize) -> W
     }
 }
 
+/// Starts a simulator of `spec` with `config` and 300 ms pings.
 pub async fn sim(spec: WorldSpec, config: SimConfig) -> Sim {
     let config = config
         .with_world_spec(spec)
@@ -62,49 +74,59 @@ pub async fn rig_on(sim: Sim, tokens: TokenSelection, extra: &str, extra_account
     } else {
         format!("url = \"{}\"\n", sim.url())
     };
-    // `extra` may start with `[source]` lines: they join FAST's [source] table.
-    let (source_extra, extra) = match extra.strip_prefix("[source]\n") {
-        Some(rest) => rest
-            .split_once("\n[")
-            .map_or((rest, String::new()), |(a, b)| (a, format!("[{b}"))),
-        None => ("", extra.to_owned()),
-    };
-    // ...then `[route]` lines: they join FAST's [route] table.
-    let (route_extra, extra) = match extra.strip_prefix("[route]\n") {
+    // `extra` may start with `[source]` lines, then `[route]` lines: they join FAST's tables.
+    let (source_extra, extra) = leading_table(extra, "[source]");
+    let (route_extra, extra) = leading_table(&extra, "[route]");
+    let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}")
+        .replacen("[source]", &format!("[source]\n{url}{source_extra}"), 1)
+        .replacen("[route]\n", &format!("[route]\n{route_extra}\n"), 1);
+    Rig::start(sim, &toml).await
+}
+
+/// Splits `extra` into the lines of a leading `table` header (`[source]`), to be joined into
+/// the table of that name, and the rest.
+pub fn leading_table(extra: &str, table: &str) -> (String, String) {
+    match extra
+        .strip_prefix(table)
+        .and_then(|rest| rest.strip_prefix('\n'))
+    {
         Some(rest) => rest
             .split_once("\n[")
             .map_or((rest.to_owned(), String::new()), |(a, b)| {
                 (a.to_owned(), format!("[{b}"))
             }),
-        None => (String::new(), extra),
-    };
-    let toml = format!("{FAST}\n{extra}\n{exported}\n{extra_accounts}")
-        .replacen("[source]", &format!("[source]\n{url}{source_extra}"), 1)
-        .replacen("[route]\n", &format!("[route]\n{route_extra}\n"), 1);
-    let settings = Config::from_toml(&toml)
-        .expect("config parses")
-        .validate()
-        .expect("config valid");
-    let tokens = settings
-        .accounts
-        .iter()
-        .map(|a| a.token.expose().to_owned())
-        .collect();
-    let (sink, memory) = MemorySink::new();
-    let registry = Registry::new();
-    let bridge = Bridge::start_with_sink(settings, Box::new(sink), &registry)
-        .await
-        .expect("bridge starts");
-    Rig {
-        sim,
-        bridge: Some(bridge),
-        memory,
-        registry,
-        tokens,
+        None => (String::new(), extra.to_owned()),
     }
 }
 
 impl Rig {
+    /// Starts a bridge with the configuration `toml` over `sim`, publishing into an in-memory
+    /// sink; its tokens are those of the configuration's accounts.
+    pub async fn start(sim: Sim, toml: &str) -> Rig {
+        let settings = Config::from_toml(toml)
+            .expect("config parses")
+            .validate()
+            .expect("config valid");
+        let tokens = settings
+            .accounts
+            .iter()
+            .map(|a| a.token.expose().to_owned())
+            .collect();
+        let (sink, memory) = MemorySink::new();
+        let registry = Registry::new();
+        let bridge = Bridge::start_with_sink(settings, Box::new(sink), &registry)
+            .await
+            .expect("bridge starts");
+        Rig {
+            sim,
+            bridge: Some(bridge),
+            memory,
+            registry,
+            tokens,
+        }
+    }
+
+    /// The running bridge.
     pub fn bridge(&self) -> &Bridge {
         self.bridge.as_ref().expect("running")
     }
@@ -227,10 +249,12 @@ impl Rig {
         check_records(&truth, &delivered, &self.memory.records());
     }
 
+    /// A metric of the bridge (see [`metric`]).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.registry, name, labels)
     }
 
+    /// Shuts the bridge down (10 s to drain) and the simulator; the bridge's drain report.
     pub async fn stop(mut self) -> voxsig_sinks::DrainReport {
         let report = self
             .bridge
@@ -243,6 +267,8 @@ impl Rig {
     }
 }
 
+/// Checks `records` against the ground truth: each of `expected` (account, sim_seq) exactly
+/// once, byte-identical with its topic, key and headers, and nothing else.
 pub fn check_records(truth: &GroundTruth, expected: &[(u64, u64)], records: &[Record]) {
     let by_key: HashMap<(u64, u64), &voxsig_sim::SentEvent> = truth
         .events
@@ -293,35 +319,4 @@ pub fn check_records(truth: &GroundTruth, expected: &[(u64, u64)], records: &[Re
         extra.is_empty(),
         "records for events never written to our sockets: {extra:?}"
     );
-}
-
-/// The value of a metric (summed over series matching `labels`).
-pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        // Counters and gauges: the absent one reads as 0.
-        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-        .sum()
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -1,7 +1,6 @@
 //! A hand-written ActionCable server for hostile-case tests: each accepted socket is handed to a
 //! script (an async closure) that sends whatever it likes — welcome, confirms, events with
 //! poison names, junk floods, invalid UTF-8, a disconnect right after welcome.
-#![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
 use std::future::Future;
@@ -18,6 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// A running hostile server on a free loopback port; stops on drop.
 pub struct Hostile {
+    /// Its `ws://` URL.
     pub url: String,
     /// Sockets accepted so far (upgraded).
     pub connects: Arc<AtomicUsize>,
@@ -54,7 +54,7 @@ impl Hostile {
                     let upgrade = |_: &Request, mut response: Response| {
                         response.headers_mut().insert(
                             "Sec-WebSocket-Protocol",
-                            HeaderValue::from_static("actioncable-v1-json"),
+                            HeaderValue::from_static(voxsig_sim::SUBPROTOCOL),
                         );
                         Ok(response)
                     };
@@ -73,6 +73,7 @@ impl Hostile {
         }
     }
 
+    /// Sockets accepted (upgraded) so far.
     pub fn connects(&self) -> usize {
         self.connects.load(Ordering::SeqCst)
     }
@@ -80,10 +81,12 @@ impl Hostile {
 
 /// One accepted socket.
 pub struct Conn {
+    /// The WebSocket, for what the helpers below do not cover.
     pub ws: WebSocketStream<TcpStream>,
 }
 
 impl Conn {
+    /// Sends a text frame (flushed); false once the socket is gone.
     pub async fn text(&mut self, text: impl Into<String>) -> bool {
         self.ws.send(Message::text(text.into())).await.is_ok()
     }
@@ -93,14 +96,17 @@ impl Conn {
         self.ws.feed(Message::text(text.into())).await.is_ok()
     }
 
+    /// Flushes what [`Conn::feed`] queued.
     pub async fn flush(&mut self) -> bool {
         self.ws.flush().await.is_ok()
     }
 
+    /// The `welcome` frame.
     pub async fn welcome(&mut self) -> bool {
         self.text(r#"{"type":"welcome"}"#).await
     }
 
+    /// A `ping` frame carrying `at`.
     pub async fn ping(&mut self, at: u64) -> bool {
         self.text(format!(r#"{{"type":"ping","message":{at}}}"#))
             .await
@@ -123,6 +129,7 @@ impl Conn {
         }
     }
 
+    /// Confirms the subscription of `identifier`.
     pub async fn confirm(&mut self, identifier: &str) -> bool {
         let frame = serde_json::json!({"identifier": identifier, "type": "confirm_subscription"});
         self.text(frame.to_string()).await

@@ -1,8 +1,5 @@
-//! MQTT test support (include with `#[path = "support/mqtt.rs"] mod mqtt_support;` beside
-//! `mod support;`): a rumqttc subscriber, a TCP proxy that can cut the sink off, and the
+//! MQTT test support: a rumqttc subscriber, a TCP proxy that can cut the sink off, and the
 //! brokers of the interop matrix besides mosquitto (nats-server's MQTT listener, rumqttd).
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,33 +10,69 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use voxsig_sinks::testing::{seq_of, Generator};
 
-use crate::support::{binary, eventually, free_port, Process};
+use crate::brokers::{binary, free_port, Process};
+use crate::records::{seq_of, Generator};
+use crate::wait::eventually;
 
+/// A PUBLISH as the subscriber received it.
 #[derive(Debug, Clone, Default)]
 pub struct Received {
+    /// Its topic.
     pub topic: String,
+    /// Its payload.
     pub payload: Bytes,
+    /// Its retain flag.
     pub retain: bool,
-    /// MQTT 5 only: user properties, content type, payload format indicator, message expiry.
+    /// MQTT 5 only: user properties.
     pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 only: content type.
     pub content_type: Option<String>,
+    /// MQTT 5 only: payload format indicator.
     pub payload_format: Option<u8>,
+    /// MQTT 5 only: message expiry interval.
     pub message_expiry: Option<u32>,
+}
+
+/// What a subscriber's event loop saw, shared with the test.
+#[derive(Clone, Default)]
+struct Seen {
+    received: Arc<Mutex<Vec<Received>>>,
+    subacks: Arc<Mutex<u32>>,
+    connacks: Arc<Mutex<u32>>,
+    resumed: Arc<Mutex<u32>>,
+}
+
+impl Seen {
+    /// Counts a CONNACK; true when the session is new and the filter must be subscribed again.
+    fn connack(&self, session_present: bool) -> bool {
+        *self.connacks.lock().unwrap() += 1;
+        if session_present {
+            // The session (and its subscription) was kept.
+            *self.subacks.lock().unwrap() += 1;
+            *self.resumed.lock().unwrap() += 1;
+        }
+        !session_present
+    }
+
+    fn suback(&self) {
+        *self.subacks.lock().unwrap() += 1;
+    }
+
+    fn publish(&self, received: Received) {
+        self.received.lock().unwrap().push(received);
+    }
 }
 
 /// A rumqttc subscriber (MQTT 3.1.1, or 5 with [`Subscriber::start_v5`]) that (re)subscribes
 /// whenever its session is new.
 pub struct Subscriber {
-    received: Arc<Mutex<Vec<Received>>>,
-    subacks: Arc<Mutex<u32>>,
-    connacks: Arc<Mutex<u32>>,
-    resumed: Arc<Mutex<u32>>,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Subscriber {
+    /// An MQTT 3.1.1 subscriber to `filter` at QoS 1, as `id` (with `login`, if given).
     pub fn start(
         port: u16,
         id: &str,
@@ -56,32 +89,18 @@ impl Subscriber {
             options.set_credentials(user, password);
         }
         let (client, mut eventloop) = AsyncClient::new(options, 16);
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let subacks = Arc::new(Mutex::new(0));
-        let connacks = Arc::new(Mutex::new(0));
-        let resumed = Arc::new(Mutex::new(0));
-        let (r, s, c, k, filter) = (
-            received.clone(),
-            subacks.clone(),
-            connacks.clone(),
-            resumed.clone(),
-            filter.to_owned(),
-        );
+        let seen = Seen::default();
+        let (s, filter) = (seen.clone(), filter.to_owned());
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        *c.lock().unwrap() += 1;
-                        if !ack.session_present {
+                        if s.connack(ack.session_present) {
                             let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
-                        } else {
-                            // The session (and its subscription) was kept.
-                            *s.lock().unwrap() += 1;
-                            *k.lock().unwrap() += 1;
                         }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().unwrap() += 1,
-                    Ok(Event::Incoming(Packet::Publish(p))) => r.lock().unwrap().push(Received {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => s.suback(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => s.publish(Received {
                         topic: p.topic,
                         payload: p.payload,
                         retain: p.retain,
@@ -92,13 +111,7 @@ impl Subscriber {
                 }
             }
         });
-        Subscriber {
-            received,
-            subacks,
-            connacks,
-            resumed,
-            task,
-        }
+        Subscriber { seen, task }
     }
 
     /// An MQTT 5 subscriber (it sees the publish properties).
@@ -112,34 +125,21 @@ impl Subscriber {
             .set_session_expiry_interval((!clean).then_some(3600))
             .set_max_packet_size(Some(4 << 20));
         let (client, mut eventloop) = C5::new(options, 16);
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let subacks = Arc::new(Mutex::new(0));
-        let connacks = Arc::new(Mutex::new(0));
-        let resumed = Arc::new(Mutex::new(0));
-        let (r, s, c, k, filter) = (
-            received.clone(),
-            subacks.clone(),
-            connacks.clone(),
-            resumed.clone(),
-            filter.to_owned(),
-        );
+        let seen = Seen::default();
+        let (s, filter) = (seen.clone(), filter.to_owned());
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(E5::Incoming(P5::ConnAck(ack))) => {
-                        *c.lock().unwrap() += 1;
-                        if !ack.session_present {
+                        if s.connack(ack.session_present) {
                             let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
                             let _ = client.subscribe(filter.clone(), qos).await;
-                        } else {
-                            *s.lock().unwrap() += 1;
-                            *k.lock().unwrap() += 1;
                         }
                     }
-                    Ok(E5::Incoming(P5::SubAck(_))) => *s.lock().unwrap() += 1,
+                    Ok(E5::Incoming(P5::SubAck(_))) => s.suback(),
                     Ok(E5::Incoming(P5::Publish(p))) => {
                         let props = p.properties.clone().unwrap_or_default();
-                        r.lock().unwrap().push(Received {
+                        s.publish(Received {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload,
                             retain: p.retain,
@@ -154,31 +154,27 @@ impl Subscriber {
                 }
             }
         });
-        Subscriber {
-            received,
-            subacks,
-            connacks,
-            resumed,
-            task,
-        }
+        Subscriber { seen, task }
     }
 
+    /// Everything received so far, in order.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.seen.received.lock().unwrap().clone()
     }
 
     /// SUBACKs, plus CONNACKs that resumed a session (the subscription is in place either way).
     pub fn subacks(&self) -> u32 {
-        *self.subacks.lock().unwrap()
+        *self.seen.subacks.lock().unwrap()
     }
 
     /// CONNACKs with `session_present`.
     pub fn resumed(&self) -> u32 {
-        *self.resumed.lock().unwrap()
+        *self.seen.resumed.lock().unwrap()
     }
 
+    /// CONNACKs received.
     pub fn connacks(&self) -> u32 {
-        *self.connacks.lock().unwrap()
+        *self.seen.connacks.lock().unwrap()
     }
 
     /// Received generated records by seq (copies of each).
@@ -242,6 +238,7 @@ pub fn check_complete(
 /// through it (no DISCONNECT: the broker publishes the client's will) and refuses new ones
 /// until `open`.
 pub struct Proxy {
+    /// The port it listens on.
     pub port: u16,
     open: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -249,6 +246,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy in front of `127.0.0.1:target`, open.
     pub async fn start(target: u16) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -282,6 +280,7 @@ impl Proxy {
         }
     }
 
+    /// `mqtt://` and its address.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -310,12 +309,14 @@ impl Drop for Proxy {
 /// nats-server with JetStream (file store in its directory) and an MQTT listener (3.1.1), both
 /// on free loopback ports. Never the machine's own instance on 4222.
 pub struct Nats {
+    /// The port of its MQTT listener.
     pub port: u16,
     process: Process,
     client_port: u16,
 }
 
 impl Nats {
+    /// Starts nats-server and waits until its MQTT listener listens.
     pub fn start() -> Nats {
         let process = Process::new();
         let mut n = Nats {
@@ -327,6 +328,7 @@ impl Nats {
         n
     }
 
+    /// `mqtt://` and the address of its MQTT listener.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -356,6 +358,7 @@ impl Nats {
         self.spawn();
     }
 
+    /// Its log so far.
     pub fn log(&self) -> String {
         self.process.log()
     }
@@ -364,6 +367,7 @@ impl Nats {
 /// The environment variable that turns this test binary into a rumqttd process (see
 /// `rumqttd_main` in `tests/mqtt_interop.rs`).
 pub const RUMQTTD_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_PORT";
+/// The environment variable that gives that rumqttd process its MQTT 5 port.
 pub const RUMQTTD_V5_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_V5_PORT";
 
 /// rumqttd in a process of its own (so it can be stopped and restarted): the test binary runs
@@ -371,7 +375,9 @@ pub const RUMQTTD_V5_PORT_ENV: &str = "VOXSIG_TEST_RUMQTTD_V5_PORT";
 /// rumqttd keeps sessions and retained messages in memory only. It listens for MQTT 3.1.1 on
 /// `port` and MQTT 5 on `v5_port`.
 pub struct Rumqttd {
+    /// The port of its MQTT 3.1.1 listener.
     pub port: u16,
+    /// The port of its MQTT 5 listener.
     pub v5_port: u16,
     process: Process,
     test_name: &'static str,
@@ -391,6 +397,7 @@ impl Rumqttd {
         r
     }
 
+    /// `mqtt://` and the address of its MQTT 3.1.1 listener.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -403,18 +410,48 @@ impl Rumqttd {
             .env(RUMQTTD_V5_PORT_ENV, self.v5_port.to_string())
             .env("RUST_LOG", "off");
         self.process.spawn(command);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.v5_port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "rumqttd's MQTT 5 listener"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_listening(self.v5_port);
     }
 
+    /// SIGKILL and start again on the same ports (sessions and retained messages are lost).
     pub fn restart(&mut self) {
         self.process.kill();
         self.spawn();
     }
+}
+
+/// Subscribes a client with `options` to `filter` at QoS 1 and hands every PUBLISH to `each`;
+/// returns once the broker acknowledged the subscription (within 10 s). The client keeps
+/// reconnecting after an error (a broker restart) for as long as the runtime runs.
+pub async fn on_publish(
+    options: MqttOptions,
+    filter: &str,
+    mut each: impl FnMut(rumqttc::Publish) + Send + 'static,
+) {
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        let _client = client; // keeps the request channel open
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => each(p),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+        .await
+        .expect("suback in time")
+        .expect("suback");
 }

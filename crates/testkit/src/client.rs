@@ -1,5 +1,4 @@
-//! A plain tokio-tungstenite client and a raw HTTP helper for the simulator's tests.
-#![allow(dead_code)]
+//! A plain tokio-tungstenite client and raw HTTP helpers for the simulator's tests.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -13,7 +12,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::{Command, RoomIdentifier};
 use voxsig_sim::{Sim, SimConfig, World, WorldSpec};
 
+/// How long a test waits for something that should not come.
 pub const SHORT: Duration = Duration::from_millis(250);
+/// How long a test waits for something that should come.
 pub const LONG: Duration = Duration::from_secs(5);
 
 /// A small world and fast pings.
@@ -30,6 +31,7 @@ pub fn config() -> SimConfig {
         })
 }
 
+/// Starts a simulator with [`config`].
 pub async fn start() -> Sim {
     Sim::start(config()).await.expect("sim starts")
 }
@@ -50,8 +52,11 @@ pub async fn subscribed(sim: &Sim) -> Client {
 /// What a socket read gave.
 #[derive(Debug)]
 pub enum Got {
+    /// A text frame.
     Text(String),
+    /// A binary frame.
     Binary(Vec<u8>),
+    /// A close frame, with its code.
     Close(Option<u16>),
     /// The socket ended without a close frame, or failed.
     Ended,
@@ -59,6 +64,7 @@ pub enum Got {
     Nothing,
 }
 
+/// A WebSocket client of the simulator.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The subprotocol the server chose.
@@ -75,12 +81,13 @@ impl Client {
         c
     }
 
+    /// Connects to `url`, offering the ActionCable subprotocol if `offer_protocol`.
     pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, String> {
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
         if offer_protocol {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
-                HeaderValue::from_static("actioncable-v1-json"),
+                HeaderValue::from_static(voxsig_sim::SUBPROTOCOL),
             );
         }
         let (ws, resp) = tokio_tungstenite::connect_async(request)
@@ -94,6 +101,7 @@ impl Client {
         Ok(Client { ws, protocol })
     }
 
+    /// Sends a text frame.
     pub async fn send(&mut self, text: impl Into<String>) {
         self.ws
             .send(Message::Text(text.into().into()))
@@ -106,14 +114,17 @@ impl Client {
         self.ws.close(None).await.expect("close");
     }
 
+    /// Sends `subscribe` for `id`.
     pub async fn subscribe(&mut self, id: &RoomIdentifier) {
         self.send(Command::Subscribe(id).encode()).await;
     }
 
+    /// Sends `unsubscribe` for `id`.
     pub async fn unsubscribe(&mut self, id: &RoomIdentifier) {
         self.send(Command::Unsubscribe(id).encode()).await;
     }
 
+    /// Sends `update_presence` for `id`.
     pub async fn update_presence(&mut self, id: &RoomIdentifier) {
         self.send(Command::UpdatePresence(id).encode()).await;
     }
@@ -146,10 +157,12 @@ impl Client {
         }
     }
 
+    /// The next text frame that is not a ping; fails the test if none comes within `timeout`.
     pub async fn text(&mut self, timeout: Duration) -> String {
         self.try_text(timeout).await.expect("a frame in time")
     }
 
+    /// The next text frame that is not a ping, as JSON.
     pub async fn json(&mut self, timeout: Duration) -> Value {
         serde_json::from_str(&self.text(timeout).await).expect("JSON frame")
     }
@@ -249,12 +262,14 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A GET that must answer 200 with JSON.
 pub async fn get_json(base: &str, path: &str) -> Value {
     let (status, body) = http(base, "GET", path, None).await;
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).expect("JSON body")
 }
 
+/// A POST of `body`; the status and the answer as JSON (or a JSON string of the raw body).
 pub async fn post_json(base: &str, path: &str, body: &str) -> (u16, Value) {
     let (status, text) = http(base, "POST", path, Some(body)).await;
     (
