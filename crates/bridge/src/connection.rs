@@ -382,7 +382,7 @@ async fn connect(shared: &Shared) -> Result<Socket, ConnectError> {
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("actioncable-v1-json"),
+        HeaderValue::from_static(voxsig_protocol::SUBPROTOCOL),
     );
     if let Ok(origin) = HeaderValue::from_str(&shared.origin) {
         headers.insert("Origin", origin);

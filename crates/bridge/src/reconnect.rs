@@ -9,7 +9,7 @@
 //!   process-wide connect limiter still paces every attempt, so a herd stays guarded.
 
 use std::time::{Duration, Instant};
-use voxsig_protocol::backoff::{Backoff, Rng};
+use voxsig_protocol::backoff::{Attempts, Backoff, Rng};
 
 /// The policy: the back-off and how long a connection must be healthy to reset it.
 #[derive(Debug, Clone, Copy)]
@@ -23,43 +23,37 @@ pub struct ReconnectPolicy {
 /// One connection task's reconnect state.
 #[derive(Debug)]
 pub struct Reconnect {
-    policy: ReconnectPolicy,
-    failures: u32,
+    healthy_after: Duration,
+    attempts: Attempts,
 }
 
 impl Reconnect {
     /// A fresh state (the first connect is not delayed by this).
     pub fn new(policy: ReconnectPolicy) -> Self {
         Reconnect {
-            policy,
-            failures: 0,
+            healthy_after: policy.healthy_after,
+            attempts: Attempts::new(policy.backoff),
         }
     }
 
     /// Consecutive unhealthy attempts so far.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.attempts.failures()
     }
 
     /// A connect attempt failed: the wait before the next.
     pub fn connect_failed(&mut self, rng: &mut Rng) -> Duration {
-        self.next_delay(rng)
+        self.attempts.next_delay(rng)
     }
 
     /// An established connection ended; `health` is what it saw. The wait before reconnecting:
     /// zero after a healthy connection, the growing back-off otherwise.
     pub fn ended(&mut self, health: &Health, now: Instant, rng: &mut Rng) -> Duration {
-        if health.healthy(now, self.policy.healthy_after) {
-            self.failures = 0;
+        if health.healthy(now, self.healthy_after) {
+            self.attempts.reset();
             return Duration::ZERO;
         }
-        self.next_delay(rng)
-    }
-
-    fn next_delay(&mut self, rng: &mut Rng) -> Duration {
-        let delay = self.policy.backoff.delay(self.failures, rng);
-        self.failures = self.failures.saturating_add(1);
-        delay
+        self.attempts.next_delay(rng)
     }
 }
 

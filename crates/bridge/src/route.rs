@@ -1,11 +1,12 @@
 //! From an event to a record: filters, topic and key templates, payload modes.
 //!
 //! Template values come from the network (event names) or from the platform's ids, so each is
-//! sanitised for the sink's topic rules before it is put in ([`Charset`], defined with the
-//! rules themselves in `voxsig_sinks::topic`): a value holding `/`, `+`, `#`, a control
-//! character or a Unicode non-character can never add a level or a wildcard to an MQTT topic,
-//! nor make the broker close the connection, and Kafka topics keep to `[a-zA-Z0-9._-]`. The
-//! rendered topic is then checked against the sink's rules once more.
+//! sanitised for the sink's topic rules before it is put in: the router renders with the
+//! [`TopicRules`] the sink configuration names (defined, with the one [`Template`] type, in
+//! `voxsig_sinks::topic`). A value holding `/`, `+`, `#`, a control character or a Unicode
+//! non-character can never add a level or a wildcard to an MQTT topic, nor make the broker close
+//! the connection, and Kafka topics keep to `[a-zA-Z0-9._-]`. The rendered topic is then
+//! checked against the same rules once more.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -16,180 +17,7 @@ use voxsig_protocol::EventRef;
 use voxsig_sinks::cloudevents::{self, CloudEvents};
 use voxsig_sinks::{Headers, Record};
 
-pub use voxsig_sinks::topic::Charset;
-
-/// A variable of a template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Var {
-    /// The event's account (`data.account_id`, else the subscription's).
-    Account,
-    /// The event name.
-    Event,
-    /// The user of the subscription that received it (`contact` for a contact token).
-    User,
-    /// The conversation id (`none` when the event has none).
-    Conversation,
-    /// The inbox id (`none` when the event has none).
-    Inbox,
-    /// A label of the subscription's account entry (`none` when unset).
-    Label(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Var(Var),
-}
-
-/// What a missing value renders as.
-pub const NONE: &str = "none";
-
-/// A parsed `{variable}` template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    text: String,
-    segments: Vec<Segment>,
-}
-
-/// Why a template is invalid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    /// `{name}` with an unknown name.
-    #[error("unknown variable `{{{0}}}` (known: {{account}}, {{event}}, {{user}}, {{conversation}}, {{inbox}}, {{label.NAME}})")]
-    UnknownVariable(String),
-    /// A `{` without its `}`, or a stray `}`.
-    #[error("unbalanced braces")]
-    Unbalanced,
-    /// Nothing at all.
-    #[error("is empty")]
-    Empty,
-}
-
-impl Template {
-    /// Parses a template such as `voxsig/{account}/{event}`.
-    pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        if text.is_empty() {
-            return Err(TemplateError::Empty);
-        }
-        let mut segments = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                Some(i) if rest.as_bytes()[i] == b'}' => return Err(TemplateError::Unbalanced),
-                Some(i) => {
-                    if i > 0 {
-                        segments.push(Segment::Literal(rest[..i].to_owned()));
-                    }
-                    let close = rest[i..].find('}').ok_or(TemplateError::Unbalanced)? + i;
-                    let name = &rest[i + 1..close];
-                    if name.contains('{') {
-                        return Err(TemplateError::Unbalanced);
-                    }
-                    segments.push(Segment::Var(match name {
-                        "account" => Var::Account,
-                        "event" => Var::Event,
-                        "user" => Var::User,
-                        "conversation" => Var::Conversation,
-                        "inbox" => Var::Inbox,
-                        _ => match name.strip_prefix("label.") {
-                            Some(label) if !label.is_empty() => Var::Label(label.to_owned()),
-                            _ => return Err(TemplateError::UnknownVariable(name.to_owned())),
-                        },
-                    }));
-                    rest = &rest[close + 1..];
-                }
-                None => {
-                    segments.push(Segment::Literal(rest.to_owned()));
-                    rest = "";
-                }
-            }
-        }
-        Ok(Template {
-            text: text.to_owned(),
-            segments,
-        })
-    }
-
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// Whether the template uses a variable.
-    pub fn uses(&self, var: &Var) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Var(v) if v == var))
-    }
-
-    /// Renders with typical values, to check a template against a sink's topic rules.
-    pub fn sample(&self) -> String {
-        let labels = BTreeMap::new();
-        let ctx = Context {
-            account: 1,
-            event: "conversation.status_changed",
-            user: Some(7),
-            conversation: Some(100078),
-            inbox: Some(3),
-            labels: &labels,
-        };
-        self.render(&ctx, Charset::Any)
-    }
-
-    /// Renders for one event, sanitising every value for `charset`.
-    pub fn render(&self, ctx: &Context<'_>, charset: Charset) -> String {
-        let mut out = String::with_capacity(self.text.len() + 32);
-        for segment in &self.segments {
-            match segment {
-                Segment::Literal(text) => out.push_str(text),
-                Segment::Var(var) => {
-                    let start = out.len();
-                    match var {
-                        Var::Account => write_id(&mut out, Some(ctx.account)),
-                        Var::Event => out.push_str(ctx.event),
-                        Var::User => match ctx.user {
-                            Some(user) => write_id(&mut out, Some(user)),
-                            None => out.push_str("contact"),
-                        },
-                        Var::Conversation => write_id(&mut out, ctx.conversation),
-                        Var::Inbox => write_id(&mut out, ctx.inbox),
-                        Var::Label(name) => {
-                            out.push_str(ctx.labels.get(name).map_or(NONE, String::as_str))
-                        }
-                    }
-                    charset.sanitise(&mut out, start);
-                }
-            }
-        }
-        out
-    }
-}
-
-fn write_id(out: &mut String, id: Option<u64>) {
-    match id {
-        Some(id) => {
-            let _ = write!(out, "{id}");
-        }
-        None => out.push_str(NONE),
-    }
-}
-
-/// The values a template is rendered with.
-#[derive(Debug, Clone)]
-pub struct Context<'a> {
-    /// The event's account.
-    pub account: u64,
-    /// The event name.
-    pub event: &'a str,
-    /// The receiving subscription's user.
-    pub user: Option<u64>,
-    /// The conversation.
-    pub conversation: Option<u64>,
-    /// The inbox.
-    pub inbox: Option<u64>,
-    /// The receiving subscription's labels.
-    pub labels: &'a BTreeMap<String, String>,
-}
+pub use voxsig_sinks::topic::{Charset, Context, Template, TemplateError, TopicRules, Var, NONE};
 
 /// Include/exclude patterns over event names; `*` matches any run of characters.
 #[derive(Debug, Clone, Default)]
@@ -289,38 +117,33 @@ pub struct Receiver {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A function checking a rendered topic against the sink's rules.
-pub type TopicCheck = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
 /// Turns events into records.
 pub struct Router {
     topic: Template,
     key: Template,
     filter: EventFilter,
     payload: PayloadMode,
-    charset: Charset,
-    check: TopicCheck,
+    /// The sink's topic rules: values are sanitised and topics checked with them.
+    rules: TopicRules,
     /// CloudEvents structured mode: the event JSON is the payload.
     structured: Option<CloudEvents>,
 }
 
 impl Router {
-    /// A router rendering topics in `charset` and checking them with `check`.
+    /// A router rendering and checking topics with the sink's `rules`.
     pub fn new(
         topic: Template,
         key: Template,
         filter: EventFilter,
         payload: PayloadMode,
-        charset: Charset,
-        check: TopicCheck,
+        rules: TopicRules,
     ) -> Self {
         Router {
             topic,
             key,
             filter,
             payload,
-            charset,
-            check,
+            rules,
             structured: None,
         }
     }
@@ -389,8 +212,10 @@ impl Router {
             inbox: event.inbox_id,
             labels: &receiver.labels,
         };
-        let topic = self.topic.render(&ctx, self.charset);
-        (self.check)(&topic).map_err(Unrouted::InvalidTopic)?;
+        let topic = self.rules.render(&self.topic, &ctx);
+        self.rules
+            .check(&topic)
+            .map_err(|e| Unrouted::InvalidTopic(e.to_string()))?;
         let key = self.key.render(&ctx, Charset::Any);
         let received_at_ms = received_at
             .duration_since(UNIX_EPOCH)

@@ -5,7 +5,7 @@ use crate::catchup::checkpoint::CheckpointFile;
 use crate::catchup::rest::{RestClient, RestError, RestSettings, RetryPolicy};
 use crate::catchup::telemetry::CatchupMetrics;
 use crate::catchup::{self, Catchup, Rotation, SubInfo};
-use crate::config::{Presence, Settings};
+use crate::config::Settings;
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_tungstenite::Connector;
-use voxsig_protocol::SessionConfig;
 use voxsig_sinks::{BufferWriter, DrainReport, Sink, SinkHandle, SinkMetrics};
 
 /// How long sockets get to stop reading before the buffer is closed under them (at most a
@@ -39,15 +38,9 @@ pub enum StartError {
     /// The sink could not be built (its message names the key).
     #[error(transparent)]
     Sink(#[from] voxsig_sinks::SinkError),
-    /// `source.ca_file` could not be read.
-    #[error("source.ca_file: cannot read {}", path.display())]
-    CaFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// `source.ca_file` could not be read, or holds a block that cannot be parsed, or none.
+    #[error("source.ca_file: {0}")]
+    CaFile(#[from] voxsig_sinks::pem::PemError),
     /// A certificate of `source.ca_file` was refused.
     #[error("source.ca_file: {} holds a certificate that cannot be used", path.display())]
     CaCertificate {
@@ -146,7 +139,7 @@ impl Bridge {
                 .origin
                 .clone()
                 .unwrap_or_else(|| origin_of(&source.url)),
-            session: session_config(source),
+            session: source.session(seed()),
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: Some(Connector::Rustls(Arc::new(tls))),
@@ -431,32 +424,16 @@ fn restore_checkpoint(settings: &Settings, catchup: &Catchup) -> Option<Checkpoi
 /// Events into records: the templates, the filter and the payload mode, with the sink's rules.
 fn router(settings: &Settings) -> Router {
     let config = &settings.config;
-    let charset = settings.sink.value_charset();
-    let sink_config = settings.sink.clone();
     let router = Router::new(
         settings.topic.clone(),
         settings.key.clone(),
         settings.filter.clone(),
         config.route.payload,
-        charset,
-        Box::new(move |topic| sink_config.check_topic(topic).map_err(|e| e.to_string())),
+        settings.sink.topic_rules(),
     );
     match config.cloudevents() {
         Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
         None => router,
-    }
-}
-
-/// The protocol session's settings from `[source]`.
-fn session_config(source: &crate::config::SourceConfig) -> SessionConfig {
-    SessionConfig {
-        presence_interval: source.presence_interval,
-        stale_after: source.stale_after,
-        confirm_timeout: source.confirm_timeout,
-        max_frame_bytes: source.max_frame_bytes,
-        presence: source.presence == Presence::On,
-        seed: seed(),
-        ..SessionConfig::default()
     }
 }
 
@@ -505,12 +482,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| StartError::CaFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut reader = std::io::BufReader::new(pem.as_slice());
-        for cert in rustls_pemfile_certs(&mut reader) {
+        for cert in voxsig_sinks::pem::read_certs(path)? {
             roots
                 .add(cert)
                 .map_err(|source| StartError::CaCertificate {
@@ -526,17 +498,6 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
-}
-
-fn rustls_pemfile_certs(
-    reader: &mut dyn std::io::BufRead,
-) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut pem = Vec::new();
-    let _ = reader.read_to_end(&mut pem);
-    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect()
 }
 
 #[cfg(test)]

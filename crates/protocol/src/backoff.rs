@@ -1,12 +1,15 @@
-//! Exponential back-off with jitter, deterministic for a given seed.
+//! Exponential back-off with jitter, deterministic for a given seed: the one back-off policy of
+//! the workspace (subscriptions, the bridge's sockets, the sinks' reconnects).
 //!
 //! Randomness is a seeded generator owned by the caller, so the state machines that use it stay
 //! sans-I/O and their tests are repeatable.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How much of the exponential delay is randomised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How much of the exponential delay is randomised (`full`, `equal` or `none` in configs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Jitter {
     /// Uniform in `[0, delay]` ("full jitter"): spreads a herd of clients best.
     #[default]
@@ -28,7 +31,29 @@ pub struct Backoff {
     pub jitter: Jitter,
 }
 
+/// Why back-off bounds are unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BackoffError {
+    /// The first delay is zero: a failing peer would be retried in a busy loop.
+    #[error("the first delay must be above zero")]
+    ZeroInitial,
+    /// The cap is below the first delay.
+    #[error("the cap must be at least the first delay")]
+    MaxBelowInitial,
+}
+
 impl Backoff {
+    /// Checks the bounds: `initial` above zero, `max` at least `initial`.
+    pub fn validate(&self) -> Result<(), BackoffError> {
+        if self.initial.is_zero() {
+            return Err(BackoffError::ZeroInitial);
+        }
+        if self.max < self.initial {
+            return Err(BackoffError::MaxBelowInitial);
+        }
+        Ok(())
+    }
+
     /// The un-jittered delay for an attempt (0-based).
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
@@ -43,6 +68,40 @@ impl Backoff {
             Jitter::Full => ceiling.mul_f64(rng.unit()),
             Jitter::Equal => ceiling / 2 + (ceiling / 2).mul_f64(rng.unit()),
         }
+    }
+}
+
+/// Consecutive failures under a policy: each failure's delay grows, a success starts again.
+#[derive(Debug, Clone)]
+pub struct Attempts {
+    policy: Backoff,
+    failures: u32,
+}
+
+impl Attempts {
+    /// No failure yet.
+    pub fn new(policy: Backoff) -> Self {
+        Attempts {
+            policy,
+            failures: 0,
+        }
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// One more failure: the delay before the next attempt.
+    pub fn next_delay(&mut self, rng: &mut Rng) -> Duration {
+        let delay = self.policy.delay(self.failures, rng);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// A success: the next failure waits the first delay again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -108,6 +167,33 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn attempts_grow_and_reset() {
+        let mut attempts = Attempts::new(policy(Jitter::None));
+        let mut rng = Rng::new(3);
+        let secs: Vec<u64> = (0..3)
+            .map(|_| attempts.next_delay(&mut rng).as_secs())
+            .collect();
+        assert_eq!((secs, attempts.failures()), (vec![1, 2, 4], 3));
+        attempts.reset();
+        assert_eq!(attempts.next_delay(&mut rng), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        assert_eq!(policy(Jitter::Full).validate(), Ok(()));
+        let zero = Backoff {
+            initial: Duration::ZERO,
+            ..policy(Jitter::Full)
+        };
+        assert_eq!(zero.validate(), Err(BackoffError::ZeroInitial));
+        let inverted = Backoff {
+            max: Duration::from_millis(10),
+            ..policy(Jitter::Full)
+        };
+        assert_eq!(inverted.validate(), Err(BackoffError::MaxBelowInitial));
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub mod scan;
 pub mod session;
 pub mod token;
 
+/// The WebSocket subprotocol ActionCable speaks (Rails offers it; clients ask for it).
+pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+
 pub use catalogue::EventKind;
 pub use command::Command;
 pub use frame::{quote_untrusted, EventRef, FrameError, ServerFrame};

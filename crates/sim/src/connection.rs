@@ -26,8 +26,8 @@ use tracing::debug;
 use voxsig_protocol::identifier::ROOM_CHANNEL;
 use voxsig_protocol::IdentifierKey;
 
-/// The subprotocol Rails offers.
-pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+/// The subprotocol Rails offers (the protocol crate's).
+pub use voxsig_protocol::SUBPROTOCOL;
 
 /// The first frame of every connection.
 pub(crate) const WELCOME: &str = r#"{"type":"welcome"}"#;

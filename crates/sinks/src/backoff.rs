@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::duration::duration_keys;
+
+use voxsig_protocol::backoff::{Attempts, Backoff as Policy, BackoffError, Jitter, Rng};
+
 use crate::ConfigError;
 
 /// The default cap of the sink's reconnect back-off, in milliseconds.
@@ -13,15 +17,24 @@ pub const DEFAULT_MAX_BACKOFF_MS: u64 = 5_000;
 
 /// Reconnect back-off bounds (`[sink.reconnect]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(remote = "Self", default, deny_unknown_fields)]
 pub struct ReconnectConfig {
-    /// First wait after a failure, in milliseconds. Default 250.
+    /// First wait after a failure, `min_backoff = "250ms"` (or `min_backoff_ms`). Default
+    /// 250 ms.
     pub min_backoff_ms: u64,
-    /// Largest wait, in milliseconds. Default 5,000: after a broker outage the sink is back
+    /// Largest wait, `max_backoff = "5s"` (or `max_backoff_ms`). Default 5 s: after a broker outage the sink is back
     /// within about 5 s of the broker (with `when_full = "block"` the platform feed waits for
     /// it), at the cost of one connect attempt per 2.5-5 s while the broker is away.
     pub max_backoff_ms: u64,
 }
+
+duration_keys!(
+    ReconnectConfig,
+    [
+        "min_backoff" <- "min_backoff_ms" in Millis,
+        "max_backoff" <- "max_backoff_ms" in Millis,
+    ]
+);
 
 impl Default for ReconnectConfig {
     fn default() -> Self {
@@ -33,57 +46,54 @@ impl Default for ReconnectConfig {
 }
 
 impl ReconnectConfig {
-    /// Checks the bounds.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.min_backoff_ms == 0 {
-            return Err(ConfigError::new(
-                "sink.reconnect.min_backoff_ms",
-                "must be at least 1",
-            ));
+    /// As the shared back-off policy (`voxsig_protocol::backoff`): exponential, capped, "equal
+    /// jitter" (each wait in `[d/2, d]`).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            initial: Duration::from_millis(self.min_backoff_ms),
+            max: Duration::from_millis(self.max_backoff_ms),
+            jitter: Jitter::Equal,
         }
-        if self.max_backoff_ms < self.min_backoff_ms {
-            return Err(ConfigError::new(
+    }
+
+    /// Checks the bounds (the policy's rule), naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.policy().validate().map_err(|e| match e {
+            BackoffError::ZeroInitial => {
+                ConfigError::new("sink.reconnect.min_backoff_ms", "must be at least 1")
+            }
+            BackoffError::MaxBelowInitial => ConfigError::new(
                 "sink.reconnect.max_backoff_ms",
                 "must be at least min_backoff_ms",
-            ));
-        }
-        Ok(())
+            ),
+        })
     }
 }
 
-/// A reconnect loop's back-off state: the shared policy of `voxsig_protocol::backoff`
-/// (exponential, capped, "equal jitter": each wait in `[d/2, d]`) and the attempt count.
+/// A reconnect loop's back-off state: the shared [`Attempts`] and this sink's own jitter.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    policy: voxsig_protocol::backoff::Backoff,
-    attempt: u32,
-    rng: voxsig_protocol::backoff::Rng,
+    attempts: Attempts,
+    rng: Rng,
 }
 
 impl Backoff {
     pub(crate) fn new(config: &ReconnectConfig) -> Self {
         Backoff {
-            policy: voxsig_protocol::backoff::Backoff {
-                initial: Duration::from_millis(config.min_backoff_ms),
-                max: Duration::from_millis(config.max_backoff_ms),
-                jitter: voxsig_protocol::backoff::Jitter::Equal,
-            },
-            attempt: 0,
+            attempts: Attempts::new(config.policy()),
             // Each sink spreads differently from its neighbours.
-            rng: voxsig_protocol::backoff::Rng::new(RandomState::new().build_hasher().finish()),
+            rng: Rng::new(RandomState::new().build_hasher().finish()),
         }
     }
 
     /// The next wait.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let wait = self.policy.delay(self.attempt, &mut self.rng);
-        self.attempt = self.attempt.saturating_add(1);
-        wait
+        self.attempts.next_delay(&mut self.rng)
     }
 
     /// After a success: start again from the minimum.
     pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
+        self.attempts.reset();
     }
 }
 

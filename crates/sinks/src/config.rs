@@ -6,7 +6,7 @@ use crate::cloudevents::{self, CloudEvents};
 use crate::jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 use crate::kafka::{KafkaConfig, KafkaSink};
 use crate::mqtt::{MqttConfig, MqttSink, Protocol};
-use crate::topic::{check_kafka_topic, check_mqtt_topic, sample_of_template, TopicError};
+use crate::topic::{BadTemplate, TopicError, TopicRules};
 use crate::{ConfigError, Sink, SinkError};
 
 /// Which sink, and its settings: `kind = "mqtt" | "kafka" | "stdout" | "file"`.
@@ -138,29 +138,24 @@ impl SinkConfig {
         }
     }
 
-    /// Checks a rendered topic against this sink's rules: Kafka's (`[a-zA-Z0-9._-]`, at most 249)
-    /// or MQTT's (no `+`, `#`, control characters or non-characters; at most 65,535 bytes) for
-    /// the others.
+    /// The naming rules of this sink's topics: Kafka's (`[a-zA-Z0-9._-]`, at most 249) for
+    /// Kafka, MQTT's (no `+`, `#`, control characters or non-characters; at most 65,535 bytes)
+    /// for the others. The router renders and checks topics with them.
+    pub fn topic_rules(&self) -> TopicRules {
+        match self {
+            SinkConfig::Kafka(_) => TopicRules::Kafka,
+            SinkConfig::Mqtt(_) | SinkConfig::Stdout(_) | SinkConfig::File(_) => TopicRules::Mqtt,
+        }
+    }
+
+    /// Checks a rendered topic against this sink's [`SinkConfig::topic_rules`].
     pub fn check_topic(&self, topic: &str) -> Result<(), TopicError> {
-        match self {
-            SinkConfig::Kafka(_) => check_kafka_topic(topic),
-            _ => check_mqtt_topic(topic),
-        }
+        self.topic_rules().check(topic)
     }
 
-    /// The characters a template value may hold in this sink's topics (what the router
-    /// sanitises values to).
-    pub fn value_charset(&self) -> crate::topic::Charset {
-        match self {
-            SinkConfig::Kafka(_) => crate::topic::Charset::Kafka,
-            _ => crate::topic::Charset::MqttLevel,
-        }
-    }
-
-    /// Checks a topic template: its `{placeholders}` replaced by `0`, the rest must satisfy
-    /// [`SinkConfig::check_topic`].
-    pub fn check_template(&self, template: &str) -> Result<(), TopicError> {
-        self.check_topic(&sample_of_template(template, "0"))
+    /// Checks a topic template with this sink's rules ([`TopicRules::parse_template`]).
+    pub fn check_template(&self, template: &str) -> Result<(), BadTemplate> {
+        self.topic_rules().parse_template(template).map(drop)
     }
 }
 

@@ -62,7 +62,4 @@ pub enum SinkError {
         /// What is wrong.
         message: String,
     },
-    /// The Kafka client could not be created.
-    #[error("sink: cannot create the Kafka producer: {0}")]
-    Kafka(String),
 }

@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -18,6 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
+use crate::sink::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, SinkConnected};
 use crate::{DrainReport, Record, Sink, SinkError};
 
@@ -225,19 +225,12 @@ impl Sink for JsonLinesSink {
     }
 }
 
-/// Sleeps for `delay`, returning early if the drain deadline passes.
-pub(crate) async fn sleep_unless_aborted(reader: &BufferReader, delay: Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = reader.aborted() => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::record;
     use crate::{buffer, spawn, BufferConfig, SinkMetrics};
+    use std::time::Duration;
 
     #[test]
     fn lines_embed_json_payloads_raw_and_others_as_text() {

@@ -10,6 +10,7 @@
 //! - [`cloudevents`]: CloudEvents 1.0 attributes and each sink's binding mode.
 //! - [`kafka`]: Kafka via rdkafka; acknowledgement per delivery report.
 //! - [`jsonl`]: stdout and file, one JSON object per line.
+//! - [`topic`]: each sink's topic rules and the one template type; [`pem`]: certificate files.
 //! - [`memory`]: an inspectable in-memory sink for tests.
 //! - [`telemetry`]: metrics (registered into a caller-supplied registry) and log lines.
 //!
@@ -58,12 +59,14 @@ mod backoff;
 pub mod buffer;
 pub mod cloudevents;
 mod config;
+mod duration;
 mod error;
 mod health;
 pub mod jsonl;
 pub mod kafka;
 pub mod memory;
 pub mod mqtt;
+pub mod pem;
 mod record;
 mod secret;
 mod sink;
@@ -88,4 +91,4 @@ pub use record::{Headers, Record};
 pub use secret::{Secret, SecretError, SecretValue};
 pub use sink::{spawn, DrainReport, Sink, SinkHandle};
 pub use telemetry::{CorruptKind, DropReason, SinkMetrics};
-pub use topic::TopicError;
+pub use topic::{TopicError, TopicRules};

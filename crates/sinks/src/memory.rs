@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
 use crate::buffer::BufferReader;
-use crate::jsonl::sleep_unless_aborted;
+use crate::sink::sleep_unless_aborted;
 use crate::telemetry::{emit, SinkConnected};
 use crate::{DrainReport, Record, Sink};
 

@@ -27,6 +27,15 @@ pub trait Sink: Send {
     fn run(self: Box<Self>, reader: BufferReader) -> BoxFuture<'static, DrainReport>;
 }
 
+/// Sleeps for `delay` (a back-off, a simulated delay), returning early when the drain deadline
+/// passes: the one wait every sink's retry loop uses, so none outlives its deadline.
+pub(crate) async fn sleep_unless_aborted(reader: &BufferReader, delay: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = reader.aborted() => {}
+    }
+}
+
 /// What a sink delivered over its life and what it could not deliver when it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrainReport {

@@ -1,15 +1,23 @@
-//! Topic rules of MQTT and Kafka: the one definition of which characters a topic may hold.
+//! Topic rules of MQTT and Kafka: the one definition of which characters a topic may hold, and
+//! the one [`Template`] type that renders topics and keys.
 //!
-//! The router sanitises every template value with [`Charset::sanitise`] and the sinks check
-//! whole topics with [`check_mqtt_topic`] / [`check_kafka_topic`]; both ask the same character
-//! predicates ([`mqtt_topic_char`], [`kafka_topic_char`]), so a value the router lets through is
-//! one the sink accepts.
+//! Each sink configuration names its [`TopicRules`] (`SinkConfig::topic_rules`); the router
+//! renders with them ([`TopicRules::value_charset`] sanitises every template value with
+//! [`Charset::sanitise`]) and checks the whole topic with [`TopicRules::check`]; the sinks check
+//! what they publish with [`check_mqtt_topic`] / [`check_kafka_topic`]. All ask the same
+//! character predicates ([`mqtt_topic_char`], [`kafka_topic_char`]), so a value the router lets
+//! through is one the sink accepts, and a template is checked at start by rendering a sample
+//! with the same rules ([`TopicRules::parse_template`]).
 //!
 //! MQTT (3.1.1 §1.5.3, §4.7.3): topic names are valid UTF-8 without NUL, and should hold no
 //! control characters (U+0001..U+001F, U+007F..U+009F) nor Unicode non-characters (U+FDD0..U+FDEF,
 //! U+xFFFE, U+xFFFF); Mosquitto closes the connection of a client publishing to such a topic. `+`
 //! and `#` are wildcards (filters only), `/` separates levels and a leading `$` is the broker's.
 //! Kafka: `[a-zA-Z0-9._-]`, at most 249 characters, not `.` or `..`.
+
+mod template;
+
+pub use template::{Context, Template, TemplateError, Var, NONE};
 
 /// Why a topic is not acceptable to a broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,26 +180,79 @@ pub fn check_kafka_topic(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Replaces every `{placeholder}` of a template with `sample`, so a template can be checked
-/// with the topic rules (`voxsig.{account}.{event}` -> `voxsig.0.0`).
-pub fn sample_of_template(template: &str, sample: &str) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        match rest[open..].find('}') {
-            Some(close) => {
-                out.push_str(sample);
-                rest = &rest[open + close + 1..];
-            }
-            None => {
-                out.push_str(&rest[open..]);
-                rest = "";
-            }
+/// The placeholder for the bridge's instance name in client ids and the MQTT status topic.
+pub const INSTANCE: &str = "{instance}";
+/// The default client id of broker connections (MQTT and Kafka).
+pub const DEFAULT_CLIENT_ID: &str = "voxsig-bridge-{instance}";
+
+/// `text` with [`INSTANCE`] replaced by the bridge's instance name.
+pub fn with_instance(text: &str, instance: &str) -> String {
+    text.replace(INSTANCE, instance)
+}
+
+/// The naming rules of one sink's topics: which characters a rendered value may hold and which
+/// topics the broker accepts. Each sink configuration names its own (`SinkConfig::topic_rules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRules {
+    /// MQTT topic names (also used by stdout and file, so their topics could go to MQTT).
+    Mqtt,
+    /// Kafka topic names.
+    Kafka,
+}
+
+/// A topic template that cannot be used with a sink's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadTemplate {
+    /// The template does not parse.
+    #[error(transparent)]
+    Parse(#[from] TemplateError),
+    /// A topic rendered from it breaks the sink's rules (whatever the values).
+    #[error("renders topics like `{sample}`: {error}")]
+    Renders {
+        /// A topic rendered with typical values.
+        sample: String,
+        /// The rule it breaks.
+        error: TopicError,
+    },
+}
+
+impl TopicRules {
+    /// The characters a rendered template value may hold (what the router sanitises to).
+    pub fn value_charset(self) -> Charset {
+        match self {
+            TopicRules::Mqtt => Charset::MqttLevel,
+            TopicRules::Kafka => Charset::Kafka,
         }
     }
-    out.push_str(rest);
-    out
+
+    /// Checks a whole rendered topic.
+    pub fn check(self, topic: &str) -> Result<(), TopicError> {
+        match self {
+            TopicRules::Mqtt => check_mqtt_topic(topic),
+            TopicRules::Kafka => check_kafka_topic(topic),
+        }
+    }
+
+    /// Renders `template` for one event under these rules: every value sanitised with
+    /// [`TopicRules::value_charset`].
+    pub fn render(self, template: &Template, ctx: &Context<'_>) -> String {
+        template.render(ctx, self.value_charset())
+    }
+
+    /// Checks a parsed template: a topic rendered from typical values must pass
+    /// [`TopicRules::check`] (values are sanitised, so only the literal parts can break it).
+    pub fn check_template(self, template: &Template) -> Result<(), BadTemplate> {
+        let sample = template.sample_in(self.value_charset());
+        self.check(&sample)
+            .map_err(|error| BadTemplate::Renders { sample, error })
+    }
+
+    /// Parses a topic template and checks it ([`TopicRules::check_template`]).
+    pub fn parse_template(self, text: &str) -> Result<Template, BadTemplate> {
+        let template = Template::parse(text)?;
+        self.check_template(&template)?;
+        Ok(template)
+    }
 }
 
 #[cfg(test)]
@@ -307,11 +368,22 @@ mod tests {
     }
 
     #[test]
-    fn templates_are_sampled() {
-        assert_eq!(
-            sample_of_template("voxsig.{account}.{event}", "0"),
-            "voxsig.0.0"
-        );
-        assert_eq!(sample_of_template("a/{b", "0"), "a/{b");
+    fn templates_are_checked_by_rendering_a_sample_under_the_rules() {
+        let kafka = TopicRules::Kafka;
+        assert!(kafka.parse_template("voxsig.{account}.{event}").is_ok());
+        assert!(matches!(
+            kafka.parse_template("voxsig/{account}"),
+            Err(BadTemplate::Renders {
+                error: TopicError::KafkaForbiddenChar('/'),
+                ..
+            })
+        ));
+        assert!(matches!(
+            TopicRules::Mqtt.parse_template("a/{b"),
+            Err(BadTemplate::Parse(TemplateError::Unbalanced))
+        ));
+        assert!(TopicRules::Mqtt.parse_template("a/+/{event}").is_err());
+        // Values never break the rules: only literals can.
+        assert!(TopicRules::Mqtt.parse_template("{event}/{label.x}").is_ok());
     }
 }

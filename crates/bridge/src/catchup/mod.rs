@@ -24,7 +24,7 @@ mod worker;
 
 pub(crate) use worker::spawn;
 
-use crate::config::ConfigError;
+use crate::config::{first_failed, ConfigError};
 use crate::route::Receiver;
 use crate::status::StatusBoard;
 use gaps::{Gap, GapBook, GapCause, Opened};
@@ -116,15 +116,7 @@ impl CatchupConfig {
                 "must be at least 1",
             ),
         ];
-        for (key, ok, problem) in checks {
-            if !ok {
-                return Err(ConfigError {
-                    key: key.into(),
-                    problem: problem.into(),
-                });
-            }
-        }
-        Ok(())
+        first_failed(checks)
     }
 }
 

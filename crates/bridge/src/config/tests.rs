@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const MINIMAL: &str = r#"
 [source]
@@ -377,4 +378,75 @@ fn api_token_errors_name_the_entry_and_never_the_secret() {
             "{shown}"
         );
     }
+}
+
+#[test]
+fn sink_durations_are_strings_and_the_old_numeric_keys_are_aliases() {
+    let sink = |keys: &str| {
+        format!("{MINIMAL}\n[sink]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nprotocol = \"5\"\n{keys}\n")
+    };
+    let mqtt = |toml: &str| match Config::from_toml(toml).unwrap().validate().unwrap().sink {
+        voxsig_sinks::SinkConfig::Mqtt(m) => m,
+        other => panic!("not mqtt: {}", other.kind()),
+    };
+    let m = mqtt(&sink(
+        "keep_alive = \"45s\"\nconnect_timeout = \"3s\"\nsession_expiry = \"2h\"\n\
+         reconnect = { min_backoff = \"50ms\", max_backoff = \"2s\" }\n\
+         message_expiry = [{ events = [\"presence.update\"], after = \"1m\" }]",
+    ));
+    assert_eq!(
+        (
+            m.keep_alive_secs,
+            m.connect_timeout_secs,
+            m.session_expiry_secs
+        ),
+        (45, 3, 7200)
+    );
+    assert_eq!(
+        (m.reconnect.min_backoff_ms, m.reconnect.max_backoff_ms),
+        (50, 2000)
+    );
+    assert_eq!(m.message_expiry[0].secs, 60);
+    let old = mqtt(&sink(
+        "keep_alive_secs = 45\nreconnect = { min_backoff_ms = 50, max_backoff_ms = 2000 }\n\
+         message_expiry = [{ events = [\"presence.update\"], secs = 60 }]",
+    ));
+    assert_eq!(
+        (
+            old.keep_alive_secs,
+            old.reconnect.min_backoff_ms,
+            old.message_expiry[0].secs
+        ),
+        (45, 50, 60)
+    );
+    let kafka = format!(
+        "{MINIMAL}\n[sink]\nkind = \"kafka\"\nbrokers = \"b:9092\"\nlinger = \"20ms\"\nmessage_timeout = \"10s\"\n"
+    );
+    let voxsig_sinks::SinkConfig::Kafka(k) =
+        Config::from_toml(&kafka).unwrap().validate().unwrap().sink
+    else {
+        panic!("not kafka");
+    };
+    assert_eq!((k.linger_ms, k.message_timeout_ms), (20, 10_000));
+    // Both spellings of one setting: one error naming both.
+    for (keys, new, old) in [
+        (
+            "keep_alive = \"30s\"\nkeep_alive_secs = 30",
+            "`keep_alive`",
+            "`keep_alive_secs`",
+        ),
+        (
+            "reconnect = { min_backoff = \"1s\", min_backoff_ms = 1000 }",
+            "`min_backoff`",
+            "`min_backoff_ms`",
+        ),
+    ] {
+        let e = error_of(&sink(keys));
+        assert!(e.key.starts_with("sink"), "{e}");
+        assert!(e.problem.contains(new) && e.problem.contains(old), "{e}");
+    }
+    let e = error_of(&sink("keep_alive = \"1500ms\""));
+    assert!(e.problem.contains("whole number of seconds"), "{e}");
+    let e = error_of(&sink("connect_timeout = \"soon\""));
+    assert!(e.problem.contains("`connect_timeout`"), "{e}");
 }

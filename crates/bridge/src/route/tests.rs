@@ -128,19 +128,16 @@ fn filters_include_then_exclude() {
 }
 
 fn router(payload: PayloadMode) -> Router {
+    router_with("voxsig/{account}/{event}", payload)
+}
+
+fn router_with(topic: &str, payload: PayloadMode) -> Router {
     Router::new(
-        Template::parse("voxsig/{account}/{event}").unwrap(),
+        Template::parse(topic).unwrap(),
         Template::parse("{account}/{conversation}").unwrap(),
         EventFilter::default(),
         payload,
-        Charset::MqttLevel,
-        Box::new(|t: &str| {
-            if t.len() > 40 {
-                Err("too long".into())
-            } else {
-                Ok(())
-            }
-        }),
+        TopicRules::Mqtt,
     )
 }
 
@@ -206,10 +203,24 @@ fn a_topic_breaking_the_sink_rules_is_unroutable_not_a_panic() {
         user_id: None,
         labels: BTreeMap::new(),
     };
-    let result = router(PayloadMode::Raw).route(&e, &receiver, UNIX_EPOCH, Instant::now());
+    // Values are sanitised and cut, so only a template's literal part can break the rules: a
+    // prefix that leaves no room under MQTT's 65,535 bytes for this event's name.
+    let prefix = "p".repeat(65_535 - "/1/".len() - 30);
+    let result = router_with(&format!("{prefix}/{{account}}/{{event}}"), PayloadMode::Raw).route(
+        &e,
+        &receiver,
+        UNIX_EPOCH,
+        Instant::now(),
+    );
     assert_eq!(
         result.unwrap_err(),
-        Unrouted::InvalidTopic("too long".into())
+        Unrouted::InvalidTopic(
+            voxsig_sinks::TopicError::TooLong {
+                len: 65_535 + 30,
+                max: 65_535
+            }
+            .to_string()
+        )
     );
 }
 

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topic::{check_kafka_topic, sample_of_template};
+use crate::duration::duration_keys;
+use crate::topic::TopicRules;
 use crate::{ConfigError, Secret};
 
 /// The default topic template of the Kafka sink.
@@ -26,10 +27,10 @@ const RESERVED: &[(&str, &str)] = &[
     ("request.required.acks", "always all"),
     ("compression.type", "use `compression`"),
     ("compression.codec", "use `compression`"),
-    ("linger.ms", "use `linger_ms`"),
-    ("queue.buffering.max.ms", "use `linger_ms`"),
-    ("message.timeout.ms", "use `message_timeout_ms`"),
-    ("delivery.timeout.ms", "use `message_timeout_ms`"),
+    ("linger.ms", "use `linger`"),
+    ("queue.buffering.max.ms", "use `linger`"),
+    ("message.timeout.ms", "use `message_timeout`"),
+    ("delivery.timeout.ms", "use `message_timeout`"),
 ];
 
 /// librdkafka properties the sink sets by default, before `properties` (which may override
@@ -119,7 +120,7 @@ impl Default for CreateTopics {
 
 /// The Kafka sink's configuration (`[sink]` with `kind = "kafka"`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `"host:port,..."` or a list. Required.
     pub brokers: Brokers,
@@ -136,14 +137,16 @@ pub struct KafkaConfig {
     /// `none`, `gzip`, `lz4` (default) or `zstd`.
     #[serde(default)]
     pub compression: Compression,
-    /// How long the producer waits to fill a batch, in ms. Default 5.
+    /// How long the producer waits to fill a batch, `linger = "5ms"` (or `linger_ms = 5`).
+    /// Default 5 ms.
     #[serde(default = "default_linger")]
     pub linger_ms: u64,
     /// Largest batch in bytes (`batch.size`). Default 1,000,000.
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: u64,
-    /// How long librdkafka tries one attempt before reporting failure, in ms; the sink then
-    /// tries again (counted as a redelivery). Default 30,000.
+    /// How long librdkafka tries one attempt before reporting failure, `message_timeout =
+    /// "30s"` (or `message_timeout_ms`); the sink then tries again (counted as a redelivery).
+    /// Default 30 s.
     #[serde(default = "default_message_timeout")]
     pub message_timeout_ms: u64,
     /// Records handed to the producer and not yet reported, at most. Default 50,000.
@@ -161,6 +164,14 @@ pub struct KafkaConfig {
     #[serde(default, skip_serializing_if = "KafkaSection::is_empty")]
     pub kafka: KafkaSection,
 }
+
+duration_keys!(
+    KafkaConfig,
+    [
+        "linger" <- "linger_ms" in Millis,
+        "message_timeout" <- "message_timeout_ms" in Millis,
+    ]
+);
 
 /// `[sink.kafka]`: a home for `properties` under the sink's own name.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -236,7 +247,8 @@ impl KafkaConfig {
             ));
         }
         if let Some(template) = &self.topic {
-            check_kafka_topic(&sample_of_template(template, "0"))
+            TopicRules::Kafka
+                .parse_template(template)
                 .map_err(|e| ConfigError::new("sink.topic", e.to_string()))?;
         }
         if self.linger_ms > 900_000 {

@@ -31,9 +31,9 @@ use tokio::sync::{mpsc, Notify};
 use super::config::{CreateTopics, KafkaConfig};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
-use crate::jsonl::sleep_unless_aborted;
+use crate::sink::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected, TopicCreated};
-use crate::topic::check_kafka_topic;
+use crate::topic::{check_kafka_topic, with_instance, DEFAULT_CLIENT_ID};
 use crate::{DrainReport, Record, Sink, SinkError, SinkMetrics};
 
 /// How often the task looks for a fatal producer error when nothing else happens.
@@ -82,11 +82,10 @@ impl KafkaSink {
                 .map_err(|source| SinkError::Secret { key, source })?;
             cc.set(name, value.expose());
         }
-        let client_id = config
-            .client_id
-            .as_deref()
-            .unwrap_or("voxsig-bridge-{instance}")
-            .replace("{instance}", instance);
+        let client_id = with_instance(
+            config.client_id.as_deref().unwrap_or(DEFAULT_CLIENT_ID),
+            instance,
+        );
         cc.set("bootstrap.servers", config.brokers.joined())
             .set("client.id", client_id)
             .set("enable.idempotence", "true")
@@ -422,6 +421,10 @@ struct Task {
     client_config: ClientConfig,
     create_topics: CreateTopics,
     cloudevents: Option<CloudEvents>,
+    /// Records handed to librdkafka and not yet reported, at most.
+    max_in_flight: usize,
+    /// One attempt's timeout (`message.timeout.ms`).
+    message_timeout: Duration,
     admin: Option<AdminClient<DefaultClientContext>>,
     known_topics: HashSet<String>,
     backoff: Backoff,
@@ -440,17 +443,99 @@ struct Task {
     acks: AckThread,
 }
 
-impl KafkaSink {
-    async fn run_loop(self: Box<Self>, mut reader: BufferReader) -> DrainReport {
-        let sink = reader.sink_label();
-        let metrics = reader.metrics().clone();
-        let mut task = Task {
-            sink,
-            metrics: metrics.clone(),
+/// Makes the callbacks' context of each producer the task creates; every one reports into the
+/// same queues.
+struct Contexts {
+    sink: &'static str,
+    endpoint: String,
+    metrics: SinkMetrics,
+    reports: Arc<Reports>,
+    failures: mpsc::UnboundedSender<Failure>,
+}
+
+impl Contexts {
+    fn make(&self) -> Context {
+        Context {
+            sink: self.sink,
             endpoint: self.endpoint.clone(),
-            client_config: self.client_config.clone(),
-            create_topics: self.create_topics.clone(),
-            cloudevents: self.cloudevents.clone(),
+            metrics: self.metrics.clone(),
+            reports: self.reports.clone(),
+            connected: AtomicBool::new(false),
+            failures: self.failures.clone(),
+        }
+    }
+}
+
+/// What woke the task up.
+enum Wake {
+    /// A delivery failed (more may be queued behind it).
+    Failed(Failure),
+    /// Deliveries, records to send, the end of a pause or of the input.
+    Ready,
+    /// Time to look at the producer's health.
+    Housekeeping,
+    /// The drain deadline passed.
+    Aborted,
+}
+
+/// Why the producer is replaced: a metric kind and a description.
+type Trouble = (&'static str, String);
+
+impl KafkaSink {
+    /// Sends while records come, acknowledging deliveries and handling failures, replacing the
+    /// producer when it fails or stalls; then settles what is still in flight.
+    async fn run_loop(self: Box<Self>, mut reader: BufferReader) -> DrainReport {
+        let mut task = Task::new(&self, &reader);
+        let (failures_tx, mut failures) = mpsc::unbounded_channel();
+        let reports = Arc::new(Reports::default());
+        let contexts = Contexts {
+            sink: task.sink,
+            endpoint: self.endpoint.clone(),
+            metrics: task.metrics.clone(),
+            reports: reports.clone(),
+            failures: failures_tx,
+        };
+        let Some(mut producer) = task.producer(&contexts, &reader).await else {
+            return reader.report();
+        };
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        while task.keep_going(&reports, &reader) {
+            let paused = task.send_unless_paused(&producer, &mut reader).await;
+            match task
+                .wait(&reports, &mut failures, &reader, &mut housekeeping, paused)
+                .await
+            {
+                Wake::Failed(first) => task.on_failures(Some(first), &mut failures, &reader),
+                Wake::Ready => {}
+                Wake::Aborted => break,
+                Wake::Housekeeping => {
+                    let Some(trouble) = task.producer_trouble(&producer) else {
+                        continue;
+                    };
+                    let restarted = task
+                        .restart(&mut producer, trouble, &contexts, &mut failures, &reader)
+                        .await;
+                    if !restarted {
+                        break;
+                    }
+                }
+            }
+        }
+        task.finish(producer, &reports, failures, &reader)
+    }
+}
+
+impl Task {
+    fn new(sink: &KafkaSink, reader: &BufferReader) -> Self {
+        Task {
+            sink: reader.sink_label(),
+            metrics: reader.metrics().clone(),
+            endpoint: sink.endpoint.clone(),
+            client_config: sink.client_config.clone(),
+            create_topics: sink.create_topics.clone(),
+            cloudevents: sink.cloudevents.clone(),
+            max_in_flight: sink.max_in_flight,
+            message_timeout: sink.message_timeout,
             admin: None,
             known_topics: HashSet::new(),
             backoff: Backoff::new(&RETRY_BACKOFF),
@@ -461,107 +546,135 @@ impl KafkaSink {
             slab: InFlight::default(),
             delivered: Vec::new(),
             batch: Vec::new(),
-            acks: AckThread::spawn(&reader),
-        };
-        let (failures_tx, mut failures) = mpsc::unbounded_channel();
-        let reports = Arc::new(Reports::default());
-        let make_context = || Context {
-            sink,
-            endpoint: self.endpoint.clone(),
-            metrics: metrics.clone(),
-            reports: reports.clone(),
-            connected: AtomicBool::new(false),
-            failures: failures_tx.clone(),
-        };
-        let mut producer = match task.producer(&make_context, &reader).await {
-            Some(p) => p,
-            None => return reader.report(),
-        };
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        loop {
-            if task.ack_delivered(&reports, &reader) > 0 {
-                task.backoff.reset();
-                task.timed_out = false;
-                task.last_progress = tokio::time::Instant::now();
-            }
-            if reader.is_aborted() {
-                break;
-            }
-            if reader.is_finished() && task.slab.is_empty() {
-                break;
-            }
-            let paused = task
-                .pause_until
-                .is_some_and(|t| tokio::time::Instant::now() < t);
-            if !paused {
-                task.pause_until = None;
-                task.fill(&producer, &mut reader, self.max_in_flight).await;
-            }
-            // A full window waits for deliveries (or failures), which free slots.
-            let room = task.slab.len() < self.max_in_flight && !paused;
-            let delivered = reports.ready.notified();
-            let resume_at = task.pause_until.unwrap_or_else(tokio::time::Instant::now);
-            tokio::select! {
-                Some(first) = failures.recv() => task.on_failures(Some(first), &mut failures, &reader),
-                () = delivered => {}
-                () = reader.readable(), if room && !reader.is_closed() => {}
-                () = tokio::time::sleep_until(resume_at), if paused => {}
-                () = reader.done() => {}
-                () = reader.aborted() => break,
-                _ = housekeeping.tick() => {
-                    let problem = match producer.client().fatal_error() {
-                        Some((code, reason)) => Some(("fatal", format!("{code:?}: {reason}"))),
-                        // Attempts keep timing out although librdkafka holds a connection: a
-                        // broker restarted without its state no longer knows this idempotent
-                        // producer. A new producer (new producer id) gets going again.
-                        None if task.timed_out && task.last_progress.elapsed() > self.message_timeout * 2 => {
-                            Some(("stalled", "no delivery for two message timeouts".to_owned()))
-                        }
-                        None => None,
-                    };
-                    if let Some((kind, reason)) = problem {
-                        emit(&metrics, ConnectionFailed {
-                            sink, endpoint: &self.endpoint, kind,
-                            error: &format_args!("{reason}; re-creating the producer"),
-                            retry_in: None,
-                        });
-                        // Hand every in-flight record back (purge reports them as failures).
-                        producer.purge(PurgeConfig::default().queue().inflight());
-                        // Delivered before the purge are acknowledged, the rest requeued, before
-                        // the old producer goes.
-                        let drained = task.settle(&reports, &mut failures, &reader, PURGE_WAIT);
-                        tokio::select! {
-                            () = drained => {}
-                            () = reader.aborted() => break,
-                        }
-                        producer = match task.producer(&make_context, &reader).await {
-                            Some(p) => p,
-                            None => break,
-                        };
-                        task.timed_out = false;
-                        task.last_progress = tokio::time::Instant::now();
-                    }
-                }
-            }
+            acks: AckThread::spawn(reader),
         }
+    }
+
+    /// Acknowledges what was delivered (progress resets the back-off); whether there is more to
+    /// do: not past the deadline, and records still coming or in flight.
+    fn keep_going(&mut self, reports: &Reports, reader: &BufferReader) -> bool {
+        if self.ack_delivered(reports, reader) > 0 {
+            self.backoff.reset();
+            self.timed_out = false;
+            self.last_progress = tokio::time::Instant::now();
+        }
+        !(reader.is_aborted() || (reader.is_finished() && self.slab.is_empty()))
+    }
+
+    /// Hands what the buffer holds to librdkafka unless sending is paused; whether it is.
+    async fn send_unless_paused(
+        &mut self,
+        producer: &Producer_,
+        reader: &mut BufferReader,
+    ) -> bool {
+        let paused = self
+            .pause_until
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        if !paused {
+            self.pause_until = None;
+            self.fill(producer, reader).await;
+        }
+        paused
+    }
+
+    /// Waits for something to do. A full window waits for deliveries (or failures), which free
+    /// slots; a paused one for the pause to end.
+    async fn wait(
+        // `&mut`: the task is `Send` but not `Sync`, and this future must be `Send`.
+        &mut self,
+        reports: &Reports,
+        failures: &mut mpsc::UnboundedReceiver<Failure>,
+        reader: &BufferReader,
+        housekeeping: &mut tokio::time::Interval,
+        paused: bool,
+    ) -> Wake {
+        let room = self.slab.len() < self.max_in_flight && !paused;
+        let delivered = reports.ready.notified();
+        let resume_at = self.pause_until.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            Some(first) = failures.recv() => Wake::Failed(first),
+            () = delivered => Wake::Ready,
+            () = reader.readable(), if room && !reader.is_closed() => Wake::Ready,
+            () = tokio::time::sleep_until(resume_at), if paused => Wake::Ready,
+            () = reader.done() => Wake::Ready,
+            () = reader.aborted() => Wake::Aborted,
+            _ = housekeeping.tick() => Wake::Housekeeping,
+        }
+    }
+
+    /// Why the producer must be replaced, if it must: a fatal error, or attempts that keep
+    /// timing out although librdkafka holds a connection (a broker restarted without its state
+    /// no longer knows this idempotent producer; a new producer id gets going again).
+    fn producer_trouble(&self, producer: &Producer_) -> Option<Trouble> {
+        match producer.client().fatal_error() {
+            Some((code, reason)) => Some(("fatal", format!("{code:?}: {reason}"))),
+            None if self.timed_out && self.last_progress.elapsed() > self.message_timeout * 2 => {
+                Some(("stalled", "no delivery for two message timeouts".to_owned()))
+            }
+            None => None,
+        }
+    }
+
+    /// Replaces the producer: every in-flight record is handed back (purge reports them as
+    /// failures), those delivered before the purge acknowledged and the rest requeued, before
+    /// the old producer goes. False when the drain deadline passed meanwhile.
+    async fn restart(
+        &mut self,
+        producer: &mut Producer_,
+        (kind, reason): Trouble,
+        contexts: &Contexts,
+        failures: &mut mpsc::UnboundedReceiver<Failure>,
+        reader: &BufferReader,
+    ) -> bool {
+        emit(
+            &self.metrics,
+            ConnectionFailed {
+                sink: self.sink,
+                endpoint: &self.endpoint,
+                kind,
+                error: &format_args!("{reason}; re-creating the producer"),
+                retry_in: None,
+            },
+        );
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let drained = self.settle(&contexts.reports, failures, reader, PURGE_WAIT);
+        tokio::select! {
+            () = drained => {}
+            () = reader.aborted() => return false,
+        }
+        let Some(new) = self.producer(contexts, reader).await else {
+            return false;
+        };
+        *producer = new;
+        self.timed_out = false;
+        self.last_progress = tokio::time::Instant::now();
+        true
+    }
+
+    /// The end: past the deadline whatever librdkafka still holds stays undelivered (purged);
+    /// what was delivered is acknowledged and everything else requeued, for the report.
+    fn finish(
+        mut self,
+        producer: Producer_,
+        reports: &Reports,
+        failures: mpsc::UnboundedReceiver<Failure>,
+        reader: &BufferReader,
+    ) -> DrainReport {
         if reader.is_aborted() {
-            // Deadline passed: whatever librdkafka still holds stays undelivered.
             producer.purge(PurgeConfig::default().queue().inflight());
         }
-        task.ack_delivered(&reports, &reader);
+        self.ack_delivered(reports, reader);
         // Dropping the producer purges what it holds; reports made meanwhile are queued.
         drop(producer);
-        task.ack_delivered(&reports, &reader);
-        task.acks.finish();
+        self.ack_delivered(reports, reader);
+        self.acks.finish();
         drop(failures);
-        for claim in task.slab.drain() {
+        for claim in self.slab.drain() {
             reader.requeue(claim);
         }
         reader.report()
     }
-}
 
-impl Task {
     /// After a purge: acknowledges what was delivered and requeues what failed until librdkafka
     /// has reported every claim, at most `limit`.
     async fn settle(
@@ -597,13 +710,9 @@ impl Task {
     }
 
     /// Creates the producer, retrying with back-off until it works or the deadline passes.
-    async fn producer(
-        &mut self,
-        make_context: &(dyn Fn() -> Context + Sync),
-        reader: &BufferReader,
-    ) -> Option<Producer_> {
+    async fn producer(&mut self, contexts: &Contexts, reader: &BufferReader) -> Option<Producer_> {
         loop {
-            match self.client_config.create_with_context(make_context()) {
+            match self.client_config.create_with_context(contexts.make()) {
                 Ok(producer) => return Some(producer),
                 Err(error) => {
                     let retry_in = self.backoff.next_delay();
@@ -626,13 +735,8 @@ impl Task {
         }
     }
 
-    async fn fill(
-        &mut self,
-        producer: &Producer_,
-        reader: &mut BufferReader,
-        max_in_flight: usize,
-    ) {
-        let room = max_in_flight.saturating_sub(self.slab.len());
+    async fn fill(&mut self, producer: &Producer_, reader: &mut BufferReader) {
+        let room = self.max_in_flight.saturating_sub(self.slab.len());
         let mut batch = std::mem::take(&mut self.batch);
         reader.try_recv_many(room.min(FILL_BATCH), &mut batch);
         let mut claims = batch.drain(..);

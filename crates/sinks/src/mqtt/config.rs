@@ -5,19 +5,19 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::ReconnectConfig;
-use crate::topic::{check_mqtt_topic, sample_of_template};
+use crate::duration::duration_keys;
+pub use crate::topic::DEFAULT_CLIENT_ID;
+use crate::topic::{check_mqtt_topic, TopicRules, INSTANCE};
 use crate::{ConfigError, Secret};
 
 /// The default topic template of the MQTT sink.
 pub const DEFAULT_TOPIC: &str = "voxsig/{account}/{event}";
 /// The default birth / last-will topic; `{instance}` is the bridge's instance name.
 pub const DEFAULT_STATUS_TOPIC: &str = "voxsig/bridge/{instance}/status";
-/// The default client id; `{instance}` is the bridge's instance name.
-pub const DEFAULT_CLIENT_ID: &str = "voxsig-bridge-{instance}";
 
 /// The MQTT sink's configuration (`[sink]` with `kind = "mqtt"`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883, TLS). Required.
     pub url: String,
@@ -38,7 +38,8 @@ pub struct MqttConfig {
     /// (`conversation.*`), `*` alone matches all. Default `["presence.update"]`.
     #[serde(default = "default_retain")]
     pub retain: Vec<String>,
-    /// Keep-alive interval in seconds (0 disables; otherwise at least 1). Default 30.
+    /// Keep-alive interval, `keep_alive = "30s"` (or `keep_alive_secs = 30`); 0 disables.
+    /// Default 30 s.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
     /// Start a fresh session on every connect. Default false: a persistent session, so the
@@ -48,7 +49,8 @@ pub struct MqttConfig {
     /// Publishes in flight (sent, not yet acknowledged), 1..=65535. Default 100.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
-    /// Connection (TCP + TLS + CONNACK) timeout in seconds. Default 10.
+    /// Connection (TCP + TLS + CONNACK) timeout, `connect_timeout = "10s"` (or
+    /// `connect_timeout_secs`). Default 10 s.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
     /// `TCP_NODELAY` on the broker connection: each batch of publishes leaves at once instead
@@ -76,15 +78,25 @@ pub struct MqttConfig {
     /// broker's PUBACK / PUBREC failure reason code rejects the record (counted).
     #[serde(default)]
     pub protocol: Protocol,
-    /// MQTT 5: how long the broker keeps the session after the connection is lost, in
-    /// seconds. Default 3600. Ignored (0) with `clean_session = true`.
+    /// MQTT 5: how long the broker keeps the session after the connection is lost,
+    /// `session_expiry = "1h"` (or `session_expiry_secs`). Default 1 h. Ignored (0) with
+    /// `clean_session = true`.
     #[serde(default = "default_session_expiry")]
     pub session_expiry_secs: u32,
     /// MQTT 5: message expiry intervals by event pattern (first match wins), e.g.
-    /// `[{ events = ["conversation.typing_*", "presence.update"], secs = 60 }]`.
+    /// `[{ events = ["conversation.typing_*", "presence.update"], after = "60s" }]`.
     #[serde(default)]
     pub message_expiry: Vec<MessageExpiry>,
 }
+
+duration_keys!(
+    MqttConfig,
+    [
+        "keep_alive" <- "keep_alive_secs" in Secs,
+        "connect_timeout" <- "connect_timeout_secs" in Secs,
+        "session_expiry" <- "session_expiry_secs" in Secs,
+    ]
+);
 
 /// The MQTT protocol version of the sink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -110,14 +122,16 @@ impl Protocol {
 
 /// An MQTT 5 message expiry interval for the events matching `events`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MessageExpiry {
     /// Event names; a trailing `*` matches a prefix, `*` alone matches all.
     pub events: Vec<String>,
-    /// Seconds the broker keeps the message for subscribers that have not received it yet
-    /// (retained copies included), at least 1.
+    /// How long the broker keeps the message for subscribers that have not received it yet
+    /// (retained copies included), at least 1 s: `after = "60s"` (or `secs = 60`).
     pub secs: u32,
 }
+
+duration_keys!(MessageExpiry, ["after" <- "secs" in Secs]);
 
 /// Birth (`online` on connect) and last will (`offline`), both retained, on one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -343,11 +357,12 @@ impl MqttConfig {
         }
         self.reconnect.validate()?;
         if self.status.enabled {
-            check_mqtt_topic(&sample_of_template(&self.status.topic, "x"))
+            check_mqtt_topic(&self.status.topic.replace(INSTANCE, "x"))
                 .map_err(|e| ConfigError::new("sink.status.topic", e.to_string()))?;
         }
         if let Some(template) = &self.topic {
-            check_mqtt_topic(&sample_of_template(template, "x"))
+            TopicRules::Mqtt
+                .parse_template(template)
                 .map_err(|e| ConfigError::new("sink.topic", e.to_string()))?;
         }
         let tls_files = [

@@ -22,9 +22,9 @@ use super::wire::{BrokerLimits, Happened, Outgoing, Publisher, Wire, WireError, 
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::cloudevents::CloudEvents;
-use crate::jsonl::sleep_unless_aborted;
+use crate::sink::sleep_unless_aborted;
 use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected};
-use crate::topic::check_mqtt_topic;
+use crate::topic::{check_mqtt_topic, with_instance};
 use crate::{DrainReport, Sink, SinkError, SinkMetrics};
 
 /// How long a clean shutdown waits for the `offline` status to be acknowledged.
@@ -64,11 +64,10 @@ impl MqttSink {
     pub fn new(config: &MqttConfig, instance: &str) -> Result<Self, SinkError> {
         config.validate()?;
         let endpoint = parse_url(&config.url)?;
-        let client_id = config
-            .client_id
-            .as_deref()
-            .unwrap_or(DEFAULT_CLIENT_ID)
-            .replace("{instance}", instance);
+        let client_id = with_instance(
+            config.client_id.as_deref().unwrap_or(DEFAULT_CLIENT_ID),
+            instance,
+        );
         let credentials = match &config.username {
             Some(username) => {
                 let password = match &config.password {
@@ -95,7 +94,7 @@ impl MqttSink {
             None
         };
         let status = config.status.enabled.then(|| Status {
-            topic: config.status.topic.replace("{instance}", instance),
+            topic: with_instance(&config.status.topic, instance),
             online: Bytes::from(config.status.online.clone()),
             offline: Bytes::from(config.status.offline.clone()),
         });

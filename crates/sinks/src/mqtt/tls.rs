@@ -18,21 +18,7 @@ fn tls_error(key: &'static str, message: impl Into<String>) -> SinkError {
 }
 
 fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, SinkError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            tls_error(
-                key,
-                format!("cannot read certificates from {}: {e}", path.display()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(tls_error(
-            key,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
-    }
-    Ok(certs)
+    crate::pem::read_certs(path).map_err(|e| tls_error(key, e.to_string()))
 }
 
 /// Builds the client configuration: CA from `ca_file` or the system store, optional client cert.

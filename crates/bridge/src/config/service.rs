@@ -1,0 +1,95 @@
+//! The small operational sections: `[dedup]`, `[shutdown]` and `[metrics]`.
+
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One broadcast received by several subscriptions is published once.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// On by default.
+    pub enabled: bool,
+    /// How far apart two copies may arrive and still be one broadcast.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Memory bound: the most broadcasts remembered at once (the oldest are forgotten first).
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            window: Duration::from_secs(2),
+            max_entries: 200_000,
+        }
+    }
+}
+
+impl DedupConfig {
+    /// A remembered broadcast needs room.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.max_entries == 0 {
+            return Err(ConfigError::new("dedup.max_entries", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long the sink gets to deliver what is buffered after a SIGINT/SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address; `--metrics-addr` overrides it.
+    pub listen: SocketAddr,
+    /// Whether metrics carry an `account` label (capped by `max_accounts`; above it the
+    /// per-account series are aggregated under `account="other"`).
+    pub per_account_labels: bool,
+    /// The cap on distinct `account` label values.
+    pub max_accounts: usize,
+    /// `/readyz` needs at least this fraction of subscriptions confirmed.
+    pub ready_fraction: f64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9898)),
+            per_account_labels: false,
+            max_accounts: 100,
+            ready_fraction: 0.5,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// `ready_fraction` is a fraction.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.ready_fraction) {
+            return Err(ConfigError::new(
+                "metrics.ready_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}
