@@ -75,7 +75,8 @@ fn options() -> Options {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let num = |name: &str, default: u64| value(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let num =
+        |name: &str, default: u64| value(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     Options {
         events: value("--events").and_then(|v| v.parse().ok()),
         kind: match value("--kind").as_deref() {
@@ -238,7 +239,10 @@ async fn run(o: &Options, events: u64) -> (u64, f64) {
         let command: serde_json::Value = serde_json::from_str(&text).expect("command");
         if command["command"] == "subscribe" {
             let id = command["identifier"].as_str().expect("identifier");
-            assert!(identifiers.iter().any(|i| i == id), "unexpected identifier {id}");
+            assert!(
+                identifiers.iter().any(|i| i == id),
+                "unexpected identifier {id}"
+            );
             let confirm = serde_json::json!({"identifier": id, "type": "confirm_subscription"});
             ws.send(Message::text(confirm.to_string()))
                 .await
