@@ -373,10 +373,16 @@ async fn drive(
                 // Every frame already read is handled in this wake-up, with one clock reading.
                 let clock = FrameClock::read();
                 let mut message = message;
-                for _ in 0..FRAMES_PER_WAKEUP {
+                let mut handled = 0;
+                loop {
                     let step = on_message(shared, conn, members, session, &mut health, message, clock);
                     if let Some(ended) = step.await {
                         return (ended, health);
+                    }
+                    handled += 1;
+                    // Only take a frame that will be handled: the bound is checked first.
+                    if handled == FRAMES_PER_WAKEUP {
+                        break;
                     }
                     match ws.next().now_or_never() {
                         Some(next) => message = next,
