@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::backoff::{Backoff, Jitter, Rng};
 use voxsig_protocol::session::{
-    CloseReason, Delivery, Happening, SubscriptionId, SubscriptionState,
+    CloseReason, ConnectionState, Delivery, Happening, SubscriptionId, SubscriptionState,
 };
 use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
 use voxsig_sinks::BufferWriter;
@@ -380,8 +380,11 @@ async fn drive(
                         return (ended, health);
                     }
                     handled += 1;
-                    // Only take a frame that will be handled: the bound is checked first.
-                    if handled == FRAMES_PER_WAKEUP {
+                    // Only take a frame that will be handled: the bound is checked first. A
+                    // closed session (a `disconnect` frame) is reported before anything else.
+                    if handled == FRAMES_PER_WAKEUP
+                        || matches!(session.state(), ConnectionState::Closed(_))
+                    {
                         break;
                     }
                     match ws.next().now_or_never() {
