@@ -7,13 +7,13 @@
 use crate::catchup::gaps::GapCause;
 use crate::catchup::ledger::Claim;
 use crate::catchup::{Catchup, Rotation};
-use crate::dedup::{Dedup, Verdict};
+use crate::dedup::{Dedup, Fingerprint, Verdict};
 use crate::reconnect::{Health, Reconnect, ReconnectPolicy};
-use crate::route::{Receiver, Router, Unrouted};
+use crate::route::{Arrival, Receiver, Router, Unrouted};
 use crate::shutdown::Shutdown;
 use crate::status::{now_ms, SocketState, StatusBoard};
 use crate::telemetry::{self as t, emit, BridgeMetrics, DisconnectReason};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
@@ -26,7 +26,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::backoff::{Backoff, Jitter, Rng};
-use voxsig_protocol::session::{CloseReason, Delivery, Happening, RetryCause, SubscriptionId};
+use voxsig_protocol::session::{
+    CloseReason, ConnectionState, Delivery, Happening, RetryCause, SubscriptionId,
+};
 use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
 use voxsig_sinks::BufferWriter;
 
@@ -453,39 +455,121 @@ async fn drive(
                 return (Ended::Shutdown, health);
             }
             message = ws.next() => {
-                let now = Instant::now().into_std();
-                match message {
-                    Some(Ok(Message::Text(text))) => match session.handle_text(&text, now) {
-                        Ok(Some(delivery)) => deliver(shared, members, delivery).await,
-                        Ok(None) => {}
-                        Err(error) => {
-                            health.trouble(now, healthy_after);
-                            emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
-                        }
-                    },
-                    Some(Ok(Message::Binary(bytes))) => {
-                        health.trouble(now, healthy_after);
-                        let error = session.handle_binary(bytes.len(), now);
-                        emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
+                // Every frame already read is handled in this wake-up, with one clock reading.
+                let clock = FrameClock::read();
+                let mut message = message;
+                let mut handled = 0;
+                loop {
+                    let step = on_message(shared, conn, members, session, &mut health, message, clock);
+                    if let Some(ended) = step.await {
+                        return (ended, health);
                     }
-                    Some(Ok(Message::Close(frame))) => return (Ended::Closed(frame), health),
-                    Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
-                    Some(Err(e)) => {
-                        // A frame the WebSocket layer cannot pass on (not UTF-8, beyond the
-                        // size limit) ends the connection; it is counted as the frame error it
-                        // is, and the reconnect follows the back-off.
-                        if let Some(error) = frame_error_of(&e, shared.session.max_frame_bytes) {
-                            health.trouble(now, healthy_after);
-                            emit(&shared.metrics, t::FrameMalformed { conn, error: &error });
-                        }
-                        return (Ended::Error(e), health);
+                    handled += 1;
+                    // Only take a frame that will be handled: the bound is checked first. A
+                    // closed session (a `disconnect` frame) is reported before anything else.
+                    if handled == FRAMES_PER_WAKEUP
+                        || matches!(session.state(), ConnectionState::Closed(_))
+                    {
+                        break;
                     }
-                    None => return (Ended::Eof, health),
+                    match ws.next().now_or_never() {
+                        Some(next) => message = next,
+                        None => break,
+                    }
                 }
             }
             _ = sleep_until(deadline) => session.handle_timeout(Instant::now().into_std()),
         }
     }
+}
+
+/// At most this many frames already read are handled per wake-up before the loop looks at
+/// shutdown, timers and what to send again.
+const FRAMES_PER_WAKEUP: usize = 64;
+
+/// The clocks of one batch of frames, read once per wake-up instead of per event.
+#[derive(Debug, Clone, Copy)]
+struct FrameClock {
+    /// Monotonic: the session's time, dedup's and the record's `accepted_at`.
+    now: std::time::Instant,
+    /// Wall clock: the record's `received_at`.
+    wall: SystemTime,
+    /// `wall` in Unix milliseconds, for the status board.
+    wall_ms: i64,
+}
+
+impl FrameClock {
+    fn read() -> Self {
+        let wall = SystemTime::now();
+        FrameClock {
+            now: Instant::now().into_std(),
+            wall,
+            wall_ms: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// Handles one WebSocket message; returns how the connection ended, if it did.
+async fn on_message(
+    shared: &Shared,
+    conn: usize,
+    members: &[Member],
+    session: &mut Session,
+    health: &mut Health,
+    message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    clock: FrameClock,
+) -> Option<Ended> {
+    let healthy_after = shared.reconnect.healthy_after;
+    let now = clock.now;
+    match message {
+        Some(Ok(Message::Text(text))) => match session.handle_text(text.as_str(), now) {
+            Ok(Some(delivery)) => deliver(shared, members, delivery, clock).await,
+            Ok(None) => {}
+            Err(error) => {
+                health.trouble(now, healthy_after);
+                emit(
+                    &shared.metrics,
+                    t::FrameMalformed {
+                        conn,
+                        error: &error,
+                    },
+                );
+            }
+        },
+        Some(Ok(Message::Binary(bytes))) => {
+            health.trouble(now, healthy_after);
+            let error = session.handle_binary(bytes.len(), now);
+            emit(
+                &shared.metrics,
+                t::FrameMalformed {
+                    conn,
+                    error: &error,
+                },
+            );
+        }
+        Some(Ok(Message::Close(frame))) => return Some(Ended::Closed(frame)),
+        Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
+        Some(Err(e)) => {
+            // A frame the WebSocket layer cannot pass on (not UTF-8, beyond the size limit)
+            // ends the connection; it is counted as the frame error it is, and the reconnect
+            // follows the back-off.
+            if let Some(error) = frame_error_of(&e, shared.session.max_frame_bytes) {
+                health.trouble(now, healthy_after);
+                emit(
+                    &shared.metrics,
+                    t::FrameMalformed {
+                        conn,
+                        error: &error,
+                    },
+                );
+            }
+            return Some(Ended::Error(e));
+        }
+        None => return Some(Ended::Eof),
+    }
+    None
 }
 
 /// The frame error behind a WebSocket read error, when there is one.
@@ -633,24 +717,17 @@ fn report(shared: &Shared, conn: usize, members: &[Member], happening: Happening
 }
 
 /// One event: count, filter, dedup, route, buffer (waiting when the buffer is full).
-async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
+async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, clock: FrameClock) {
     let Some(member) = members.get(delivery.sub.0 as usize) else {
         return;
     };
     let event = &delivery.event;
-    let event_label = event.kind.name().unwrap_or("other");
+    let kind = event.kind;
     let m = &shared.metrics;
-    let received_at = SystemTime::now();
     let account = Router::account_of(event, &member.receiver);
-    emit(
-        m,
-        t::EventReceived {
-            event_label,
-            account,
-        },
-    );
-    shared.status.event(member.index, now_ms());
-    if event.kind == EventKind::UserLogout {
+    emit(m, t::EventReceived { kind, account });
+    shared.status.event(member.index, clock.wall_ms);
+    if kind == EventKind::UserLogout {
         shared.status.set_logged_out(member.index);
         emit(
             m,
@@ -661,35 +738,43 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>) {
         );
     }
     if !shared.router.allows(&event.name) {
-        emit(m, t::EventFiltered { event_label });
+        emit(m, t::EventFiltered { kind });
         return;
     }
-    let accepted_at = Instant::now().into_std();
+    // One digest per event: the dedup key and the record's event id.
+    let digest = Router::digest(event, &member.receiver);
+    // Copies rendering to different topics or keys are different records (issue 14).
+    let class = shared.router.receiver_class(&member.receiver);
     if let Some(dedup) = &shared.dedup {
         let verdict = dedup.check(
-            account,
-            &event.name,
-            event.data.as_bytes(),
+            Fingerprint::new(&digest, class),
             member.index as u32,
-            accepted_at,
+            clock.now,
         );
         if verdict == Verdict::Duplicate {
-            emit(m, t::EventDeduplicated { event_label });
+            emit(m, t::EventDeduplicated { kind });
             return;
         }
     }
-    if event.kind == EventKind::MessageCreated {
+    if kind == EventKind::MessageCreated {
         if let (Some(conversation), Some(id)) = (event.conversation_id, event.message_id) {
             // Published already (by a catch-up, or on another path): once is enough.
-            if shared.catchup.live_message(account, conversation, id) == Claim::Duplicate {
+            if shared
+                .catchup
+                .live_message(account, class, conversation, id)
+                == Claim::Duplicate
+            {
                 return;
             }
         }
     }
-    match shared
-        .router
-        .route(event, &member.receiver, received_at, accepted_at)
-    {
+    let arrival = Arrival {
+        received_at: clock.wall,
+        accepted_at: clock.now,
+        digest,
+    };
+    let event_label = kind.name().unwrap_or("other");
+    match shared.router.route_live(event, &member.receiver, arrival) {
         Ok(record) => {
             if shared.buffer.push(record).await.is_err() {
                 emit(

@@ -1,20 +1,44 @@
-//! One broadcast, received by several subscriptions, is published once.
+//! One broadcast, received by several subscriptions, is published once per record it makes.
 //!
 //! Two agents of one account both receive every account broadcast; a user token also receives
-//! the broadcasts of every account its user belongs to. A copy is the same event name with a
-//! byte-identical payload for the same account, arriving on a *different* subscription within
-//! the window. A repeat on one subscription is a real repeat (the platform sent it twice) and is
-//! published: a broadcast is published as many times as the subscription that saw it most.
+//! the broadcasts of every account its user belongs to. A copy is the same event (the same
+//! event id — `msg-<id>` for a message, else a hash of account, event name and payload — for
+//! the same account) arriving on a *different* subscription within the window. A repeat on one
+//! subscription is a real repeat (the platform sent it twice) and is published: a broadcast is
+//! published as many times as the subscription that saw it most.
 //!
-//! The table is shared by every connection task, so it is sharded by account to keep lock hold
-//! times short, and bounded in entries so memory stays flat under any load.
+//! Copies are told apart by what they render to, never by arrival order: a topic or key
+//! template using `{user}` or `{label.NAME}` gives each subscription's copy its own record, so
+//! the fingerprint carries the receiving subscription's class (`Router::receiver_class`, `0`
+//! when the templates use nothing of the subscription). Copies of one class render to the same
+//! topic and key, and only they are suppressed.
+//!
+//! Cost per event: the fingerprint is the event digest the live path computes once anyway (no
+//! second pass over the payload), hashed by a multiply-fold instead of SipHash; entries hold
+//! their sightings inline (no allocation unless more than [`INLINE_SIGHTINGS`] subscriptions
+//! see one broadcast); expiry drops whole time buckets (a ring of [`SLOTS`] tables, each
+//! covering half a window) instead of removing one entry per event.
+//!
+//! The table is shared by every connection task, so it is sharded to keep lock hold times
+//! short, and bounded in entries so memory stays flat under any load: a full shard drops its
+//! oldest bucket.
 
-use std::collections::{HashMap, VecDeque};
+use crate::catchup::ledger::{EventDigest, ReceiverClass};
+use smallvec::SmallVec;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use xxhash_rust::xxh3::xxh3_128;
 
 const SHARDS: usize = 16;
+
+/// Time buckets per shard: the current one and the two before it. A bucket covers half a
+/// window, so a broadcast is remembered for at least one window after it was last seen and at
+/// most one and a half.
+const SLOTS: usize = 3;
+
+/// Subscriptions whose sightings of one broadcast are kept without an allocation.
+pub const INLINE_SIGHTINGS: usize = 4;
 
 /// A subscription's process-wide identity, for telling copies from repeats.
 pub type SubscriptionKey = u32;
@@ -28,73 +52,129 @@ pub enum Verdict {
     Duplicate,
 }
 
-#[derive(Hash, PartialEq, Eq, Clone, Copy)]
-struct Fingerprint {
-    account: u64,
-    digest: u128,
+/// What makes two arrivals copies of one record: the event's digest and the receiving
+/// subscription's class.
+#[derive(Debug, Hash, PartialEq, Eq, Clone, Copy)]
+pub struct Fingerprint {
+    bits: u128,
+    class: ReceiverClass,
 }
+
+impl Fingerprint {
+    /// The fingerprint of an event received by a subscription of class `class`.
+    pub fn new(digest: &EventDigest, class: ReceiverClass) -> Self {
+        Fingerprint {
+            bits: digest.bits(),
+            class,
+        }
+    }
+
+    fn hash64(&self) -> u64 {
+        let mut h = DigestHasher::default();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A hasher for values that are hashes already (or small ids): a multiply-fold per word
+/// instead of SipHash. Not for keys an attacker chooses freely: a fingerprint's bits are an
+/// xxh3 digest of the payload or the platform's message id.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+const FOLD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(FOLD);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The table takes its bucket from the low bits and its tag from the top ones: fold the
+        // well-mixed top half down too.
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+type Table = HashMap<Fingerprint, Entry, BuildHasherDefault<DigestHasher>>;
 
 struct Entry {
     /// How often each subscription has seen it.
-    seen: Vec<(SubscriptionKey, u32)>,
+    seen: SmallVec<[(SubscriptionKey, u32); INLINE_SIGHTINGS]>,
     /// How often it was published.
     published: u32,
-    last_seen: Instant,
+}
+
+/// One time bucket's broadcasts.
+#[derive(Default)]
+struct Slot {
+    /// The bucket number these entries belong to.
+    bucket: u64,
+    entries: Table,
 }
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<Fingerprint, Entry>,
-    /// Insertion order with times, to expire and to evict the oldest.
-    order: VecDeque<(Instant, Fingerprint)>,
+    /// Bucket `b` lives in slot `b % SLOTS`.
+    slots: [Slot; SLOTS],
 }
 
 /// The shared dedup table.
 pub struct Dedup {
-    window: Duration,
+    /// Length of a bucket in nanoseconds: half the window.
+    bucket_nanos: u64,
+    /// Bucket 0 starts here.
+    origin: Instant,
     max_per_shard: usize,
     shards: Vec<Mutex<Shard>>,
 }
 
 impl Dedup {
-    /// A table remembering broadcasts for `window`, at most `max_entries` at once.
+    /// A table remembering broadcasts for `window` (up to one and a half), at most
+    /// `max_entries` at once.
     pub fn new(window: Duration, max_entries: usize) -> Self {
+        let bucket_nanos = u64::try_from(window.as_nanos() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1);
         Dedup {
-            window,
+            bucket_nanos,
+            origin: Instant::now(),
             max_per_shard: max_entries.div_ceil(SHARDS).max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
-    /// Judges one arrival of `event` with `data` for `account` on subscription `sub`.
-    pub fn check(
-        &self,
-        account: u64,
-        event: &str,
-        data: &[u8],
-        sub: SubscriptionKey,
-        now: Instant,
-    ) -> Verdict {
-        let digest = xxh3_128(data) ^ u128::from(xxhash_rust::xxh3::xxh3_64(event.as_bytes()));
-        let fp = Fingerprint { account, digest };
-        let shard = &self.shards[(account as usize) % SHARDS];
+    fn bucket(&self, now: Instant) -> u64 {
+        let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        // Bucket numbers start at SLOTS so that an empty slot (bucket 0) is always stale.
+        nanos / self.bucket_nanos + SLOTS as u64
+    }
+
+    /// Judges one arrival of the event with fingerprint `fp` on subscription `sub`.
+    pub fn check(&self, fp: Fingerprint, sub: SubscriptionKey, now: Instant) -> Verdict {
+        let bucket = self.bucket(now);
+        let shard = &self.shards[(fp.hash64() >> 60) as usize % SHARDS];
         // A poisoned lock only means another task panicked mid-update; the table is still a
         // valid (if slightly stale) cache, so keep using it rather than spreading the panic.
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        shard.expire(now, self.window);
-        let fresh = !shard.entries.contains_key(&fp);
-        if fresh && shard.entries.len() >= self.max_per_shard {
-            shard.evict_oldest();
-        }
-        let entry = shard.entries.entry(fp).or_insert_with(|| Entry {
-            seen: Vec::with_capacity(2),
-            published: 0,
-            last_seen: now,
-        });
-        entry.last_seen = now;
+        let entry = shard.find(fp, bucket, self.max_per_shard);
         let count = match entry.seen.iter_mut().find(|(s, _)| *s == sub) {
             Some((_, n)) => {
-                *n += 1;
+                *n = n.saturating_add(1);
                 *n
             }
             None => {
@@ -102,23 +182,22 @@ impl Dedup {
                 1
             }
         };
-        let verdict = if count > entry.published {
+        if count > entry.published {
             entry.published = count;
             Verdict::Publish
         } else {
             Verdict::Duplicate
-        };
-        if fresh {
-            shard.order.push_back((now, fp));
         }
-        verdict
     }
 
-    /// How many broadcasts are remembered now.
+    /// How many broadcasts are remembered now (including buckets not yet swept).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |s| s.entries.len()))
+            .map(|s| {
+                s.lock()
+                    .map_or(0, |s| s.slots.iter().map(|slot| slot.entries.len()).sum())
+            })
             .sum()
     }
 
@@ -129,28 +208,45 @@ impl Dedup {
 }
 
 impl Shard {
-    fn expire(&mut self, now: Instant, window: Duration) {
-        while let Some((inserted, fp)) = self.order.front().copied() {
-            if now.saturating_duration_since(inserted) <= window {
-                break;
-            }
-            self.order.pop_front();
-            let last_seen = self.entries.get(&fp).map(|e| e.last_seen);
-            match last_seen {
-                // Still being seen: keep it, re-queued at its last sighting.
-                Some(last) if now.saturating_duration_since(last) <= window => {
-                    self.order.push_back((last, fp))
-                }
-                _ => {
-                    self.entries.remove(&fp);
-                }
+    /// The entry of `fp` in the current bucket: found there, moved there from an older live
+    /// bucket (still being seen: kept), or new.
+    fn find(&mut self, fp: Fingerprint, bucket: u64, max: usize) -> &mut Entry {
+        // Buckets SLOTS or more behind have expired: dropped as a whole (three comparisons).
+        for slot in &mut self.slots {
+            if slot.bucket + SLOTS as u64 <= bucket && !slot.entries.is_empty() {
+                slot.entries.clear();
             }
         }
+        let current = (bucket % SLOTS as u64) as usize;
+        self.slots[current].bucket = bucket;
+        let mut moved = None;
+        if !self.slots[current].entries.contains_key(&fp) {
+            moved = (1..SLOTS)
+                .map(|back| (current + SLOTS - back) % SLOTS)
+                .find_map(|i| self.slots[i].entries.remove(&fp));
+            if moved.is_none() && self.len() >= max {
+                self.evict_oldest(current);
+            }
+        }
+        self.slots[current].entries.entry(fp).or_insert_with(|| {
+            moved.unwrap_or(Entry {
+                seen: SmallVec::new(),
+                published: 0,
+            })
+        })
     }
 
-    fn evict_oldest(&mut self) {
-        if let Some((_, fp)) = self.order.pop_front() {
-            self.entries.remove(&fp);
+    fn len(&self) -> usize {
+        self.slots.iter().map(|s| s.entries.len()).sum()
+    }
+
+    /// Drops the oldest non-empty bucket (the current one last): memory stays bounded.
+    fn evict_oldest(&mut self, current: usize) {
+        let oldest = (1..=SLOTS)
+            .map(|back| (current + back) % SLOTS)
+            .find(|&i| !self.slots[i].entries.is_empty());
+        if let Some(i) = oldest {
+            self.slots[i].entries.clear();
         }
     }
 }
@@ -163,56 +259,85 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Checks the event `event` with `data` for `account` (class 0) arriving on `sub`.
+    fn check(d: &Dedup, account: u64, event: &str, data: &[u8], sub: u32, at: Instant) -> Verdict {
+        let digest = EventDigest::of(account, event, None, data);
+        d.check(Fingerprint::new(&digest, 0), sub, at)
+    }
+
     #[test]
     fn copies_on_other_subscriptions_are_suppressed_repeats_pass() {
         let d = Dedup::new(ms(2000), 1000);
         let t = Instant::now();
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 10, t),
-            Verdict::Publish
-        );
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 11, t + ms(5)),
-            Verdict::Duplicate
-        );
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 12, t + ms(9)),
-            Verdict::Duplicate
-        );
+        let e = "message.created";
+        let x = b"{\"id\":1}";
+        assert_eq!(check(&d, 1, e, x, 10, t), Verdict::Publish);
+        assert_eq!(check(&d, 1, e, x, 11, t + ms(5)), Verdict::Duplicate);
+        assert_eq!(check(&d, 1, e, x, 12, t + ms(9)), Verdict::Duplicate);
         // The platform really sent it twice: the first subscription sees it again, so do others.
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 10, t + ms(20)),
-            Verdict::Publish
-        );
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 11, t + ms(25)),
-            Verdict::Duplicate
-        );
+        assert_eq!(check(&d, 1, e, x, 10, t + ms(20)), Verdict::Publish);
+        assert_eq!(check(&d, 1, e, x, 11, t + ms(25)), Verdict::Duplicate);
         // A copy arriving first on another subscription is published by whichever comes first.
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 12, t + ms(30)),
-            Verdict::Duplicate
-        );
-        assert_eq!(
-            d.check(1, "message.created", b"{\"id\":1}", 12, t + ms(31)),
-            Verdict::Publish
-        );
+        assert_eq!(check(&d, 1, e, x, 12, t + ms(30)), Verdict::Duplicate);
+        assert_eq!(check(&d, 1, e, x, 12, t + ms(31)), Verdict::Publish);
     }
 
     #[test]
     fn account_event_and_payload_all_matter() {
         let d = Dedup::new(ms(2000), 1000);
         let t = Instant::now();
-        assert_eq!(d.check(1, "contact.updated", b"{}", 1, t), Verdict::Publish);
-        assert_eq!(d.check(2, "contact.updated", b"{}", 2, t), Verdict::Publish);
-        assert_eq!(d.check(1, "contact.created", b"{}", 2, t), Verdict::Publish);
         assert_eq!(
-            d.check(1, "contact.updated", b"{ }", 2, t),
+            check(&d, 1, "contact.updated", b"{}", 1, t),
             Verdict::Publish
         );
         assert_eq!(
-            d.check(1, "contact.updated", b"{}", 2, t),
+            check(&d, 2, "contact.updated", b"{}", 2, t),
+            Verdict::Publish
+        );
+        assert_eq!(
+            check(&d, 1, "contact.created", b"{}", 2, t),
+            Verdict::Publish
+        );
+        assert_eq!(
+            check(&d, 1, "contact.updated", b"{ }", 2, t),
+            Verdict::Publish
+        );
+        assert_eq!(
+            check(&d, 1, "contact.updated", b"{}", 2, t),
             Verdict::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_message_is_its_message_id_on_its_account() {
+        let d = Dedup::new(ms(2000), 1000);
+        let t = Instant::now();
+        let msg = |account, id| EventDigest::of(account, "message.created", Some(id), b"{}");
+        let fp = |digest: EventDigest| Fingerprint::new(&digest, 0);
+        assert_eq!(d.check(fp(msg(1, 7)), 1, t), Verdict::Publish);
+        assert_eq!(d.check(fp(msg(1, 7)), 2, t), Verdict::Duplicate);
+        assert_eq!(
+            d.check(fp(msg(2, 7)), 2, t),
+            Verdict::Publish,
+            "per account"
+        );
+        assert_eq!(d.check(fp(msg(1, 8)), 2, t), Verdict::Publish);
+    }
+
+    #[test]
+    fn copies_rendering_to_different_records_are_each_published() {
+        // Issue 14: with `{user}` in the topic, which user's topic got the broadcast depended
+        // on which copy came first. Each class (rendered topic and key) keeps its own copy.
+        let d = Dedup::new(ms(2000), 1000);
+        let t = Instant::now();
+        let digest = EventDigest::of(1, "conversation.updated", None, b"{\"id\":1}");
+        let (alice, bob) = (Fingerprint::new(&digest, 11), Fingerprint::new(&digest, 22));
+        assert_eq!(d.check(bob, 2, t), Verdict::Publish);
+        assert_eq!(d.check(alice, 1, t), Verdict::Publish);
+        assert_eq!(
+            d.check(alice, 3, t),
+            Verdict::Duplicate,
+            "same class: a copy"
         );
     }
 
@@ -220,12 +345,27 @@ mod tests {
     fn outside_the_window_a_copy_is_a_new_broadcast() {
         let d = Dedup::new(ms(100), 1000);
         let t = Instant::now();
-        assert_eq!(d.check(1, "e", b"x", 1, t), Verdict::Publish);
-        assert_eq!(d.check(1, "e", b"x", 2, t + ms(150)), Verdict::Publish);
+        assert_eq!(check(&d, 1, "e", b"x", 1, t), Verdict::Publish);
+        assert_eq!(check(&d, 1, "e", b"x", 2, t + ms(150)), Verdict::Publish);
         assert_eq!(d.len(), 1);
-        // Expiry is lazy, per shard: the next check on the same account sweeps.
-        d.check(1, "e", b"y", 1, t + ms(400));
+        // Expiry is lazy, per shard and bucket: the next check on the same shard sweeps.
+        assert_eq!(check(&d, 1, "e", b"x", 1, t + ms(400)), Verdict::Publish);
         assert_eq!(d.len(), 1, "expired entries are gone");
+    }
+
+    #[test]
+    fn within_the_window_a_copy_is_remembered_while_it_keeps_coming() {
+        let d = Dedup::new(ms(100), 1000);
+        let t = Instant::now();
+        assert_eq!(check(&d, 1, "e", b"x", 1, t), Verdict::Publish);
+        // Seen every 90 ms: always within a window of the last sighting.
+        for i in 1..10u64 {
+            assert_eq!(
+                check(&d, 1, "e", b"x", 2 + i as u32, t + ms(90 * i)),
+                Verdict::Duplicate,
+                "{i}"
+            );
+        }
     }
 
     #[test]
@@ -233,8 +373,19 @@ mod tests {
         let d = Dedup::new(Duration::from_secs(3600), SHARDS * 4);
         let t = Instant::now();
         for i in 0..10_000u64 {
-            d.check(i, "e", &i.to_le_bytes(), 1, t);
+            check(&d, i, "e", &i.to_le_bytes(), 1, t);
         }
         assert!(d.len() <= SHARDS * 4, "{}", d.len());
+    }
+
+    #[test]
+    fn many_subscriptions_of_one_broadcast_spill_beyond_the_inline_sightings() {
+        let d = Dedup::new(ms(2000), 1000);
+        let t = Instant::now();
+        assert_eq!(check(&d, 1, "e", b"x", 0, t), Verdict::Publish);
+        for sub in 1..50 {
+            assert_eq!(check(&d, 1, "e", b"x", sub, t), Verdict::Duplicate);
+        }
+        assert_eq!(check(&d, 1, "e", b"x", 0, t), Verdict::Publish, "a repeat");
     }
 }

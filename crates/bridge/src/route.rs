@@ -8,10 +8,12 @@
 //! the connection, and Kafka topics keep to `[a-zA-Z0-9._-]`. The rendered topic is then
 //! checked against the same rules once more.
 
+use crate::catchup::ledger::{EventDigest, ReceiverClass};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::hash::{Hash, Hasher};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use voxsig_protocol::EventRef;
 use voxsig_sinks::cloudevents::{self, CloudEvents};
@@ -127,6 +129,8 @@ pub struct Router {
     rules: TopicRules,
     /// CloudEvents structured mode: the event JSON is the payload.
     structured: Option<CloudEvents>,
+    /// The variables of the topic and key whose values come from the receiving subscription.
+    receiver_vars: Vec<Var>,
 }
 
 impl Router {
@@ -138,6 +142,12 @@ impl Router {
         payload: PayloadMode,
         rules: TopicRules,
     ) -> Self {
+        let mut receiver_vars: Vec<Var> = Vec::new();
+        for var in topic.receiver_vars().chain(key.receiver_vars()) {
+            if !receiver_vars.contains(var) {
+                receiver_vars.push(var.clone());
+            }
+        }
         Router {
             topic,
             key,
@@ -145,6 +155,7 @@ impl Router {
             payload,
             rules,
             structured: None,
+            receiver_vars,
         }
     }
 
@@ -161,6 +172,27 @@ impl Router {
         self.filter.allows(event)
     }
 
+    /// What of the receiving subscription shows in a record: two copies of one broadcast
+    /// received by subscriptions of the same class render to the same topic and key, copies
+    /// received by subscriptions of different classes (`{user}` or `{label.NAME}` in a template,
+    /// with different values) are different records, each published. `0` when the templates
+    /// use nothing of the subscription (every copy is the same record).
+    pub fn receiver_class(&self, receiver: &Receiver) -> ReceiverClass {
+        if self.receiver_vars.is_empty() {
+            return 0;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        for var in &self.receiver_vars {
+            match var {
+                Var::User => receiver.user_id.hash(&mut h),
+                Var::Label(name) => receiver.labels.get(name).hash(&mut h),
+                _ => {}
+            }
+        }
+        // Never the ledger's "any class" value (all ones).
+        h.finish() >> 1
+    }
+
     /// The account an event belongs to: its `data.account_id`, else the subscription's.
     pub fn account_of(event: &EventRef<'_>, receiver: &Receiver) -> u64 {
         event.account_id.unwrap_or(receiver.account_id)
@@ -175,7 +207,36 @@ impl Router {
         received_at: SystemTime,
         accepted_at: Instant,
     ) -> Result<Record, Unrouted> {
-        self.route_as(event, receiver, received_at, accepted_at, false)
+        let digest = Self::digest(event, receiver);
+        self.route_as(event, receiver, received_at, accepted_at, false, digest)
+    }
+
+    /// Renders one live event as [`Router::route`] does, with its digest computed once by the
+    /// caller (who deduplicated by it).
+    pub fn route_live(
+        &self,
+        event: &EventRef<'_>,
+        receiver: &Receiver,
+        arrival: Arrival,
+    ) -> Result<Record, Unrouted> {
+        self.route_as(
+            event,
+            receiver,
+            arrival.received_at,
+            arrival.accepted_at,
+            false,
+            arrival.digest,
+        )
+    }
+
+    /// The digest of an event (its event id and dedup key), one pass over its payload at most.
+    pub fn digest(event: &EventRef<'_>, receiver: &Receiver) -> EventDigest {
+        EventDigest::of(
+            Self::account_of(event, receiver),
+            &event.name,
+            event.message_id,
+            event.data.as_bytes(),
+        )
     }
 
     /// Renders one event recovered by a catch-up: as [`Router::route`], marked replayed.
@@ -186,9 +247,11 @@ impl Router {
         received_at: SystemTime,
         accepted_at: Instant,
     ) -> Result<Record, Unrouted> {
-        self.route_as(event, receiver, received_at, accepted_at, true)
+        let digest = Self::digest(event, receiver);
+        self.route_as(event, receiver, received_at, accepted_at, true, digest)
     }
 
+    #[allow(clippy::too_many_arguments)] // The private meeting point of the three entries above.
     fn route_as(
         &self,
         event: &EventRef<'_>,
@@ -196,14 +259,10 @@ impl Router {
         received_at: SystemTime,
         accepted_at: Instant,
         replayed: bool,
+        digest: EventDigest,
     ) -> Result<Record, Unrouted> {
         let account = Self::account_of(event, receiver);
-        let event_id = crate::catchup::ledger::event_id(
-            account,
-            &event.name,
-            event.message_id,
-            event.data.as_bytes(),
-        );
+        let event_id = digest.id();
         let ctx = Context {
             account,
             event: &event.name,
@@ -229,6 +288,9 @@ impl Router {
             replayed,
         };
         let payload = match (self.payload, &self.structured) {
+            // One copy, on purpose: a slice of the frame would share tungstenite's read
+            // chunk (frames are split off one allocation), so a record held in the buffer
+            // would keep the whole chunk alive, with every copy and filtered frame in it.
             (PayloadMode::Raw, _) | (PayloadMode::CloudEvents, None) => {
                 Bytes::copy_from_slice(event.data.as_bytes())
             }
@@ -250,6 +312,17 @@ impl Router {
             accepted_at,
         })
     }
+}
+
+/// What the live path knows of an event besides the event itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// When the frame was read (wall clock, for the record's `received_at`).
+    pub received_at: SystemTime,
+    /// When the event was accepted (monotonic, for latency).
+    pub accepted_at: Instant,
+    /// The event's digest, computed once.
+    pub digest: EventDigest,
 }
 
 /// Builds the envelope without parsing `data`: it is spliced in as the bytes it is.

@@ -50,9 +50,9 @@ struct Counters {
     confirmed: IntCounter,
     unconfirmed_streaming: IntCounter,
     presence: IntCounter,
-    received: IntCounterVec,
-    deduplicated: IntCounterVec,
-    filtered: IntCounterVec,
+    received: PerKind,
+    deduplicated: PerKind,
+    filtered: PerKind,
     dropped: IntCounterVec,
     frame_errors: IntCounterVec,
     logouts: IntCounter,
@@ -86,6 +86,32 @@ impl AccountCounters {
         } else {
             self.other.inc();
         }
+    }
+}
+
+/// A counter vector labelled by event kind, its series resolved once: the hot path indexes by
+/// kind instead of looking a label value up per event.
+struct PerKind {
+    /// One series per catalogued kind, in `EventKind::ALL` order, then `other`.
+    series: Vec<IntCounter>,
+}
+
+impl PerKind {
+    fn new(vec: &IntCounterVec) -> Self {
+        let kinds = EventKind::ALL.iter().copied().chain([EventKind::Other]);
+        PerKind {
+            series: kinds
+                .map(|k| vec.with_label_values(&[k.name().unwrap_or("other")]))
+                .collect(),
+        }
+    }
+
+    fn get(&self, kind: EventKind) -> &IntCounter {
+        let i = EventKind::ALL
+            .get(kind as usize)
+            .filter(|k| **k == kind)
+            .map_or(EventKind::ALL.len(), |_| kind as usize);
+        &self.series[i.min(self.series.len() - 1)]
     }
 }
 
@@ -163,9 +189,9 @@ impl BridgeMetrics {
             confirmed: one("voxsig_bridge_subscriptions_confirmed_total", "Subscription confirmations received.")?,
             unconfirmed_streaming: one("voxsig_bridge_subscriptions_unconfirmed_streaming_total", "Subscriptions found delivering events without a confirm (wrong account_id or user_id for a real token); kept.")?,
             presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,
-            received: vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?,
-            deduplicated: vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?,
-            filtered: vec("voxsig_bridge_events_filtered_total", "Events left out by route.include/exclude, by event.", "event")?,
+            received: PerKind::new(&vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?),
+            deduplicated: PerKind::new(&vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?),
+            filtered: PerKind::new(&vec("voxsig_bridge_events_filtered_total", "Events left out by route.include/exclude, by event.", "event")?),
             dropped: vec("voxsig_bridge_events_dropped_total", "Events that could not become records, by reason.", "reason")?,
             frame_errors: vec("voxsig_bridge_frame_errors_total", "Frames that could not be used, by kind.", "kind")?,
             logouts: one("voxsig_bridge_token_logouts_total", "user:logout received: the platform rotated a token.")?,
@@ -196,10 +222,6 @@ impl BridgeMetrics {
         }
         for reason in ["invalid_topic", "buffer_closed"] {
             counters.dropped.with_label_values(&[reason]);
-        }
-        for kind in EventKind::ALL {
-            let name = kind.name().unwrap_or("other");
-            counters.received.with_label_values(&[name]);
         }
         Ok(BridgeMetrics {
             inner: Arc::new(counters),
@@ -479,18 +501,15 @@ impl InternalEvent for UnknownFrame<'_> {
 
 /// An event arrived.
 pub struct EventReceived {
-    /// Bounded label: the catalogue name or `other`.
-    pub event_label: &'static str,
+    /// Its kind (the label: the catalogue name or `other`).
+    pub kind: EventKind,
     /// The event's account.
     pub account: u64,
 }
 
 impl InternalEvent for EventReceived {
     fn emit(self, m: &BridgeMetrics) {
-        m.inner
-            .received
-            .with_label_values(&[self.event_label])
-            .inc();
+        m.inner.received.get(self.kind).inc();
         if let Some(per_account) = &m.inner.per_account {
             per_account.inc(self.account);
         }
@@ -499,32 +518,29 @@ impl InternalEvent for EventReceived {
 
 /// A copy of a broadcast already published was suppressed.
 pub struct EventDeduplicated {
-    /// Bounded label.
-    pub event_label: &'static str,
+    /// Its kind (the label).
+    pub kind: EventKind,
 }
 
 impl InternalEvent for EventDeduplicated {
     fn emit(self, m: &BridgeMetrics) {
-        tracing::trace!(event = self.event_label, "duplicate broadcast suppressed");
-        m.inner
-            .deduplicated
-            .with_label_values(&[self.event_label])
-            .inc();
+        tracing::trace!(
+            event = self.kind.name().unwrap_or("other"),
+            "duplicate broadcast suppressed"
+        );
+        m.inner.deduplicated.get(self.kind).inc();
     }
 }
 
 /// The route filter left an event out.
 pub struct EventFiltered {
-    /// Bounded label.
-    pub event_label: &'static str,
+    /// Its kind (the label).
+    pub kind: EventKind,
 }
 
 impl InternalEvent for EventFiltered {
     fn emit(self, m: &BridgeMetrics) {
-        m.inner
-            .filtered
-            .with_label_values(&[self.event_label])
-            .inc();
+        m.inner.filtered.get(self.kind).inc();
     }
 }
 

@@ -27,6 +27,83 @@ async fn one_account_users_and_contacts_every_event_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_for_per_user_topics_are_each_published_whatever_their_order() {
+    // Issue 14: dedup (and the message ledger) kept the first copy of a broadcast, so with
+    // `{user}` in the topic which user's topic got it depended on arrival order. Copies that
+    // render to different topics are different records: each user's topic gets its own.
+    let sim = sim(world(1, 2, 1, 0), SimConfig::default()).await;
+    let rig = rig_on(
+        sim,
+        TokenSelection::Users,
+        "[route]\ntopic = \"voxsig/{user}/{event}\"\n",
+        "",
+    )
+    .await;
+    rig.confirmed(2).await;
+    rig.sim.burst(200, &Selection::all()).await.unwrap();
+    rig.sim
+        .wait_for_delivery(Duration::from_secs(30))
+        .await
+        .expect("sim delivered");
+    let user_of: std::collections::HashMap<String, u64> = rig
+        .sim
+        .world()
+        .users
+        .iter()
+        .map(|u| (u.pubsub_token.clone(), u.id))
+        .collect();
+    let truth = rig.sim.ground_truth();
+    // (sim_seq, user) for every broadcast written to a user's socket.
+    let mut expected = std::collections::BTreeSet::new();
+    for e in &truth.events {
+        if e.origin != voxsig_sim::Origin::Broadcast || e.event == "presence.update" {
+            continue;
+        }
+        for d in &e.deliveries {
+            if d.status == voxsig_sim::DeliveryStatus::Written {
+                expected.insert((e.sim_seq, user_of[&d.token]));
+            }
+        }
+    }
+    let copies = expected.len()
+        - expected
+            .iter()
+            .map(|(seq, _)| seq)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+    assert!(copies > 50, "most broadcasts reach both users: {copies}");
+    rig.memory.wait_for(expected.len(), WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = std::collections::BTreeSet::new();
+    for record in rig.memory.records() {
+        let data: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        let user: u64 = record.topic.split('/').nth(1).unwrap().parse().unwrap();
+        assert!(
+            got.insert((data["sim_seq"].as_u64().unwrap(), user)),
+            "one record per broadcast and user: {}",
+            record.topic
+        );
+    }
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&expected).collect();
+    let events: std::collections::HashMap<u64, &str> =
+        truth.events.iter().map(|e| (e.sim_seq, e.event)).collect();
+    let missing_events: Vec<_> = missing
+        .iter()
+        .take(10)
+        .map(|(seq, u)| (events[seq], *u))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} expected, {} missing (e.g. {missing_events:?}), {} extra",
+        expected.len(),
+        missing.len(),
+        extra.len()
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_accounts_with_users_in_two_accounts() {
     // Each account's first user also belongs to the next account: its token receives both
     // accounts' events, which must be published under the account in the data, once.

@@ -139,18 +139,11 @@ fn hex4(chars: &mut std::str::Chars<'_>) -> u32 {
     v
 }
 
-/// Bytes that end the fast loop inside a string: a quote, a backslash or a control character.
-static STRING_STOP: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = true;
-        i += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
+/// Whether a run of string contents holds a control character (not allowed unescaped). Written
+/// as a plain fold over the bytes so the compiler vectorises it.
+fn has_control(run: &[u8]) -> bool {
+    run.iter().fold(false, |found, &b| found | (b < 0x20))
+}
 
 /// A cursor over a JSON text.
 pub(crate) struct Reader<'a> {
@@ -223,21 +216,27 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            while self.pos < self.bytes.len() && !STRING_STOP[self.bytes[self.pos] as usize] {
-                self.pos += 1;
+            // The body up to the next quote or backslash, found by a vectorised search; the
+            // run is then checked for control characters in one vectorised pass.
+            let rest = &self.bytes[self.pos..];
+            let stop = memchr::memchr2(b'"', b'\\', rest);
+            let run = &rest[..stop.unwrap_or(rest.len())];
+            if has_control(run) {
+                self.pos += run.iter().position(|&b| b < 0x20).unwrap_or(0);
+                return Err(self.error(JsonErrorReason::InvalidString));
             }
-            match self.bytes.get(self.pos) {
+            self.pos += run.len();
+            match stop.map(|_| self.bytes[self.pos]) {
                 None => return Err(self.error(JsonErrorReason::UnexpectedEnd)),
                 Some(b'"') => {
                     let raw = &self.text[start..self.pos];
                     self.pos += 1;
                     return Ok(RawStr { raw, escaped });
                 }
-                Some(b'\\') => {
+                Some(_) => {
                     escaped = true;
                     self.escape()?;
                 }
-                Some(_) => return Err(self.error(JsonErrorReason::InvalidString)),
             }
         }
     }

@@ -26,35 +26,88 @@ const SHARDS: usize = 16;
 /// platform's own id, the same live and over REST), otherwise `h-<hex>`, a 128-bit hash of the
 /// account, the event name and the payload bytes.
 pub fn event_id(account: u64, event: &str, message_id: Option<u64>, data: &[u8]) -> String {
-    let mut out = String::with_capacity(34);
-    match message_id {
-        Some(id) if event == "message.created" => {
-            let _ = write!(out, "msg-{id}");
-        }
-        _ => {
-            // One pass over the payload, seeded with the account and the event name.
-            let seed = xxh3_64(event.as_bytes()) ^ account.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let digest = xxh3_128_with_seed(data, seed);
-            out.push_str("h-");
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for shift in (0..32).rev() {
-                out.push(char::from(HEX[((digest >> (shift * 4)) & 0xf) as usize]));
+    EventDigest::of(account, event, message_id, data).id()
+}
+
+/// What identifies an event, computed once per event (one pass over the payload at most): the
+/// event id every record carries ([`EventDigest::id`]) and the key the live path deduplicates
+/// copies by ([`EventDigest::bits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDigest {
+    /// A `message.created` with the platform's message id: `msg-<id>`.
+    Message {
+        /// The event's account (not part of the id, part of the dedup key).
+        account: u64,
+        /// The platform's message id.
+        id: u64,
+    },
+    /// Any other event: a 128-bit hash of the account, the event name and the payload.
+    Hash(u128),
+}
+
+impl EventDigest {
+    /// The digest of one event.
+    pub fn of(account: u64, event: &str, message_id: Option<u64>, data: &[u8]) -> Self {
+        match message_id {
+            Some(id) if event == "message.created" => EventDigest::Message { account, id },
+            _ => {
+                // One pass over the payload, seeded with the account and the event name.
+                let seed = xxh3_64(event.as_bytes()) ^ account.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                EventDigest::Hash(xxh3_128_with_seed(data, seed))
             }
         }
     }
-    out
+
+    /// The event id: `msg-<id>` or `h-<32 hex digits>` (persisted and visible: stable).
+    pub fn id(&self) -> String {
+        let mut out = String::with_capacity(34);
+        match *self {
+            EventDigest::Message { id, .. } => {
+                let _ = write!(out, "msg-{id}");
+            }
+            EventDigest::Hash(digest) => {
+                out.push_str("h-");
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for shift in (0..32).rev() {
+                    out.push(char::from(HEX[((digest >> (shift * 4)) & 0xf) as usize]));
+                }
+            }
+        }
+        out
+    }
+
+    /// 128 bits telling events apart, account included: two events share them only if they
+    /// share the event id and the account. The two kinds cannot meet: a message's bits have
+    /// the top bit set and 63 bits of account, a hash has its top bit cleared.
+    pub fn bits(&self) -> u128 {
+        match *self {
+            EventDigest::Message { account, id } => {
+                (1u128 << 127) | (u128::from(account & (u64::MAX >> 1)) << 64) | u128::from(id)
+            }
+            EventDigest::Hash(digest) => digest & (u128::MAX >> 1),
+        }
+    }
 }
+
+/// Who a claim is for: copies of a message received by subscriptions whose records render to
+/// different topics or keys are different records (see `Router::receiver_class`), so each
+/// class claims the message for itself. `0` when the templates use nothing of the subscription.
+pub type ReceiverClass = u64;
+
+/// A message id restored from a checkpoint: published, whatever the class.
+const ANY_CLASS: ReceiverClass = u64::MAX;
 
 #[derive(Debug, Default, Clone)]
 struct Conversation {
-    ids: BTreeSet<u64>,
+    /// (message id, receiver class) pairs published.
+    ids: BTreeSet<(u64, ReceiverClass)>,
     /// Recency, for eviction.
     touched: u64,
 }
 
 impl Conversation {
     fn high(&self) -> Option<u64> {
-        self.ids.last().copied()
+        self.ids.last().map(|(id, _)| *id)
     }
 }
 
@@ -114,18 +167,31 @@ impl Ledger {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims message `id` of `conversation` on `account` for publishing.
+    /// Claims message `id` of `conversation` on `account` for publishing (templates that use
+    /// nothing of the receiving subscription: class 0).
     pub fn claim(&self, account: u64, conversation: u64, id: u64) -> Claim {
+        self.claim_for(account, 0, conversation, id)
+    }
+
+    /// Claims message `id` of `conversation` on `account` for publishing to the records of
+    /// receiver class `class`.
+    pub fn claim_for(
+        &self,
+        account: u64,
+        class: ReceiverClass,
+        conversation: u64,
+        id: u64,
+    ) -> Claim {
         let mut shard = self.shard(account);
         let acc = shard.entry(account).or_default();
         acc.tick += 1;
         let tick = acc.tick;
         let conv = acc.conversations.entry(conversation).or_default();
         conv.touched = tick;
-        if conv.ids.contains(&id) {
+        if conv.ids.contains(&(id, class)) || conv.ids.contains(&(id, ANY_CLASS)) {
             return Claim::Duplicate;
         }
-        conv.ids.insert(id);
+        conv.ids.insert((id, class));
         if conv.ids.len() > IDS_PER_CONVERSATION {
             conv.ids.pop_first();
         } else {
@@ -167,7 +233,12 @@ impl Ledger {
             .get(&account)
             .and_then(|a| a.conversations.get(&conversation));
         match (known, watermark) {
-            (Some(conv), Some(w)) => conv.ids.range(..=w).next_back().copied().or(Some(w)),
+            (Some(conv), Some(w)) => conv
+                .ids
+                .range(..=(w, ANY_CLASS))
+                .next_back()
+                .map(|(id, _)| *id)
+                .or(Some(w)),
             (_, w) => w,
         }
     }
@@ -206,7 +277,7 @@ impl Ledger {
                 acc.tick += 1;
                 let tick = acc.tick;
                 let conv = acc.conversations.entry(*c).or_default();
-                if conv.ids.insert(*high) {
+                if conv.ids.insert((*high, ANY_CLASS)) {
                     acc.ids += 1;
                 }
                 conv.touched = tick;
@@ -253,6 +324,20 @@ mod tests {
         assert_eq!(l.claim(1, 11, 500), Claim::First, "per conversation");
         assert_eq!(l.claim(2, 10, 500), Claim::First, "per account");
         assert_eq!(l.account_high(1), Some(500));
+    }
+
+    #[test]
+    fn each_receiver_class_claims_a_message_for_its_own_records() {
+        let l = Ledger::new(100);
+        assert_eq!(l.claim_for(1, 11, 10, 500), Claim::First);
+        assert_eq!(l.claim_for(1, 22, 10, 500), Claim::First, "another topic");
+        assert_eq!(l.claim_for(1, 11, 10, 500), Claim::Duplicate);
+        assert_eq!(l.account_high(1), Some(500));
+        // A checkpoint says "published" for every class.
+        let back = Ledger::new(100);
+        back.restore(&l.checkpoint());
+        assert_eq!(back.claim_for(1, 33, 10, 500), Claim::Duplicate);
+        assert_eq!(back.resume_after(1, 10, Some(600)), Some(500));
     }
 
     #[test]
@@ -344,5 +429,28 @@ mod tests {
         assert_ne!(a, event_id(1, "conversation.created", None, b"{\"id\":1}"));
         // message.updated carries the message id too, but is another event than its creation.
         assert!(event_id(1, "message.updated", Some(42), b"{}").starts_with("h-"));
+        // The values are persisted and visible: they must never change.
+        assert_eq!(
+            event_id(7, "conversation.updated", None, b"{\"id\":1}"),
+            EventDigest::Hash(xxh3_128_with_seed(
+                b"{\"id\":1}",
+                xxh3_64(b"conversation.updated") ^ 7u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ))
+            .id()
+        );
+    }
+
+    #[test]
+    fn digest_bits_tell_account_and_kind_apart() {
+        let m = |a, id| EventDigest::of(a, "message.created", Some(id), b"{}").bits();
+        assert_ne!(m(1, 5), m(2, 5));
+        assert_ne!(m(1, 5), m(1, 6));
+        assert_eq!(
+            m(1, 5),
+            EventDigest::of(1, "message.created", Some(5), b"other").bits()
+        );
+        let h = EventDigest::of(1, "contact.updated", None, b"{}").bits();
+        assert_eq!(h >> 127, 0);
+        assert_eq!(m(1, 5) >> 127, 1);
     }
 }

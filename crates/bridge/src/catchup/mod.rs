@@ -325,9 +325,16 @@ impl Catchup {
         }
     }
 
-    /// A live `message.created` with a message id: whether to publish it.
-    pub fn live_message(&self, account: u64, conversation: u64, id: u64) -> Claim {
-        let claim = self.ledger.claim(account, conversation, id);
+    /// A live `message.created` with a message id, for the records of receiver class `class`:
+    /// whether to publish it.
+    pub fn live_message(
+        &self,
+        account: u64,
+        class: ledger::ReceiverClass,
+        conversation: u64,
+        id: u64,
+    ) -> Claim {
+        let claim = self.ledger.claim_for(account, class, conversation, id);
         if claim == Claim::Duplicate {
             emit(&self.metrics, telemetry::LiveDuplicate);
         }

@@ -268,6 +268,7 @@ async fn fill_with(
 ) -> Result<(), RestError> {
     let cu = &shared.catchup;
     let account = gap.account;
+    let class = shared.router.receiver_class(receiver);
     let margin_ms = i64::try_from(cu.config.margin.as_millis()).unwrap_or(0);
     let since_ms = gap.start_ms - margin_ms;
     let seconds = u64::try_from((now_ms() - since_ms).max(1000).div_euclid(1000) + 1).unwrap_or(1);
@@ -307,7 +308,7 @@ async fn fill_with(
                     }
                 }
                 let conv = message.conversation_id.unwrap_or(display_id);
-                match cu.ledger.claim(account, conv, message.id) {
+                match cu.ledger.claim_for(account, class, conv, message.id) {
                     Claim::First => {
                         publish(
                             shared,
@@ -345,7 +346,7 @@ async fn publish(shared: &Shared, receiver: &Receiver, account: u64, kind: Event
     let name = kind.name().unwrap_or("other");
     let m = &shared.metrics;
     if !shared.router.allows(name) {
-        bt::emit(m, bt::EventFiltered { event_label: name });
+        bt::emit(m, bt::EventFiltered { kind });
         return;
     }
     let event = EventRef {

@@ -103,6 +103,15 @@ impl Template {
         &self.text
     }
 
+    /// The variables whose values come from the receiving subscription (`{user}`,
+    /// `{label.NAME}`), in order of use.
+    pub fn receiver_vars(&self) -> impl Iterator<Item = &Var> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Var(v @ (Var::User | Var::Label(_))) => Some(v),
+            _ => None,
+        })
+    }
+
     /// Whether the template uses a variable.
     pub fn uses(&self, var: &Var) -> bool {
         self.segments
