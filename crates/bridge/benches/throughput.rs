@@ -265,8 +265,14 @@ fn write_config(
         accounts: max_accounts,
         ..ExportOptions::default()
     });
+    // The default buffer, unless `VOXSIG_BENCH_BUFFER_BYTES` sets its `max_bytes` (to compare
+    // sizes with one build).
+    let buffer = std::env::var("VOXSIG_BENCH_BUFFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(String::new(), |n| format!("[buffer]\nmax_bytes = {n}\n"));
     let text = format!(
-        "[source]\nurl = \"{}\"\n[route]\nexclude = [\"presence.update\"]\n[buffer]\nmax_events = 100000\n{accounts}",
+        "[source]\nurl = \"{}\"\n[route]\nexclude = [\"presence.update\"]\n{buffer}{accounts}",
         sim.url()
     );
     let path = dir.join(name);

@@ -70,7 +70,7 @@ fn check_prints_the_resolved_config_redacted() {
     assert!(out.contains("password = \"<redacted>\""), "{out}");
     assert!(!out.contains("mqttSecretPw") && !err.contains("mqttSecretPw"));
     assert!(
-        out.contains("[buffer]\nkind = \"memory\"\nmax_events = 100000"),
+        out.contains("[buffer]\nkind = \"memory\"\nmax_bytes = 16777216"),
         "{out}"
     );
     let reparsed: toml::Value = toml::from_str(&out).expect("check prints TOML");

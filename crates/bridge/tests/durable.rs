@@ -6,7 +6,7 @@
 //!
 //! Sizes are scaled for CI: the kill test uses the sim's small records; the outage test keeps
 //! the ratio (disk `max_bytes` = 10 × a memory buffer's) at 2 MiB : 20 MiB instead of
-//! 256 MiB : 2.5 GiB.
+//! 16 MiB (the memory default) : 160 MiB.
 
 use voxsig_testkit::brokers;
 use voxsig_testkit::mqtt::on_publish;

@@ -724,7 +724,14 @@ fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
 }
 
 /// The disk buffer beside the memory buffer, into the same sink, in the same run.
+/// `--buffer-row <words>` keeps only the rows whose name contains them (e.g. `"null sink, disk
+/// fsync = interval"`), for profiling one row.
 async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Row> {
+    let args: Vec<String> = std::env::args().collect();
+    let only_row = args
+        .iter()
+        .position(|a| a == "--buffer-row")
+        .and_then(|i| args.get(i + 1).cloned());
     let mut rows = Vec::new();
     let mqtt = Target::Mqtt(Box::new(mqtt_config(mosquitto.url(), 1)));
     for (name, target, fsync, n) in [
@@ -759,6 +766,12 @@ async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Ro
             50_000 / scale,
         ),
     ] {
+        if only_row
+            .as_ref()
+            .is_some_and(|words| !name.contains(words.as_str()))
+        {
+            continue;
+        }
         let warmup = (n / 10).max(10);
         let row = compare(
             rounds,
@@ -793,6 +806,9 @@ async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
         );
     }
     println!("\nmedians of {rounds} rounds alternating which side goes first; ~1.3 KB records (1,200-byte payloads); loopback; disk buffer in a fresh directory under $TMPDIR");
+    if std::env::args().any(|a| a == "--buffer-row") {
+        return;
+    }
     // Recovery: ~1 GiB (at full scale) of backlog left by a previous run.
     let n = 800_000 / scale;
     let (bytes, opened, drained) = recovery(n).await;

@@ -234,10 +234,10 @@ fn the_disk_buffer_lives_under_the_state_dir_and_keeps_its_own_defaults() {
     assert_eq!(b.max_events, None, "unbounded unless set");
     assert_eq!(b.fsync, voxsig_sinks::Fsync::Interval);
     assert_eq!(b.fsync_interval, Duration::from_millis(100));
-    // The memory buffer's defaults stay as they were.
+    // The memory buffer is bounded by bytes (16 MiB), not by a count of records.
     let m = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
-    assert_eq!(m.config.buffer.max_events, Some(100_000));
-    assert_eq!(m.config.buffer.max_bytes, 256 * 1024 * 1024);
+    assert_eq!(m.config.buffer.max_events, None);
+    assert_eq!(m.config.buffer.max_bytes, 16 * 1024 * 1024);
     // An explicit dir wins; no dir at all is an error naming the key.
     let s = Config::from_toml(&format!(
         "{MINIMAL}\n[buffer]\nkind = \"disk\"\ndir = \"/data/buf\"\nfsync = \"always\"\n"

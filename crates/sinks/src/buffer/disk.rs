@@ -94,6 +94,15 @@ pub enum BufferError {
     },
 }
 
+/// Why [`Disk::append`] took nothing.
+#[derive(Debug)]
+pub(crate) enum AppendError {
+    /// The disk refuses writes: `when_full` applies.
+    Io(std::io::Error),
+    /// The batch is full: write it out ([`Log::flush`], without the buffer's lock) and try again.
+    BatchFull,
+}
+
 /// Where the reader continues on disk.
 struct Cursor {
     segment: u64,
@@ -124,6 +133,8 @@ pub(crate) struct Disk {
     body: Vec<u8>,
     /// Records on disk only (not in the memory queue), not yet read back.
     spilled: u64,
+    /// A [`ReadBack`] has the cursor (the sink's reader reads without the buffer's lock).
+    reading: bool,
     cursor: Option<Cursor>,
     /// Records below this were accepted before this start: reading them is a replay.
     replay_below: u64,
@@ -131,6 +142,11 @@ pub(crate) struct Disk {
     synced_below: u64,
     /// Whether anything was written since the flusher last synced.
     dirty: bool,
+    /// Segments rotated away whose last writes are not synced yet (synced by the flusher or,
+    /// with `fsync = "always"`, before their records are handed on), and whether a segment was
+    /// created since the directory was last synced. Rotation itself never waits for the device.
+    unsynced: Vec<Arc<File>>,
+    dir_unsynced: bool,
     /// The ledger value last written.
     ledger_written: u64,
     /// Finished segments waiting for the flusher to delete them.
@@ -477,6 +493,7 @@ impl Disk {
             log,
             body: Vec::new(),
             spilled: events as u64,
+            reading: false,
             cursor: replay_from.filter(|_| events > 0).map(|segment| Cursor {
                 segment,
                 offset: SEGMENT_HEADER_LEN as u64,
@@ -485,6 +502,8 @@ impl Disk {
             replay_below: next_seq,
             synced_below: next_seq,
             dirty: false,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
             ledger_written: acked_below,
             doomed: Vec::new(),
             metrics,
@@ -529,35 +548,49 @@ impl Disk {
         &self.dir
     }
 
+    /// The write-behind log, to write a full batch out without the buffer's lock.
+    pub(crate) fn log(&self) -> Arc<Log> {
+        self.log.clone()
+    }
+
     /// Records on disk only, waiting to be read back.
     pub(crate) fn spilled(&self) -> u64 {
         self.spilled
     }
 
-    /// Appends record `seq` to the write-behind batch; the writer thread hands it to the kernel
-    /// within microseconds (it is woken by the first record of a batch; under load batches grow).
-    /// A batch is never larger than [`MAX_BATCH`]: past it this call writes the batch itself.
-    /// `spill`: the record is not kept in memory, the reader must read it back from disk. Fails
-    /// (and takes nothing) while the disk refuses writes: the records already accepted are kept
-    /// in memory and retried in order.
-    pub(crate) fn append(&mut self, seq: u64, record: &Record, spill: bool) -> std::io::Result<()> {
+    /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
+    /// writer thread hands it to the kernel within microseconds (it is woken by the first record
+    /// of a batch; under load batches grow). A batch is never larger than [`MAX_BATCH`]: past
+    /// it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
+    /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill`: the record is
+    /// not kept in memory, the reader must read it back from disk. Fails (and takes nothing)
+    /// while the disk refuses writes: the records already accepted are kept in memory and
+    /// retried in order.
+    pub(crate) fn append(
+        &mut self,
+        seq: u64,
+        record: &Record,
+        size: usize,
+        spill: bool,
+    ) -> Result<(), AppendError> {
         if let Some(error) = self.log.failure() {
-            return Err(error);
+            return Err(AppendError::Io(error));
         }
-        let size = format::framed_len(record) as u64;
+        if self.log.lock_batch().bytes.len() >= MAX_BATCH {
+            return Err(AppendError::BatchFull);
+        }
+        let size = size as u64;
         let needs_rotation = self.active_len + size > self.segment_max
             && self.active_len > SEGMENT_HEADER_LEN as u64;
         if needs_rotation {
-            self.rotate(seq)?;
-        }
-        if self.log.lock_batch().bytes.len() >= MAX_BATCH {
-            self.log.flush()?;
+            self.rotate(seq).map_err(AppendError::Io)?;
         }
         let at = self.active_len;
         {
             let mut batch = self.log.lock_batch();
             let before = batch.bytes.len();
-            format::encode(seq, record, &mut batch.bytes);
+            // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
+            format::encode_unsealed(seq, record, &mut batch.bytes);
             debug_assert_eq!((batch.bytes.len() - before) as u64, size);
             batch.end_seq = seq + 1;
             let wake = match batch.writer {
@@ -588,13 +621,17 @@ impl Disk {
     }
 
     fn rotate(&mut self, first: u64) -> std::io::Result<()> {
-        // Everything of the old segment reaches it before the new one starts.
+        // Everything of the old segment reaches it before the new one starts (in order: the
+        // writer's `written_end` never passes a record that is not written). The syncs of the
+        // old segment and of the directory are left to the flusher (`fsync = "always"`: to
+        // `ensure_synced`, before any of these records is handed on).
         self.log.flush()?;
+        let file = create_segment(&segment_path(&self.dir, first), Fsync::Never)?;
+        let old = std::mem::replace(&mut self.active, Arc::new(file));
         if self.fsync != Fsync::Never {
-            self.active.sync_data()?;
+            self.unsynced.push(old);
+            self.dir_unsynced = true;
         }
-        let file = create_segment(&segment_path(&self.dir, first), self.fsync)?;
-        self.active = Arc::new(file);
         {
             let mut batch = self.log.lock_batch();
             batch.file = self.active.clone();
@@ -605,124 +642,137 @@ impl Disk {
         Ok(())
     }
 
-    /// Reads spilled records back into `queue` (up to `max` of them, or `max_bytes`), in order.
-    /// Returns (records, framed bytes) read. Damage met here (the files changed under us) is
-    /// counted, skipped, and its records released through `lost`.
+    /// Reads spilled records back (up to `max` of them, or `max_bytes`), in order, handing each
+    /// to `push`, all under the buffer's lock. Damage met here (the files changed under us) is
+    /// counted, skipped, and its records released through `lost`. Returns the records read.
+    /// The sink's reader does the same without the lock ([`Disk::start_read`],
+    /// [`ReadBack::run`], [`Disk::finish_read`]); this is for whoever needs a record now.
     pub(crate) fn fill(
         &mut self,
         max: usize,
         max_bytes: usize,
-        mut push: impl FnMut(u64, usize, Record),
-        mut lost: impl FnMut(u64),
-    ) -> (usize, usize) {
+        push: &mut dyn FnMut(u64, usize, Record),
+        lost: &mut dyn FnMut(u64),
+    ) -> usize {
         let mut count = 0;
-        let mut bytes = 0;
-        let mut replayed = 0u64;
-        // Read only what is written: write the batch out first (the lock keeps new ones away).
-        if self.spilled > 0 && self.log.flush().is_err() {
-            return (0, 0);
-        }
-        while self.spilled > 0 && count < max && bytes < max_bytes {
-            let Some(cursor) = self.cursor.as_mut() else {
-                self.spilled = 0;
+        while count < max {
+            let Some(mut job) = self.start_read(max - count, max_bytes) else {
                 break;
             };
-            if cursor.reader.is_none() {
-                let path = segment_path(&self.dir, cursor.segment);
-                match File::open(&path).and_then(|mut f| {
-                    f.seek(SeekFrom::Start(cursor.offset))?;
-                    Ok(f)
-                }) {
-                    Ok(f) => cursor.reader = Some(BufReader::with_capacity(READ_BUFFER, f)),
-                    Err(error) => {
-                        tracing::error!(file = %path.display(), %error, "disk buffer: cannot read a segment; its records are skipped");
-                        self.skip_segment(&mut lost);
-                        continue;
-                    }
-                }
+            job.run();
+            let (n, go_on) = self.finish_read(job, push, lost);
+            count += n;
+            if !go_on {
+                break;
             }
-            let Some(reader) = cursor.reader.as_mut() else {
-                continue;
-            };
-            let step = read_step(reader, &mut self.body);
-            let active = self.segments.active().map(|s| s.first);
-            match step {
-                Ok(Step::Frame(header)) => {
-                    cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
-                    let size = FRAME_HEADER_LEN + header.len;
-                    match format::decode(&self.body) {
-                        Ok((seq, _)) if self.acks.is_done(seq) => {}
-                        Ok((seq, record)) => {
-                            self.spilled -= 1;
-                            count += 1;
-                            bytes += size;
-                            if seq < self.replay_below {
-                                replayed += 1;
-                            }
-                            push(seq, size, record);
-                        }
-                        Err(_) => {
-                            let path = segment_path(&self.dir, cursor.segment);
-                            emit(
-                                &self.metrics,
-                                CorruptRecords {
-                                    kind: CorruptKind::Checksum,
-                                    count: 1,
-                                    path: &path,
-                                },
-                            );
-                        }
-                    }
-                }
-                Ok(Step::BadChecksum(header)) => {
-                    cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
-                    let path = segment_path(&self.dir, cursor.segment);
-                    emit(
-                        &self.metrics,
-                        CorruptRecords {
-                            kind: CorruptKind::Checksum,
-                            count: 1,
-                            path: &path,
-                        },
-                    );
-                }
-                Ok(Step::End) if active == Some(cursor.segment) => {
-                    // Caught up with the writer: the books say otherwise only if a write was
-                    // lost under us; trust the file.
-                    tracing::error!(
-                        spilled = self.spilled,
-                        "disk buffer: fewer records on disk than written; the rest is skipped"
-                    );
-                    self.spilled = 0;
-                }
-                Ok(Step::End) => {
-                    self.next_segment();
-                }
-                Ok(Step::Broken) | Err(_) => {
-                    let path = segment_path(&self.dir, cursor.segment);
-                    emit(
-                        &self.metrics,
-                        CorruptRecords {
-                            kind: CorruptKind::Checksum,
-                            count: 1,
-                            path: &path,
-                        },
-                    );
-                    if active == Some(cursor.segment) {
-                        self.spilled = 0;
-                    } else {
-                        self.skip_segment(&mut lost);
-                    }
-                }
+        }
+        count
+    }
+
+    /// Takes the read cursor out, to read spilled records back without the buffer's lock:
+    /// `None` when nothing is spilled or a read-back is under way already.
+    pub(crate) fn start_read(&mut self, max: usize, max_bytes: usize) -> Option<ReadBack> {
+        if self.spilled == 0 || self.reading {
+            return None;
+        }
+        let Some(cursor) = self.cursor.take() else {
+            self.spilled = 0;
+            return None;
+        };
+        self.reading = true;
+        Some(ReadBack {
+            path: segment_path(&self.dir, cursor.segment),
+            cursor,
+            log: self.log.clone(),
+            max: max.min(usize::try_from(self.spilled).unwrap_or(usize::MAX)),
+            max_bytes,
+            acked_below: self.acks.below(),
+            body: std::mem::take(&mut self.body),
+            got: Vec::new(),
+            bytes: 0,
+            corrupt: 0,
+            end: None,
+        })
+    }
+
+    /// Takes back the cursor and the records a [`ReadBack`] read, in order, through `push`;
+    /// returns how many, and whether reading should go on in the next segment now.
+    pub(crate) fn finish_read(
+        &mut self,
+        job: ReadBack,
+        push: &mut dyn FnMut(u64, usize, Record),
+        lost: &mut dyn FnMut(u64),
+    ) -> (usize, bool) {
+        let ReadBack {
+            cursor,
+            path,
+            body,
+            got,
+            corrupt,
+            end,
+            ..
+        } = job;
+        self.reading = false;
+        self.body = body;
+        let segment = cursor.segment;
+        self.cursor = Some(cursor);
+        if corrupt > 0 {
+            emit(
+                &self.metrics,
+                CorruptRecords {
+                    kind: CorruptKind::Checksum,
+                    count: corrupt,
+                    path: &path,
+                },
+            );
+        }
+        let count = got.len();
+        let mut replayed = 0u64;
+        for (seq, size, record) in got {
+            self.spilled = self.spilled.saturating_sub(1);
+            if seq < self.replay_below {
+                replayed += 1;
             }
+            push(seq, size, record);
         }
         if replayed > 0 {
             emit(&self.metrics, RecordsReplayed { count: replayed });
         }
+        let active = self.segments.active().map(|s| s.first) == Some(segment);
+        let go_on = match end {
+            None | Some(ReadEnd::WriteFailed) => false,
+            Some(ReadEnd::End) if active => {
+                // Caught up with the writer: the books say otherwise only if a write was lost
+                // under us; trust the file.
+                tracing::error!(
+                    spilled = self.spilled,
+                    "disk buffer: fewer records on disk than written; the rest is skipped"
+                );
+                self.spilled = 0;
+                false
+            }
+            Some(ReadEnd::End) => {
+                self.next_segment();
+                true
+            }
+            Some(ReadEnd::Broken) if active => {
+                self.spilled = 0;
+                false
+            }
+            Some(ReadEnd::Broken) => {
+                self.skip_segment(lost);
+                true
+            }
+            Some(ReadEnd::Unreadable(error)) => {
+                tracing::error!(file = %path.display(), %error, "disk buffer: cannot read a segment; its records are skipped");
+                self.skip_segment(lost);
+                true
+            }
+        };
         if self.spilled == 0 {
             self.cursor = None;
         }
-        (count, bytes)
+        (count, go_on && self.spilled > 0)
     }
 
     fn next_segment(&mut self) {
@@ -742,7 +792,7 @@ impl Disk {
     }
 
     /// Gives up on the rest of the cursor's segment: its unread records are lost (reported).
-    fn skip_segment(&mut self, lost: &mut impl FnMut(u64)) {
+    fn skip_segment(&mut self, lost: &mut dyn FnMut(u64)) {
         let Some(cursor) = self.cursor.as_ref() else {
             return;
         };
@@ -772,31 +822,65 @@ impl Disk {
             if let Err(error) = self.log.flush() {
                 tracing::error!(dir = %self.dir.display(), %error, "disk buffer: write failed before fsync");
             }
-            if let Err(error) = self.active.sync_data() {
-                tracing::error!(dir = %self.dir.display(), %error, "disk buffer: fsync failed");
-            }
-            self.synced_below = next_seq;
+            // Under the lock, whatever the flusher is doing: segments rotated away, the directory
+            // if a segment was created, and the active segment.
+            let mut files = std::mem::take(&mut self.unsynced);
+            files.push(self.active.clone());
             self.dirty = false;
+            let work = SyncWork {
+                files,
+                dir: std::mem::take(&mut self.dir_unsynced).then(|| self.dir.clone()),
+            };
+            work.run(&self.dir);
+            self.synced_below = next_seq;
         }
     }
 
     /// What the flusher must do now (taken under the lock, done outside it).
     pub(crate) fn flush_work(&mut self) -> FlushWork {
-        // What the writer thread has not written yet is written now (so a flusher period bounds
-        // how long an accepted record can stay in memory only); the ledger never passes what is
-        // written.
-        let _ = self.log.flush();
-        let below = self.acks.below().min(self.log.written_end());
+        let acked_below = self.acks.below();
         let work = FlushWork {
             dir: self.dir.clone(),
-            sync: (self.dirty && self.fsync != Fsync::Never).then(|| self.active.clone()),
-            ledger: (below != self.ledger_written).then(|| (self.ledger.clone(), below)),
+            log: self.log.clone(),
+            sync: self.flusher_syncs(),
+            ledger: (acked_below != self.ledger_written)
+                .then(|| (self.ledger.clone(), acked_below)),
             sync_ledger: self.fsync != Fsync::Never,
             delete: std::mem::take(&mut self.doomed),
         };
-        self.dirty = false;
-        self.ledger_written = below;
+        self.ledger_written = acked_below;
         work
+    }
+
+    /// What the flusher syncs now: segments rotated away, the directory if a segment was
+    /// created, the active segment if written since. With `fsync = "always"` the books stay
+    /// `ensure_synced`'s (it syncs under the lock before records are handed on, and must not
+    /// count on a sync the flusher may still be running): the flusher syncs copies.
+    fn flusher_syncs(&mut self) -> SyncWork {
+        let path = self.dir.clone();
+        match self.fsync {
+            Fsync::Never => SyncWork::default(),
+            Fsync::Interval => {
+                let mut files = std::mem::take(&mut self.unsynced);
+                if std::mem::take(&mut self.dirty) {
+                    files.push(self.active.clone());
+                }
+                SyncWork {
+                    files,
+                    dir: std::mem::take(&mut self.dir_unsynced).then_some(path),
+                }
+            }
+            Fsync::Always => {
+                let mut files = self.unsynced.clone();
+                if self.dirty {
+                    files.push(self.active.clone());
+                }
+                SyncWork {
+                    files,
+                    dir: self.dir_unsynced.then_some(path),
+                }
+            }
+        }
     }
 
     /// The flusher's period.
@@ -804,6 +888,92 @@ impl Disk {
         match self.fsync {
             Fsync::Interval => configured,
             Fsync::Always | Fsync::Never => configured.max(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A read-back of spilled records, done without the buffer's lock: the cursor is taken out
+/// ([`Disk::start_read`]), the records are read, checked and decoded ([`ReadBack::run`]), then
+/// handed over in order ([`Disk::finish_read`]). Meanwhile new records keep going to disk only,
+/// so the order holds.
+pub(crate) struct ReadBack {
+    cursor: Cursor,
+    path: PathBuf,
+    log: Arc<Log>,
+    max: usize,
+    max_bytes: usize,
+    /// Records below this are finished (acknowledged before a restart): skipped.
+    acked_below: u64,
+    body: Vec<u8>,
+    got: Vec<(u64, usize, Record)>,
+    bytes: usize,
+    corrupt: u64,
+    end: Option<ReadEnd>,
+}
+
+/// Why a read-back stopped before its limits.
+enum ReadEnd {
+    /// The end of the segment's data.
+    End,
+    /// A frame cut short or a length that cannot be: nothing readable follows in this segment.
+    Broken,
+    /// The segment could not be opened.
+    Unreadable(std::io::Error),
+    /// Writing the batch out failed: the records are not on disk yet (retried later).
+    WriteFailed,
+}
+
+impl ReadBack {
+    /// Reads (no lock held): writes the batch out first, so only written records are read.
+    pub(crate) fn run(&mut self) {
+        if self.log.flush().is_err() {
+            self.end = Some(ReadEnd::WriteFailed);
+            return;
+        }
+        while self.got.len() < self.max && self.bytes < self.max_bytes {
+            if self.cursor.reader.is_none() {
+                let offset = self.cursor.offset;
+                match File::open(&self.path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    Ok(f)
+                }) {
+                    Ok(f) => self.cursor.reader = Some(BufReader::with_capacity(READ_BUFFER, f)),
+                    Err(error) => {
+                        self.end = Some(ReadEnd::Unreadable(error));
+                        return;
+                    }
+                }
+            }
+            let Some(reader) = self.cursor.reader.as_mut() else {
+                return;
+            };
+            match read_step(reader, &mut self.body) {
+                Ok(Step::Frame(header)) => {
+                    let size = FRAME_HEADER_LEN + header.len;
+                    self.cursor.offset += size as u64;
+                    match format::decode(&self.body) {
+                        Ok((seq, _)) if seq < self.acked_below => {}
+                        Ok((seq, record)) => {
+                            self.bytes += size;
+                            self.got.push((seq, size, record));
+                        }
+                        Err(_) => self.corrupt += 1,
+                    }
+                }
+                Ok(Step::BadChecksum(header)) => {
+                    self.cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
+                    self.corrupt += 1;
+                }
+                Ok(Step::End) => {
+                    self.end = Some(ReadEnd::End);
+                    return;
+                }
+                Ok(Step::Broken) | Err(_) => {
+                    self.corrupt += 1;
+                    self.end = Some(ReadEnd::Broken);
+                    return;
+                }
+            }
         }
     }
 }
@@ -841,7 +1011,7 @@ pub(crate) struct Log {
 }
 
 struct Batch {
-    /// Encoded frames not yet handed to a writer.
+    /// Encoded frames not yet handed to a writer (checksums blank until written: `format::seal`).
     bytes: Vec<u8>,
     /// The active segment and the offset `bytes` start at in it.
     file: Arc<File>,
@@ -975,7 +1145,12 @@ impl Log {
     }
 
     /// Writes a failed chunk again (first), then `chunk`, into `file` (the active segment now).
-    fn write(&self, io: &mut Io, file: &File, chunk: Option<Chunk>) -> std::io::Result<()> {
+    fn write(&self, io: &mut Io, file: &File, mut chunk: Option<Chunk>) -> std::io::Result<()> {
+        if let Some(new) = chunk.as_mut() {
+            // Checksums, here rather than under the buffer's lock (a failed chunk was sealed
+            // before its first attempt).
+            format::seal(&mut new.bytes);
+        }
         let chunk = match (io.failed.take(), chunk) {
             (Some(mut failed), Some(chunk)) => {
                 failed.bytes.extend_from_slice(&chunk.bytes);
@@ -1008,7 +1183,7 @@ impl Log {
     }
 
     /// Writes everything accepted so far, now (waiting for a write in progress).
-    fn flush(&self) -> std::io::Result<()> {
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
         let mut batch = self.lock_batch();
         let mut io = locked(&self.io);
         let (file, chunk) = Self::take(&mut batch, &mut io);
@@ -1062,10 +1237,35 @@ fn create_segment(path: &Path, fsync: Fsync) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Syncs, writes the ledger and deletes finished segments, outside the buffer's lock.
+/// Files (and the directory) to sync.
+#[derive(Default)]
+struct SyncWork {
+    files: Vec<Arc<File>>,
+    dir: Option<PathBuf>,
+}
+
+impl SyncWork {
+    fn run(self, dir: &Path) {
+        for file in self.files {
+            if let Err(error) = file.sync_data() {
+                tracing::error!(dir = %dir.display(), %error, "disk buffer: fsync failed");
+            }
+        }
+        if let Some(path) = self.dir {
+            if let Err(error) = File::open(&path).and_then(|d| d.sync_all()) {
+                tracing::error!(dir = %dir.display(), %error, "disk buffer: fsync of the directory failed");
+            }
+        }
+    }
+}
+
+/// Writes what is pending, syncs, writes the ledger and deletes finished segments, outside the
+/// buffer's lock.
 pub(crate) struct FlushWork {
     dir: PathBuf,
-    sync: Option<Arc<File>>,
+    log: Arc<Log>,
+    sync: SyncWork,
+    /// The ledger and the acknowledged prefix at the time the work was taken.
     ledger: Option<(Arc<File>, u64)>,
     sync_ledger: bool,
     delete: Vec<Segment>,
@@ -1073,12 +1273,13 @@ pub(crate) struct FlushWork {
 
 impl FlushWork {
     pub(crate) fn run(self) {
-        if let Some(file) = self.sync {
-            if let Err(error) = file.sync_data() {
-                tracing::error!(dir = %self.dir.display(), %error, "disk buffer: fsync failed");
-            }
-        }
-        if let Some((ledger, below)) = self.ledger {
+        // What the writer thread has not written yet is written now (so a flusher period bounds
+        // how long an accepted record can stay in memory only), before the sync covers it.
+        let _ = self.log.flush();
+        self.sync.run(&self.dir);
+        // The ledger never passes what is written.
+        let written = self.log.written_end();
+        if let Some((ledger, below)) = self.ledger.map(|(l, b)| (l, b.min(written))) {
             let written = ledger
                 .write_all_at(&format::ledger(below), 0)
                 .and_then(|()| {
