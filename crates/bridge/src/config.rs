@@ -146,6 +146,13 @@ pub struct SourceConfig {
     pub connect_rate: f64,
     /// Largest frame accepted, in bytes.
     pub max_frame_bytes: usize,
+    /// Each socket's WebSocket read buffer, in bytes. tungstenite fills it to capacity, so it is
+    /// resident memory per socket (its own default, 128 KiB, made 135 KB per idle socket); a
+    /// frame larger than the buffer still arrives whole (the buffer grows for it).
+    pub read_buffer_bytes: usize,
+    /// `TCP_NODELAY` on the WebSocket's TCP connection: what the bridge sends (subscribe,
+    /// presence, pong) leaves at once instead of waiting behind Nagle's algorithm.
+    pub tcp_nodelay: bool,
     /// Extra PEM CA certificates to trust for `wss://` besides the system's.
     pub ca_file: Option<PathBuf>,
     /// The platform's REST API (profile, catch-up). Defaults to the `/cable` URL's origin
@@ -194,6 +201,8 @@ impl Default for SourceConfig {
             subscriptions_per_connection: 50,
             connect_rate: 20.0,
             max_frame_bytes: 4 * 1024 * 1024,
+            read_buffer_bytes: 16 * 1024,
+            tcp_nodelay: true,
             ca_file: None,
             api_url: None,
             presence: Presence::On,
@@ -792,7 +801,7 @@ impl Config {
         }
         tokio_tungstenite::tungstenite::http::Uri::try_from(s.url.as_str())
             .map_err(|e| ConfigError::new("source.url", format!("is not a valid URL: {e}")))?;
-        let checks: [(&str, bool, &str); 7] = [
+        let checks: [(&str, bool, &str); 8] = [
             (
                 "source.presence_interval",
                 s.presence_interval >= Duration::from_secs(1),
@@ -822,6 +831,11 @@ impl Config {
                 "source.max_frame_bytes",
                 s.max_frame_bytes >= 1024,
                 "must be at least 1024",
+            ),
+            (
+                "source.read_buffer_bytes",
+                (1024..=16 * 1024 * 1024).contains(&s.read_buffer_bytes),
+                "must be between 1024 and 16777216",
             ),
             (
                 "source.reconnect.max",

@@ -228,6 +228,8 @@ impl Bridge {
                 seed: seed(),
                 ..SessionConfig::default()
             },
+            read_buffer_bytes: source.read_buffer_bytes,
+            tcp_nodelay: source.tcp_nodelay,
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: Some(Connector::Rustls(Arc::new(tls))),
