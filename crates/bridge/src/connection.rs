@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     pub(crate) origin: String,
     /// Protocol session settings.
     pub(crate) session: SessionConfig,
+    /// Each socket's WebSocket read buffer, in bytes (`source.read_buffer_bytes`).
+    pub(crate) read_buffer_bytes: usize,
+    /// `TCP_NODELAY` on the WebSocket's TCP connection (`source.tcp_nodelay`).
+    pub(crate) tcp_nodelay: bool,
     /// Reconnect back-off, and when a connection counts as healthy.
     pub(crate) reconnect: ReconnectPolicy,
     /// Wait after a `disconnect` with `reconnect: false`.
@@ -389,16 +393,13 @@ async fn connect(shared: &Shared) -> Result<Socket, ConnectError> {
     if let Ok(origin) = HeaderValue::from_str(&shared.origin) {
         headers.insert("Origin", origin);
     }
-    let max = shared.session.max_frame_bytes;
-    // Let moderately oversize frames through so the session can count and skip them; a frame
-    // beyond this ends the connection instead (counted as an error, then reconnect).
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max.saturating_mul(2).saturating_add(1 << 20)))
-        .max_frame_size(Some(max.saturating_mul(2).saturating_add(1 << 20)));
     let handshake = tokio_tungstenite::connect_async_tls_with_config(
         request,
-        Some(config),
-        true,
+        Some(websocket_config(
+            shared.session.max_frame_bytes,
+            shared.read_buffer_bytes,
+        )),
+        shared.tcp_nodelay,
         shared.tls.clone(),
     );
     match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
@@ -406,6 +407,19 @@ async fn connect(shared: &Shared) -> Result<Socket, ConnectError> {
         Ok(Err(e)) => Err(ConnectError::Handshake(e)),
         Err(_) => Err(ConnectError::TimedOut(CONNECT_TIMEOUT)),
     }
+}
+
+/// The WebSocket's limits and buffers: a read buffer of `read_buffer_bytes` (tungstenite
+/// zero-fills it to capacity: resident memory per socket; larger frames grow it as they come),
+/// and moderately oversize frames let through so the session can count and skip them (a frame
+/// beyond twice `max_frame_bytes` plus 1 MiB ends the connection instead: an error, then
+/// reconnect).
+fn websocket_config(max_frame_bytes: usize, read_buffer_bytes: usize) -> WebSocketConfig {
+    let limit = max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer_bytes)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
 }
 
 /// Drives one connected socket until it ends. Returns why, and how healthy it was.

@@ -140,6 +140,8 @@ impl Bridge {
                 .clone()
                 .unwrap_or_else(|| origin_of(&source.url)),
             session: source.session(seed()),
+            read_buffer_bytes: source.read_buffer_bytes,
+            tcp_nodelay: source.tcp_nodelay,
             reconnect: source.reconnect.policy(),
             after_refusal: source.reconnect.after_refusal,
             tls: Some(Connector::Rustls(Arc::new(tls))),

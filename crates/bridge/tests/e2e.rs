@@ -119,6 +119,21 @@ async fn a_hundred_accounts_with_users_in_two_accounts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_larger_than_the_read_buffer_arrive_whole_without_tcp_nodelay() {
+    // The smallest read buffer allowed (1 KiB) under message frames of 1.5-3 KB and every other
+    // kind: most frames span several reads, and each must arrive byte-identical, exactly once.
+    let sim = sim(world(2, 2, 1, 0), SimConfig::default()).await;
+    let extra = "[source]\nread_buffer_bytes = 1024\ntcp_nodelay = false\n";
+    let rig = rig_on(sim, TokenSelection::All, extra, "").await;
+    let subs = rig.tokens.len();
+    rig.confirmed(subs).await;
+    rig.sim.burst(600, &Selection::all()).await.unwrap();
+    let n = rig.assert_exactly_once(WAIT).await;
+    assert!(n >= 500, "{n}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_accounts() {
     let sim = sim(world(1000, 1, 1, 0), SimConfig::default()).await;
     let rig = rig_on(sim, TokenSelection::All, "", "").await;

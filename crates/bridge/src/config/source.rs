@@ -34,6 +34,13 @@ pub struct SourceConfig {
     pub connect_rate: f64,
     /// Largest frame accepted, in bytes.
     pub max_frame_bytes: usize,
+    /// Each socket's WebSocket read buffer, in bytes. tungstenite fills it to capacity, so it is
+    /// resident memory per socket (its own default, 128 KiB, made 135 KB per idle socket); a
+    /// frame larger than the buffer still arrives whole (the buffer grows for it).
+    pub read_buffer_bytes: usize,
+    /// `TCP_NODELAY` on the WebSocket's TCP connection: what the bridge sends (subscribe,
+    /// presence, pong) leaves at once instead of waiting behind Nagle's algorithm.
+    pub tcp_nodelay: bool,
     /// Extra PEM CA certificates to trust for `wss://` besides the system's.
     pub ca_file: Option<PathBuf>,
     /// The platform's REST API (profile, catch-up). Defaults to the `/cable` URL's origin
@@ -107,7 +114,7 @@ impl SourceConfig {
     }
 
     fn validate_bounds(&self) -> Result<(), ConfigError> {
-        let checks: [(&str, bool, &str); 7] = [
+        let checks: [(&str, bool, &str); 8] = [
             (
                 "source.presence_interval",
                 self.presence_interval >= Duration::from_secs(1),
@@ -137,6 +144,11 @@ impl SourceConfig {
                 "source.max_frame_bytes",
                 self.max_frame_bytes >= 1024,
                 "must be at least 1024",
+            ),
+            (
+                "source.read_buffer_bytes",
+                (1024..=16 * 1024 * 1024).contains(&self.read_buffer_bytes),
+                "must be between 1024 and 16777216",
             ),
             (
                 "source.reconnect.max",
@@ -187,6 +199,8 @@ impl Default for SourceConfig {
             subscriptions_per_connection: 50,
             connect_rate: 20.0,
             max_frame_bytes: session.max_frame_bytes,
+            read_buffer_bytes: 16 * 1024,
+            tcp_nodelay: true,
             ca_file: None,
             api_url: None,
             presence: if session.presence {

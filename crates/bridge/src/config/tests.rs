@@ -30,6 +30,8 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(s.config.source.presence_interval, Duration::from_secs(30));
     assert_eq!(s.config.source.stale_after, Duration::from_secs(6));
     assert_eq!(s.config.source.subscriptions_per_connection, 50);
+    assert_eq!(s.config.source.read_buffer_bytes, 16 * 1024);
+    assert!(s.config.source.tcp_nodelay);
     assert_eq!(s.topic.as_str(), "voxsig/{account}/{event}");
     assert_eq!(s.key.as_str(), "{account}/{conversation}");
     assert_eq!(s.sink.kind(), "stdout");
@@ -41,9 +43,11 @@ fn durations_and_nested_tables_parse() {
     let toml = format!(
         "{MINIMAL}\n[route]\npayload = \"envelope\"\ninclude = [\"message.*\"]\n[dedup]\nwindow = \"500ms\"\n"
     )
-    .replace("[source]\n", "[source]\npresence_interval = \"20s\"\nreconnect = { initial = \"250ms\", max = \"30s\", jitter = \"equal\" }\n");
+    .replace("[source]\n", "[source]\npresence_interval = \"20s\"\nread_buffer_bytes = 8192\ntcp_nodelay = false\nreconnect = { initial = \"250ms\", max = \"30s\", jitter = \"equal\" }\n");
     let s = Config::from_toml(&toml).unwrap().validate().unwrap();
     assert_eq!(s.config.source.presence_interval, Duration::from_secs(20));
+    assert_eq!(s.config.source.read_buffer_bytes, 8192);
+    assert!(!s.config.source.tcp_nodelay);
     assert_eq!(
         s.config.source.reconnect.initial,
         Duration::from_millis(250)
@@ -59,6 +63,7 @@ fn errors_name_the_key_and_the_problem() {
         (MINIMAL.replace("ws://127.0.0.1:3000/cable", "http://x/cable"), "source.url", "ws://"),
         (MINIMAL.replace("[source]", "[source]\nsubscriptions_per_connection = 0"), "source.subscriptions_per_connection", "between"),
         (MINIMAL.replace("[source]", "[source]\npresence_interval = \"soon\""), "source.presence_interval", ""),
+        (MINIMAL.replace("[source]", "[source]\nread_buffer_bytes = 100"), "source.read_buffer_bytes", "between"),
         (MINIMAL.replace("[source]", "[source]\nsubscription_per_connection = 5"), "source", "subscription_per_connection"),
         (MINIMAL.replace("user_id = 7\n", "user_id = 7\npubsub_token_env = \"X\"\n"), "accounts[0]", "exactly one"),
         (MINIMAL.replace("pubsub_token = \"contactTokenAAAAAAAAAAAA\"", "pubsub_token = \"furNHtAQnqxQN2FmkLzf8x4T\""), "accounts[1]", "same pubsub token as accounts[0]"),
