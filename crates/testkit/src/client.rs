@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::{Command, RoomIdentifier};
 use voxsig_sim::{Sim, SimConfig, World, WorldSpec};
@@ -64,6 +64,41 @@ pub enum Got {
     Nothing,
 }
 
+/// Why [`Client::connect_url`] got no socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server answered the upgrade with an HTTP status other than 101.
+    #[error("upgrade refused with HTTP {status}")]
+    Refused {
+        /// The status, e.g. 503 during an outage, 404 on another path.
+        status: u16,
+    },
+    /// The URL, the connection or the handshake failed.
+    #[error("websocket connect failed")]
+    WebSocket(#[source] tungstenite::Error),
+}
+
+impl From<tungstenite::Error> for ConnectError {
+    fn from(e: tungstenite::Error) -> Self {
+        match e {
+            tungstenite::Error::Http(response) => ConnectError::Refused {
+                status: response.status().as_u16(),
+            },
+            other => ConnectError::WebSocket(other),
+        }
+    }
+}
+
+impl ConnectError {
+    /// The refusing status, when the server answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectError::Refused { status } => Some(*status),
+            ConnectError::WebSocket(_) => None,
+        }
+    }
+}
+
 /// A WebSocket client of the simulator.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -82,17 +117,15 @@ impl Client {
     }
 
     /// Connects to `url`, offering the ActionCable subprotocol if `offer_protocol`.
-    pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, String> {
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, ConnectError> {
+        let mut request = url.into_client_request()?;
         if offer_protocol {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
                 HeaderValue::from_static(voxsig_sim::SUBPROTOCOL),
             );
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ws, resp) = tokio_tungstenite::connect_async(request).await?;
         let protocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")
