@@ -130,6 +130,46 @@ impl Registered {
     }
 }
 
+/// The catch-up side at start: its state, its job queue, each socket's receiver of token
+/// rotations and the checkpoint file (already read into the state).
+struct CatchupStart {
+    state: Arc<Catchup>,
+    jobs: tokio::sync::mpsc::UnboundedReceiver<catchup::Job>,
+    rotations: Vec<tokio::sync::mpsc::UnboundedReceiver<Rotation>>,
+    checkpoint: Option<CheckpointFile>,
+}
+
+impl CatchupStart {
+    fn new(
+        settings: &Settings,
+        layout: &Layout,
+        receivers: &[Receiver],
+        metrics: &Registered,
+        client: Option<Arc<RestClient>>,
+        status: &Arc<StatusBoard>,
+    ) -> Self {
+        let (senders, rotations): (Vec<_>, Vec<_>) = (0..layout.sockets())
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let (state, jobs) = Catchup::new(catchup::Parts {
+            config: settings.config.catchup.clone(),
+            metrics: metrics.catchup.clone(),
+            client,
+            subs: catchup_subs(settings, layout, receivers),
+            rotations: senders,
+            status: status.clone(),
+        });
+        let state = Arc::new(state);
+        let checkpoint = restore_checkpoint(settings, &state);
+        CatchupStart {
+            state,
+            jobs,
+            rotations,
+            checkpoint,
+        }
+    }
+}
+
 /// What every connection task (and the catch-up worker) shares: `[source]`'s settings, the
 /// router, dedup, the buffer, metrics, the board, the shutdown signal and the catch-up state.
 fn shared(
@@ -195,32 +235,14 @@ impl Bridge {
         let layout = Layout::of(&settings);
         let status = Arc::new(status_board(&settings, &layout));
         let shutdown = ShutdownTrigger::new();
-        let (rotation_tx, rotation_rx): (Vec<_>, Vec<_>) = (0..layout.sockets())
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
         let receivers: Vec<Receiver> = settings.accounts.iter().map(receiver_of).collect();
-        let (catchup_state, jobs) = Catchup::new(catchup::Parts {
-            config: settings.config.catchup.clone(),
-            metrics: metrics.catchup.clone(),
-            client,
-            subs: catchup_subs(&settings, &layout, &receivers),
-            rotations: rotation_tx,
-            status: status.clone(),
-        });
-        let catchup_state = Arc::new(catchup_state);
-        let checkpoint = restore_checkpoint(&settings, &catchup_state);
+        let cu = CatchupStart::new(&settings, &layout, &receivers, &metrics, client, &status);
         let shared = shared(
-            &settings,
-            tls,
-            &writer,
-            &metrics,
-            &status,
-            &shutdown,
-            &catchup_state,
+            &settings, tls, &writer, &metrics, &status, &shutdown, &cu.state,
         );
         let shared = Arc::new(shared);
-        let catchup = catchup::spawn(shared.clone(), jobs, checkpoint, shutdown.subscribe());
-        let connections = spawn_connections(&shared, &settings, &layout, &receivers, rotation_rx);
+        let catchup = catchup::spawn(shared.clone(), cu.jobs, cu.checkpoint, shutdown.subscribe());
+        let connections = spawn_connections(&shared, &settings, &layout, &receivers, cu.rotations);
         tracing::info!(
             subscriptions = settings.accounts.len(),
             sockets = layout.sockets(),
@@ -240,7 +262,7 @@ impl Bridge {
             sockets: layout.sockets(),
             http,
             catchup,
-            catchup_state,
+            catchup_state: cu.state,
         })
     }
 
