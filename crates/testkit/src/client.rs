@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::{Command, RoomIdentifier};
-use voxsig_sim::{Sim, SimConfig, World, WorldSpec};
+use voxsig_sim::{Refusal, Sim, SimConfig, World, WorldSpec};
 
 /// How long a test waits for something that should not come.
 pub const SHORT: Duration = Duration::from_millis(250);
@@ -47,6 +47,37 @@ pub async fn subscribed(sim: &Sim) -> Client {
     let mut c = Client::connect(sim).await;
     c.subscribe_confirmed(&user(&sim.world(), 0)).await;
     c
+}
+
+/// The set-up of the token-rotation tests: a simulator answering unknown tokens with
+/// `reject_subscription`, the world before the rotation, and a client with the first user's
+/// subscription (account 1) confirmed.
+pub struct Rotating {
+    /// The simulator.
+    pub sim: Sim,
+    /// The world before any rotation (`before.users[0]` is the subscribed user).
+    pub before: World,
+    /// The first user's identifier on account 1, with the token it had at start.
+    pub old_id: RoomIdentifier,
+    /// The client subscribed with `old_id`.
+    pub client: Client,
+}
+
+/// Starts the [`Rotating`] set-up.
+pub async fn rotating() -> Rotating {
+    let sim = Sim::start(config().with_refusal(Refusal::Reject))
+        .await
+        .expect("sim starts");
+    let before = sim.world();
+    let old_id = before.user_identifier(before.users[0].id, 1).expect("user");
+    let mut client = Client::connect(&sim).await;
+    client.subscribe_confirmed(&old_id).await;
+    Rotating {
+        sim,
+        before,
+        old_id,
+        client,
+    }
 }
 
 /// What a socket read gave.
