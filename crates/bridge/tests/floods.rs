@@ -127,10 +127,7 @@ async fn a_junk_frame_flood_is_counted_exactly_and_logged_within_budget() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    voxsig_testkit::process::terminate(&child);
     let (kept, total) = tokio::task::spawn_blocking(move || {
         let _ = child.wait();
         reader.join().unwrap()

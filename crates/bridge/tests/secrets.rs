@@ -72,14 +72,7 @@ async fn no_secret_in_a_trace_level_run() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
+        let o = voxsig_testkit::process::terminate_and_collect(child).await;
         let log = output(&o);
         assert!(o.status.success(), "{log}");
         assert!(
@@ -300,14 +293,7 @@ async fn no_sasl_password_in_a_trace_level_run() {
         .unwrap();
     sim.burst(10, &Selection::all()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let o = voxsig_testkit::process::terminate_and_collect(child).await;
     let log = output(&o);
     assert!(
         log.contains("librdkafka"),
