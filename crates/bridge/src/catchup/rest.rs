@@ -642,6 +642,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn transport_errors_keep_their_cause_and_name_no_url() {
+        // Port 9 (discard) on loopback: refused at once.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:9/api/v1/x?api_access_token=secretQuery123")
+            .send()
+            .await
+            .unwrap_err();
+        let error = transport(e);
+        assert!(
+            matches!(error, RestError::Transport(TransportError::Http(_))),
+            "{error:?}"
+        );
+        let mut text = format!("{error} {error:?}");
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(&format!(" {cause}"));
+            source = cause.source();
+        }
+        assert!(
+            !text.contains("secretQuery") && !text.contains("/api/v1/x"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn tokens_are_redacted() {
         let t = ApiToken::new("secretApiToken1234567890");
