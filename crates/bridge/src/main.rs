@@ -121,8 +121,7 @@ async fn dispatch(command: Command) -> anyhow::Result<Stopped> {
             let settings = load(&config)?;
             print!("{}", settings.redacted_toml());
             let subscriptions = settings.accounts.len();
-            let sockets =
-                subscriptions.div_ceil(settings.config.source.subscriptions_per_connection);
+            let sockets = voxsig_bridge::runtime::Layout::of(&settings).sockets();
             let plural = |n: usize, one: &'static str, many: &'static str| {
                 format!("{n} {}", if n == 1 { one } else { many })
             };

@@ -5,7 +5,7 @@ use crate::catchup::checkpoint::CheckpointFile;
 use crate::catchup::rest::{RestClient, RestError, RestSettings, RetryPolicy};
 use crate::catchup::telemetry::CatchupMetrics;
 use crate::catchup::{self, Catchup, Rotation, SubInfo};
-use crate::config::Settings;
+use crate::config::{Config, Presence, Settings};
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
@@ -82,6 +82,126 @@ pub struct Bridge {
     catchup_state: Arc<Catchup>,
 }
 
+/// The metrics the bridge registers at start, by part.
+struct Registered {
+    bridge: BridgeMetrics,
+    sink: SinkMetrics,
+    catchup: CatchupMetrics,
+    gauges: Gauges,
+}
+
+impl Registered {
+    /// Registers every part's metrics into `registry` (per-account labels as configured).
+    fn register(registry: &Registry, config: &Config) -> Result<Self, StartError> {
+        let per_account = config
+            .metrics
+            .per_account_labels
+            .then_some(config.metrics.max_accounts);
+        Ok(Registered {
+            bridge: BridgeMetrics::register(registry, per_account)?,
+            sink: SinkMetrics::register(registry)?,
+            catchup: CatchupMetrics::register(registry)?,
+            gauges: Gauges::register(registry)?,
+        })
+    }
+
+    /// What the HTTP endpoints read: the registry, the board, the gauges and the sink's health.
+    fn http(
+        &self,
+        registry: &Registry,
+        status: &Arc<StatusBoard>,
+        sink: &SinkHandle,
+        settings: &Settings,
+    ) -> HttpState {
+        HttpState {
+            registry: registry.clone(),
+            status: status.clone(),
+            gauges: self.gauges.clone(),
+            sink: sink.health(),
+            ready_fraction: settings.config.metrics.ready_fraction,
+        }
+    }
+}
+
+/// The catch-up side at start: its state, its job queue, each socket's receiver of token
+/// rotations and the checkpoint file (already read into the state).
+struct CatchupStart {
+    state: Arc<Catchup>,
+    jobs: tokio::sync::mpsc::UnboundedReceiver<catchup::Job>,
+    rotations: Vec<tokio::sync::mpsc::UnboundedReceiver<Rotation>>,
+    checkpoint: Option<CheckpointFile>,
+}
+
+impl CatchupStart {
+    fn new(
+        settings: &Settings,
+        layout: &Layout,
+        receivers: &[Receiver],
+        metrics: &Registered,
+        client: Option<Arc<RestClient>>,
+        status: &Arc<StatusBoard>,
+    ) -> Self {
+        let (senders, rotations): (Vec<_>, Vec<_>) = (0..layout.sockets())
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let (state, jobs) = Catchup::new(catchup::Parts {
+            config: settings.config.catchup.clone(),
+            metrics: metrics.catchup.clone(),
+            client,
+            subs: catchup_subs(settings, layout, receivers),
+            rotations: senders,
+            status: status.clone(),
+        });
+        let state = Arc::new(state);
+        let checkpoint = restore_checkpoint(settings, &state);
+        CatchupStart {
+            state,
+            jobs,
+            rotations,
+            checkpoint,
+        }
+    }
+}
+
+/// What every connection task (and the catch-up worker) shares: `[source]`'s settings, the
+/// router, dedup, the buffer, metrics, the board, the shutdown signal and the catch-up state.
+fn shared(
+    settings: &Settings,
+    tls: rustls::ClientConfig,
+    buffer: &BufferWriter,
+    metrics: &Registered,
+    status: &Arc<StatusBoard>,
+    shutdown: &ShutdownTrigger,
+    catchup: &Arc<Catchup>,
+) -> Shared {
+    let config = &settings.config;
+    let source = &config.source;
+    Shared {
+        url: source.url.clone(),
+        origin: source
+            .origin
+            .clone()
+            .unwrap_or_else(|| origin_of(&source.url)),
+        session: source.session(seed()),
+        read_buffer_bytes: source.read_buffer_bytes,
+        tcp_nodelay: source.tcp_nodelay,
+        reconnect: source.reconnect.policy(),
+        after_refusal: source.reconnect.after_refusal,
+        tls: Some(Connector::Rustls(Arc::new(tls))),
+        router: router(settings),
+        dedup: config
+            .dedup
+            .enabled
+            .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries)),
+        buffer: buffer.clone(),
+        metrics: metrics.bridge.clone(),
+        status: status.clone(),
+        limiter: ConnectLimiter::new(source.connect_rate),
+        shutdown: shutdown.subscribe(),
+        catchup: catchup.clone(),
+    }
+}
+
 impl Bridge {
     /// Starts the bridge with the configured sink, registering metrics into `registry`.
     pub async fn start(settings: Settings, registry: &Registry) -> Result<Bridge, StartError> {
@@ -98,19 +218,11 @@ impl Bridge {
         sink: Box<dyn Sink>,
         registry: &Registry,
     ) -> Result<Bridge, StartError> {
-        let catchup_metrics = CatchupMetrics::register(registry)?;
+        let metrics = Registered::register(registry, &settings.config)?;
         let tls = tls_config(settings.config.source.ca_file.as_deref())?;
-        let client = discover_accounts(&mut settings, &tls, &catchup_metrics).await?;
-        let config = &settings.config;
-        let per_account = config
-            .metrics
-            .per_account_labels
-            .then_some(config.metrics.max_accounts);
-        let metrics = BridgeMetrics::register(registry, per_account)?;
-        let sink_metrics = SinkMetrics::register(registry)?;
-        let gauges = Gauges::register(registry)?;
+        let client = discover_accounts(&mut settings, &tls, &metrics.catchup).await?;
         let (writer, reader) =
-            voxsig_sinks::open_buffer(config.buffer.clone(), sink_metrics.clone())?;
+            voxsig_sinks::open_buffer(settings.config.buffer.clone(), metrics.sink.clone())?;
         // The sink actually running (`tail` and the demo bring their own), not the configured one.
         let sink_kind = sink.kind();
         let sink = voxsig_sinks::spawn(sink, reader);
@@ -118,47 +230,14 @@ impl Bridge {
         let layout = Layout::of(&settings);
         let status = Arc::new(status_board(&settings, &layout));
         let shutdown = ShutdownTrigger::new();
-        let (rotation_tx, rotation_rx): (Vec<_>, Vec<_>) = (0..layout.sockets())
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
         let receivers: Vec<Receiver> = settings.accounts.iter().map(receiver_of).collect();
-        let (catchup_state, jobs) = Catchup::new(catchup::Parts {
-            config: config.catchup.clone(),
-            metrics: catchup_metrics,
-            client,
-            subs: catchup_subs(&settings, &layout, &receivers),
-            rotations: rotation_tx,
-            status: status.clone(),
-        });
-        let catchup_state = Arc::new(catchup_state);
-        let checkpoint = restore_checkpoint(&settings, &catchup_state);
-        let source = &config.source;
-        let shared = Arc::new(Shared {
-            url: source.url.clone(),
-            origin: source
-                .origin
-                .clone()
-                .unwrap_or_else(|| origin_of(&source.url)),
-            session: source.session(seed()),
-            read_buffer_bytes: source.read_buffer_bytes,
-            tcp_nodelay: source.tcp_nodelay,
-            reconnect: source.reconnect.policy(),
-            after_refusal: source.reconnect.after_refusal,
-            tls: Some(Connector::Rustls(Arc::new(tls))),
-            router: router(&settings),
-            dedup: config
-                .dedup
-                .enabled
-                .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries)),
-            buffer: writer.clone(),
-            metrics: metrics.clone(),
-            status: status.clone(),
-            limiter: ConnectLimiter::new(source.connect_rate),
-            shutdown: shutdown.subscribe(),
-            catchup: catchup_state.clone(),
-        });
-        let catchup_task = catchup::spawn(shared.clone(), jobs, checkpoint, shutdown.subscribe());
-        let connections = spawn_connections(&shared, &settings, &layout, &receivers, rotation_rx);
+        let cu = CatchupStart::new(&settings, &layout, &receivers, &metrics, client, &status);
+        let shared = shared(
+            &settings, tls, &writer, &metrics, &status, &shutdown, &cu.state,
+        );
+        let shared = Arc::new(shared);
+        let catchup = catchup::spawn(shared.clone(), cu.jobs, cu.checkpoint, shutdown.subscribe());
+        let connections = spawn_connections(&shared, &settings, &layout, &receivers, cu.rotations);
         tracing::info!(
             subscriptions = settings.accounts.len(),
             sockets = layout.sockets(),
@@ -166,25 +245,19 @@ impl Bridge {
             topic = settings.topic.as_str(),
             "bridge started"
         );
-        let http = HttpState {
-            registry: registry.clone(),
-            status: status.clone(),
-            gauges,
-            sink: sink.health(),
-            ready_fraction: config.metrics.ready_fraction,
-        };
+        let http = metrics.http(registry, &status, &sink, &settings);
         Ok(Bridge {
             shutdown,
             connections,
             writer,
             sink,
             status,
-            metrics,
-            sink_metrics,
+            metrics: metrics.bridge,
+            sink_metrics: metrics.sink,
             sockets: layout.sockets(),
             http,
-            catchup: catchup_task,
-            catchup_state,
+            catchup,
+            catchup_state: cu.state,
         })
     }
 
@@ -286,14 +359,17 @@ pub fn origin_of(url: &str) -> String {
 }
 
 /// How the subscriptions are spread over sockets: `subscriptions_per_connection` each, in
-/// configuration order. The one place that says which socket carries a subscription.
-struct Layout {
+/// configuration order. The one place that says which socket carries a subscription (and so
+/// how many sockets there are: `check` asks it too).
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
     per_socket: usize,
     subscriptions: usize,
 }
 
 impl Layout {
-    fn of(settings: &Settings) -> Self {
+    /// The layout of `settings`' subscriptions.
+    pub fn of(settings: &Settings) -> Self {
         Layout {
             per_socket: settings.config.source.subscriptions_per_connection.max(1),
             subscriptions: settings.accounts.len(),
@@ -306,7 +382,7 @@ impl Layout {
     }
 
     /// How many sockets there are.
-    fn sockets(&self) -> usize {
+    pub fn sockets(&self) -> usize {
         self.subscriptions.div_ceil(self.per_socket)
     }
 

@@ -504,9 +504,7 @@ async fn kill_9_and_restart_with_the_same_state_dir_publishes_what_was_missed() 
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = file_messages(&out);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status();
+    voxsig_testkit::process::terminate(&second);
     let status = tokio::task::spawn_blocking(move || second.wait())
         .await
         .unwrap()

@@ -1,5 +1,6 @@
 //! The `voxsig-bridge` command as an operator uses it.
 
+use voxsig_testkit::config::{sim_accounts, ConfigFile};
 use voxsig_testkit::rig as support;
 
 use std::process::{Command, Output, Stdio};
@@ -47,12 +48,11 @@ fn help_and_version() {
 
 #[test]
 fn check_prints_the_resolved_config_redacted() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, CONFIG).unwrap();
+    let config = ConfigFile::with(CONFIG);
+    let path = config.path();
     let o = bridge()
         .args(["check", "-c"])
-        .arg(&path)
+        .arg(path)
         .env("VOXSIG_BRIDGE_SOURCE__PRESENCE_INTERVAL", "20s")
         .output()
         .unwrap();
@@ -82,10 +82,9 @@ fn check_prints_the_resolved_config_redacted() {
 
 #[test]
 fn a_bad_config_is_one_clear_message_and_a_non_zero_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, CONFIG.replace("user_id = 7", "user_id = \"seven\"")).unwrap();
-    let o = bridge().args(["check", "-c"]).arg(&path).output().unwrap();
+    let config = ConfigFile::with(CONFIG.replace("user_id = 7", "user_id = \"seven\""));
+    let path = config.path();
+    let o = bridge().args(["check", "-c"]).arg(path).output().unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("accounts.0.user_id"), "{err}");
@@ -171,18 +170,15 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_publishes_and_sigterm_drains_and_exits_zero() {
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("events.jsonl");
-    let accounts = sim
-        .world()
-        .bridge_config_toml(&voxsig_sim::ExportOptions::default());
-    let config = format!(
+    let config = ConfigFile::new();
+    let out = config.dir().join("events.jsonl");
+    let (tokens, accounts) = sim_accounts(&sim);
+    config.write(format!(
         "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n{accounts}",
         sim.url(),
         out.display()
-    );
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, config).unwrap();
+    ));
+    let path = config.path();
     let child = bridge()
         .args([
             "run",
@@ -192,7 +188,7 @@ async fn run_publishes_and_sigterm_drains_and_exits_zero() {
             "json",
             "-c",
         ])
-        .arg(&path)
+        .arg(path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -213,11 +209,8 @@ async fn run_publishes_and_sigterm_drains_and_exits_zero() {
     assert!(o.status.success(), "{err}");
     // JSON logs, and no token in them.
     assert!(err.lines().all(|l| l.starts_with('{')), "{err}");
-    for account in sim
-        .world()
-        .bridge_accounts(&voxsig_sim::ExportOptions::default())
-    {
-        assert!(!err.contains(&account.pubsub_token));
+    for token in &tokens {
+        assert!(!err.contains(token));
     }
     let lines = std::fs::read_to_string(&out).unwrap();
     let written = sim
@@ -236,19 +229,12 @@ async fn run_publishes_and_sigterm_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_matching_events_live() {
     let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let accounts = sim
-        .world()
-        .bridge_config_toml(&voxsig_sim::ExportOptions::default());
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!("[source]\nurl = \"{}\"\n{accounts}", sim.url()),
-    )
-    .unwrap();
+    let (_, accounts) = sim_accounts(&sim);
+    let config = ConfigFile::with(format!("[source]\nurl = \"{}\"\n{accounts}", sim.url()));
+    let path = config.path();
     let child = bridge()
         .args(["tail", "--event", "message.*", "-c"])
-        .arg(&path)
+        .arg(path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,6 +2,7 @@
 //! holds can forge or garble a log line (issue 12, item 2).
 
 use voxsig_testkit::brokers::free_port;
+use voxsig_testkit::config::ConfigFile;
 use voxsig_testkit::hostile;
 
 use hostile::Hostile;
@@ -79,21 +80,17 @@ async fn a_junk_frame_flood_is_counted_exactly_and_logged_within_budget() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let config = ConfigFile::new();
+    config.write(format!(
             "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[[accounts]]\naccount_id = 1\nuser_id = 2\npubsub_token = \"floodTok3n\"\n",
             server.url,
-            dir.path().join("out.jsonl").display()
-        ),
-    )
-    .unwrap();
+            config.dir().join("out.jsonl").display()
+    ));
+    let path = config.path();
     let port = free_port();
     let mut child = bridge()
         .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "-c"])
-        .arg(&path)
+        .arg(path)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -130,10 +127,7 @@ async fn a_junk_frame_flood_is_counted_exactly_and_logged_within_budget() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    voxsig_testkit::process::terminate(&child);
     let (kept, total) = tokio::task::spawn_blocking(move || {
         let _ = child.wait();
         reader.join().unwrap()

@@ -64,11 +64,7 @@ async fn metrics_health_and_status_tell_what_happened() {
         bogus,
     )
     .await;
-    let addr = rig
-        .bridge()
-        .serve_http("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let addr = serve_http(&rig).await;
     rig.confirmed(6).await;
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
@@ -200,11 +196,7 @@ async fn readyz_is_503_until_enough_subscriptions_are_confirmed() {
         bogus,
     )
     .await;
-    let addr = rig
-        .bridge()
-        .serve_http("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let addr = serve_http(&rig).await;
     rig.confirmed(1).await;
     eventually(
         "the bridge saw the confirm",
@@ -219,4 +211,12 @@ async fn readyz_is_503_until_enough_subscriptions_are_confirmed() {
     assert_eq!(readiness["subscriptions"], 3);
     assert_eq!(get(addr, "/healthz").await.0, 200);
     rig.stop().await;
+}
+
+/// Serves the rig's bridge's HTTP endpoints on a free loopback port.
+async fn serve_http(rig: &Rig) -> std::net::SocketAddr {
+    rig.bridge()
+        .serve_http("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("serves")
 }

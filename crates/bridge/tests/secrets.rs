@@ -3,12 +3,13 @@
 //! substring of it.
 
 use voxsig_testkit::brokers;
+use voxsig_testkit::config::{sim_accounts, ConfigFile};
 use voxsig_testkit::rig as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use support::*;
-use voxsig_sim::{ExportOptions, Selection, SimConfig};
+use voxsig_sim::{Selection, SimConfig};
 
 const MQTT_PASSWORD: &str = "mqttPw-Zq8rT4vX2wLk9";
 /// A token pasted into the wrong keys below.
@@ -46,29 +47,18 @@ async fn no_secret_in_a_trace_level_run() {
         ..Default::default()
     });
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
-    let tokens: Vec<String> = sim
-        .world()
-        .bridge_accounts(&ExportOptions::default())
-        .into_iter()
-        .map(|a| a.pubsub_token)
-        .collect();
-    let accounts = sim.world().bridge_config_toml(&ExportOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let (tokens, accounts) = sim_accounts(&sim);
+    let config = ConfigFile::with(format!(
             "[source]\nurl = \"{}\"\n[sink]\nkind = \"mqtt\"\nurl = \"{}\"\nusername = \"bridge\"\npassword = \"{MQTT_PASSWORD}\"\n{accounts}",
             sim.url(),
             broker.url()
-        ),
-    )
-    .unwrap();
+    ));
+    let path = config.path();
     for format in ["human", "json"] {
         let child = bridge()
             .args(["--log", "trace", "--log-format", format, "run"])
             .args(["--metrics-addr", "127.0.0.1:0", "-c"])
-            .arg(&path)
+            .arg(path)
             .env("RUST_LOG", "trace")
             .stderr(Stdio::piped())
             .stdout(Stdio::piped())
@@ -82,14 +72,7 @@ async fn no_secret_in_a_trace_level_run() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
+        let o = voxsig_testkit::process::terminate_and_collect(child).await;
         let log = output(&o);
         assert!(o.status.success(), "{log}");
         assert!(
@@ -284,24 +267,13 @@ async fn no_sasl_password_in_a_trace_level_run() {
     const SASL_PASSWORD: &str = "saslPw-Hq7mN3bV8cXz";
     let broker = brokers::Tansu::start_authenticating();
     let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
-    let tokens: Vec<String> = sim
-        .world()
-        .bridge_accounts(&ExportOptions::default())
-        .into_iter()
-        .map(|a| a.pubsub_token)
-        .collect();
-    let accounts = sim.world().bridge_config_toml(&ExportOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let (tokens, accounts) = sim_accounts(&sim);
+    let config = ConfigFile::with(format!(
             "[source]\nurl = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = {{ enabled = false }}\n[sink.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"bridge\"\n\"sasl.password\" = \"{SASL_PASSWORD}\"\ndebug = \"security,broker,protocol,conf\"\n{accounts}",
             sim.url(),
             broker.brokers()
-        ),
-    )
-    .unwrap();
+    ));
+    let path = config.path();
     let child = bridge()
         .args([
             "--log",
@@ -311,7 +283,7 @@ async fn no_sasl_password_in_a_trace_level_run() {
             "127.0.0.1:0",
             "-c",
         ])
-        .arg(&path)
+        .arg(path)
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -321,14 +293,7 @@ async fn no_sasl_password_in_a_trace_level_run() {
         .unwrap();
     sim.burst(10, &Selection::all()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let o = voxsig_testkit::process::terminate_and_collect(child).await;
     let log = output(&o);
     assert!(
         log.contains("librdkafka"),

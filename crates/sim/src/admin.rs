@@ -54,17 +54,7 @@ fn ok(value: impl serde::Serialize) -> Reply {
 
 /// Serves the admin router on `listener` until the simulator shuts down.
 pub(crate) fn spawn(shared: Arc<Shared>, listener: TcpListener) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let app = router(shared);
-    tokio::spawn(async move {
-        let stop = async move { crate::server::shutting_down(&mut shutdown).await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::warn!(error = %e, "admin endpoint failed");
-        }
-    });
+    crate::server::serve_router(&shared.clone(), listener, router(shared), "admin endpoint");
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -306,17 +306,7 @@ fn counted(shared: &Shared, reply: Reply) -> Response {
 
 /// Serves the REST router on the connections the door hands over, until shutdown.
 pub(crate) fn spawn(shared: Arc<Shared>, listener: crate::door::RestListener) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let app = router(shared);
-    tokio::spawn(async move {
-        let stop = async move { crate::server::shutting_down(&mut shutdown).await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::warn!(error = %e, "REST surface failed");
-        }
-    });
+    crate::server::serve_router(&shared.clone(), listener, router(shared), "REST surface");
 }
 
 fn router(shared: Arc<Shared>) -> Router {

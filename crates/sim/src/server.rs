@@ -19,6 +19,25 @@ pub(crate) async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
+/// Serves `app` on `listener` until the simulator shuts down (the admin endpoint, the REST
+/// surface); a failure is logged naming `what`.
+pub(crate) fn serve_router<L>(shared: &Shared, listener: L, app: axum::Router, what: &'static str)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::spawn(async move {
+        let stop = async move { shutting_down(&mut shutdown).await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            warn!(error = %e, "{what} failed");
+        }
+    });
+}
+
 /// Binds a TCP listener.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)

@@ -110,7 +110,7 @@ fn serve_listens_and_speaks_actioncable() {
         let mut c = common::Client::connect_url(&url, true).await?;
         let welcome = c.try_text(common::LONG).await;
         let ping = c.next(common::LONG).await;
-        Ok::<_, String>((welcome, ping))
+        Ok::<_, common::ConnectError>((welcome, ping))
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -198,14 +198,13 @@ async fn the_listener_stops_and_restarts_on_the_same_port() {
 
 #[tokio::test]
 async fn a_rotated_token_is_refused_and_its_old_subscriptions_go_quiet() {
-    let sim = Sim::start(common::config().with_refusal(Refusal::Reject))
-        .await
-        .unwrap();
-    let before = sim.world();
+    let common::Rotating {
+        sim,
+        before,
+        old_id,
+        client: mut c,
+    } = common::rotating().await;
     let user = &before.users[0];
-    let old_id = before.user_identifier(user.id, 1).unwrap();
-    let mut c = Client::connect(&sim).await;
-    c.subscribe_confirmed(&old_id).await;
     let new_token = sim.faults().rotate_token(&user.pubsub_token).unwrap();
     assert_ne!(new_token, user.pubsub_token);
     let after = sim.world();

@@ -62,7 +62,7 @@ async fn a_client_offering_no_subprotocol_is_accepted_and_other_paths_are_not() 
         .await
         .err()
         .expect("refused");
-    assert!(err.contains("404"), "{err}");
+    assert_eq!(err.status(), Some(404), "{err}");
     sim.shutdown().await;
 }
 

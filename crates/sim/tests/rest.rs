@@ -8,8 +8,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime};
 use voxsig_protocol::EventKind;
 use voxsig_sim::{
-    ConversationStatus, Endpoint, EventSpec, FaultSpan, Refusal, RestFault, RestFaultSpec,
-    Selection, Sim,
+    ConversationStatus, Endpoint, EventSpec, FaultSpan, RestFault, RestFaultSpec, Selection, Sim,
 };
 
 fn token(sim: &Sim, user: usize) -> String {
@@ -475,7 +474,7 @@ async fn an_outage_drops_sockets_and_refuses_upgrades_while_events_are_stored() 
     assert!(matches!(c.next(LONG).await, Got::Ended));
     let refused = Client::connect_url(&sim.url(), true).await;
     let err = refused.err().expect("upgrade refused");
-    assert!(err.contains("503"), "{err}");
+    assert_eq!(err.status(), Some(503), "{err}");
     assert_eq!(sim.stats().upgrades_refused_total, 1);
     // Events keep coming and are stored; REST answers throughout.
     let before = sim.messages(None).len();
@@ -494,14 +493,13 @@ async fn an_outage_drops_sockets_and_refuses_upgrades_while_events_are_stored() 
 #[tokio::test]
 async fn silent_rotation_leaves_the_old_token_unanswered_and_the_profile_tells_the_new_one() {
     // Even with `reject_subscription` for unknown tokens, the silent rotation answers nothing.
-    let sim = Sim::start(common::config().with_refusal(Refusal::Reject))
-        .await
-        .unwrap();
-    let before = sim.world();
+    let common::Rotating {
+        sim,
+        before,
+        old_id,
+        client: mut c,
+    } = common::rotating().await;
     let user = &before.users[0];
-    let old_id = before.user_identifier(user.id, 1).unwrap();
-    let mut c = Client::connect(&sim).await;
-    c.subscribe_confirmed(&old_id).await;
     let new_token = sim
         .faults()
         .rotate_token_silently(&user.pubsub_token)

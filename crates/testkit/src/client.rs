@@ -7,10 +7,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxsig_protocol::{Command, RoomIdentifier};
-use voxsig_sim::{Sim, SimConfig, World, WorldSpec};
+use voxsig_sim::{Refusal, Sim, SimConfig, World, WorldSpec};
 
 /// How long a test waits for something that should not come.
 pub const SHORT: Duration = Duration::from_millis(250);
@@ -49,6 +49,37 @@ pub async fn subscribed(sim: &Sim) -> Client {
     c
 }
 
+/// The set-up of the token-rotation tests: a simulator answering unknown tokens with
+/// `reject_subscription`, the world before the rotation, and a client with the first user's
+/// subscription (account 1) confirmed.
+pub struct Rotating {
+    /// The simulator.
+    pub sim: Sim,
+    /// The world before any rotation (`before.users[0]` is the subscribed user).
+    pub before: World,
+    /// The first user's identifier on account 1, with the token it had at start.
+    pub old_id: RoomIdentifier,
+    /// The client subscribed with `old_id`.
+    pub client: Client,
+}
+
+/// Starts the [`Rotating`] set-up.
+pub async fn rotating() -> Rotating {
+    let sim = Sim::start(config().with_refusal(Refusal::Reject))
+        .await
+        .expect("sim starts");
+    let before = sim.world();
+    let old_id = before.user_identifier(before.users[0].id, 1).expect("user");
+    let mut client = Client::connect(&sim).await;
+    client.subscribe_confirmed(&old_id).await;
+    Rotating {
+        sim,
+        before,
+        old_id,
+        client,
+    }
+}
+
 /// What a socket read gave.
 #[derive(Debug)]
 pub enum Got {
@@ -62,6 +93,41 @@ pub enum Got {
     Ended,
     /// Nothing within the timeout.
     Nothing,
+}
+
+/// Why [`Client::connect_url`] got no socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server answered the upgrade with an HTTP status other than 101.
+    #[error("upgrade refused with HTTP {status}")]
+    Refused {
+        /// The status, e.g. 503 during an outage, 404 on another path.
+        status: u16,
+    },
+    /// The URL, the connection or the handshake failed.
+    #[error("websocket connect failed")]
+    WebSocket(#[source] tungstenite::Error),
+}
+
+impl From<tungstenite::Error> for ConnectError {
+    fn from(e: tungstenite::Error) -> Self {
+        match e {
+            tungstenite::Error::Http(response) => ConnectError::Refused {
+                status: response.status().as_u16(),
+            },
+            other => ConnectError::WebSocket(other),
+        }
+    }
+}
+
+impl ConnectError {
+    /// The refusing status, when the server answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectError::Refused { status } => Some(*status),
+            ConnectError::WebSocket(_) => None,
+        }
+    }
 }
 
 /// A WebSocket client of the simulator.
@@ -82,17 +148,15 @@ impl Client {
     }
 
     /// Connects to `url`, offering the ActionCable subprotocol if `offer_protocol`.
-    pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, String> {
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    pub async fn connect_url(url: &str, offer_protocol: bool) -> Result<Client, ConnectError> {
+        let mut request = url.into_client_request()?;
         if offer_protocol {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
                 HeaderValue::from_static(voxsig_sim::SUBPROTOCOL),
             );
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ws, resp) = tokio_tungstenite::connect_async(request).await?;
         let protocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")

@@ -22,6 +22,7 @@
 
 pub mod brokers;
 pub mod client;
+pub mod config;
 pub mod hostile;
 pub mod kafka;
 pub mod metrics;

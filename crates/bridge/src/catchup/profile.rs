@@ -1,7 +1,7 @@
 //! Discovery: entries with an API access token and no pubsub token (or `account_id = "all"`)
 //! learn the user's id, pubsub token and accounts from `GET /api/v1/profile` at start.
 
-use super::rest::{RestClient, RestError};
+use super::rest::{DecodeError, RestClient, RestError};
 use crate::config::{Account, AccountSelector, Settings};
 use std::collections::HashSet;
 use voxsig_protocol::PubsubToken;
@@ -56,7 +56,7 @@ pub async fn discover(settings: &mut Settings, client: &RestClient) -> Result<()
         if token.expose().is_empty() {
             return Err(DiscoveryError::Profile {
                 entry: d.entry.clone(),
-                error: RestError::Decode("the profile has an empty pubsub_token".into()),
+                error: DecodeError::EmptyPubsubToken.into(),
             });
         }
         let known: Vec<u64> = profile.accounts.iter().map(|a| a.id).collect();

@@ -77,7 +77,7 @@ impl Endpoint {
 }
 
 /// Why a request failed. Never holds the token (it is in a header, never in the URL).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RestError {
     /// 401: the API access token is wrong or revoked.
     #[error("401 unauthorized: the api_access_token is not accepted")]
@@ -102,10 +102,65 @@ pub enum RestError {
     Timeout,
     /// Connection refused, reset, TLS failure…
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[source] TransportError),
     /// The body is not what the endpoint returns.
     #[error("unexpected body: {0}")]
-    Decode(String),
+    Decode(#[source] DecodeError),
+}
+
+/// Why no answer came back (a [`RestError::Transport`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The HTTP client failed (connect, TLS, reset…). Held without its URL
+    /// ([`reqwest::Error::without_url`]), so the message names no host, path or query.
+    #[error("{0}")]
+    Http(#[source] reqwest::Error),
+    /// The client is shutting down (its in-flight bound is closed).
+    #[error("client closed")]
+    Closed,
+}
+
+impl From<reqwest::Error> for TransportError {
+    fn from(e: reqwest::Error) -> Self {
+        TransportError::Http(e.without_url())
+    }
+}
+
+/// Why an answer is not what the endpoint returns (a [`RestError::Decode`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the JSON the endpoint returns.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Larger than [`MAX_BODY_BYTES`].
+    #[error("body larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    /// A list answer without a `payload` list.
+    #[error("no `payload` list")]
+    NoPayload,
+    /// The profile's `pubsub_token` is empty.
+    #[error("the profile has an empty pubsub_token")]
+    EmptyPubsubToken,
+    /// A conversation has more message pages than a catch-up follows.
+    #[error("conversation {display_id}: more than {pages} pages of messages")]
+    TooManyPages {
+        /// The conversation's display id.
+        display_id: u64,
+        /// The page limit.
+        pages: usize,
+    },
+}
+
+impl From<DecodeError> for RestError {
+    fn from(e: DecodeError) -> Self {
+        RestError::Decode(e)
+    }
+}
+
+impl From<serde_json::Error> for RestError {
+    fn from(e: serde_json::Error) -> Self {
+        RestError::Decode(DecodeError::Json(e))
+    }
 }
 
 impl RestError {
@@ -289,7 +344,7 @@ impl RestClient {
         }
         let http = builder
             .build()
-            .map_err(|e| RestError::Transport(e.to_string()))?;
+            .map_err(|e| RestError::Transport(e.into()))?;
         Ok(RestClient {
             http,
             base: settings.base.trim_end_matches('/').to_owned(),
@@ -306,7 +361,7 @@ impl RestClient {
         let body = self
             .get(Endpoint::Profile, "/api/v1/profile".into(), token)
             .await?;
-        serde_json::from_slice(&body).map_err(|e| RestError::Decode(e.to_string()))
+        Ok(serde_json::from_slice(&body)?)
     }
 
     /// Every conversation of `account` updated in the last `seconds` (any status).
@@ -353,7 +408,7 @@ impl RestClient {
                     .permits
                     .acquire()
                     .await
-                    .map_err(|_| RestError::Transport("client closed".into()))?;
+                    .map_err(|_| RestError::Transport(TransportError::Closed))?;
                 self.pace.wait().await;
                 let started = Instant::now();
                 let result = self.once(&url, token).await;
@@ -429,7 +484,7 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Reads a body, refusing one larger than [`MAX_BODY_BYTES`] without buffering it all.
 async fn read_bounded(mut response: reqwest::Response) -> Result<bytes::Bytes, RestError> {
-    let too_large = || RestError::Decode(format!("body larger than {MAX_BODY_BYTES} bytes"));
+    let too_large = || RestError::Decode(DecodeError::TooLarge);
     if response
         .content_length()
         .is_some_and(|n| n > MAX_BODY_BYTES as u64)
@@ -450,8 +505,8 @@ fn transport(e: reqwest::Error) -> RestError {
     if e.is_timeout() {
         RestError::Timeout
     } else {
-        // Without the URL: it names the host and path only, but keep errors short and uniform.
-        RestError::Transport(e.without_url().to_string())
+        // Without the URL (see `TransportError::Http`): keep errors short and uniform.
+        RestError::Transport(e.into())
     }
 }
 
@@ -469,21 +524,15 @@ pub fn items(body: &[u8]) -> Result<Vec<Item>, RestError> {
         #[serde(default)]
         data: Option<Box<RawValue>>,
     }
-    let decode = |e: serde_json::Error| RestError::Decode(e.to_string());
-    let body: Body = serde_json::from_slice(body).map_err(decode)?;
+    let body: Body = serde_json::from_slice(body)?;
     let raws = match (body.payload, body.data) {
         (Some(payload), _) => payload,
-        (None, Some(data)) => {
-            serde_json::from_str::<Flat>(data.get())
-                .map_err(decode)?
-                .payload
-        }
-        (None, None) => return Err(RestError::Decode("no `payload` list".into())),
+        (None, Some(data)) => serde_json::from_str::<Flat>(data.get())?.payload,
+        (None, None) => return Err(DecodeError::NoPayload.into()),
     };
     raws.into_iter()
         .map(|raw| {
-            let probe: Probe =
-                serde_json::from_str(raw.get()).map_err(|e| RestError::Decode(e.to_string()))?;
+            let probe: Probe = serde_json::from_str(raw.get())?;
             Ok(Item {
                 id: probe.id,
                 inbox_id: probe.inbox_id,
@@ -522,12 +571,16 @@ mod tests {
             (RestError::Unauthorized, 1, Retry::GiveUp),
             (RestError::NotFound, 1, Retry::GiveUp),
             (RestError::Client(400), 1, Retry::GiveUp),
-            (RestError::Decode("x".into()), 1, Retry::GiveUp),
+            (RestError::Decode(DecodeError::NoPayload), 1, Retry::GiveUp),
             (RestError::Server(500), 1, Retry::After(s(1))),
             (RestError::Server(503), 2, Retry::After(s(2))),
             (RestError::Timeout, 3, Retry::After(s(4))),
             (RestError::Timeout, 4, Retry::GiveUp),
-            (RestError::Transport("reset".into()), 1, Retry::After(s(1))),
+            (
+                RestError::Transport(TransportError::Closed),
+                1,
+                Retry::After(s(1)),
+            ),
             (
                 RestError::RateLimited {
                     retry_after: Some(s(7)),
@@ -587,6 +640,31 @@ mod tests {
         ] {
             assert!(matches!(items(body), Err(RestError::Decode(_))), "{body:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn transport_errors_keep_their_cause_and_name_no_url() {
+        // Port 9 (discard) on loopback: refused at once.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:9/api/v1/x?api_access_token=secretQuery123")
+            .send()
+            .await
+            .unwrap_err();
+        let error = transport(e);
+        assert!(
+            matches!(error, RestError::Transport(TransportError::Http(_))),
+            "{error:?}"
+        );
+        let mut text = format!("{error} {error:?}");
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(&format!(" {cause}"));
+            source = cause.source();
+        }
+        assert!(
+            !text.contains("secretQuery") && !text.contains("/api/v1/x"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ struct Inner {
     gaps: IntCounterVec,
     gap_seconds: Histogram,
     unrecovered: IntCounterVec,
-    messages: IntCounterVec,
+    /// `catchup_messages_total{outcome="published"}`, resolved once.
+    published: IntCounter,
+    /// `catchup_messages_total{outcome="duplicate"}`, resolved once.
+    duplicates: IntCounter,
     live_duplicates: IntCounter,
     rotations: IntCounter,
     rest: IntCounterVec,
@@ -138,9 +141,8 @@ impl CatchupMetrics {
         for reason in Unrecovered::ALL {
             unrecovered.with_label_values(&[reason.as_str()]);
         }
-        for outcome in ["published", "duplicate"] {
-            messages.with_label_values(&[outcome]);
-        }
+        let published = messages.with_label_values(&["published"]);
+        let duplicates = messages.with_label_values(&["duplicate"]);
         for endpoint in Endpoint::ALL {
             rest_seconds.with_label_values(&[endpoint.as_str()]);
             for result in RestError::RESULTS {
@@ -152,7 +154,8 @@ impl CatchupMetrics {
                 gaps,
                 gap_seconds,
                 unrecovered,
-                messages,
+                published,
+                duplicates,
                 live_duplicates,
                 rotations,
                 rest,
@@ -225,14 +228,8 @@ pub struct GapRecovered<'a> {
 
 impl Event for GapRecovered<'_> {
     fn record(self, m: &CatchupMetrics) {
-        m.inner
-            .messages
-            .with_label_values(&["published"])
-            .inc_by(self.published);
-        m.inner
-            .messages
-            .with_label_values(&["duplicate"])
-            .inc_by(self.duplicates);
+        m.inner.published.inc_by(self.published);
+        m.inner.duplicates.inc_by(self.duplicates);
         tracing::info!(
             account = self.gap.account,
             cause = self.gap.cause.as_str(),
@@ -266,10 +263,7 @@ impl Event for GapUnrecovered<'_> {
             .unrecovered
             .with_label_values(&[self.reason.as_str()])
             .inc();
-        m.inner
-            .messages
-            .with_label_values(&["published"])
-            .inc_by(self.published);
+        m.inner.published.inc_by(self.published);
         tracing::warn!(
             account = self.gap.account,
             entry = self.entry,

@@ -5,7 +5,7 @@
 use super::checkpoint::CheckpointFile;
 use super::gaps::{Gap, GapCause};
 use super::ledger::Claim;
-use super::rest::{ApiToken, Item, RestClient, RestError, PAGE};
+use super::rest::{ApiToken, DecodeError, Item, RestClient, RestError, PAGE};
 use super::telemetry::{self as t, emit, Unrecovered};
 use super::{Catchup, Job, Rotation};
 use crate::connection::Shared;
@@ -284,9 +284,11 @@ async fn fill_with(
         let mut after = resume.unwrap_or(0);
         for page_number in 0.. {
             if page_number == MAX_PAGES {
-                return Err(RestError::Decode(format!(
-                    "conversation {display_id}: more than {MAX_PAGES} pages of messages"
-                )));
+                return Err(DecodeError::TooManyPages {
+                    display_id,
+                    pages: MAX_PAGES,
+                }
+                .into());
             }
             tally.requests += 1;
             let page = match client.messages(token, account, display_id, after).await {
