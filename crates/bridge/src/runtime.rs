@@ -5,7 +5,7 @@ use crate::catchup::checkpoint::CheckpointFile;
 use crate::catchup::rest::{RestClient, RestError, RestSettings, RetryPolicy};
 use crate::catchup::telemetry::CatchupMetrics;
 use crate::catchup::{self, Catchup, Rotation, SubInfo};
-use crate::config::{Config, Presence, Settings};
+use crate::config::{Config, Settings};
 use crate::connection::{self, ConnectLimiter, Member, Shared};
 use crate::dedup::Dedup;
 use crate::http::{Gauges, HttpState};
