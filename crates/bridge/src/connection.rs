@@ -787,29 +787,32 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
         accepted_at: clock.now,
         digest,
     };
-    let event_label = kind.name().unwrap_or("other");
-    match shared.router.route_live(event, &member.receiver, arrival) {
-        Ok(record) => {
-            if shared.buffer.push(record).await.is_err() {
-                emit(
-                    m,
-                    t::EventDropped {
-                        reason: "buffer_closed",
-                        event_label,
-                        detail: "shutting down",
-                    },
-                );
-            }
-        }
-        Err(Unrouted::InvalidTopic(detail)) => emit(
-            m,
-            t::EventDropped {
-                reason: "invalid_topic",
-                event_label,
-                detail: &detail,
-            },
-        ),
-    }
+    let routed = shared.router.route_live(event, &member.receiver, arrival);
+    hand_over(shared, routed, kind.name().unwrap_or("other")).await;
+}
+
+/// A routed event into the buffer (waiting while it is full), live or replayed alike; an event
+/// that could not become a record, or met a closed buffer, is counted and logged as dropped.
+pub(crate) async fn hand_over(
+    shared: &Shared,
+    routed: Result<voxsig_sinks::Record, Unrouted>,
+    event_label: &'static str,
+) {
+    let (reason, detail) = match routed {
+        Ok(record) => match shared.buffer.push(record).await {
+            Ok(_) => return,
+            Err(_) => (t::DropReason::BufferClosed, "shutting down".to_owned()),
+        },
+        Err(Unrouted::InvalidTopic(error)) => (t::DropReason::InvalidTopic, error.to_string()),
+    };
+    emit(
+        &shared.metrics,
+        t::EventDropped {
+            reason,
+            event_label,
+            detail: &detail,
+        },
+    );
 }
 
 #[cfg(test)]

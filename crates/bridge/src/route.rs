@@ -105,7 +105,7 @@ pub enum PayloadMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unrouted {
     /// The rendered topic broke the sink's rules.
-    InvalidTopic(String),
+    InvalidTopic(voxsig_sinks::TopicError),
 }
 
 /// The receiving subscription, as the router needs it.
@@ -272,9 +272,7 @@ impl Router {
             labels: &receiver.labels,
         };
         let topic = self.rules.render(&self.topic, &ctx);
-        self.rules
-            .check(&topic)
-            .map_err(|e| Unrouted::InvalidTopic(e.to_string()))?;
+        self.rules.check(&topic).map_err(Unrouted::InvalidTopic)?;
         let key = self.key.render(&ctx, Charset::Any);
         let received_at_ms = received_at
             .duration_since(UNIX_EPOCH)

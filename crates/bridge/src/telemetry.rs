@@ -220,8 +220,8 @@ impl BridgeMetrics {
         for kind in FrameError::KINDS {
             counters.frame_errors.with_label_values(&[kind]);
         }
-        for reason in ["invalid_topic", "buffer_closed"] {
-            counters.dropped.with_label_values(&[reason]);
+        for reason in DropReason::ALL {
+            counters.dropped.with_label_values(&[reason.as_str()]);
         }
         Ok(BridgeMetrics {
             inner: Arc::new(counters),
@@ -544,10 +544,33 @@ impl InternalEvent for EventFiltered {
     }
 }
 
+/// Why an event could not become a record: the `reason` label of
+/// `voxsig_bridge_events_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The rendered topic broke the sink's rules.
+    InvalidTopic,
+    /// The buffer was closed (the bridge is stopping).
+    BufferClosed,
+}
+
+impl DropReason {
+    /// Every reason, pre-registered so each series exists from the first scrape.
+    pub const ALL: [DropReason; 2] = [DropReason::InvalidTopic, DropReason::BufferClosed];
+
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::InvalidTopic => "invalid_topic",
+            DropReason::BufferClosed => "buffer_closed",
+        }
+    }
+}
+
 /// An event could not become a record.
 pub struct EventDropped<'a> {
-    /// `invalid_topic` or `buffer_closed`.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: DropReason,
     /// Bounded label.
     pub event_label: &'static str,
     /// Details.
@@ -559,10 +582,10 @@ impl InternalEvent for EventDropped<'_> {
         if let LogVerdict::Log {
             suppressed,
             last_before_suppression,
-        } = m.inner.limiter.check(self.reason, Instant::now())
+        } = m.inner.limiter.check(self.reason.as_str(), Instant::now())
         {
             tracing::warn!(
-                reason = self.reason,
+                reason = self.reason.as_str(),
                 event = self.event_label,
                 detail = %quote_untrusted(self.detail, QUOTED_DETAIL_CHARS),
                 suppressed,
@@ -570,7 +593,10 @@ impl InternalEvent for EventDropped<'_> {
                 more_suppressed(last_before_suppression)
             );
         }
-        m.inner.dropped.with_label_values(&[self.reason]).inc();
+        m.inner
+            .dropped
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
     }
 }
 

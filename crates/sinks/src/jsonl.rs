@@ -18,7 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::sink::sleep_unless_aborted;
-use crate::telemetry::{emit, ConnectionFailed, SinkConnected};
+use crate::telemetry::{emit, ConnectionErrorKind, ConnectionFailed, SinkConnected};
 use crate::{DrainReport, Record, Sink, SinkError};
 
 /// Most records written and flushed together.
@@ -208,7 +208,7 @@ impl Sink for JsonLinesSink {
                             ConnectionFailed {
                                 sink: kind,
                                 endpoint: &endpoint,
-                                kind: "io",
+                                kind: ConnectionErrorKind::Io,
                                 error: &error,
                                 retry_in: Some(retry_in),
                             },

@@ -435,13 +435,56 @@ impl InternalEvent for SinkConnected<'_> {
     }
 }
 
+/// Why a sink's connection failed: the `kind` label of
+/// `voxsig_bridge_sink_connection_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionErrorKind {
+    /// The broker refused the connection (or nothing listened).
+    Refused,
+    /// Bad credentials or not authorised.
+    Auth,
+    /// A socket or file error.
+    Io,
+    /// The TLS handshake or certificates.
+    Tls,
+    /// The broker spoke out of protocol.
+    Protocol,
+    /// No answer in time.
+    Timeout,
+    /// The broker (Kafka: a broker error or all brokers down).
+    Broker,
+    /// librdkafka's fatal error: the producer is re-created.
+    Fatal,
+    /// Attempts keep timing out although a connection is held: the producer is re-created.
+    Stalled,
+    /// The sink's own configuration (e.g. the Kafka admin client could not be built).
+    Config,
+}
+
+impl ConnectionErrorKind {
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionErrorKind::Refused => "refused",
+            ConnectionErrorKind::Auth => "auth",
+            ConnectionErrorKind::Io => "io",
+            ConnectionErrorKind::Tls => "tls",
+            ConnectionErrorKind::Protocol => "protocol",
+            ConnectionErrorKind::Timeout => "timeout",
+            ConnectionErrorKind::Broker => "broker",
+            ConnectionErrorKind::Fatal => "fatal",
+            ConnectionErrorKind::Stalled => "stalled",
+            ConnectionErrorKind::Config => "config",
+        }
+    }
+}
+
 /// A connection attempt failed or a working connection was lost.
 pub(crate) struct ConnectionFailed<'a> {
     pub sink: &'static str,
     pub endpoint: &'a str,
-    /// A bounded label: `refused`, `auth`, `io`, `tls`, `protocol`, `timeout`, `broker`,
-    /// `fatal`, `config`.
-    pub kind: &'static str,
+    /// Why, as a bounded label.
+    pub kind: ConnectionErrorKind,
     pub error: &'a dyn Display,
     /// When the sink tries again, if it decides (librdkafka reconnects by itself).
     pub retry_in: Option<Duration>,
@@ -449,14 +492,14 @@ pub(crate) struct ConnectionFailed<'a> {
 
 impl InternalEvent for ConnectionFailed<'_> {
     fn emit(self, m: &SinkMetrics) {
-        tracing::warn!(sink = self.sink, endpoint = self.endpoint, kind = self.kind,
+        tracing::warn!(sink = self.sink, endpoint = self.endpoint, kind = self.kind.as_str(),
             error = %self.error, retry_in_ms = self.retry_in.map(|d| d.as_millis() as u64),
             "sink connection failed");
         m.inner.connected.with_label_values(&[self.sink]).set(0);
         m.inner.health.set(SinkHealth::Disconnected);
         m.inner
             .connection_errors
-            .with_label_values(&[self.sink, self.kind])
+            .with_label_values(&[self.sink, self.kind.as_str()])
             .inc();
         if self.retry_in.is_some() {
             m.inner

@@ -9,7 +9,7 @@ use super::rest::{ApiToken, DecodeError, Item, RestClient, RestError, PAGE};
 use super::telemetry::{self as t, emit, Unrecovered};
 use super::{Catchup, Job, Rotation};
 use crate::connection::Shared;
-use crate::route::{Receiver, Unrouted};
+use crate::route::Receiver;
 use crate::shutdown::Shutdown;
 use crate::status::now_ms;
 use crate::telemetry as bt;
@@ -364,31 +364,10 @@ async fn publish(shared: &Shared, receiver: &Receiver, account: u64, kind: Event
         message_id: (kind == EventKind::MessageCreated).then_some(item.id),
         data: item.raw.get(),
     };
-    match shared
+    let routed = shared
         .router
-        .route_replayed(&event, receiver, SystemTime::now(), Instant::now())
-    {
-        Ok(record) => {
-            if shared.buffer.push(record).await.is_err() {
-                bt::emit(
-                    m,
-                    bt::EventDropped {
-                        reason: "buffer_closed",
-                        event_label: name,
-                        detail: "shutting down",
-                    },
-                );
-            }
-        }
-        Err(Unrouted::InvalidTopic(detail)) => bt::emit(
-            m,
-            bt::EventDropped {
-                reason: "invalid_topic",
-                event_label: name,
-                detail: &detail,
-            },
-        ),
-    }
+        .route_replayed(&event, receiver, SystemTime::now(), Instant::now());
+    crate::connection::hand_over(shared, routed, name).await;
 }
 
 /// Fetches a profile; subscriptions using this API token whose pubsub token changed follow the

@@ -214,13 +214,10 @@ fn a_topic_breaking_the_sink_rules_is_unroutable_not_a_panic() {
     );
     assert_eq!(
         result.unwrap_err(),
-        Unrouted::InvalidTopic(
-            voxsig_sinks::TopicError::TooLong {
-                len: 65_535 + 30,
-                max: 65_535
-            }
-            .to_string()
-        )
+        Unrouted::InvalidTopic(voxsig_sinks::TopicError::TooLong {
+            len: 65_535 + 30,
+            max: 65_535
+        })
     );
 }
 

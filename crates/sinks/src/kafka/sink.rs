@@ -32,7 +32,9 @@ use super::config::{CreateTopics, KafkaConfig};
 use crate::backoff::{Backoff, ReconnectConfig};
 use crate::buffer::{BufferReader, Claim};
 use crate::sink::sleep_unless_aborted;
-use crate::telemetry::{emit, ConnectionFailed, RecordsRedelivered, SinkConnected, TopicCreated};
+use crate::telemetry::{
+    emit, ConnectionErrorKind, ConnectionFailed, RecordsRedelivered, SinkConnected, TopicCreated,
+};
 use crate::topic::{check_kafka_topic, with_instance, DEFAULT_CLIENT_ID};
 use crate::{DrainReport, Record, Sink, SinkError, SinkMetrics};
 
@@ -48,6 +50,26 @@ const RETRY_BACKOFF: ReconnectConfig = ReconnectConfig {
 const FILL_BATCH: usize = 1024;
 /// Longest wait for purged records to come back before a new producer is created.
 const PURGE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why the sink could not make sure a topic exists (`create_topics`); the record is retried.
+#[derive(Debug, thiserror::Error)]
+enum EnsureTopicError {
+    /// The admin client could not be created, or its request failed.
+    #[error("admin request: {0}")]
+    Admin(KafkaError),
+    /// The broker refused to create the topic.
+    #[error("creating topic {topic}: {code}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// The drain deadline passed while waiting for the broker.
+    #[error("drain deadline passed")]
+    Aborted,
+}
+
 /// Admin API operation timeout.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -275,12 +297,12 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         let kind = match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
-                "auth"
+                ConnectionErrorKind::Auth
             }
-            Some(RDKafkaErrorCode::SSL) => "tls",
-            Some(RDKafkaErrorCode::AllBrokersDown) => "broker",
-            Some(RDKafkaErrorCode::BrokerTransportFailure) => "io",
-            _ => "broker",
+            Some(RDKafkaErrorCode::SSL) => ConnectionErrorKind::Tls,
+            Some(RDKafkaErrorCode::AllBrokersDown) => ConnectionErrorKind::Broker,
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => ConnectionErrorKind::Io,
+            _ => ConnectionErrorKind::Broker,
         };
         self.connected.store(false, Ordering::SeqCst);
         emit(
@@ -479,7 +501,7 @@ enum Wake {
 }
 
 /// Why the producer is replaced: a metric kind and a description.
-type Trouble = (&'static str, String);
+type Trouble = (ConnectionErrorKind, String);
 
 impl KafkaSink {
     /// Sends while records come, acknowledging deliveries and handling failures, replacing the
@@ -607,9 +629,14 @@ impl Task {
     /// no longer knows this idempotent producer; a new producer id gets going again).
     fn producer_trouble(&self, producer: &Producer_) -> Option<Trouble> {
         match producer.client().fatal_error() {
-            Some((code, reason)) => Some(("fatal", format!("{code:?}: {reason}"))),
+            Some((code, reason)) => {
+                Some((ConnectionErrorKind::Fatal, format!("{code:?}: {reason}")))
+            }
             None if self.timed_out && self.last_progress.elapsed() > self.message_timeout * 2 => {
-                Some(("stalled", "no delivery for two message timeouts".to_owned()))
+                Some((
+                    ConnectionErrorKind::Stalled,
+                    "no delivery for two message timeouts".to_owned(),
+                ))
             }
             None => None,
         }
@@ -721,7 +748,7 @@ impl Task {
                         ConnectionFailed {
                             sink: self.sink,
                             endpoint: &self.endpoint,
-                            kind: "config",
+                            kind: ConnectionErrorKind::Config,
                             error: &error,
                             retry_in: Some(retry_in),
                         },
@@ -754,7 +781,7 @@ impl Task {
                 let topic = record.topic.clone();
                 let ensured = tokio::select! {
                     r = self.ensure_topic(&topic) => r,
-                    () = reader.aborted() => Err("drain deadline passed".to_owned()),
+                    () = reader.aborted() => Err(EnsureTopicError::Aborted),
                 };
                 if let Err(error) = ensured {
                     reader.retry_because(claim, "create_topic", &error);
@@ -801,17 +828,15 @@ impl Task {
         self.batch = batch;
     }
 
-    async fn ensure_topic(&mut self, topic: &str) -> Result<(), String> {
-        if self.admin.is_none() {
-            let admin = self
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), EnsureTopicError> {
+        let admin = match self.admin.take() {
+            Some(admin) => admin,
+            None => self
                 .client_config
                 .create::<AdminClient<DefaultClientContext>>()
-                .map_err(|e| e.to_string())?;
-            self.admin = Some(admin);
-        }
-        let Some(admin) = &self.admin else {
-            return Err("no admin client".into());
+                .map_err(EnsureTopicError::Admin)?,
         };
+        let admin = self.admin.insert(admin);
         let new = NewTopic::new(
             topic,
             self.create_topics.partitions,
@@ -823,12 +848,12 @@ impl Task {
         let results = admin
             .create_topics([&new], &options)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(EnsureTopicError::Admin)?;
         for result in results {
             let existed = match result {
                 Ok(_) => false,
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
-                Err((name, code)) => return Err(format!("creating topic {name}: {code}")),
+                Err((topic, code)) => return Err(EnsureTopicError::Create { topic, code }),
             };
             emit(
                 &self.metrics,

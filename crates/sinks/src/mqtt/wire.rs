@@ -18,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 use super::tracker::{AckKind, Pending, Place, Resend};
 use super::v5::PropertyRules;
 use crate::record::Record;
+use crate::telemetry::ConnectionErrorKind;
 
 /// What rumqttc reported, as the sink needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,7 @@ impl Default for BrokerLimits {
 /// A failed connection: its `kind` label and the error.
 #[derive(Debug)]
 pub(crate) struct WireError {
-    pub kind: &'static str,
+    pub kind: ConnectionErrorKind,
     pub error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -357,18 +358,22 @@ fn happened_v4(event: &rumqttc::Event) -> Happened {
     }
 }
 
-fn error_kind_v4(error: &rumqttc::ConnectionError) -> &'static str {
+fn error_kind_v4(error: &rumqttc::ConnectionError) -> ConnectionErrorKind {
     use rumqttc::{ConnectReturnCode, ConnectionError};
     match error {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
-        ) => "auth",
-        ConnectionError::ConnectionRefused(_) => "refused",
-        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
-        ConnectionError::Io(_) => "io",
-        ConnectionError::Tls(_) => "tls",
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
-        _ => "protocol",
+        ) => ConnectionErrorKind::Auth,
+        ConnectionError::ConnectionRefused(_) => ConnectionErrorKind::Refused,
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ConnectionErrorKind::Refused
+        }
+        ConnectionError::Io(_) => ConnectionErrorKind::Io,
+        ConnectionError::Tls(_) => ConnectionErrorKind::Tls,
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            ConnectionErrorKind::Timeout
+        }
+        _ => ConnectionErrorKind::Protocol,
     }
 }
 
@@ -576,19 +581,21 @@ fn happened_v5(event: &rumqttc::v5::Event) -> Happened {
     }
 }
 
-fn error_kind_v5(error: &rumqttc::v5::ConnectionError) -> &'static str {
+fn error_kind_v5(error: &rumqttc::v5::ConnectionError) -> ConnectionErrorKind {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
     use rumqttc::v5::ConnectionError;
     match error {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
-        ) => "auth",
-        ConnectionError::ConnectionRefused(_) => "refused",
-        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
-        ConnectionError::Io(_) => "io",
-        ConnectionError::Tls(_) => "tls",
-        ConnectionError::Timeout(_) => "timeout",
-        _ => "protocol",
+        ) => ConnectionErrorKind::Auth,
+        ConnectionError::ConnectionRefused(_) => ConnectionErrorKind::Refused,
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ConnectionErrorKind::Refused
+        }
+        ConnectionError::Io(_) => ConnectionErrorKind::Io,
+        ConnectionError::Tls(_) => ConnectionErrorKind::Tls,
+        ConnectionError::Timeout(_) => ConnectionErrorKind::Timeout,
+        _ => ConnectionErrorKind::Protocol,
     }
 }
 
