@@ -21,7 +21,6 @@
 //! Without `--events` (as under `cargo bench` or `cargo test --benches`) it runs a small smoke
 //! round and prints wall-clock figures, which are not the measurement.
 
-use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,26 +31,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use voxsig_bridge::Config;
-use voxsig_sinks::{buffer::BufferReader, DrainReport, Sink};
-
-/// Acknowledges every record at once, counting them.
-struct NullSink(Arc<AtomicU64>);
-
-impl Sink for NullSink {
-    fn kind(&self) -> &'static str {
-        "null"
-    }
-
-    fn run(self: Box<Self>, mut reader: BufferReader) -> BoxFuture<'static, DrainReport> {
-        Box::pin(async move {
-            while let Some(claim) = reader.recv().await {
-                reader.ack(claim);
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-            reader.report()
-        })
-    }
-}
+use voxsig_testkit::sinks::NullSink;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

@@ -12,7 +12,6 @@
 //! `cargo bench -p voxsig-bridge --bench throughput` (full size) — under `cargo test` the
 //! scenarios run at a small size as a smoke test.
 
-use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -22,26 +21,7 @@ use std::time::{Duration, Instant};
 use voxsig_bridge::Config;
 use voxsig_protocol::{Command as Cable, EventKind, PubsubToken, RoomIdentifier};
 use voxsig_sim::{ExportOptions, Selection, Sim, SimConfig, TokenSelection, WorldSpec};
-use voxsig_sinks::{buffer::BufferReader, DrainReport, Sink};
-
-/// Acknowledges every record at once, counting them.
-struct NullSink(Arc<AtomicU64>);
-
-impl Sink for NullSink {
-    fn kind(&self) -> &'static str {
-        "null"
-    }
-
-    fn run(self: Box<Self>, mut reader: BufferReader) -> BoxFuture<'static, DrainReport> {
-        Box::pin(async move {
-            while let Some(claim) = reader.recv().await {
-                reader.ack(claim);
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-            reader.report()
-        })
-    }
-}
+use voxsig_testkit::sinks::NullSink;
 
 fn unix_ms() -> u128 {
     std::time::SystemTime::now()

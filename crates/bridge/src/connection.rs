@@ -535,34 +535,20 @@ async fn on_message(
     message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     clock: FrameClock,
 ) -> Option<Ended> {
-    let healthy_after = shared.reconnect.healthy_after;
     let now = clock.now;
+    // A frame the bridge cannot use is counted, and makes the connection unhealthy for the
+    // reconnect back-off.
+    let mut malformed = |error: &voxsig_protocol::FrameError| {
+        health.trouble(now, shared.reconnect.healthy_after);
+        emit(&shared.metrics, t::FrameMalformed { conn, error });
+    };
     match message {
         Some(Ok(Message::Text(text))) => match session.handle_text(text.as_str(), now) {
             Ok(Some(delivery)) => deliver(shared, members, delivery, clock).await,
             Ok(None) => {}
-            Err(error) => {
-                health.trouble(now, healthy_after);
-                emit(
-                    &shared.metrics,
-                    t::FrameMalformed {
-                        conn,
-                        error: &error,
-                    },
-                );
-            }
+            Err(error) => malformed(&error),
         },
-        Some(Ok(Message::Binary(bytes))) => {
-            health.trouble(now, healthy_after);
-            let error = session.handle_binary(bytes.len(), now);
-            emit(
-                &shared.metrics,
-                t::FrameMalformed {
-                    conn,
-                    error: &error,
-                },
-            );
-        }
+        Some(Ok(Message::Binary(bytes))) => malformed(&session.handle_binary(bytes.len(), now)),
         Some(Ok(Message::Close(frame))) => return Some(Ended::Closed(frame)),
         Some(Ok(_)) => {} // WebSocket pings are answered by tungstenite.
         Some(Err(e)) => {
@@ -570,14 +556,7 @@ async fn on_message(
             // ends the connection; it is counted as the frame error it is, and the reconnect
             // follows the back-off.
             if let Some(error) = frame_error_of(&e, shared.session.max_frame_bytes) {
-                health.trouble(now, healthy_after);
-                emit(
-                    &shared.metrics,
-                    t::FrameMalformed {
-                        conn,
-                        error: &error,
-                    },
-                );
+                malformed(&error);
             }
             return Some(Ended::Error(e));
         }

@@ -30,6 +30,7 @@ pub mod mqtt;
 pub mod process;
 pub mod records;
 pub mod rig;
+pub mod sinks;
 pub mod wait;
 
 pub use metrics::{metric, total};
