@@ -159,6 +159,7 @@ async fn write_loop(
         unflushed: 0,
         tickets: Vec::new(),
     };
+    let outages = shared.knobs.outages();
     'socket: while let Some(first) = q.rx.recv().await {
         let mut next = Some(first);
         let mut n = 0;
@@ -193,6 +194,9 @@ async fn write_loop(
             if let Some(delay) = slow {
                 tokio::time::sleep(delay).await;
             }
+            if shared.knobs.outages() != outages {
+                break 'socket; // the platform is down: nothing more leaves this socket
+            }
             let fed = sink.feed(msg).await;
             if fed.is_err() {
                 break 'socket;
@@ -202,13 +206,15 @@ async fn write_loop(
                 next = q.rx.try_recv().ok();
             }
         }
-        if sink.flush().await.is_err() {
+        if shared.knobs.outages() != outages || sink.flush().await.is_err() {
             break;
         }
         q.flushed();
     }
     drop(q);
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    if shared.knobs.outages() == outages {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    } // else an outage: the socket is cut without flushing what was fed
     shared.hub.abort_socket(id);
 }
 

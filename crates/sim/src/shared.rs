@@ -62,6 +62,8 @@ pub(crate) struct Knobs {
     slow_writer_us: AtomicU64,
     /// Until when WebSocket upgrades are refused (an outage).
     outage_until: Mutex<Option<Instant>>,
+    /// How many outages began; a socket's writer stops at once when this moves.
+    outages: AtomicU64,
     /// Wakes the ping task when the interval changes.
     pub(crate) changed: Notify,
 }
@@ -83,6 +85,7 @@ impl Knobs {
             refuse_all: AtomicU8::new(0),
             slow_writer_us: AtomicU64::new(0),
             outage_until: Mutex::new(None),
+            outages: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -134,7 +137,18 @@ impl Knobs {
 
     /// Refuses upgrades until `until` (`None`: ends the outage).
     pub(crate) fn set_outage(&self, until: Option<Instant>) {
+        let begins = until.is_some();
         *lock(&self.outage_until) = until;
+        if begins {
+            self.outages.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// How many outages have begun: a socket writer that sees it move writes nothing more, so an
+    /// outage cuts delivery at once (aborting the socket's tasks takes effect only at their next
+    /// await, and a frame queued meanwhile would otherwise still reach the client).
+    pub(crate) fn outages(&self) -> u64 {
+        self.outages.load(Ordering::SeqCst)
     }
 
     pub(crate) fn slow_writer(&self) -> Option<Duration> {
