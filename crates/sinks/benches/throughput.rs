@@ -699,10 +699,9 @@ async fn main() {
     print_buffer_rows(&buffer_rows, rounds, scale).await;
 }
 
-fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
-    println!(
-        "\n| broker | records | bare client (rec/s) | voxsig sink (rec/s) | sink / bare (median; lowest-highest) | client CPU ns/record, bare / sink |"
-    );
+/// The rows of a results table under its header line (both tables share the columns: name,
+/// records, baseline and measured rates, ratio median and range, CPU per record).
+fn print_table(rows: &[Row]) {
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         println!(
@@ -718,6 +717,13 @@ fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
             r.sink_cpu_ns
         );
     }
+}
+
+fn print_rows(rows: Vec<Row>, rounds: usize, warmup_n: u64) {
+    println!(
+        "\n| broker | records | bare client (rec/s) | voxsig sink (rec/s) | sink / bare (median; lowest-highest) | client CPU ns/record, bare / sink |"
+    );
+    print_table(&rows);
     println!(
         "\nmedians of {rounds} rounds alternating which side goes first; {warmup_n} warm-up records each; ~400-byte JSON payloads; loopback"
     );
@@ -790,21 +796,7 @@ async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
     println!(
         "\n| buffer rows: sink, disk buffer | records | memory buffer (rec/s) | disk buffer (rec/s) | disk / memory (median; lowest-highest) | CPU ns/record, memory / disk |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.0} / {:.0} |",
-            r.name,
-            r.count,
-            r.bare,
-            r.sink,
-            r.ratio.0,
-            r.ratio.1,
-            r.ratio.2,
-            r.bare_cpu_ns,
-            r.sink_cpu_ns
-        );
-    }
+    print_table(rows);
     println!("\nmedians of {rounds} rounds alternating which side goes first; ~1.3 KB records (1,200-byte payloads); loopback; disk buffer in a fresh directory under $TMPDIR");
     if std::env::args().any(|a| a == "--buffer-row") {
         return;
