@@ -730,7 +730,7 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
             },
         );
     }
-    if !shared.router.allows(&event.name) {
+    if !shared.router.allows_event(event) {
         emit(m, t::EventFiltered { kind });
         return;
     }

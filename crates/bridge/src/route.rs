@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use voxsig_protocol::EventRef;
+use voxsig_protocol::{EventKind, EventRef};
 use voxsig_sinks::cloudevents::{self, CloudEvents};
 use voxsig_sinks::{Headers, Record};
 
@@ -131,6 +131,9 @@ pub struct Router {
     structured: Option<CloudEvents>,
     /// The variables of the topic and key whose values come from the receiving subscription.
     receiver_vars: Vec<Var>,
+    /// The filter's verdict on each catalogued kind's canonical name, in `EventKind::ALL`
+    /// order: the live path looks it up instead of matching the patterns per event.
+    allowed_kinds: Vec<bool>,
 }
 
 impl Router {
@@ -148,10 +151,15 @@ impl Router {
                 receiver_vars.push(var.clone());
             }
         }
+        let allowed_kinds = EventKind::ALL
+            .iter()
+            .map(|kind| kind.name().is_some_and(|name| filter.allows(name)))
+            .collect();
         Router {
             topic,
             key,
             filter,
+            allowed_kinds,
             payload,
             rules,
             structured: None,
@@ -170,6 +178,19 @@ impl Router {
     /// Whether the filter lets an event name through (checked before any other work).
     pub fn allows(&self, event: &str) -> bool {
         self.filter.allows(event)
+    }
+
+    /// [`Router::allows`] for a decoded event: a catalogued kind under its canonical name is
+    /// looked up (the filter depends on the name only); an alias or unknown name is matched.
+    pub fn allows_event(&self, event: &EventRef<'_>) -> bool {
+        match event.kind.name() {
+            Some(name) if name == event.name => self
+                .allowed_kinds
+                .get(event.kind as usize)
+                .copied()
+                .unwrap_or_else(|| self.filter.allows(name)),
+            _ => self.filter.allows(&event.name),
+        }
     }
 
     /// What of the receiving subscription shows in a record: two copies of one broadcast

@@ -139,10 +139,42 @@ fn hex4(chars: &mut std::str::Chars<'_>) -> u32 {
     v
 }
 
-/// Whether a run of string contents holds a control character (not allowed unescaped). Written
-/// as a plain fold over the bytes so the compiler vectorises it.
-fn has_control(run: &[u8]) -> bool {
-    run.iter().fold(false, |found, &b| found | (b < 0x20))
+/// Eight copies of one byte.
+const fn splat(b: u8) -> u64 {
+    u64::from_le_bytes([b; 8])
+}
+
+/// The high bit of each byte of `w` that ends a run of string contents: a quote, a backslash
+/// or a control character (below 0x20). The lowest set bit is exact; bits above it may be
+/// false (a borrow carries into the next byte), so only the first one is used.
+#[inline]
+fn specials(w: u64) -> u64 {
+    let has_zero = |x: u64| x.wrapping_sub(splat(1)) & !x;
+    let quote = has_zero(w ^ splat(b'"'));
+    let backslash = has_zero(w ^ splat(b'\\'));
+    let control = w.wrapping_sub(splat(0x20)) & !w;
+    (quote | backslash | control) & splat(0x80)
+}
+
+/// Where the run of string contents starting at `pos` ends: the offset of the first quote,
+/// backslash or control character, or the end of `bytes`. One pass, eight bytes at a time.
+#[inline]
+fn run_end(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(chunk) = bytes.get(pos..pos + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let found = specials(word);
+        if found != 0 {
+            return pos + (found.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    while let Some(&b) = bytes.get(pos) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            return pos;
+        }
+        pos += 1;
+    }
+    pos
 }
 
 /// A cursor over a JSON text.
@@ -216,27 +248,20 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            // The body up to the next quote or backslash, found by a vectorised search; the
-            // run is then checked for control characters in one vectorised pass.
-            let rest = &self.bytes[self.pos..];
-            let stop = memchr::memchr2(b'"', b'\\', rest);
-            let run = &rest[..stop.unwrap_or(rest.len())];
-            if has_control(run) {
-                self.pos += run.iter().position(|&b| b < 0x20).unwrap_or(0);
-                return Err(self.error(JsonErrorReason::InvalidString));
-            }
-            self.pos += run.len();
-            match stop.map(|_| self.bytes[self.pos]) {
+            // The body up to the next quote, backslash or control character, in one pass.
+            self.pos = run_end(self.bytes, self.pos);
+            match self.bytes.get(self.pos) {
                 None => return Err(self.error(JsonErrorReason::UnexpectedEnd)),
                 Some(b'"') => {
                     let raw = &self.text[start..self.pos];
                     self.pos += 1;
                     return Ok(RawStr { raw, escaped });
                 }
-                Some(_) => {
+                Some(b'\\') => {
                     escaped = true;
                     self.escape()?;
                 }
+                Some(_) => return Err(self.error(JsonErrorReason::InvalidString)),
             }
         }
     }
@@ -472,6 +497,41 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// The first quote, backslash or control character, byte by byte: what `run_end` must find.
+    fn naive_run_end(bytes: &[u8], pos: usize) -> usize {
+        bytes[pos..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map_or(bytes.len(), |i| pos + i)
+    }
+
+    #[test]
+    fn run_end_finds_the_first_special_byte_at_every_offset() {
+        // Every byte value at every place of a word, after every start offset, with ordinary
+        // bytes (ASCII and UTF-8 continuation bytes, which set the high bit) around it, and a
+        // second special byte after it (a borrow must not hide or move the first).
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                for filler in [b'a', 0x80, 0xff, b' ', b'!', b'#', b'[', b']'] {
+                    let mut text = vec![filler; 24];
+                    text[at] = b;
+                    if at + 1 < text.len() {
+                        text[at + 1] = 0;
+                    }
+                    for start in 0..=at.min(9) {
+                        assert_eq!(
+                            run_end(&text, start),
+                            naive_run_end(&text, start),
+                            "byte {b:#x} at {at}, filler {filler:#x}, start {start}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(run_end(b"", 0), 0);
+        assert_eq!(run_end(b"abcdefghijk", 3), 11);
     }
 
     #[test]

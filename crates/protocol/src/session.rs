@@ -276,7 +276,10 @@ pub struct Session {
     config: SessionConfig,
     state: ConnectionState,
     subs: Vec<Option<Subscription>>,
-    by_escaped: HashMap<String, SubscriptionId>,
+    /// Looked up once per frame with the identifier as it stands in the frame (~100 bytes):
+    /// hashed with foldhash, a fast hasher still keyed per process. The keys are our own
+    /// subscriptions; a network value is only ever looked up, never inserted.
+    by_escaped: HashMap<String, SubscriptionId, foldhash::fast::RandomState>,
     by_key: HashMap<IdentifierKey, SubscriptionId>,
     last_frame_at: Instant,
     last_ping_at: Option<Instant>,
@@ -295,7 +298,7 @@ impl Session {
             config,
             state: ConnectionState::AwaitingWelcome,
             subs: Vec::new(),
-            by_escaped: HashMap::new(),
+            by_escaped: HashMap::default(),
             by_key: HashMap::new(),
             last_frame_at: now,
             last_ping_at: None,

@@ -59,6 +59,11 @@ fn jsonish() -> impl Strategy<Value = String> {
             "é",
             "\\n",
             "\\u00e9",
+            // Runs longer than a word, and the bytes around the control-character bound.
+            "abcdefghijkl",
+            "\t",
+            "\u{1f}",
+            "\u{7f}",
         ]),
         0..40,
     )

@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write;
 use std::sync::Mutex;
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
@@ -63,7 +62,8 @@ impl EventDigest {
         let mut out = String::with_capacity(34);
         match *self {
             EventDigest::Message { id, .. } => {
-                let _ = write!(out, "msg-{id}");
+                out.push_str("msg-");
+                out.push_str(itoa::Buffer::new().format(id));
             }
             EventDigest::Hash(digest) => {
                 out.push_str("h-");

@@ -127,6 +127,41 @@ fn filters_include_then_exclude() {
     assert!(EventFilter::new(&[], &["".into()]).is_err());
 }
 
+#[test]
+fn the_per_kind_filter_verdict_agrees_with_the_patterns() {
+    let filter = EventFilter::new(
+        &["message.*".into(), "conversation*".into()],
+        &["*typing_off".into()],
+    )
+    .unwrap();
+    let router = Router::new(
+        Template::parse("voxsig/{event}").unwrap(),
+        Template::parse("{account}").unwrap(),
+        filter.clone(),
+        PayloadMode::Raw,
+        TopicRules::Mqtt,
+    );
+    let names = EventKind::ALL.iter().filter_map(|k| k.name());
+    // Aliases and unknown names are matched as written, not by their kind.
+    let others = [
+        "conversation_typing_on",
+        "conversation_typing_off",
+        "message.new",
+        "x",
+    ];
+    for name in names.chain(others) {
+        let frame = format!(
+            r#"{{"identifier":"x","message":{{"event":"{name}","data":{{"account_id":9}}}}}}"#
+        );
+        let Ok(ServerFrame::Event(event)) = ServerFrame::parse(&frame) else {
+            panic!("{frame}");
+        };
+        assert_eq!(router.allows_event(&event), filter.allows(name), "{name}");
+    }
+    assert!(filter.allows("conversation_typing_on"));
+    assert!(!filter.allows("conversation.typing_off"));
+}
+
 fn router(payload: PayloadMode) -> Router {
     router_with("voxsig/{account}/{event}", payload)
 }

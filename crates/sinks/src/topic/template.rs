@@ -2,7 +2,6 @@
 //! event with every value sanitised for the destination's [`Charset`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use super::Charset;
 
@@ -170,9 +169,7 @@ impl Template {
 
 fn write_id(out: &mut String, id: Option<u64>) {
     match id {
-        Some(id) => {
-            let _ = write!(out, "{id}");
-        }
+        Some(id) => out.push_str(itoa::Buffer::new().format(id)),
         None => out.push_str(NONE),
     }
 }
