@@ -314,6 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_decode_slices_the_payload_out_of_the_read_buffer() {
+        let record = record("t", 7);
+        let mut out = vec![0u8; 3]; // the frame somewhere inside a larger read
+        encode(7, &record, &mut out);
+        let buf = Bytes::from(out);
+        let body = &buf[3 + FRAME_HEADER_LEN..];
+        let (seq, shared) = decode_shared(&buf, body).unwrap();
+        let (_, copied) = decode(body).unwrap();
+        assert_eq!(seq, 7);
+        assert_eq!(shared.payload, copied.payload);
+        assert_eq!(shared.topic, copied.topic);
+        let inside = buf.as_ptr_range();
+        assert!(
+            inside.contains(&shared.payload.as_ptr()),
+            "a slice, not a copy"
+        );
+    }
+
+    #[test]
     fn every_field_survives_except_the_instant() {
         let mut full = record("voxsig/1/message.created", 7);
         full.headers.event_id = Some("ev-1".into());
