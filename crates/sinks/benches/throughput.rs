@@ -203,11 +203,10 @@ fn buffer_config(fsync: Option<Fsync>, dir: &std::path::Path) -> BufferConfig {
 /// from the first push to the last acknowledgement, after a warm-up.
 async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u64) -> Measure {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (writer, reader) = open_buffer(
-        buffer_config(fsync, dir.path()),
-        SinkMetrics::unregistered(),
-    )
-    .expect("buffer opens");
+    let registry = prometheus::Registry::new();
+    let metrics = SinkMetrics::register(&registry).expect("metrics");
+    let (writer, reader) =
+        open_buffer(buffer_config(fsync, dir.path()), metrics).expect("buffer opens");
     let handle = spawn(target.sink(), reader);
     for r in big_records(warmup) {
         writer.push(r).await.expect("push");
@@ -223,7 +222,26 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     let measured = measure(n as usize, start, cpu);
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0);
+    if fsync.is_some() {
+        // What went the slow way: written, read back, checked, decoded (warm-up included).
+        println!(
+            "  disk buffer: {} of {} records read back from disk",
+            read_back(&registry),
+            n + warmup
+        );
+    }
     measured
+}
+
+/// The disk buffer's `voxsig_bridge_buffer_read_back_total`.
+fn read_back(registry: &prometheus::Registry) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "voxsig_bridge_buffer_read_back_total")
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 /// Fills a disk buffer with `n` ~1.3 KB records and no sink, then measures a start on it:

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 mod books;
 mod disk;
 mod format;
+mod runs;
 
 use disk::{AppendError, Disk, Log, ReadBack, Recovered};
 pub use disk::{BufferError, Fsync};
@@ -319,12 +320,13 @@ fn start_flusher(shared: Weak<Shared>, interval: Duration) {
 
 /// The disk buffer keeps at most this many bytes of records in memory (queued for the sink; an
 /// eighth of `max_bytes` when that is less): what the memory buffer holds by default. Beyond
-/// it, records are written to disk only and read back when the sink gets to them. (At 4 MiB, a
-/// sink task held off the CPU for a few milliseconds on a busy machine was enough to send most
-/// records through the read-back path: docs/BENCHMARKS.md.)
+/// it, records are written to disk only and read back when the sink gets to them; records
+/// accepted after them go to memory again once the window has room (`runs`), so only what
+/// overflowed is read back. (Before, one record beyond it sent every later one through the
+/// read-back path until the reader caught up: docs/BENCHMARKS.md.)
 const DISK_MEMORY_WINDOW: usize = MEMORY_DEFAULT_MAX_BYTES;
-/// Records read back from disk at once.
-const FILL_RECORDS: usize = 1024;
+/// Records read back from disk at once (one read of at most `FILL_BYTES`).
+const FILL_RECORDS: usize = 4096;
 const FILL_BYTES: usize = 1024 * 1024;
 /// A blocked writer retries a failed disk write after this long (or sooner when room is made).
 const DISK_RETRY: Duration = Duration::from_millis(100);
@@ -416,10 +418,24 @@ impl State {
         }
     }
 
-    /// Takes the oldest queued record, reading more back from disk when the queue ran dry.
+    /// Disk: whether the oldest record not taken is on disk only (to be read back before the
+    /// queue's front is taken).
+    fn disk_first(&self) -> bool {
+        match &self.store {
+            Store::Memory => false,
+            Store::Disk(disk) => disk.disk_first(self.queue.front().map(|e| e.seq)),
+        }
+    }
+
+    /// Takes the oldest record not taken: the queue's front, or (disk) the next spilled record,
+    /// read back first. `None` when there is none, or when the oldest is on disk and cannot be
+    /// read now (the sink's reader is reading it, or the disk refuses writes).
     fn pop_queued(&mut self) -> Option<Entry> {
-        if self.queue.is_empty() {
+        if self.disk_first() {
             self.fill();
+            if self.disk_first() {
+                return None;
+            }
         }
         let entry = self.queue.pop_front()?;
         self.queue_bytes -= entry.size;
@@ -443,7 +459,9 @@ impl State {
         });
     }
 
-    /// Appends what `read` reads back from disk to the queue, in order.
+    /// Puts what `read` reads back from disk into the queue at its place: before every queued
+    /// record except requeued claims older still (records accepted while the run waited on
+    /// disk are newer than all of it).
     fn refill(
         &mut self,
         read: impl FnOnce(&mut Disk, &mut dyn FnMut(u64, usize, Record), &mut dyn FnMut(u64)),
@@ -459,12 +477,12 @@ impl State {
             return;
         };
         let mut lost = Vec::new();
+        let mut read_back = Vec::new();
         read(
             disk,
             &mut |seq, size, record| {
                 *queue_bytes += size;
-                // Requeued claims may be queued already: they are older, so the order holds.
-                queue.push_back(Entry {
+                read_back.push(Entry {
                     seq,
                     size,
                     attempts: 0,
@@ -473,6 +491,13 @@ impl State {
             },
             &mut |seq| lost.push(seq),
         );
+        if let Some(first) = read_back.first().map(|e| e.seq) {
+            let at = queue.partition_point(|e| e.seq < first);
+            let older: Vec<Entry> = queue.drain(..at).collect();
+            for entry in read_back.into_iter().rev().chain(older.into_iter().rev()) {
+                queue.push_front(entry);
+            }
+        }
         // Unreadable on disk (reported by the disk): gone. Their bytes and labels are unknown;
         // both levels saturate at zero as the rest drains.
         for seq in lost {
@@ -571,9 +596,14 @@ impl Claim {
 
 impl Shared {
     /// A claim comes back unfinished: into the queue at its place in acceptance order.
-    fn put_back(&self, seq: u64, size: usize, attempts: u32, record: Record) {
+    fn put_back(&self, seq: u64, size: usize, attempts: u32, mut record: Record) {
         {
             let mut state = self.lock();
+            if matches!(state.store, Store::Disk(_)) {
+                // A record read back shares its read buffer with its neighbours: a copy, so a
+                // record that waits (retried later) does not keep the whole buffer alive.
+                record.payload = bytes::Bytes::copy_from_slice(&record.payload);
+            }
             state.in_flight_by_label.dec(record.headers.event_label);
             let at = state.queue.partition_point(|e| e.seq < seq);
             state.queue_bytes += size;
@@ -856,7 +886,7 @@ impl BufferWriter {
         let in_memory = match &mut state.store {
             Store::Memory => true,
             Store::Disk(disk) => {
-                let spill = disk.spilled() > 0 || state.queue_bytes + size > shared.window;
+                let spill = disk.spill(state.queue_bytes, size, shared.window);
                 match disk.append(seq, record, size, spill) {
                     Ok(()) => {}
                     Err(AppendError::BatchFull) => return Placed::WriteOut(disk.log()),
@@ -1111,13 +1141,13 @@ impl BufferReader {
         }
     }
 
-    /// Disk: when the queue ran dry and records wait on disk, reads a batch of them back
+    /// Disk: when the oldest record not taken waits on disk, reads a batch of its run back
     /// without holding the buffer's lock, so `push` (and acknowledgements) go on meanwhile.
     fn read_back(&self) {
         let shared = &self.acker.shared;
         let job = {
             let mut state = shared.lock();
-            if !state.queue.is_empty() {
+            if !state.disk_first() {
                 return;
             }
             match &mut state.store {
@@ -2073,6 +2103,168 @@ mod disk_tests {
                 w.push(numbered(i)).await.unwrap();
             }
             assert_eq!(take_all(&mut r), expected(0..50), "{fsync:?}");
+        }
+    }
+
+    /// One step of a run-queue scenario (records `t/100`, `t/101`, ...: one size).
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Accept `n` more records.
+        Push(u64),
+        /// Take up to `n` records (claims held).
+        Take(usize),
+        /// Hand a held claim back (by record number).
+        Requeue(u64),
+        /// Give up on a held claim for good.
+        Reject(u64),
+    }
+
+    #[tokio::test]
+    async fn memory_and_disk_runs_come_out_in_acceptance_order() {
+        use Step::*;
+        let size = format::framed_len(&record("t/100", 100));
+        struct Case {
+            name: &'static str,
+            max_events: Option<usize>,
+            when_full: WhenFull,
+            steps: &'static [Step],
+            /// Every record taken, in order (requeued ones again at their place).
+            taken: &'static [u64],
+            read_back: u64,
+            dropped: u64,
+        }
+        // The window holds 8 records; once one spills, records spill until it has room for
+        // an eighth of it again (1 record).
+        let cases = [
+            Case {
+                name: "interleaved spill and refill: 8..11, 17 and 20..29 on disk",
+                max_events: None,
+                when_full: WhenFull::Block,
+                steps: &[
+                    Push(12),
+                    Take(5),
+                    Push(6),
+                    Take(2),
+                    Push(9),
+                    Take(4),
+                    Push(3),
+                    Take(99),
+                ],
+                taken: &[
+                    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                    22, 23, 24, 25, 26, 27, 28, 29,
+                ],
+                read_back: 4 + 1 + 10,
+                dropped: 0,
+            },
+            Case {
+                name: "requeue of a claim read back (9) and of one from memory (3)",
+                max_events: None,
+                when_full: WhenFull::Block,
+                steps: &[
+                    Push(12),
+                    Take(10),
+                    Requeue(9),
+                    Requeue(3),
+                    Push(2),
+                    Take(99),
+                ],
+                taken: &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 9, 10, 11, 12, 13],
+                read_back: 4,
+                dropped: 0,
+            },
+            Case {
+                name: "reject and requeue while a run waits",
+                max_events: None,
+                when_full: WhenFull::Block,
+                steps: &[Push(12), Take(3), Reject(1), Requeue(2), Take(99)],
+                taken: &[0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                read_back: 4,
+                dropped: 0,
+            },
+            Case {
+                name: "drop_oldest across memory and disk runs: drops 3..10",
+                max_events: Some(17),
+                when_full: WhenFull::DropOldest,
+                steps: &[Push(12), Take(3), Push(5), Push(8), Take(99)],
+                taken: &[
+                    0, 1, 2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                ],
+                read_back: 4 + 3 + 3,
+                dropped: 8,
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let config = BufferConfig {
+                max_bytes: 64 * size,
+                max_events: case.max_events,
+                when_full: case.when_full,
+                ..disk_config(dir.path())
+            };
+            let (w, mut r, registry) = opened(&config);
+            let name = case.name;
+            let mut next = 0;
+            let mut held: Vec<Claim> = Vec::new();
+            let mut taken = Vec::new();
+            for step in case.steps {
+                match *step {
+                    Push(n) => {
+                        for _ in 0..n {
+                            let i = 100 + next;
+                            w.push(record(&format!("t/{i}"), i)).await.unwrap();
+                            next += 1;
+                        }
+                    }
+                    Take(n) => {
+                        let mut got = Vec::new();
+                        while got.len() < n && r.try_recv_many(n - got.len(), &mut got) > 0 {}
+                        taken.extend(got.iter().map(|c| c.seq()));
+                        held.extend(got);
+                    }
+                    Requeue(n) | Reject(n) => {
+                        let at = held.iter().position(|c| c.seq() == n).unwrap();
+                        let claim = held.remove(at);
+                        match step {
+                            Requeue(_) => r.requeue(claim),
+                            _ => r.reject(claim),
+                        }
+                    }
+                }
+            }
+            assert_eq!(taken, case.taken, "{name}");
+            for claim in &held {
+                let want = format!("t/{}", 100 + claim.seq());
+                assert_eq!(
+                    claim.record().topic,
+                    want,
+                    "{name}: the record of its number"
+                );
+            }
+            assert_eq!(
+                metric(&registry, "voxsig_bridge_buffer_read_back_total", None),
+                case.read_back,
+                "{name}"
+            );
+            assert_eq!(r.report().dropped, case.dropped, "{name}");
+            let depth = w.depth() as u64;
+            assert_eq!(
+                metric(&registry, "voxsig_bridge_buffer_events", None),
+                depth,
+                "{name}"
+            );
+            assert_eq!(
+                metric(&registry, "voxsig_bridge_buffer_bytes", None),
+                depth * size as u64,
+                "{name}"
+            );
+            r.ack_many(&mut held);
+            assert_eq!(w.depth(), 0, "{name}: nothing left");
+            assert_eq!(
+                metric(&registry, "voxsig_bridge_buffer_bytes", None),
+                0,
+                "{name}"
+            );
         }
     }
 

@@ -19,6 +19,7 @@
 //! | `voxsig_bridge_buffer_events` / `voxsig_bridge_buffer_bytes` | gauge | — |
 //! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — (a disk buffer without `max_events`: the largest value, so fill ratios stay 0) |
 //! | `voxsig_bridge_buffer_replayed_total` | counter | — |
+//! | `voxsig_bridge_buffer_read_back_total` | counter | — |
 //! | `voxsig_bridge_buffer_corrupt_records_total` | counter | `kind` (`torn_tail`, `checksum`) |
 //! | `voxsig_bridge_buffer_write_errors_total` | counter | — |
 
@@ -132,6 +133,7 @@ struct Metrics {
     capacity_bytes: IntGauge,
     limiter: LogLimiter,
     replayed: prometheus::IntCounter,
+    read_back: prometheus::IntCounter,
     corrupt: IntCounterVec,
     write_errors: prometheus::IntCounter,
     /// Set with the `connected` gauge, by the same events.
@@ -228,6 +230,10 @@ impl SinkMetrics {
             replayed: plain_counter(
                 "voxsig_bridge_buffer_replayed_total",
                 "Records re-delivered from the disk buffer after a start (possible duplicates)",
+            )?,
+            read_back: plain_counter(
+                "voxsig_bridge_buffer_read_back_total",
+                "Records the disk buffer read back from its files (beyond its memory window, or replayed after a start)",
             )?,
             corrupt: counter(
                 "voxsig_bridge_buffer_corrupt_records_total",
@@ -628,14 +634,19 @@ impl InternalEvent for BufferRecovered<'_> {
     }
 }
 
-/// Records were read back from disk after a start (counted; no log line).
-pub(crate) struct RecordsReplayed {
+/// Records were read back from the disk buffer's files (spilled beyond the memory window, or
+/// left by a previous run: `replayed` of them). Counted; no log line.
+pub(crate) struct RecordsReadBack {
     pub count: u64,
+    pub replayed: u64,
 }
 
-impl InternalEvent for RecordsReplayed {
+impl InternalEvent for RecordsReadBack {
     fn emit(self, m: &SinkMetrics) {
-        m.inner.replayed.inc_by(self.count);
+        m.inner.read_back.inc_by(self.count);
+        if self.replayed > 0 {
+            m.inner.replayed.inc_by(self.replayed);
+        }
     }
 }
 

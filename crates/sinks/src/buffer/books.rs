@@ -93,16 +93,6 @@ impl Segments {
         }
     }
 
-    /// The segment after the one starting at `first`.
-    pub(crate) fn after(&self, first: u64) -> Option<Segment> {
-        self.list.iter().find(|s| s.first > first).copied()
-    }
-
-    /// The oldest segment.
-    pub(crate) fn oldest(&self) -> Option<Segment> {
-        self.list.front().copied()
-    }
-
     /// Removes and returns the segments, never the active one, whose every record is below
     /// `acked_below`: their files can be deleted.
     pub(crate) fn take_finished(&mut self, acked_below: u64) -> Vec<Segment> {
@@ -177,13 +167,5 @@ mod tests {
             }]
         );
         assert_eq!(segs.len(), 1);
-        assert_eq!(
-            segs.after(0),
-            Some(Segment {
-                first: 200,
-                end: 251
-            })
-        );
-        assert_eq!(segs.after(200), None);
     }
 }

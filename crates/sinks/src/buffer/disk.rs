@@ -7,17 +7,20 @@
 //! - `ledger`: one 32-byte block, `acked_below` (every record below it acknowledged).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::books::{Acks, Segment, Segments};
-use super::format::{self, FrameHeader, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::format::{self, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::runs::{Run, Runs};
 use crate::telemetry::{
-    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReplayed,
+    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReadBack,
 };
 use crate::{Record, SinkMetrics};
 
@@ -30,8 +33,6 @@ const MAX_SEGMENT_FILE: u64 = 256 * 1024 * 1024;
 pub(crate) const LEDGER_FILE: &str = "ledger";
 /// Segment files end in this.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
-/// Read-ahead of the cursor.
-const READ_BUFFER: usize = 256 * 1024;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
 pub(crate) const MAX_BATCH: usize = 256 * 1024;
@@ -103,13 +104,6 @@ pub(crate) enum AppendError {
     BatchFull,
 }
 
-/// Where the reader continues on disk.
-struct Cursor {
-    segment: u64,
-    offset: u64,
-    reader: Option<BufReader<File>>,
-}
-
 /// What was recovered at start.
 pub(crate) struct Recovered {
     pub next_seq: u64,
@@ -130,12 +124,10 @@ pub(crate) struct Disk {
     acks: Acks,
     /// The write-behind batch and its writer thread.
     log: Arc<Log>,
-    body: Vec<u8>,
-    /// Records on disk only (not in the memory queue), not yet read back.
-    spilled: u64,
-    /// A [`ReadBack`] has the cursor (the sink's reader reads without the buffer's lock).
+    /// Records on disk only (not in the memory queue), not yet read back: where they are.
+    runs: Runs,
+    /// A [`ReadBack`] reads the front run (the sink's reader reads without the buffer's lock).
     reading: bool,
-    cursor: Option<Cursor>,
     /// Records below this were accepted before this start: reading them is a replay.
     replay_below: u64,
     /// Every record below this is on stable storage (`fsync = "always"`).
@@ -177,40 +169,6 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-/// One step of reading a segment sequentially.
-enum Step {
-    /// A frame whose body passed its checksum; the body is in the buffer.
-    Frame(FrameHeader),
-    /// The end of the data.
-    End,
-    /// A frame cut short, or a length that cannot be: nothing readable follows.
-    Broken,
-    /// A whole frame whose body fails its checksum (skipped).
-    BadChecksum(FrameHeader),
-}
-
-fn read_step(reader: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Step> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    match read_full(reader, &mut header)? {
-        0 => return Ok(Step::End),
-        FRAME_HEADER_LEN => {}
-        _ => return Ok(Step::Broken),
-    }
-    let header = format::frame_header(&header);
-    if header.len > MAX_FRAME {
-        return Ok(Step::Broken);
-    }
-    body.resize(header.len, 0);
-    if read_full(reader, body)? < header.len {
-        return Ok(Step::Broken);
-    }
-    Ok(if format::body_ok(header, body) {
-        Step::Frame(header)
-    } else {
-        Step::BadChecksum(header)
-    })
 }
 
 /// A frame found while scanning a whole segment in memory.
@@ -341,6 +299,7 @@ impl Disk {
         let mut events = 0usize;
         let mut bytes = 0usize;
         let mut by_label: Vec<(&'static str, u64)> = Vec::new();
+        let mut runs = Runs::default();
         let mut data = Vec::new();
         let last_index = names.len().saturating_sub(1);
         for (index, (first, path)) in names.iter().enumerate() {
@@ -419,7 +378,8 @@ impl Disk {
                 }
                 continue;
             }
-            if found.corrupt > 0 || found.torn_at.is_some() {
+            let rewritten = found.corrupt > 0 || found.torn_at.is_some();
+            if rewritten {
                 // Rewrite the segment with its intact frames only, so the reader never meets the
                 // damage again (written aside, then renamed over: a crash leaves one or the other).
                 let tmp = path.with_extension("seg.tmp");
@@ -433,7 +393,16 @@ impl Disk {
                 file.sync_data().map_err(&err)?;
                 std::fs::rename(&tmp, path).map_err(&err)?;
             }
-            for f in &live {
+            // The live records are read back first, as one run: where they are in the file now
+            // (a rewritten file holds the intact frames one after the other).
+            let mut at = SEGMENT_HEADER_LEN as u64;
+            let mut run: Option<Run> = None;
+            for f in &found.frames {
+                let offset = if rewritten { at } else { f.offset as u64 };
+                at += f.len as u64;
+                if f.seq < acked_below {
+                    continue;
+                }
                 events += 1;
                 bytes += f.len;
                 let body = &data[f.offset + FRAME_HEADER_LEN..f.offset + f.len];
@@ -442,12 +411,31 @@ impl Disk {
                     Some((_, n)) => *n += 1,
                     None => by_label.push((label, 1)),
                 }
+                match run.as_mut() {
+                    Some(run) => {
+                        run.bytes = offset + f.len as u64 - run.offset;
+                        run.end = f.seq + 1;
+                        run.records += 1;
+                    }
+                    None => {
+                        run = Some(Run {
+                            segment: *first,
+                            offset,
+                            bytes: f.len as u64,
+                            next: f.seq,
+                            end: f.seq + 1,
+                            records: 1,
+                        })
+                    }
+                }
+            }
+            if let Some(run) = run {
+                runs.recovered(run);
             }
             let end = found.frames.last().map_or(*first, |f| f.seq + 1);
             next_seq = next_seq.max(end);
             segments.push(Segment { first: *first, end });
         }
-        let replay_from = segments.oldest().map(|s| s.first);
         let segment_max = (max_bytes as u64 / 16).clamp(64 * 1024, 128 * 1024 * 1024);
         let active_path = segment_path(dir, next_seq);
         let active = create_segment(&active_path, fsync).map_err(&err)?;
@@ -491,14 +479,8 @@ impl Disk {
             segments,
             acks: Acks::new(acked_below),
             log,
-            body: Vec::new(),
-            spilled: events as u64,
+            runs,
             reading: false,
-            cursor: replay_from.filter(|_| events > 0).map(|segment| Cursor {
-                segment,
-                offset: SEGMENT_HEADER_LEN as u64,
-                reader: None,
-            }),
             replay_below: next_seq,
             synced_below: next_seq,
             dirty: false,
@@ -555,15 +537,27 @@ impl Disk {
 
     /// Records on disk only, waiting to be read back.
     pub(crate) fn spilled(&self) -> u64 {
-        self.spilled
+        self.runs.records()
+    }
+
+    /// Whether the next record must go to disk only (see [`Runs::spill`]).
+    pub(crate) fn spill(&mut self, queued: usize, size: usize, window: usize) -> bool {
+        self.runs.spill(queued, size, window)
+    }
+
+    /// Whether the oldest record not taken is on disk only (read it back before taking the
+    /// memory queue's front, record `queue_front`).
+    pub(crate) fn disk_first(&self, queue_front: Option<u64>) -> bool {
+        self.runs.disk_first(queue_front)
     }
 
     /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
     /// writer thread hands it to the kernel within microseconds (it is woken by the first record
     /// of a batch; under load batches grow). A batch is never larger than [`MAX_BATCH`]: past
     /// it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
-    /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill`: the record is
-    /// not kept in memory, the reader must read it back from disk. Fails (and takes nothing)
+    /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill` (as
+    /// [`Disk::spill`] said): the record is not kept in memory, the reader must read it back
+    /// from disk. Fails (and takes nothing)
     /// while the disk refuses writes: the records already accepted are kept in memory and
     /// retried in order.
     pub(crate) fn append(
@@ -607,15 +601,8 @@ impl Disk {
         self.segments.appended(seq);
         self.dirty = true;
         if spill {
-            if self.spilled == 0 {
-                let segment = self.segments.active().map_or(seq, |s| s.first);
-                self.cursor = Some(Cursor {
-                    segment,
-                    offset: at,
-                    reader: None,
-                });
-            }
-            self.spilled += 1;
+            let segment = self.segments.active().map_or(seq, |s| s.first);
+            self.runs.spilled(seq, segment, at, size);
         }
         Ok(())
     }
@@ -669,34 +656,30 @@ impl Disk {
         count
     }
 
-    /// Takes the read cursor out, to read spilled records back without the buffer's lock:
-    /// `None` when nothing is spilled or a read-back is under way already.
+    /// Takes the front run's place, to read its records back without the buffer's lock: `None`
+    /// when nothing is spilled or a read-back is under way already.
     pub(crate) fn start_read(&mut self, max: usize, max_bytes: usize) -> Option<ReadBack> {
-        if self.spilled == 0 || self.reading {
+        if self.reading {
             return None;
         }
-        let Some(cursor) = self.cursor.take() else {
-            self.spilled = 0;
-            return None;
-        };
+        let run = self.runs.front()?;
         self.reading = true;
         Some(ReadBack {
-            path: segment_path(&self.dir, cursor.segment),
-            cursor,
+            path: segment_path(&self.dir, run.segment),
+            run,
             log: self.log.clone(),
-            max: max.min(usize::try_from(self.spilled).unwrap_or(usize::MAX)),
+            max: max.min(usize::try_from(run.records).unwrap_or(usize::MAX)),
             max_bytes,
-            acked_below: self.acks.below(),
-            body: std::mem::take(&mut self.body),
             got: Vec::new(),
-            bytes: 0,
+            frames: 0,
+            consumed: 0,
             corrupt: 0,
             end: None,
         })
     }
 
-    /// Takes back the cursor and the records a [`ReadBack`] read, in order, through `push`;
-    /// returns how many, and whether reading should go on in the next segment now.
+    /// Takes back the front run and the records a [`ReadBack`] read, in order, through `push`;
+    /// returns how many, and whether reading should go on now.
     pub(crate) fn finish_read(
         &mut self,
         job: ReadBack,
@@ -704,18 +687,15 @@ impl Disk {
         lost: &mut dyn FnMut(u64),
     ) -> (usize, bool) {
         let ReadBack {
-            cursor,
             path,
-            body,
             got,
+            frames,
+            consumed,
             corrupt,
             end,
             ..
         } = job;
         self.reading = false;
-        self.body = body;
-        let segment = cursor.segment;
-        self.cursor = Some(cursor);
         if corrupt > 0 {
             emit(
                 &self.metrics,
@@ -726,85 +706,65 @@ impl Disk {
                 },
             );
         }
+        // The front run is the one read (only a read-back changes it); it may have grown since.
+        self.runs
+            .consumed(frames, consumed, got.last().map(|(seq, _, _)| *seq));
         let count = got.len();
-        let mut replayed = 0u64;
+        let replayed = got
+            .iter()
+            .filter(|(seq, _, _)| *seq < self.replay_below)
+            .count() as u64;
         for (seq, size, record) in got {
-            self.spilled = self.spilled.saturating_sub(1);
-            if seq < self.replay_below {
-                replayed += 1;
-            }
             push(seq, size, record);
         }
-        if replayed > 0 {
-            emit(&self.metrics, RecordsReplayed { count: replayed });
+        if count > 0 {
+            emit(
+                &self.metrics,
+                RecordsReadBack {
+                    count: count as u64,
+                    replayed,
+                },
+            );
         }
-        let active = self.segments.active().map(|s| s.first) == Some(segment);
         let go_on = match end {
-            None | Some(ReadEnd::WriteFailed) => false,
-            Some(ReadEnd::End) if active => {
-                // Caught up with the writer: the books say otherwise only if a write was lost
-                // under us; trust the file.
-                tracing::error!(
-                    spilled = self.spilled,
-                    "disk buffer: fewer records on disk than written; the rest is skipped"
-                );
-                self.spilled = 0;
-                false
-            }
-            Some(ReadEnd::End) => {
-                self.next_segment();
+            // Stopped at its limits: more next time (`fill` goes on only if all it met was
+            // damage).
+            None => count == 0,
+            Some(ReadEnd::WriteFailed) => false,
+            Some(ReadEnd::Broken) => {
+                self.skip_run(lost);
                 true
             }
-            Some(ReadEnd::Broken) if active => {
-                self.spilled = 0;
-                false
-            }
-            Some(ReadEnd::Broken) => {
-                self.skip_segment(lost);
+            Some(ReadEnd::Short) => {
+                tracing::error!(file = %path.display(),
+                    "disk buffer: fewer records on disk than written; the rest of them is skipped");
+                self.skip_run(lost);
                 true
             }
             Some(ReadEnd::Unreadable(error)) => {
                 tracing::error!(file = %path.display(), %error, "disk buffer: cannot read a segment; its records are skipped");
-                self.skip_segment(lost);
+                self.skip_run(lost);
                 true
             }
         };
-        if self.spilled == 0 {
-            self.cursor = None;
-        }
-        (count, go_on && self.spilled > 0)
+        (count, go_on && self.runs.records() > 0)
     }
 
-    fn next_segment(&mut self) {
-        let Some(cursor) = self.cursor.as_mut() else {
+    /// Gives up on the rest of the front run: its unread records are lost (reported).
+    fn skip_run(&mut self, lost: &mut dyn FnMut(u64)) {
+        let Some(run) = self.runs.pop_front() else {
             return;
         };
-        match self.segments.after(cursor.segment) {
-            Some(next) => {
-                *cursor = Cursor {
-                    segment: next.first,
-                    offset: SEGMENT_HEADER_LEN as u64,
-                    reader: None,
-                };
+        let mut left = run.records;
+        for seq in run.next..run.end {
+            if left == 0 {
+                break;
             }
-            None => self.spilled = 0,
-        }
-    }
-
-    /// Gives up on the rest of the cursor's segment: its unread records are lost (reported).
-    fn skip_segment(&mut self, lost: &mut dyn FnMut(u64)) {
-        let Some(cursor) = self.cursor.as_ref() else {
-            return;
-        };
-        let from = cursor.segment;
-        let end = self.segments.after(from).map_or(from, |s| s.first);
-        for seq in from..end {
-            if !self.acks.is_done(seq) && self.spilled > 0 {
-                self.spilled -= 1;
+            if !self.acks.is_done(seq) {
+                left -= 1;
                 lost(seq);
             }
         }
-        self.next_segment();
     }
 
     /// A record left the buffer for good (acknowledged, rejected or dropped).
@@ -892,32 +852,31 @@ impl Disk {
     }
 }
 
-/// A read-back of spilled records, done without the buffer's lock: the cursor is taken out
-/// ([`Disk::start_read`]), the records are read, checked and decoded ([`ReadBack::run`]), then
-/// handed over in order ([`Disk::finish_read`]). Meanwhile new records keep going to disk only,
-/// so the order holds.
+/// A read-back of spilled records, done without the buffer's lock: the front run is noted
+/// ([`Disk::start_read`]), a prefix of it is read with one `pread` into one buffer, checked and
+/// decoded, the payloads slices of that buffer ([`ReadBack::run`]), then handed over in order
+/// ([`Disk::finish_read`]). Meanwhile new records go to memory or to later runs: the order holds.
 pub(crate) struct ReadBack {
-    cursor: Cursor,
+    run: Run,
     path: PathBuf,
     log: Arc<Log>,
     max: usize,
     max_bytes: usize,
-    /// Records below this are finished (acknowledged before a restart): skipped.
-    acked_below: u64,
-    body: Vec<u8>,
     got: Vec<(u64, usize, Record)>,
-    bytes: usize,
+    /// Frames consumed (records read and damaged ones skipped), and their bytes.
+    frames: u64,
+    consumed: u64,
     corrupt: u64,
     end: Option<ReadEnd>,
 }
 
 /// Why a read-back stopped before its limits.
 enum ReadEnd {
-    /// The end of the segment's data.
-    End,
-    /// A frame cut short or a length that cannot be: nothing readable follows in this segment.
+    /// A length that cannot be, or a record that is not the run's: nothing readable follows.
     Broken,
-    /// The segment could not be opened.
+    /// The file ends before the run does.
+    Short,
+    /// The segment could not be opened or read.
     Unreadable(std::io::Error),
     /// Writing the batch out failed: the records are not on disk yet (retried later).
     WriteFailed,
@@ -930,51 +889,82 @@ impl ReadBack {
             self.end = Some(ReadEnd::WriteFailed);
             return;
         }
-        while self.got.len() < self.max && self.bytes < self.max_bytes {
-            if self.cursor.reader.is_none() {
-                let offset = self.cursor.offset;
-                match File::open(&self.path).and_then(|mut f| {
-                    f.seek(SeekFrom::Start(offset))?;
-                    Ok(f)
-                }) {
-                    Ok(f) => self.cursor.reader = Some(BufReader::with_capacity(READ_BUFFER, f)),
-                    Err(error) => {
-                        self.end = Some(ReadEnd::Unreadable(error));
-                        return;
-                    }
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(error) => {
+                self.end = Some(ReadEnd::Unreadable(error));
+                return;
+            }
+        };
+        let mut want = self.run.bytes.min(self.max_bytes as u64);
+        // At most twice: a first frame larger than `max_bytes` is read again, whole.
+        for attempt in 0..2 {
+            let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+            match file.read_exact_at(&mut buf, self.run.offset) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.end = Some(ReadEnd::Short);
+                    return;
+                }
+                Err(error) => {
+                    self.end = Some(ReadEnd::Unreadable(error));
+                    return;
                 }
             }
-            let Some(reader) = self.cursor.reader.as_mut() else {
+            let larger = self.parse(&Bytes::from(buf));
+            if self.frames > 0 || self.end.is_some() {
+                // Progress (the rest of the run next time), or the end of it.
                 return;
-            };
-            match read_step(reader, &mut self.body) {
-                Ok(Step::Frame(header)) => {
-                    let size = FRAME_HEADER_LEN + header.len;
-                    self.cursor.offset += size as u64;
-                    match format::decode(&self.body) {
-                        Ok((seq, _)) if seq < self.acked_below => {}
-                        Ok((seq, record)) => {
-                            self.bytes += size;
-                            self.got.push((seq, size, record));
-                        }
-                        Err(_) => self.corrupt += 1,
-                    }
+            }
+            match larger {
+                Some(larger) if attempt == 0 && larger > want && larger <= self.run.bytes => {
+                    want = larger;
                 }
-                Ok(Step::BadChecksum(header)) => {
-                    self.cursor.offset += (FRAME_HEADER_LEN + header.len) as u64;
-                    self.corrupt += 1;
-                }
-                Ok(Step::End) => {
-                    self.end = Some(ReadEnd::End);
-                    return;
-                }
-                Ok(Step::Broken) | Err(_) => {
-                    self.corrupt += 1;
-                    self.end = Some(ReadEnd::Broken);
-                    return;
-                }
+                // Nothing readable where the run says its records are.
+                _ => break,
             }
         }
+        self.end = Some(ReadEnd::Broken);
+    }
+
+    /// Takes the frames of `buf` (the run's bytes from its start); returns the size of the
+    /// first frame that did not fit, if one did not.
+    fn parse(&mut self, buf: &Bytes) -> Option<u64> {
+        let mut pos = 0usize;
+        while self.got.len() < self.max {
+            let header: &[u8; FRAME_HEADER_LEN] =
+                buf.get(pos..pos + FRAME_HEADER_LEN)?.try_into().ok()?;
+            let header = format::frame_header(header);
+            let size = FRAME_HEADER_LEN + header.len;
+            if header.len > MAX_FRAME {
+                self.end = Some(ReadEnd::Broken);
+                return None;
+            }
+            let Some(body) = buf.get(pos + FRAME_HEADER_LEN..pos + size) else {
+                return Some(size as u64);
+            };
+            pos += size;
+            self.frames += 1;
+            self.consumed += size as u64;
+            if !format::body_ok(header, body) {
+                self.corrupt += 1;
+                continue;
+            }
+            match format::decode_shared(buf, body) {
+                Ok((seq, record)) if (self.run.next..self.run.end).contains(&seq) => {
+                    self.got.push((seq, size, record));
+                }
+                Ok(_) => {
+                    // Not a record of this run: the file is not what was written.
+                    self.frames -= 1;
+                    self.consumed -= size as u64;
+                    self.end = Some(ReadEnd::Broken);
+                    return None;
+                }
+                Err(_) => self.corrupt += 1,
+            }
+        }
+        None
     }
 }
 

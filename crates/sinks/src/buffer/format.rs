@@ -227,6 +227,18 @@ pub(crate) fn body_seq(body: &[u8]) -> Result<u64, Malformed> {
 
 /// Decodes a checked body back into its sequence number and record. `accepted_at` is now.
 pub(crate) fn decode(body: &[u8]) -> Result<(u64, Record), Malformed> {
+    decode_with(body, Bytes::copy_from_slice)
+}
+
+/// [`decode`] of a body inside `buf`: the payload is a slice of `buf` (no copy, no allocation).
+pub(crate) fn decode_shared(buf: &Bytes, body: &[u8]) -> Result<(u64, Record), Malformed> {
+    decode_with(body, |payload| buf.slice_ref(payload))
+}
+
+fn decode_with(
+    body: &[u8],
+    payload: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<(u64, Record), Malformed> {
     let fixed = body.get(..BODY_FIXED).ok_or(Malformed)?;
     let u64_at = |i: usize| u64::from_le_bytes(fixed[i..i + 8].try_into().unwrap_or_default());
     let seq = u64_at(0);
@@ -257,7 +269,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<(u64, Record), Malformed> {
     let event = text(take(lens[2])?)?;
     let event_id = text(take(lens[3])?)?;
     let label = std::str::from_utf8(take(lens[4])?).map_err(|_| Malformed)?;
-    let payload = Bytes::copy_from_slice(take(lens[5])?);
+    let payload = payload(take(lens[5])?);
     Ok((
         seq,
         Record {
@@ -299,6 +311,25 @@ mod tests {
         assert_eq!(seq, 42);
         assert_eq!(body_seq(body), Ok(42));
         decoded
+    }
+
+    #[test]
+    fn a_shared_decode_slices_the_payload_out_of_the_read_buffer() {
+        let record = record("t", 7);
+        let mut out = vec![0u8; 3]; // the frame somewhere inside a larger read
+        encode(7, &record, &mut out);
+        let buf = Bytes::from(out);
+        let body = &buf[3 + FRAME_HEADER_LEN..];
+        let (seq, shared) = decode_shared(&buf, body).unwrap();
+        let (_, copied) = decode(body).unwrap();
+        assert_eq!(seq, 7);
+        assert_eq!(shared.payload, copied.payload);
+        assert_eq!(shared.topic, copied.topic);
+        let inside = buf.as_ptr_range();
+        assert!(
+            inside.contains(&shared.payload.as_ptr()),
+            "a slice, not a copy"
+        );
     }
 
     #[test]
