@@ -10,6 +10,16 @@ use voxsig_bridge::demo::DemoOptions;
 use voxsig_bridge::tail::TailSink;
 use voxsig_bridge::{Bridge, Config, Settings};
 
+// The global allocator: the system's unless an `alloc-*` feature picks another (issues 11 and
+// 15; docs/ARCHITECTURE.md, "Allocator"). Both statics are safe code.
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Bridge Voxsig's real-time WebSocket feed to MQTT, Kafka, stdout or a file.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

@@ -2,7 +2,8 @@
 //! mosquitto: `kill -9` with a backlog on disk, an outage longer than a memory buffer could
 //! hold, SIGTERM with the broker away (memory buffer: exit 3 and the count; disk buffer: exit 0
 //! and delivery after the next start), and the memory buffer's resident memory against its
-//! `max_bytes`. RSS figures are printed (`-- --nocapture`).
+//! `max_bytes` (and given back once a backlog drained). RSS figures are printed
+//! (`-- --nocapture`).
 //!
 //! Sizes are scaled for CI: the kill test uses the sim's small records; the outage test keeps
 //! the ratio (disk `max_bytes` = 10 × a memory buffer's) at 2 MiB : 20 MiB instead of
@@ -24,8 +25,12 @@ use support::{sim, world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use voxsig_sim::{DeliveryStatus, ExportOptions, Selection, Sim, SimConfig};
 
+/// The binary under test: cargo's build of this crate, or `VOXSIG_TEST_BRIDGE_BIN` (to measure
+/// another build, e.g. one per allocator feature: docs/BENCHMARKS.md, "Allocator").
 fn bridge_command() -> Command {
-    voxsig_testkit::process::bridge_command(env!("CARGO_BIN_EXE_voxsig-bridge"))
+    let exe = std::env::var_os("VOXSIG_TEST_BRIDGE_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_voxsig-bridge").into());
+    voxsig_testkit::process::bridge_command(exe)
 }
 
 /// A bridge process with its metrics port; killed on drop.
@@ -464,7 +469,7 @@ async fn an_outage_ten_times_a_memory_buffer_blocks_loses_nothing_and_rss_stays_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_memory_buffer_stays_within_max_bytes() {
+async fn the_memory_buffer_stays_within_max_bytes_and_gives_it_back() {
     const MAX_BYTES: u64 = 16 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
@@ -502,22 +507,46 @@ async fn the_memory_buffer_stays_within_max_bytes() {
         assert!(Instant::now() < deadline, "the backlog never drained");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = bridge.rss_kib();
+    // Given back after the drain: RSS sampled every 250 ms for up to 10 s, until the growth
+    // over `before` is at most 3/5 of the growth at the peak (jemalloc measured 0.29-0.45 of it
+    // at 10 s on a loaded machine, glibc and mimalloc 0.94-1.0; `VOXSIG_TEST_RSS_SAMPLE_ALL`
+    // set: the whole 10 s, for the allocator table).
+    let sample_all = std::env::var_os("VOXSIG_TEST_RSS_SAMPLE_ALL").is_some();
+    let given_back_within = rss_peak.saturating_sub(rss_before) * 3 / 5;
+    let drained = Instant::now();
+    let mut samples = Vec::new();
+    let rss_after = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let rss = bridge.rss_kib();
+        let at = drained.elapsed();
+        samples.push(format!("{:.2}s {rss}", at.as_secs_f64()));
+        let done = rss.saturating_sub(rss_before) <= given_back_within && !sample_all;
+        if done || at >= Duration::from_secs(10) {
+            break rss;
+        }
+    };
+    let rss_grown = rss_peak.saturating_sub(rss_before);
+    let after_grown = rss_after.saturating_sub(rss_before);
     eprintln!(
-        "memory buffer: max_bytes {} KiB, held {} KiB at the peak; bridge RSS {rss_before} KiB before, {rss_peak} KiB at the peak (+{} KiB), {rss_after} KiB after draining (+{} KiB)",
+        "memory buffer: max_bytes {} KiB, held {} KiB at the peak; bridge RSS {rss_before} KiB before, {rss_peak} KiB at the peak (+{rss_grown} KiB), {rss_after} KiB {:.1} s after draining (+{after_grown} KiB)\nRSS KiB after the drain: {}",
         MAX_BYTES / 1024,
         held / 1024,
-        rss_peak.saturating_sub(rss_before),
-        rss_after.saturating_sub(rss_before)
+        drained.elapsed().as_secs_f64(),
+        samples.join(", ")
     );
     // The buffer counts resident memory: the process grows by max_bytes plus a fixed base.
-    // (Given back after the drain: not yet — glibc keeps the freed small allocations; reported.)
     assert!(
-        rss_peak.saturating_sub(rss_before) <= MAX_BYTES / 1024 + 4 * 1024,
-        "RSS grew {} KiB for max_bytes {} KiB",
-        rss_peak.saturating_sub(rss_before),
+        rss_grown <= MAX_BYTES / 1024 + 4 * 1024,
+        "RSS grew {rss_grown} KiB for max_bytes {} KiB",
         MAX_BYTES / 1024
+    );
+    // ...and most of it is returned once the backlog has drained: with jemalloc (its decay
+    // purges within ~10 s). glibc (the default build) and mimalloc keep it (docs/BENCHMARKS.md,
+    // "Allocator"): printed above, not asserted, until the default build gives it back.
+    assert!(
+        !cfg!(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))
+            || after_grown <= given_back_within,
+        "RSS still +{after_grown} KiB over the {rss_before} KiB before the backlog 10 s after it drained (allowed: +{given_back_within} KiB)"
     );
     drop(bridge);
     sim.shutdown().await;
