@@ -164,10 +164,13 @@ async fn outage_of_5s_across_100_accounts_every_message_once_live_or_replayed() 
         })
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let outage_from = std::time::SystemTime::now();
+    // The window counted as "in the outage" lies strictly inside it: a message created in the
+    // instant before the outage takes effect, or after it ended, may go out live.
     rig.sim.faults().outage(Duration::from_secs(5));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outage_from = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(4_800)).await;
     let outage_to = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     rig.confirmed(100).await;
     run.wait().await.unwrap();
     let (created, live, replayed) = every_message_once(&rig, None).await;
