@@ -82,6 +82,16 @@ fn messages_by_id(records: &[Record]) -> HashMap<u64, (usize, usize)> {
 
 /// Waits until every message the sim created (of `accounts`, or all) was published, then
 /// checks each exactly once. Returns (created, live, replayed).
+/// Whether every account's last gap is settled: filled, or reported unrecovered.
+fn every_gap_settled(rig: &Rig) -> bool {
+    rig.bridge()
+        .status()
+        .snapshot()
+        .accounts
+        .iter()
+        .all(|a| a.last_gap.recovered.is_some())
+}
+
 async fn every_message_once(rig: &Rig, accounts: Option<&[u64]>) -> (usize, usize, usize) {
     let created = || -> Vec<u64> {
         rig.sim
@@ -180,13 +190,7 @@ async fn outage_of_5s_across_100_accounts_every_message_once_live_or_replayed() 
             "voxsig_bridge_catchup_messages_total",
             &[("outcome", "published")],
         ) >= replayed as f64
-            && rig
-                .bridge()
-                .status()
-                .snapshot()
-                .accounts
-                .iter()
-                .all(|a| a.last_gap.recovered.is_some())
+            && every_gap_settled(&rig)
     })
     .await;
     let gaps = rig.metric("voxsig_bridge_gaps_total", &[("cause", "socket_dropped")]);
@@ -304,15 +308,7 @@ async fn a_bad_api_token_and_a_gap_beyond_max_window_are_reported_unrecovered() 
     assert!(snapshot.contains("\"unrecovered_reason\":\"rest_failed\""));
     // Account 2's gap is filled before the burst: a fill still running during it would
     // publish some burst messages from REST (a different payload shape) before their live copy.
-    eventually("both gaps settled", WAIT, || {
-        rig.bridge()
-            .status()
-            .snapshot()
-            .accounts
-            .iter()
-            .all(|a| a.last_gap.recovered.is_some())
-    })
-    .await;
+    eventually("both gaps settled", WAIT, || every_gap_settled(&rig)).await;
     // Live events of both accounts still flow.
     rig.sim
         .burst(40, &messages_only([a.accounts[0], b.accounts[0]]))
