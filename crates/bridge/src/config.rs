@@ -28,7 +28,7 @@ pub(crate) use error::first_failed;
 pub use error::ConfigError;
 pub use route::RouteConfig;
 pub use secrets::resolve_secret;
-pub use service::{DedupConfig, MetricsConfig, ShutdownConfig};
+pub use service::{DedupConfig, MetricsConfig, RuntimeConfig, ShutdownConfig};
 pub use settings::Settings;
 pub use shard::ShardConfig;
 pub use source::{Presence, ReconnectConfig, SourceConfig};
@@ -58,6 +58,7 @@ const SECTIONS: &[&str] = &[
     "shard",
     "state",
     "catchup",
+    "runtime",
 ];
 
 /// The whole configuration, as written.
@@ -100,6 +101,9 @@ pub struct Config {
     /// Filling gaps from the platform's REST API.
     #[serde(default)]
     pub catchup: CatchupConfig,
+    /// The async runtime (worker threads).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
 }
 
 impl Config {
@@ -152,6 +156,7 @@ impl Config {
         let entries = accounts::entries(&self.accounts, self.accounts_file.as_deref())?;
         self.shard.validate()?;
         self.catchup.validate()?;
+        self.runtime.validate()?;
         let (accounts, discover) = accounts::resolve(entries, &self.shard)?;
         Ok(Settings {
             config: self,

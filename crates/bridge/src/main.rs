@@ -85,17 +85,22 @@ fn main() -> std::process::ExitCode {
         _ => "info,rumqttd=warn",
     };
     init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The config is read before the runtime is built: `[runtime]` says how.
+    let job = match prepare(cli.command) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match job.runtime().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(job)) {
         Ok(Stopped::Clean) => std::process::ExitCode::SUCCESS,
         Ok(Stopped::Lost(report)) => {
             let by_event: Vec<String> = report
@@ -117,6 +122,61 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A command with its configuration loaded and validated, ready to run.
+enum Job {
+    Check(Box<Settings>),
+    Run {
+        settings: Box<Settings>,
+        metrics_addr: Option<SocketAddr>,
+    },
+    Demo(DemoOptions),
+    Tail {
+        settings: Box<Settings>,
+        full: bool,
+    },
+}
+
+impl Job {
+    /// The runtime this job runs on: the config's `[runtime]` (the default for `demo`).
+    fn runtime(&self) -> tokio::runtime::Builder {
+        match self {
+            Job::Check(settings) | Job::Run { settings, .. } | Job::Tail { settings, .. } => {
+                settings.config.runtime.builder()
+            }
+            Job::Demo(_) => voxsig_bridge::config::RuntimeConfig::default().builder(),
+        }
+    }
+}
+
+/// Loads and validates what the command needs (no async runtime yet).
+fn prepare(command: Command) -> anyhow::Result<Job> {
+    Ok(match command {
+        Command::Check { config } => Job::Check(Box::new(load(&config)?)),
+        Command::Run {
+            config,
+            metrics_addr,
+        } => Job::Run {
+            settings: Box::new(load(&config)?),
+            metrics_addr,
+        },
+        Command::Demo(options) => Job::Demo(options),
+        Command::Tail {
+            config,
+            events,
+            full,
+        } => {
+            let mut config = Config::load(&config)?;
+            if !events.is_empty() {
+                config.route.include = events;
+            }
+            Job::Tail {
+                settings: Box::new(config.validate()?),
+                full,
+            }
+        }
+    })
+}
+
 /// How a command ended.
 enum Stopped {
     /// Nothing accepted was lost.
@@ -125,10 +185,9 @@ enum Stopped {
     Lost(voxsig_sinks::DrainReport),
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<Stopped> {
-    match command {
-        Command::Check { config } => {
-            let settings = load(&config)?;
+async fn dispatch(job: Job) -> anyhow::Result<Stopped> {
+    match job {
+        Job::Check(settings) => {
             print!("{}", settings.redacted_toml());
             let subscriptions = settings.accounts.len();
             let sockets = voxsig_bridge::runtime::Layout::of(&settings).sockets();
@@ -152,37 +211,27 @@ async fn dispatch(command: Command) -> anyhow::Result<Stopped> {
             }
             Ok(Stopped::Clean)
         }
-        Command::Run {
-            config,
+        Job::Run {
+            settings,
             metrics_addr,
         } => {
-            let settings = load(&config)?;
             let drain = settings.config.shutdown.drain_timeout;
             let listen = metrics_addr.unwrap_or(settings.config.metrics.listen);
             let registry = prometheus::Registry::new();
-            let bridge = Bridge::start(settings, &registry).await?;
+            let bridge = Bridge::start(*settings, &registry).await?;
             bridge
                 .serve_http(listen)
                 .await
                 .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
             run_until_signal(bridge, drain).await
         }
-        Command::Demo(options) => voxsig_bridge::demo::run(options)
+        Job::Demo(options) => voxsig_bridge::demo::run(options)
             .await
             .map(|()| Stopped::Clean),
-        Command::Tail {
-            config,
-            events,
-            full,
-        } => {
-            let mut config = Config::load(&config)?;
-            if !events.is_empty() {
-                config.route.include = events;
-            }
-            let settings = config.validate()?;
+        Job::Tail { settings, full } => {
             let registry = prometheus::Registry::new();
             let sink = Box::new(TailSink::new((!full).then_some(200)));
-            let bridge = Bridge::start_with_sink(settings, sink, &registry).await?;
+            let bridge = Bridge::start_with_sink(*settings, sink, &registry).await?;
             run_until_signal(bridge, Duration::from_secs(2)).await
         }
     }

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+mod backlog;
 mod books;
 mod disk;
 mod format;
 mod runs;
 
+use backlog::Backlog;
 use disk::{AppendError, Disk, Log, ReadBack, Recovered};
 pub use disk::{BufferError, Fsync};
 
@@ -279,6 +281,7 @@ fn make(
         }
     }
     let window = (config.max_bytes / 8).min(DISK_MEMORY_WINDOW);
+    let backlog = matches!(state.store, Store::Memory).then(|| Backlog::new(config.max_bytes));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         space: Notify::new(),
@@ -288,6 +291,7 @@ fn make(
         aborted_flag: AtomicBool::new(false),
         aborted: Notify::new(),
         window,
+        backlog,
         config,
         metrics,
     });
@@ -379,6 +383,8 @@ pub(crate) struct Shared {
     aborted: Notify,
     /// Disk: bytes of queued records kept in memory.
     window: usize,
+    /// Memory: payloads held in a backlog go to blocks given back when it drains.
+    backlog: Option<Backlog>,
     config: BufferConfig,
     metrics: SinkMetrics,
 }
@@ -628,6 +634,9 @@ impl Shared {
     }
 
     fn level(&self, state: &State) {
+        if let Some(backlog) = &self.backlog {
+            backlog.level(state.held_bytes);
+        }
         emit(
             &self.metrics,
             BufferLevel {
@@ -789,7 +798,7 @@ impl BufferWriter {
     /// the record is in the write batch when this returns and in the operating system's hands
     /// within ~200 µs (write-behind; the crash guarantee is in the crate's README); while the disk
     /// refuses writes, new records are handled like a full buffer (counted).
-    pub async fn push(&self, record: Record) -> Result<(), BufferClosed> {
+    pub async fn push(&self, mut record: Record) -> Result<(), BufferClosed> {
         let shared = &*self.shared;
         let size = shared.size_of(&record);
         if size > shared.config.max_bytes
@@ -797,6 +806,10 @@ impl BufferWriter {
         {
             shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
             return Ok(());
+        }
+        if let Some(backlog) = &shared.backlog {
+            // In a backlog, into a block that is given back when it drains (`backlog`).
+            record.payload = backlog.keep(std::mem::take(&mut record.payload));
         }
         // Fast path: room now, so no wake-up registration (which costs the waker list's lock and
         // contends with acknowledgements). Otherwise register first, then check again.
@@ -1456,6 +1469,50 @@ mod tests {
             .expect("room after the ack")
             .unwrap();
         assert_eq!(r.report().delivered, 1);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_keeps_payloads_in_blocks_let_go_when_it_drains() {
+        let (w, mut r) = buffer(
+            BufferConfig {
+                max_bytes: 1 << 20,
+                ..BufferConfig::default()
+            },
+            SinkMetrics::unregistered(),
+        );
+        let backlog = w.shared.backlog.as_ref().expect("a memory buffer has a backlog");
+        let payload = bytes::Bytes::from(vec![b'x'; 1300]);
+        let mut n = 0u64;
+        while !backlog.is_active() {
+            let mut rec = record("t", n);
+            rec.payload = payload.clone();
+            w.push(rec).await.unwrap();
+            n += 1;
+            assert!(n < 1000, "no backlog after {n} records");
+        }
+        // Accepted in the backlog: copies, one after another in one block.
+        for i in 0..3 {
+            let mut rec = record("t", n + i);
+            rec.payload = payload.clone();
+            w.push(rec).await.unwrap();
+        }
+        assert_eq!(backlog.blocks_started(), 1);
+        let mut claims = Vec::new();
+        while let Some(claim) = r.try_recv() {
+            claims.push(claim);
+        }
+        assert_eq!(claims.len() as u64, n + 3);
+        let tail: Vec<&bytes::Bytes> = claims[claims.len() - 3..]
+            .iter()
+            .map(|c| &c.record().payload)
+            .collect();
+        assert!(tail.iter().all(|p| **p == payload && p.as_ptr() != payload.as_ptr()));
+        assert_eq!(tail[0].as_ptr() as usize + 1300, tail[1].as_ptr() as usize);
+        assert_eq!(claims[0].record().payload.as_ptr(), payload.as_ptr(), "before the backlog: not copied");
+        // Delivered: the backlog is over (its block is freed with the last of these records).
+        r.ack_many(&mut claims);
+        assert!(!backlog.is_active());
+        assert_eq!(r.report().delivered, n + 3);
     }
 
     #[tokio::test]

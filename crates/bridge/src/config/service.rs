@@ -1,4 +1,4 @@
-//! The small operational sections: `[dedup]`, `[shutdown]` and `[metrics]`.
+//! The small operational sections: `[dedup]`, `[shutdown]`, `[metrics]` and `[runtime]`.
 
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -91,5 +91,48 @@ impl MetricsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The async runtime that runs the sockets, the router and the sink.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; absent: one per CPU the process may use (tokio's default, which also
+    /// honours `TOKIO_WORKER_THREADS`). One thread avoids cross-thread wake-ups between the
+    /// socket, buffer and sink tasks (less CPU per event at low rates) but caps the bridge at one
+    /// core (docs/BENCHMARKS.md, "worker threads").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+}
+
+impl RuntimeConfig {
+    /// The most worker threads accepted: far more than a bridge can use, low enough that a
+    /// typo (an extra zero or two) is refused rather than spawning thousands of threads.
+    pub const MAX_WORKER_THREADS: usize = 256;
+
+    /// At least one worker, at most [`Self::MAX_WORKER_THREADS`].
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match self.worker_threads {
+            Some(0) => Err(ConfigError::new(
+                "runtime.worker_threads",
+                "must be at least 1",
+            )),
+            Some(n) if n > Self::MAX_WORKER_THREADS => Err(ConfigError::new(
+                "runtime.worker_threads",
+                format!("must be at most {}", Self::MAX_WORKER_THREADS),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A multi-threaded runtime builder with every driver enabled and this many workers.
+    pub fn builder(&self) -> tokio::runtime::Builder {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all();
+        if let Some(n) = self.worker_threads {
+            builder.worker_threads(n);
+        }
+        builder
     }
 }

@@ -75,6 +75,10 @@ fn errors_name_the_key_and_the_problem() {
         (format!("{MINIMAL}\n[sink]\nkind = \"carrier-pigeon\"\n"), "sink", ""),
         ("[source]\nurl = \"ws://h/cable\"\n".to_owned(), "accounts", "no accounts"),
         (format!("accounts_file = \"/nonexistent/accounts.toml\"\n{MINIMAL}"), "accounts_file", "cannot read"),
+        (format!("{MINIMAL}\n[runtime]\nworker_threads = 0\n"), "runtime.worker_threads", "at least 1"),
+        (format!("{MINIMAL}\n[runtime]\nworker_threads = 4000\n"), "runtime.worker_threads", "at most 256"),
+        (format!("{MINIMAL}\n[runtime]\nworker_threads = -1\n"), "runtime", ""),
+        (format!("{MINIMAL}\n[runtime]\nworkers = 2\n"), "runtime", "workers"),
     ];
     for (toml, key, problem) in cases {
         let e = error_of(&toml);
@@ -454,4 +458,24 @@ fn sink_durations_are_strings_and_the_old_numeric_keys_are_aliases() {
     assert!(e.problem.contains("whole number of seconds"), "{e}");
     let e = error_of(&sink("connect_timeout = \"soon\""));
     assert!(e.problem.contains("`connect_timeout`"), "{e}");
+}
+
+#[test]
+fn the_runtime_takes_the_configured_worker_threads() {
+    let default = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+    assert_eq!(default.config.runtime.worker_threads, None);
+    assert!(!default.redacted_toml().contains("worker_threads"));
+    let one = Config::from_toml(&format!("{MINIMAL}\n[runtime]\nworker_threads = 1\n"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(one.config.runtime.worker_threads, Some(1));
+    assert!(one.redacted_toml().contains("worker_threads = 1"));
+    // The builder really runs on that many workers.
+    let runtime = one.config.runtime.builder().build().unwrap();
+    assert_eq!(runtime.metrics().num_workers(), 1);
+    let two = RuntimeConfig {
+        worker_threads: Some(2),
+    };
+    assert_eq!(two.builder().build().unwrap().metrics().num_workers(), 2);
 }
