@@ -1831,6 +1831,22 @@ mod disk_tests {
         out
     }
 
+    /// Waits (bounded) for a dropped disk buffer's close: the flusher thread may hold the buffer
+    /// for the rest of a pass, and the close (ledger written, spares deleted) comes with the last
+    /// handle.
+    fn wait_closed(dir: &Path, acked_below: u64) {
+        let closed = || {
+            let ledger = std::fs::read(dir.join("ledger")).unwrap_or_default();
+            format::read_ledger(&ledger) == format::Ledger::AckedBelow(acked_below)
+                && files(dir, "spare").is_empty()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !closed() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(closed(), "ledger written and spares deleted at close");
+    }
+
     #[tokio::test]
     async fn finished_segments_are_reused_and_their_old_records_never_come_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -1856,7 +1872,10 @@ mod disk_tests {
                 .filter(|p| format::is_recycled(&std::fs::read(p).unwrap()))
                 .count()
         };
-        assert!(reused(dir.path()) > 0, "the active segment is a reused file");
+        assert!(
+            reused(dir.path()) > 0,
+            "the active segment is a reused file"
+        );
         assert!(segments(dir.path()).len() <= 2);
         // Records left unacknowledged in reused files (old records beyond them), then a stop.
         for _ in 0..700 {
@@ -1865,7 +1884,7 @@ mod disk_tests {
         }
         assert!(reused(dir.path()) >= 2);
         drop((w, r));
-        assert!(files(dir.path(), "spare").is_empty(), "spares go at close");
+        wait_closed(dir.path(), n - 700);
         let (w, mut r, registry) = opened(&config);
         assert_eq!(w.depth(), 700);
         assert_eq!(take_all(&mut r), expected(n - 700..n));
@@ -1911,6 +1930,7 @@ mod disk_tests {
             }
         }
         drop((w, r));
+        wait_closed(dir.path(), 3000);
         let (w, mut r, registry) = opened(&config);
         assert_eq!(w.depth(), 0);
         assert!(drain(&mut r).is_empty());

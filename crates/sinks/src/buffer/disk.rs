@@ -859,14 +859,17 @@ impl Disk {
     fn reuse_spare(&mut self, path: &Path) -> Option<File> {
         while let Some(spare) = self.spares.take() {
             let spare = spare_path(&self.dir, spare);
-            let reused = OpenOptions::new().write(true).open(&spare).and_then(|file| {
-                let mut start = [0u8; SEGMENT_HEADER_LEN + FRAME_HEADER_LEN];
-                start[..SEGMENT_HEADER_LEN].copy_from_slice(&format::recycled_segment_header());
-                start[SEGMENT_HEADER_LEN..].copy_from_slice(&format::END_MARKER);
-                file.write_all_at(&start, 0)?;
-                std::fs::rename(&spare, path)?;
-                Ok(file)
-            });
+            let reused = OpenOptions::new()
+                .write(true)
+                .open(&spare)
+                .and_then(|file| {
+                    let mut start = [0u8; SEGMENT_HEADER_LEN + FRAME_HEADER_LEN];
+                    start[..SEGMENT_HEADER_LEN].copy_from_slice(&format::recycled_segment_header());
+                    start[SEGMENT_HEADER_LEN..].copy_from_slice(&format::END_MARKER);
+                    file.write_all_at(&start, 0)?;
+                    std::fs::rename(&spare, path)?;
+                    Ok(file)
+                });
             match reused {
                 Ok(file) => return Some(file),
                 Err(error) => {
