@@ -2011,6 +2011,35 @@ mod disk_tests {
     }
 
     #[tokio::test]
+    async fn a_record_lost_to_damage_does_not_hold_the_acknowledged_position_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        wait_closed(dir.path(), 0);
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, mut r, _) = opened(&config);
+        assert_eq!(take_all(&mut r).len(), 9);
+        w.push(numbered(10)).await.unwrap();
+        assert_eq!(take_all(&mut r), expected(10..11));
+        // Everything is acknowledged but the damaged record, which is gone: the ledger passes it.
+        r.acker.shared.flush();
+        let ledger = std::fs::read(dir.path().join("ledger")).unwrap();
+        assert_eq!(format::read_ledger(&ledger), format::Ledger::AckedBelow(11));
+        drop((w, r));
+        wait_closed(dir.path(), 11);
+        let (w, _r, _) = opened(&config);
+        assert_eq!(w.depth(), 0, "nothing delivered comes again");
+    }
+
+    #[tokio::test]
     async fn zero_length_segments_missing_ledgers_and_strangers_do_not_stop_a_start() {
         let dir = tempfile::tempdir().unwrap();
         let config = disk_config(dir.path());

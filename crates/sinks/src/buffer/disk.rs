@@ -340,6 +340,12 @@ impl Disk {
         }
 
         let mut segments = Segments::default();
+        // Sequence numbers at or above the ledger's with no record on disk (damaged, or in a
+        // file that is not ours) are finished at once: otherwise the acknowledged prefix would
+        // stop at the first of them for good, and with it the ledger and every later segment's
+        // deletion. `recovered_end`: every number below it is live or finished.
+        let mut acks = Acks::new(acked_below);
+        let mut recovered_end = acked_below;
         let mut next_seq = acked_below;
         let mut events = 0usize;
         let mut bytes = 0usize;
@@ -417,8 +423,12 @@ impl Disk {
                 .filter(|f| f.seq >= acked_below)
                 .collect();
             if live.is_empty() {
-                // Nothing left to deliver: a spare, or deleted.
-                let kept = spares.retire() == Retire::Keep
+                // Nothing left to deliver: a spare, or deleted. Only a file with frames may become
+                // a spare: they raise the next sequence number past its name, so its old frames
+                // (below the name) stay below every segment it may be reused as. A file without
+                // frames may be named above every number given from now on.
+                let kept = !found.frames.is_empty()
+                    && spares.retire() == Retire::Keep
                     && std::fs::rename(path, spare_path(dir, *first)).is_ok();
                 if kept {
                     spares.kept(*first);
@@ -455,6 +465,10 @@ impl Disk {
                 if f.seq < acked_below {
                     continue;
                 }
+                for missing in recovered_end..f.seq {
+                    acks.finish(missing);
+                }
+                recovered_end = recovered_end.max(f.seq + 1);
                 events += 1;
                 bytes += f.len;
                 let body = &data[f.offset + FRAME_HEADER_LEN..f.offset + f.len];
@@ -487,6 +501,9 @@ impl Disk {
             let end = found.frames.last().map_or(*first, |f| f.seq + 1);
             next_seq = next_seq.max(end);
             segments.push(Segment { first: *first, end });
+        }
+        for missing in recovered_end..next_seq {
+            acks.finish(missing);
         }
         let segment_max = (max_bytes as u64 / 16).clamp(64 * 1024, 128 * 1024 * 1024);
         let active_path = segment_path(dir, next_seq);
@@ -529,7 +546,7 @@ impl Disk {
             active_len: SEGMENT_HEADER_LEN as u64,
             ledger: Arc::new(ledger),
             segments,
-            acks: Acks::new(acked_below),
+            acks,
             log,
             runs,
             reading: false,
