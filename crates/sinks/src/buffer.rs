@@ -1878,6 +1878,129 @@ mod disk_tests {
             .all(|c| c.record().headers.event_label == "message.created"));
     }
 
+    fn files(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits (bounded) for a dropped disk buffer's close: the flusher thread may hold the buffer
+    /// for the rest of a pass, and the close (ledger written, spares deleted) comes with the last
+    /// handle.
+    fn wait_closed(dir: &Path, acked_below: u64) {
+        let closed = || {
+            let ledger = std::fs::read(dir.join("ledger")).unwrap_or_default();
+            format::read_ledger(&ledger) == format::Ledger::AckedBelow(acked_below)
+                && files(dir, "spare").is_empty()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !closed() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(closed(), "ledger written and spares deleted at close");
+    }
+
+    #[tokio::test]
+    async fn finished_segments_are_reused_and_their_old_records_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 64 KiB: a few hundred records of ~200 B each.
+        let config = BufferConfig {
+            max_bytes: 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        let mut n = 0;
+        for _ in 0..20 {
+            for _ in 0..500 {
+                w.push(numbered(n)).await.unwrap();
+                n += 1;
+            }
+            assert_eq!(take_all(&mut r), expected(n - 500..n));
+        }
+        let spares = files(dir.path(), "spare");
+        assert!((1..=2).contains(&spares.len()), "{spares:?}");
+        let reused = |dir: &Path| {
+            segments(dir)
+                .iter()
+                .filter(|p| format::is_recycled(&std::fs::read(p).unwrap()))
+                .count()
+        };
+        assert!(
+            reused(dir.path()) > 0,
+            "the active segment is a reused file"
+        );
+        assert!(segments(dir.path()).len() <= 2);
+        // Records left unacknowledged in reused files (old records beyond them), then a stop.
+        for _ in 0..700 {
+            w.push(numbered(n)).await.unwrap();
+            n += 1;
+        }
+        assert!(reused(dir.path()) >= 2);
+        drop((w, r));
+        wait_closed(dir.path(), n - 700);
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(w.depth(), 700);
+        assert_eq!(take_all(&mut r), expected(n - 700..n));
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_replayed_total", None),
+            700
+        );
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                None
+            ),
+            0,
+            "the old records beyond the new ones are neither damage nor records"
+        );
+    }
+
+    #[tokio::test]
+    async fn spares_left_by_a_crash_are_deleted_at_start_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        // Finished segments left as spares (a crash before the close deletes them), holding
+        // records that would look live (no ledger) and newer than any segment: none may come
+        // back, now or from a file reused later.
+        for first in [1000u64, 2000] {
+            let mut data = format::segment_header().to_vec();
+            for seq in first..first + 50 {
+                format::encode(seq, &numbered(seq), &mut data);
+            }
+            std::fs::write(dir.path().join(format!("{first:020}.spare")), data).unwrap();
+        }
+        let (w, mut r, _) = opened(&config);
+        assert_eq!(w.depth(), 0);
+        assert!(files(dir.path(), "spare").is_empty());
+        for i in 0..3000 {
+            w.push(numbered(i)).await.unwrap();
+            if i % 500 == 499 {
+                assert_eq!(take_all(&mut r), expected(i - 499..i + 1));
+            }
+        }
+        drop((w, r));
+        wait_closed(dir.path(), 3000);
+        let (w, mut r, registry) = opened(&config);
+        assert_eq!(w.depth(), 0);
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(
+            metric(
+                &registry,
+                "voxsig_bridge_buffer_corrupt_records_total",
+                None
+            ),
+            0
+        );
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_truncated_and_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -1942,6 +2065,35 @@ mod disk_tests {
             ),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_record_lost_to_damage_does_not_hold_the_acknowledged_position_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, r, _) = opened(&config);
+        for i in 0..10 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        drop((w, r));
+        wait_closed(dir.path(), 0);
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, mut r, _) = opened(&config);
+        assert_eq!(take_all(&mut r).len(), 9);
+        w.push(numbered(10)).await.unwrap();
+        assert_eq!(take_all(&mut r), expected(10..11));
+        // Everything is acknowledged but the damaged record, which is gone: the ledger passes it.
+        r.acker.shared.flush();
+        let ledger = std::fs::read(dir.path().join("ledger")).unwrap();
+        assert_eq!(format::read_ledger(&ledger), format::Ledger::AckedBelow(11));
+        drop((w, r));
+        wait_closed(dir.path(), 11);
+        let (w, _r, _) = opened(&config);
+        assert_eq!(w.depth(), 0, "nothing delivered comes again");
     }
 
     #[tokio::test]

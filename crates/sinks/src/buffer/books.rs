@@ -109,6 +109,60 @@ impl Segments {
     }
 }
 
+/// Finished segment files kept for reuse (*spares*) instead of deleted: a new segment takes one
+/// (renamed, written again from the start) rather than a new file, so the kernel neither frees
+/// the old file's pages and blocks nor allocates new ones. At most `max` are kept (the disk holds
+/// that many segments beyond the records); the rest are deleted. Each spare is known by the
+/// sequence number it was named after when it held records.
+#[derive(Debug)]
+pub(crate) struct Spares {
+    max: usize,
+    list: Vec<u64>,
+}
+
+/// What becomes of a finished segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retire {
+    /// Keep it as a spare (rename it so; [`Spares::kept`] once that worked).
+    Keep,
+    /// Delete it: enough spares are kept.
+    Delete,
+}
+
+impl Spares {
+    pub(crate) fn new(max: usize) -> Self {
+        Spares {
+            max,
+            list: Vec::new(),
+        }
+    }
+
+    /// A segment is finished: whether to keep it as a spare or delete it.
+    pub(crate) fn retire(&self) -> Retire {
+        if self.list.len() < self.max {
+            Retire::Keep
+        } else {
+            Retire::Delete
+        }
+    }
+
+    /// A segment became a spare (its file renamed as such).
+    pub(crate) fn kept(&mut self, first: u64) {
+        self.list.push(first);
+    }
+
+    /// A spare for a new segment: the most recently kept (the likeliest to be in the page
+    /// cache still).
+    pub(crate) fn take(&mut self) -> Option<u64> {
+        self.list.pop()
+    }
+
+    /// Every spare (the buffer closes: they are deleted).
+    pub(crate) fn take_all(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.list)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +221,44 @@ mod tests {
             }]
         );
         assert_eq!(segs.len(), 1);
+    }
+
+    #[test]
+    fn finished_segments_are_kept_as_spares_up_to_the_limit_and_reused_newest_first() {
+        enum Op {
+            Retire(u64, Retire),
+            Take(Option<u64>),
+        }
+        use Op::{Retire as R, Take as T};
+        let steps = [
+            T(None),
+            R(0, Retire::Keep),
+            R(100, Retire::Keep),
+            R(200, Retire::Delete),
+            T(Some(100)),
+            R(300, Retire::Keep),
+            T(Some(300)),
+            T(Some(0)),
+            T(None),
+        ];
+        let mut spares = Spares::new(2);
+        for (i, step) in steps.into_iter().enumerate() {
+            match step {
+                R(first, expected) => {
+                    let answer = spares.retire();
+                    assert_eq!(answer, expected, "step {i}");
+                    if answer == Retire::Keep {
+                        spares.kept(first);
+                    }
+                }
+                T(expected) => assert_eq!(spares.take(), expected, "step {i}"),
+            }
+        }
+        spares.kept(7);
+        spares.kept(8);
+        assert_eq!(spares.take_all(), [7, 8]);
+        assert_eq!(spares.take(), None);
+        // No spares at all: every finished segment is deleted.
+        assert_eq!(Spares::new(0).retire(), Retire::Delete);
     }
 }

@@ -5,6 +5,8 @@
 //! Layout of `dir`:
 //! - `<first seq, 20 digits>.seg`: a segment; records appended in acceptance order.
 //! - `ledger`: one 32-byte block, `acked_below` (every record below it acknowledged).
+//! - `<seq, 20 digits>.spare`: a finished segment kept to be reused as a new segment (at most
+//!   [`SPARES`]; deleted when the buffer closes, and at start, unread, if a crash left one).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::books::{Acks, Segment, Segments};
+use super::books::{Acks, Retire, Segment, Segments, Spares};
 use super::format::{self, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::runs::{Run, Runs};
 use crate::telemetry::{
@@ -33,6 +35,12 @@ const MAX_SEGMENT_FILE: u64 = 256 * 1024 * 1024;
 pub(crate) const LEDGER_FILE: &str = "ledger";
 /// Segment files end in this.
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
+/// Spare (finished, kept for reuse) segment files end in this.
+const SPARE_SUFFIX: &str = ".spare";
+/// Finished segments kept for reuse: a new segment is a spare renamed and written from the start,
+/// which spares the kernel freeing a file's pages and blocks and allocating new ones (one
+/// segment is enough while the sink keeps up; the second covers a segment finishing late).
+const SPARES: usize = 2;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
 pub(crate) const MAX_BATCH: usize = 256 * 1024;
@@ -142,7 +150,9 @@ pub(crate) struct Disk {
     /// The ledger value last written.
     ledger_written: u64,
     /// Finished segments waiting for the flusher to delete them.
-    doomed: Vec<Segment>,
+    doomed: Vec<PathBuf>,
+    /// Finished segments kept for reuse.
+    spares: Spares,
     metrics: SinkMetrics,
 }
 
@@ -155,6 +165,10 @@ fn io_error(dir: &Path) -> impl Fn(std::io::Error) -> BufferError + '_ {
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}{SEGMENT_SUFFIX}"))
+}
+
+fn spare_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}{SPARE_SUFFIX}"))
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -188,10 +202,35 @@ struct Scan {
     torn_at: Option<usize>,
 }
 
-/// Scans a segment in memory: frames in order, damaged ones skipped by searching for the next
-/// frame whose checksum holds and whose sequence number follows; a damaged end is a torn tail.
-/// Pure: the tests feed it bytes.
-fn scan(data: &[u8]) -> Scan {
+/// Whether the bytes at a frame boundary after which no live frame follows end a recycled
+/// segment's data cleanly: an end marker (its last write's), or a stale frame (intact, but a
+/// record older than the file's name: its first write has not happened). In a fresh segment
+/// anything there is a torn tail.
+fn clean_end(data: &[u8], first: u64, recycled: bool) -> bool {
+    let Some(header) = data.get(..FRAME_HEADER_LEN) else {
+        return false;
+    };
+    if !recycled {
+        return false;
+    }
+    if header == format::END_MARKER {
+        return true;
+    }
+    let header = format::frame_header(header.try_into().unwrap_or(&format::END_MARKER));
+    data.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN.saturating_add(header.len))
+        .filter(|body| format::body_ok(header, body))
+        .and_then(|body| format::body_seq(body).ok())
+        .is_some_and(|seq| seq < first)
+}
+
+/// Scans a segment in memory (`first`: the sequence number it is named after): frames in
+/// order, damaged ones skipped by searching for the next frame whose checksum holds and whose
+/// sequence number follows; a damaged end is a torn tail. Frames below `first` are stale (a
+/// recycled file's old records): never taken, and in a recycled segment where they start after
+/// the last live frame, or an end marker does, the data ends cleanly. Pure: the tests feed it
+/// bytes.
+fn scan(data: &[u8], first: u64) -> Scan {
+    let recycled = format::is_recycled(data);
     let mut out = Scan::default();
     let mut pos = SEGMENT_HEADER_LEN.min(data.len());
     let mut last: Option<u64> = None;
@@ -204,7 +243,7 @@ fn scan(data: &[u8]) -> Scan {
         }
         let body = data.get(at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + header.len)?;
         let seq = format::body_seq(body).ok()?;
-        if last.is_some_and(|l| seq <= l) || !format::body_ok(header, body) {
+        if seq < first || last.is_some_and(|l| seq <= l) || !format::body_ok(header, body) {
             return None;
         }
         format::decode(body).ok()?;
@@ -230,7 +269,9 @@ fn scan(data: &[u8]) -> Scan {
                 pos = found.offset;
             }
             None => {
-                out.torn_at = Some(pos);
+                if !clean_end(&data[pos..], first, recycled) {
+                    out.torn_at = Some(pos);
+                }
                 break;
             }
         }
@@ -268,14 +309,18 @@ impl Disk {
             Err(e) => return Err(err(e)),
         }
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        let mut spares = Spares::new(SPARES);
         for entry in std::fs::read_dir(dir).map_err(&err)? {
             let path = entry.map_err(&err)?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(first) = name
-                .strip_suffix(SEGMENT_SUFFIX)
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            let number = |suffix: &str| name.strip_suffix(suffix)?.parse::<u64>().ok();
+            if let Some(first) = number(SEGMENT_SUFFIX) {
                 names.push((first, path));
+            } else if number(SPARE_SUFFIX).is_some() {
+                // Left by a crash. Never reused: its records were not scanned, so sequence
+                // numbers given from now on could reach theirs, and a stale frame must always
+                // be older than the segment it is found in.
+                let _ = std::fs::remove_file(&path);
             }
         }
         names.sort_unstable();
@@ -295,6 +340,12 @@ impl Disk {
         }
 
         let mut segments = Segments::default();
+        // Sequence numbers at or above the ledger's with no record on disk (damaged, or in a
+        // file that is not ours) are finished at once: otherwise the acknowledged prefix would
+        // stop at the first of them for good, and with it the ledger and every later segment's
+        // deletion. `recovered_end`: every number below it is live or finished.
+        let mut acks = Acks::new(acked_below);
+        let mut recovered_end = acked_below;
         let mut next_seq = acked_below;
         let mut events = 0usize;
         let mut bytes = 0usize;
@@ -344,7 +395,7 @@ impl Disk {
                     continue;
                 }
             }
-            let found = scan(&data);
+            let found = scan(&data, *first);
             if found.corrupt > 0 {
                 emit(
                     &metrics,
@@ -372,7 +423,18 @@ impl Disk {
                 .filter(|f| f.seq >= acked_below)
                 .collect();
             if live.is_empty() {
-                let _ = std::fs::remove_file(path);
+                // Nothing left to deliver: a spare, or deleted. Only a file with frames may become
+                // a spare: they raise the next sequence number past its name, so its old frames
+                // (below the name) stay below every segment it may be reused as. A file without
+                // frames may be named above every number given from now on.
+                let kept = !found.frames.is_empty()
+                    && spares.retire() == Retire::Keep
+                    && std::fs::rename(path, spare_path(dir, *first)).is_ok();
+                if kept {
+                    spares.kept(*first);
+                } else {
+                    let _ = std::fs::remove_file(path);
+                }
                 if let Some(last) = found.frames.last() {
                     next_seq = next_seq.max(last.seq + 1);
                 }
@@ -403,6 +465,10 @@ impl Disk {
                 if f.seq < acked_below {
                     continue;
                 }
+                for missing in recovered_end..f.seq {
+                    acks.finish(missing);
+                }
+                recovered_end = recovered_end.max(f.seq + 1);
                 events += 1;
                 bytes += f.len;
                 let body = &data[f.offset + FRAME_HEADER_LEN..f.offset + f.len];
@@ -435,6 +501,9 @@ impl Disk {
             let end = found.frames.last().map_or(*first, |f| f.seq + 1);
             next_seq = next_seq.max(end);
             segments.push(Segment { first: *first, end });
+        }
+        for missing in recovered_end..next_seq {
+            acks.finish(missing);
         }
         let segment_max = (max_bytes as u64 / 16).clamp(64 * 1024, 128 * 1024 * 1024);
         let active_path = segment_path(dir, next_seq);
@@ -477,7 +546,7 @@ impl Disk {
             active_len: SEGMENT_HEADER_LEN as u64,
             ledger: Arc::new(ledger),
             segments,
-            acks: Acks::new(acked_below),
+            acks,
             log,
             runs,
             reading: false,
@@ -488,6 +557,7 @@ impl Disk {
             dir_unsynced: false,
             ledger_written: acked_below,
             doomed: Vec::new(),
+            spares,
             metrics,
         };
         Ok((
@@ -613,7 +683,11 @@ impl Disk {
         // old segment and of the directory are left to the flusher (`fsync = "always"`: to
         // `ensure_synced`, before any of these records is handed on).
         self.log.flush()?;
-        let file = create_segment(&segment_path(&self.dir, first), Fsync::Never)?;
+        let path = segment_path(&self.dir, first);
+        let (file, recycled) = match self.reuse_spare(&path) {
+            Some(file) => (file, true),
+            None => (create_segment(&path, Fsync::Never)?, false),
+        };
         let old = std::mem::replace(&mut self.active, Arc::new(file));
         if self.fsync != Fsync::Never {
             self.unsynced.push(old);
@@ -623,6 +697,7 @@ impl Disk {
             let mut batch = self.log.lock_batch();
             batch.file = self.active.clone();
             batch.at = SEGMENT_HEADER_LEN as u64;
+            batch.marker = recycled;
         }
         self.active_len = SEGMENT_HEADER_LEN as u64;
         self.segments.push(Segment { first, end: first });
@@ -771,8 +846,56 @@ impl Disk {
     pub(crate) fn finish(&mut self, seq: u64) {
         if self.acks.finish(seq) {
             let below = self.acks.below();
-            self.doomed.extend(self.segments.take_finished(below));
+            for segment in self.segments.take_finished(below) {
+                self.retire(segment.first);
+            }
         }
+    }
+
+    /// Segment `first` is finished: kept as a spare (renamed so) or left to the flusher to
+    /// delete. Its records may vanish before the ledger says they are acknowledged: they were.
+    fn retire(&mut self, first: u64) {
+        let path = segment_path(&self.dir, first);
+        if self.spares.retire() == Retire::Keep {
+            match std::fs::rename(&path, spare_path(&self.dir, first)) {
+                Ok(()) => {
+                    self.spares.kept(first);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "disk buffer: cannot keep a finished segment for reuse; deleted instead");
+                }
+            }
+        }
+        self.doomed.push(path);
+    }
+
+    /// A spare made ready to be the segment at `path`: its header and an end marker written
+    /// (so its old frames are stale from the start), then renamed. `None` when there is none
+    /// (or it cannot be reused: it is deleted then).
+    fn reuse_spare(&mut self, path: &Path) -> Option<File> {
+        while let Some(spare) = self.spares.take() {
+            let spare = spare_path(&self.dir, spare);
+            let reused = OpenOptions::new()
+                .write(true)
+                .open(&spare)
+                .and_then(|file| {
+                    let mut start = [0u8; SEGMENT_HEADER_LEN + FRAME_HEADER_LEN];
+                    start[..SEGMENT_HEADER_LEN].copy_from_slice(&format::recycled_segment_header());
+                    start[SEGMENT_HEADER_LEN..].copy_from_slice(&format::END_MARKER);
+                    file.write_all_at(&start, 0)?;
+                    std::fs::rename(&spare, path)?;
+                    Ok(file)
+                });
+            match reused {
+                Ok(file) => return Some(file),
+                Err(error) => {
+                    tracing::warn!(file = %spare.display(), %error, "disk buffer: cannot reuse a spare segment; deleted");
+                    self.doomed.push(spare);
+                }
+            }
+        }
+        None
     }
 
     /// `fsync = "always"`: makes sure record `seq` is on stable storage before it is handed on.
@@ -981,7 +1104,11 @@ impl Drop for Disk {
                 },
             );
         }
-        self.flush_work().run();
+        let mut work = self.flush_work();
+        let spares = self.spares.take_all();
+        work.delete
+            .extend(spares.into_iter().map(|s| spare_path(&self.dir, s)));
+        work.run();
         self.log.close();
     }
 }
@@ -1006,6 +1133,9 @@ struct Batch {
     /// The active segment and the offset `bytes` start at in it.
     file: Arc<File>,
     at: u64,
+    /// The active segment is a recycled file (old frames beyond the new ones): every write ends
+    /// with an end marker, which the next write overwrites.
+    marker: bool,
     /// The sequence number after the last record in `bytes`.
     end_seq: u64,
     /// What the writer thread does (whether a record must wake it).
@@ -1054,6 +1184,7 @@ impl Log {
                 bytes: Vec::new(),
                 file,
                 at: SEGMENT_HEADER_LEN as u64,
+                marker: false,
                 end_seq: next_seq,
                 writer: Writer::Busy,
                 closed: false,
@@ -1111,18 +1242,18 @@ impl Log {
                 return;
             }
             let mut io = locked(&self.io);
-            let (file, chunk) = Self::take(&mut batch, &mut io);
+            let (file, marker, chunk) = Self::take(&mut batch, &mut io);
             drop(batch);
-            let _ = self.write(&mut io, &file, chunk);
+            let _ = self.write(&mut io, &file, marker, chunk);
             drop(io);
             batch = self.lock_batch();
         }
     }
 
-    fn take(batch: &mut Batch, io: &mut Io) -> (Arc<File>, Option<Chunk>) {
+    fn take(batch: &mut Batch, io: &mut Io) -> (Arc<File>, bool, Option<Chunk>) {
         let file = batch.file.clone();
         if batch.bytes.is_empty() {
-            return (file, None);
+            return (file, batch.marker, None);
         }
         let bytes = std::mem::replace(&mut batch.bytes, std::mem::take(&mut io.spare));
         let chunk = Chunk {
@@ -1131,11 +1262,18 @@ impl Log {
             bytes,
         };
         batch.at += chunk.bytes.len() as u64;
-        (file, Some(chunk))
+        (file, batch.marker, Some(chunk))
     }
 
-    /// Writes a failed chunk again (first), then `chunk`, into `file` (the active segment now).
-    fn write(&self, io: &mut Io, file: &File, mut chunk: Option<Chunk>) -> std::io::Result<()> {
+    /// Writes a failed chunk again (first), then `chunk`, into `file` (the active segment now),
+    /// followed by an end marker when `file` is a recycled one.
+    fn write(
+        &self,
+        io: &mut Io,
+        file: &File,
+        marker: bool,
+        mut chunk: Option<Chunk>,
+    ) -> std::io::Result<()> {
         if let Some(new) = chunk.as_mut() {
             // Checksums, here rather than under the buffer's lock (a failed chunk was sealed
             // before its first attempt).
@@ -1152,7 +1290,13 @@ impl Log {
         let Some(mut chunk) = chunk else {
             return Ok(());
         };
-        match file.write_all_at(&chunk.bytes, chunk.at) {
+        let len = chunk.bytes.len();
+        if marker {
+            chunk.bytes.extend_from_slice(&format::END_MARKER);
+        }
+        let written = file.write_all_at(&chunk.bytes, chunk.at);
+        chunk.bytes.truncate(len);
+        match written {
             Ok(()) => {
                 io.written_end = chunk.end_seq;
                 io.error = None;
@@ -1176,9 +1320,9 @@ impl Log {
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         let mut batch = self.lock_batch();
         let mut io = locked(&self.io);
-        let (file, chunk) = Self::take(&mut batch, &mut io);
+        let (file, marker, chunk) = Self::take(&mut batch, &mut io);
         drop(batch);
-        self.write(&mut io, &file, chunk)
+        self.write(&mut io, &file, marker, chunk)
     }
 
     /// The error of the last write while writes fail.
@@ -1258,7 +1402,7 @@ pub(crate) struct FlushWork {
     /// The ledger and the acknowledged prefix at the time the work was taken.
     ledger: Option<(Arc<File>, u64)>,
     sync_ledger: bool,
-    delete: Vec<Segment>,
+    delete: Vec<PathBuf>,
 }
 
 impl FlushWork {
@@ -1284,8 +1428,7 @@ impl FlushWork {
                     "disk buffer: cannot write the ledger (acknowledged records may be delivered again)");
             }
         }
-        for segment in self.delete {
-            let path = segment_path(&self.dir, segment.first);
+        for path in self.delete {
             if let Err(error) = std::fs::remove_file(&path) {
                 if error.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(file = %path.display(), %error, "disk buffer: cannot delete a finished segment");
@@ -1317,7 +1460,7 @@ mod tests {
     #[test]
     fn a_clean_segment_scans_whole() {
         let (data, _) = segment(&[5, 6, 7]);
-        let s = scan(&data);
+        let s = scan(&data, 0);
         assert_eq!(seqs(&s), [5, 6, 7]);
         assert_eq!((s.corrupt, s.torn_at), (0, None));
     }
@@ -1326,7 +1469,7 @@ mod tests {
     fn a_torn_tail_is_found_at_every_cut() {
         let (data, offsets) = segment(&[1, 2, 3]);
         for cut in offsets[2] + 1..data.len() {
-            let s = scan(&data[..cut]);
+            let s = scan(&data[..cut], 0);
             assert_eq!(seqs(&s), [1, 2], "cut at {cut}");
             assert_eq!(s.torn_at, Some(offsets[2]));
             assert_eq!(s.corrupt, 0);
@@ -1339,10 +1482,78 @@ mod tests {
         for i in offsets[1]..offsets[2] {
             let mut bad = data.clone();
             bad[i] ^= 0x40;
-            let s = scan(&bad);
+            let s = scan(&bad, 0);
             assert_eq!(seqs(&s), [1, 3, 4], "flipped byte {i}");
             assert_eq!((s.corrupt, s.torn_at), (1, None), "flipped byte {i}");
         }
+    }
+
+    /// A recycled segment: the frames of `old` (its first use), overwritten from the header on
+    /// by the frames of `new`, then an end marker (unless `marker` is false).
+    fn recycled(old: &[u64], new: &[u64], marker: bool) -> Vec<u8> {
+        let (mut data, _) = segment(old);
+        let (mut fresh, _) = segment(new);
+        fresh[..SEGMENT_HEADER_LEN].copy_from_slice(&format::recycled_segment_header());
+        if marker {
+            fresh.extend_from_slice(&format::END_MARKER);
+        }
+        if data.len() < fresh.len() {
+            data.resize(fresh.len(), 0);
+        }
+        data[..fresh.len()].copy_from_slice(&fresh);
+        data
+    }
+
+    #[test]
+    fn a_recycled_segment_keeps_its_new_frames_and_ignores_the_stale_ones() {
+        let old: Vec<u64> = (10..30).collect();
+        // (new frames written, then an end marker or not, a torn tail right after the new
+        // frames): the new frames are always what is found, the stale ones never.
+        let cases: &[(&[u64], bool, bool)] = &[
+            // Clean ends: the marker after the new frames, or right after the header.
+            (&[100, 101, 102], true, false),
+            (&[], true, false),
+            // No marker (a crash before the first write reached the disk): a stale frame (below
+            // the name) right after the header ends the data cleanly too.
+            (&[], false, false),
+            // No marker after new frames: whatever stands there is not a frame boundary of
+            // the old data, so this is a torn tail (as a crash cutting the last write is).
+            (&[100, 101, 102], false, true),
+        ];
+        for (i, &(new, marker, torn)) in cases.iter().enumerate() {
+            let data = recycled(&old, new, marker);
+            let s = scan(&data, 100);
+            assert_eq!(seqs(&s), new, "case {i}");
+            assert_eq!(s.corrupt, 0, "case {i}");
+            let end = segment(new).0.len();
+            assert_eq!(s.torn_at, torn.then_some(end), "case {i}");
+            // Without the name's bound the stale frames would pass for records.
+            if new.is_empty() {
+                assert!(seqs(&scan(&data, 0)).ends_with(&old[1..]), "case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn damage_in_a_recycled_segment_is_found_as_in_a_fresh_one() {
+        let old: Vec<u64> = (10..30).collect();
+        let (_, offsets) = segment(&[100, 101, 102, 103]);
+        let data = recycled(&old, &[100, 101, 102, 103], true);
+        // A flipped byte in a middle record: that record only.
+        let mut bad = data.clone();
+        bad[offsets[1] + 20] ^= 0x40;
+        let s = scan(&bad, 100);
+        assert_eq!(seqs(&s), [100, 102, 103]);
+        assert_eq!((s.corrupt, s.torn_at), (1, None));
+        // The last write cut short (no marker, its last frame torn): a torn tail there, and
+        // the stale frames beyond are never taken.
+        let cut = offsets[3] + 30;
+        let mut torn = recycled(&old, &[100, 101, 102], false);
+        let (whole, _) = segment(&[100, 101, 102, 103]);
+        torn[..cut].copy_from_slice(&whole[..cut]);
+        let s = scan(&torn, 100);
+        assert_eq!(seqs(&s), [100, 101, 102]);
+        assert_eq!((s.corrupt, s.torn_at), (0, Some(offsets[3])));
     }
 
     #[test]
@@ -1350,7 +1561,7 @@ mod tests {
         let (mut data, offsets) = segment(&[1, 2]);
         let end = data.len();
         data.extend_from_slice(&[0u8; 100]);
-        let s = scan(&data);
+        let s = scan(&data, 0);
         assert_eq!(seqs(&s), [1, 2]);
         assert_eq!(s.torn_at, Some(end));
         let _ = offsets;

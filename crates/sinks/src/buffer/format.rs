@@ -1,10 +1,15 @@
 //! The disk buffer's bytes: segment and ledger headers, record framing, record encoding.
 //!
 //! Everything is little-endian. A segment is a 16-byte header (`VXSEGMNT`, format version,
-//! reserved) followed by frames; a frame is `len: u32`, `crc32(body): u32`, then `len` bytes of
+//! flags: bit 0 set in a recycled segment, other bits reserved) followed by frames; a frame is `len: u32`, `crc32(body): u32`, then `len` bytes of
 //! body. The body holds every field of a [`Record`] except `accepted_at` (an `Instant`, which
 //! means nothing after a restart: replayed records get a fresh one). The ledger is one 32-byte
 //! block: `VXLEDGER`, version, reserved, `acked_below: u64`, `crc32` of the first 24 bytes.
+//! A recycled segment (a finished segment file renamed and written again from the start; flag
+//! [`RECYCLED`] in its header) ends its new frames with [`END_MARKER`]; its old frames beyond
+//! that are *stale*: their sequence numbers are below the one the file is now named after,
+//! which tells them from live ones. (A build that predates recycling ignores the flag and reads
+//! such a file correctly, counting the stale end as a torn tail.)
 //! Pure functions, no I/O: the disk adapter reads and writes these bytes.
 
 use std::time::Instant;
@@ -17,11 +22,18 @@ use crate::{Headers, Record};
 /// The on-disk format version this build writes and reads. A directory written by a newer
 /// version is refused with a clear error (never rewritten).
 pub(crate) const VERSION: u32 = 1;
-/// Segment file header: magic, version, reserved.
+/// Segment file header: magic, version, flags.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"VXSEGMNT";
+/// Segment header flag: a recycled file (ends with [`END_MARKER`], stale frames beyond).
+pub(crate) const RECYCLED: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: usize = 16;
 /// Frame header: body length and its CRC-32.
 pub(crate) const FRAME_HEADER_LEN: usize = 8;
+/// Written after the last frame of a recycled segment (a finished segment file reused for new
+/// records, whose old frames lie beyond the new ones): a zero frame header, which no frame has
+/// (a body holds at least its sequence number). The next write starts where it is, so it only
+/// ever stands after the last frame. Fresh segment files end at their last frame instead.
+pub(crate) const END_MARKER: [u8; FRAME_HEADER_LEN] = [0; FRAME_HEADER_LEN];
 pub(crate) const LEDGER_MAGIC: &[u8; 8] = b"VXLEDGER";
 pub(crate) const LEDGER_LEN: usize = 32;
 /// Fixed part of a body: seq, received_at_ms, account_id, flags, six lengths.
@@ -34,10 +46,28 @@ const REPLAYED: u8 = 8;
 
 /// The header of a new segment.
 pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
+    segment_header_with(0)
+}
+
+/// The header of a recycled segment.
+pub(crate) fn recycled_segment_header() -> [u8; SEGMENT_HEADER_LEN] {
+    segment_header_with(RECYCLED)
+}
+
+fn segment_header_with(flags: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&flags.to_le_bytes());
     h
+}
+
+/// Whether a segment header (already found [`Header::Current`]) is a recycled segment's.
+pub(crate) fn is_recycled(header: &[u8]) -> bool {
+    header
+        .get(12..16)
+        .and_then(|f| f.try_into().ok())
+        .is_some_and(|f| u32::from_le_bytes(f) & RECYCLED != 0)
 }
 
 /// What a segment or ledger header says.
@@ -409,6 +439,12 @@ mod tests {
     #[test]
     fn headers_and_ledger_versions() {
         assert_eq!(check_segment_header(&segment_header()), Header::Current);
+        assert_eq!(
+            check_segment_header(&recycled_segment_header()),
+            Header::Current
+        );
+        assert!(is_recycled(&recycled_segment_header()));
+        assert!(!is_recycled(&segment_header()) && !is_recycled(b"short"));
         let mut newer = segment_header();
         newer[8] = 9;
         assert_eq!(check_segment_header(&newer), Header::Newer(9));
