@@ -1480,7 +1480,11 @@ mod tests {
             },
             SinkMetrics::unregistered(),
         );
-        let backlog = w.shared.backlog.as_ref().expect("a memory buffer has a backlog");
+        let backlog = w
+            .shared
+            .backlog
+            .as_ref()
+            .expect("a memory buffer has a backlog");
         let payload = bytes::Bytes::from(vec![b'x'; 1300]);
         let mut n = 0u64;
         while !backlog.is_active() {
@@ -1506,9 +1510,15 @@ mod tests {
             .iter()
             .map(|c| &c.record().payload)
             .collect();
-        assert!(tail.iter().all(|p| **p == payload && p.as_ptr() != payload.as_ptr()));
+        assert!(tail
+            .iter()
+            .all(|p| **p == payload && p.as_ptr() != payload.as_ptr()));
         assert_eq!(tail[0].as_ptr() as usize + 1300, tail[1].as_ptr() as usize);
-        assert_eq!(claims[0].record().payload.as_ptr(), payload.as_ptr(), "before the backlog: not copied");
+        assert_eq!(
+            claims[0].record().payload.as_ptr(),
+            payload.as_ptr(),
+            "before the backlog: not copied"
+        );
         // Delivered: the backlog is over (its block is freed with the last of these records).
         r.ack_many(&mut claims);
         assert!(!backlog.is_active());

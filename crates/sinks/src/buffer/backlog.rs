@@ -231,7 +231,10 @@ mod tests {
         backlog.level(MAX / 8);
         let first = backlog.keep(payload(100, 1));
         backlog.level(0);
-        assert!(backlog.blocks().block.capacity() == 0, "no block held after the backlog");
+        assert!(
+            backlog.blocks().block.capacity() == 0,
+            "no block held after the backlog"
+        );
         let outside = payload(100, 2);
         assert_eq!(backlog.keep(outside.clone()).as_ptr(), outside.as_ptr());
         backlog.level(MAX / 8);
