@@ -186,8 +186,7 @@ async fn fill_one(shared: &Arc<Shared>, gap: &Gap) {
     let gap = *gap;
     let cu = &shared.catchup;
     let info = cu.accounts.get(&gap.account);
-    let token = info.and_then(|i| i.api_token.clone());
-    let (Some(client), Some(token), true) = (cu.client.clone(), token, cu.config.enabled) else {
+    let Some((client, token)) = cu.filler(gap.account) else {
         unrecovered(cu, &gap, Unrecovered::NoApiToken, None, 0);
         return;
     };
