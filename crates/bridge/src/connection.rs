@@ -5,7 +5,7 @@
 //! reading stops, and TCP pushes back on the platform — memory stays bounded.
 
 use crate::catchup::gaps::GapCause;
-use crate::catchup::ledger::Claim;
+use crate::catchup::ledger::Held;
 use crate::catchup::{Catchup, Rotation};
 use crate::dedup::{Dedup, Fingerprint, Verdict};
 use crate::reconnect::{Health, Reconnect, ReconnectPolicy};
@@ -491,6 +491,10 @@ async fn drive(
                         None => break,
                     }
                 }
+                // The socket was not read while these frames were handled (waiting for room
+                // in a full buffer, mostly): a ping sent meanwhile is still unread.
+                let now = Instant::now().into_std();
+                session.handle_stall(now.saturating_duration_since(clock.now), now);
             }
             _ = sleep_until(deadline) => session.handle_timeout(Instant::now().into_std()),
         }
@@ -749,15 +753,17 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
             return;
         }
     }
+    // A message's claim in the ledger, kept once its record is accepted.
+    let mut held = None;
     if kind == EventKind::MessageCreated {
         if let (Some(conversation), Some(id)) = (event.conversation_id, event.message_id) {
             // Published already (by a catch-up, or on another path): once is enough.
-            if shared
+            match shared
                 .catchup
                 .live_message(account, class, conversation, id)
-                == Claim::Duplicate
             {
-                return;
+                Some(claim) => held = Some(claim),
+                None => return,
             }
         }
     }
@@ -767,7 +773,19 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
         digest,
     };
     let routed = shared.router.route_live(event, &member.receiver, arrival);
-    hand_over(shared, routed, kind.name().unwrap_or("other")).await;
+    if hand_over(shared, routed, kind.name().unwrap_or("other")).await == Handed::Done {
+        held.map(Held::keep);
+    }
+}
+
+/// What became of an event handed over to the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// Accepted, or dropped for good (counted): it stays published as far as the ledger goes.
+    Done,
+    /// The buffer was closed (shutdown): never accepted, so its ledger claim is released and
+    /// the next catch-up can fetch it.
+    Refused,
 }
 
 /// A routed event into the buffer (waiting while it is full), live or replayed alike; an event
@@ -776,13 +794,19 @@ pub(crate) async fn hand_over(
     shared: &Shared,
     routed: Result<voxsig_sinks::Record, Unrouted>,
     event_label: &'static str,
-) {
-    let (reason, detail) = match routed {
+) -> Handed {
+    let (reason, detail, handed) = match routed {
         Ok(record) => match shared.buffer.push(record).await {
-            Ok(_) => return,
-            Err(_) => (t::DropReason::BufferClosed, "shutting down".to_owned()),
+            Ok(_) => return Handed::Done,
+            Err(_) => (
+                t::DropReason::BufferClosed,
+                "shutting down".to_owned(),
+                Handed::Refused,
+            ),
         },
-        Err(Unrouted::InvalidTopic(error)) => (t::DropReason::InvalidTopic, error.to_string()),
+        Err(Unrouted::InvalidTopic(error)) => {
+            (t::DropReason::InvalidTopic, error.to_string(), Handed::Done)
+        }
     };
     emit(
         &shared.metrics,
@@ -792,6 +816,7 @@ pub(crate) async fn hand_over(
             detail: &detail,
         },
     );
+    handed
 }
 
 #[cfg(test)]

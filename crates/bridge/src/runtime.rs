@@ -78,7 +78,7 @@ pub struct Bridge {
     sink_metrics: SinkMetrics,
     sockets: usize,
     http: HttpState,
-    catchup: tokio::task::JoinHandle<()>,
+    catchup: tokio::task::JoinHandle<Option<catchup::LastCheckpoint>>,
     catchup_state: Arc<Catchup>,
 }
 
@@ -327,13 +327,26 @@ impl Bridge {
             self.writer.close();
             while self.connections.join_next().await.is_some() {}
         }
-        // The catch-up worker stops its fills and writes a last checkpoint, within the deadline.
+        // The catch-up worker stops its fills and hands over its last checkpoint, which is
+        // written while the sink drains: both within the deadline.
         let grace = STOP_READING_GRACE.min(drain_timeout.saturating_sub(started.elapsed()) / 4);
-        let _ = tokio::time::timeout(grace, &mut self.catchup).await;
+        let last = match tokio::time::timeout(grace, &mut self.catchup).await {
+            Ok(Ok(last)) => last,
+            _ => None,
+        };
         self.catchup.abort();
         self.writer.close();
         let left = drain_timeout.saturating_sub(started.elapsed());
-        let report = self.sink.shutdown(left).await;
+        let checkpoint = async {
+            if let Some(last) = last {
+                if tokio::time::timeout(left, last.write()).await.is_err() {
+                    tracing::warn!(
+                        "shutdown deadline passed before the last catch-up checkpoint was written"
+                    );
+                }
+            }
+        };
+        let (report, ()) = tokio::join!(self.sink.shutdown(left), checkpoint);
         if report.lost() > 0 {
             tracing::error!(lost = report.lost(), by_event = ?report.undelivered_by_event,
                 "shutdown deadline passed: undelivered records of the memory buffer are lost");

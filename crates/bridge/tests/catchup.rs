@@ -708,6 +708,66 @@ async fn a_graceful_restart_with_a_state_dir_fills_the_downtime() {
     second.stop().await;
 }
 
+/// A message read at shutdown while the buffer was full was never accepted: its claim in the
+/// ledger is released, so the last checkpoint does not count it as published and the next run's
+/// catch-up publishes it with every other message the first run never accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
+    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("[state]\ndir = \"{}\"\n", dir.path().display());
+    let mut first = rig_rest(
+        sim.clone(),
+        &format!("{CATCHUP}{state}[buffer]\nmax_events = 5\n"),
+        "",
+    )
+    .await;
+    first.confirmed(1).await;
+    // The broker is away: five records fill the buffer, the sixth message waits for room.
+    first.memory.set_failing(true);
+    sim.burst(20, &messages_only([])).await.unwrap();
+    eventually("the buffer filled", WAIT, || first.bridge().buffered() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = first
+        .bridge
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(2))
+        .await;
+    assert_eq!(report.undelivered, 5, "{report:?}");
+    let ids: Vec<u64> = sim.messages(None).iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 20);
+    // One subscription, messages in order: the first five were accepted (and lost with the
+    // memory buffer, reported), the sixth was claimed and refused by the closed buffer.
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("checkpoints/catchup.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        written["accounts"]["1"]["high"].as_u64(),
+        Some(ids[4]),
+        "the checkpoint's high is the last accepted message: {written}"
+    );
+    let second = rig_rest(sim.clone(), &format!("{CATCHUP}{state}"), "").await;
+    eventually("the restart gap filled", WAIT, || {
+        let accounts = second.bridge().status().snapshot().accounts;
+        accounts.len() == 1 && accounts[0].last_gap.recovered == Some(true)
+    })
+    .await;
+    let published = messages_by_id(&second.memory.records());
+    let replayed: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| published.get(id).is_some_and(|&(_, r)| r == 1))
+        .collect();
+    assert_eq!(
+        replayed,
+        ids[5..].to_vec(),
+        "every message the first run never accepted, once"
+    );
+    second.stop().await;
+}
+
 /// Live messages are claimed in the ledger of published ids only where a catch-up can publish
 /// them too (an API token): an account without one publishes every live message once, with no
 /// claim (the claim was ~6% of the CPU at full rate), the other keeps its ledger.

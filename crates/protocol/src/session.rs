@@ -25,7 +25,8 @@
 //! - No `welcome` or `ping` for longer than `stale_after` closes the session as stale. Like the
 //!   official ActionCable client, only pings prove the server alive: other frames do not (the
 //!   platform echoes `presence.update` for every subscription, which would hide a dead
-//!   heartbeat).
+//!   heartbeat). Time the caller spends not reading because its output is full
+//!   ([`Session::handle_stall`]) does not count: a ping waits unread behind the events then.
 //! - `disconnect` closes it; `reconnect: false` is reported so the caller can back off long.
 
 use crate::backoff::{Backoff, Jitter, Rng};
@@ -460,6 +461,25 @@ impl Session {
     pub fn handle_binary(&mut self, len: usize, now: Instant) -> FrameError {
         self.last_frame_at = now;
         FrameError::Binary { len }
+    }
+
+    /// The caller did not read the socket for `stalled`, up to `now`: it waited for room to
+    /// hand events on (backpressure from a slow sink). A ping or a confirm sent meanwhile waits
+    /// unread behind those events, so that time does not count against the server: the stale
+    /// and confirm timers are pushed back by it (never past `now`).
+    pub fn handle_stall(&mut self, stalled: Duration, now: Instant) {
+        // Handling a batch of frames without waiting takes microseconds: not worth a pass over
+        // the subscriptions, and nothing next to `stale_after`.
+        if stalled < Duration::from_millis(1) {
+            return;
+        }
+        let later = |at: Instant| at.checked_add(stalled).map_or(now, |t| t.min(now)).max(at);
+        self.alive_at = later(self.alive_at);
+        for sub in self.subs.iter_mut().flatten() {
+            if let SubscriptionState::Pending { since } = &mut sub.state {
+                *since = later(*since);
+            }
+        }
     }
 
     /// Advances time: staleness, confirm timeouts, retries and presence heartbeats.

@@ -130,6 +130,41 @@ pub struct Ledger {
     shards: Vec<Mutex<HashMap<u64, Account>>>,
 }
 
+/// A message claimed for publishing whose record is not in the buffer yet. Dropped without
+/// [`Held::keep`] (the buffer closed at shutdown, a fill cancelled, a panic), it releases the
+/// claim: the checkpoint never counts as published a message that was not, and the next
+/// catch-up fetches it again.
+#[must_use = "dropping a held claim releases it"]
+#[derive(Debug)]
+pub struct Held<'a> {
+    ledger: &'a Ledger,
+    /// (account, class, conversation, id); `None` once kept, or for nothing to release.
+    claim: Option<(u64, ReceiverClass, u64, u64)>,
+}
+
+impl Held<'_> {
+    /// A claim on nothing (publishing without a ledger): keeping or dropping it changes nothing.
+    pub fn none(ledger: &Ledger) -> Held<'_> {
+        Held {
+            ledger,
+            claim: None,
+        }
+    }
+
+    /// Its record was accepted (or dropped for good, counted): the claim stands.
+    pub fn keep(mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some((account, class, conversation, id)) = self.claim.take() {
+            self.ledger.release(account, class, conversation, id);
+        }
+    }
+}
+
 /// A claim's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -203,6 +238,45 @@ impl Ledger {
             evict(acc, self.max_conversations);
         }
         Claim::First
+    }
+
+    /// Claims message `id` like [`Ledger::claim_for`], held until its record is accepted: `None`
+    /// when it was published already.
+    pub fn hold(
+        &self,
+        account: u64,
+        class: ReceiverClass,
+        conversation: u64,
+        id: u64,
+    ) -> Option<Held<'_>> {
+        match self.claim_for(account, class, conversation, id) {
+            Claim::Duplicate => None,
+            Claim::First => Some(Held {
+                ledger: self,
+                claim: Some((account, class, conversation, id)),
+            }),
+        }
+    }
+
+    /// Forgets a claim whose record was never accepted.
+    fn release(&self, account: u64, class: ReceiverClass, conversation: u64, id: u64) {
+        let mut shard = self.shard(account);
+        let Some(acc) = shard.get_mut(&account) else {
+            return;
+        };
+        let Some(conv) = acc.conversations.get_mut(&conversation) else {
+            return;
+        };
+        if conv.ids.remove(&(id, class)) {
+            acc.ids = acc.ids.saturating_sub(1);
+        }
+        if acc.high == Some(id) {
+            acc.high = acc
+                .conversations
+                .values()
+                .filter_map(Conversation::high)
+                .max();
+        }
     }
 
     /// A live event arrived for `account` at `at_ms`.
@@ -286,7 +360,6 @@ impl Ledger {
     }
 }
 
-/// Keeps the `keep` most recently touched conversations.
 /// Keeps the most recently touched conversations: at most `keep`, holding at most 7/8 of
 /// [`IDS_PER_ACCOUNT`] ids.
 fn evict(acc: &mut Account, keep: usize) {
@@ -324,6 +397,34 @@ mod tests {
         assert_eq!(l.claim(1, 11, 500), Claim::First, "per conversation");
         assert_eq!(l.claim(2, 10, 500), Claim::First, "per account");
         assert_eq!(l.account_high(1), Some(500));
+    }
+
+    #[test]
+    fn a_held_claim_is_released_unless_kept() {
+        let l = Ledger::new(100);
+        l.hold(1, 0, 10, 500).expect("first").keep();
+        assert!(l.hold(1, 0, 10, 500).is_none(), "kept: published");
+        // Never accepted: released, so the checkpoint does not count it and a fill takes it.
+        let held = l.hold(1, 0, 10, 501).expect("first");
+        assert_eq!(l.account_high(1), Some(501));
+        drop(held);
+        assert_eq!(l.account_high(1), Some(500), "the high falls back");
+        assert_eq!(l.checkpoint()[&1].conversations[&10], 500);
+        let held = l.hold(1, 0, 10, 501).expect("released: claimable again");
+        held.keep();
+        assert_eq!(l.account_high(1), Some(501));
+        // Another conversation's higher id is the account's high after a release.
+        l.hold(1, 0, 11, 700).expect("first").keep();
+        drop(l.hold(1, 0, 10, 800).expect("first"));
+        assert_eq!(l.account_high(1), Some(700));
+        // Only the class that claimed it lets it go.
+        l.hold(1, 7, 10, 900).expect("first").keep();
+        drop(l.hold(1, 0, 10, 900).expect("first for class 0"));
+        assert!(l.hold(1, 7, 10, 900).is_none());
+        // A held claim on nothing releases nothing; nor does one whose account was never seen.
+        drop(Held::none(&l));
+        l.release(9, 0, 1, 1);
+        assert_eq!(l.account_high(1), Some(900));
     }
 
     #[test]

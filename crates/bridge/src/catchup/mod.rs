@@ -22,13 +22,13 @@ pub mod rest;
 pub mod telemetry;
 mod worker;
 
-pub(crate) use worker::spawn;
+pub(crate) use worker::{spawn, LastCheckpoint};
 
 use crate::config::{first_failed, ConfigError};
 use crate::route::Receiver;
 use crate::status::StatusBoard;
 use gaps::{Gap, GapBook, GapCause, Opened};
-use ledger::{Claim, Ledger};
+use ledger::{Held, Ledger};
 use rest::{ApiToken, RestClient};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -347,25 +347,25 @@ impl Catchup {
     }
 
     /// A live `message.created` with a message id, for the records of receiver class `class`:
-    /// whether to publish it. Claimed in the ledger only where a catch-up can publish the
-    /// account's messages too: elsewhere the live path is the only one, and copies on several
-    /// subscriptions are the dedup's (the claim was ~6% of the bridge's CPU at full rate,
-    /// docs/BENCHMARKS.md).
+    /// `None` when it was published already, else its claim, to keep once the record is
+    /// accepted. Claimed in the ledger only where a catch-up can publish the account's messages
+    /// too: elsewhere the live path is the only one, and copies on several subscriptions are the
+    /// dedup's (the claim was ~6% of the bridge's CPU at full rate, docs/BENCHMARKS.md).
     pub fn live_message(
         &self,
         account: u64,
         class: ledger::ReceiverClass,
         conversation: u64,
         id: u64,
-    ) -> Claim {
+    ) -> Option<Held<'_>> {
         if !self.can_fill(account) {
-            return Claim::First;
+            return Some(Held::none(&self.ledger));
         }
-        let claim = self.ledger.claim_for(account, class, conversation, id);
-        if claim == Claim::Duplicate {
+        let held = self.ledger.hold(account, class, conversation, id);
+        if held.is_none() {
             emit(&self.metrics, telemetry::LiveDuplicate);
         }
-        claim
+        held
     }
 }
 

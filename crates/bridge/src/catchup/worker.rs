@@ -4,11 +4,10 @@
 
 use super::checkpoint::CheckpointFile;
 use super::gaps::{Gap, GapCause};
-use super::ledger::Claim;
 use super::rest::{ApiToken, DecodeError, Item, RestClient, RestError, PAGE};
 use super::telemetry::{self as t, emit, Unrecovered};
 use super::{Catchup, Job, Rotation};
-use crate::connection::Shared;
+use crate::connection::{hand_over, Handed, Shared};
 use crate::route::Receiver;
 use crate::shutdown::Shutdown;
 use crate::status::now_ms;
@@ -27,14 +26,29 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// that never stops paging cannot keep a fill going forever.
 const MAX_PAGES: usize = 1000;
 
-/// Starts the worker. It ends at shutdown, after a last checkpoint.
+/// Starts the worker. At shutdown it stops its fills and profile checks and hands over the last
+/// checkpoint (when `[state] dir` is set), for the bridge to write while the sink drains.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedReceiver<Job>,
     checkpoint: Option<CheckpointFile>,
     shutdown: Shutdown,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<Option<LastCheckpoint>> {
     tokio::spawn(run(shared, jobs, checkpoint, shutdown))
+}
+
+/// The checkpoint still to write at shutdown, once no fill can claim a message any more.
+pub(crate) struct LastCheckpoint {
+    shared: Arc<Shared>,
+    file: CheckpointFile,
+}
+
+impl LastCheckpoint {
+    /// Writes it (the file is replaced atomically: a deadline passing mid-write leaves the
+    /// previous one).
+    pub(crate) async fn write(self) {
+        write_checkpoint(&self.shared.catchup, &self.shared, &self.file).await;
+    }
 }
 
 async fn run(
@@ -42,7 +56,7 @@ async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     checkpoint: Option<CheckpointFile>,
     mut shutdown: Shutdown,
-) {
+) -> Option<LastCheckpoint> {
     let cu = shared.catchup.clone();
     let mut tasks = JoinSet::new();
     let mut checkpoint_tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -103,10 +117,9 @@ async fn run(
             },
         }
     }
-    tasks.abort_all();
-    if let Some(file) = &checkpoint {
-        write_checkpoint(&cu, &shared, file).await;
-    }
+    // Every fill stopped (its unpublished claims released) before the ledger is written.
+    tasks.shutdown().await;
+    checkpoint.map(|file| LastCheckpoint { shared, file })
 }
 
 async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) {
@@ -309,9 +322,9 @@ async fn fill_with(
                     }
                 }
                 let conv = message.conversation_id.unwrap_or(display_id);
-                match cu.ledger.claim_for(account, class, conv, message.id) {
-                    Claim::First => {
-                        publish(
+                match cu.ledger.hold(account, class, conv, message.id) {
+                    Some(held) => {
+                        let handed = publish(
                             shared,
                             receiver,
                             account,
@@ -319,9 +332,12 @@ async fn fill_with(
                             message,
                         )
                         .await;
-                        tally.published += 1;
+                        if handed == Handed::Done {
+                            held.keep();
+                            tally.published += 1;
+                        }
                     }
-                    Claim::Duplicate => tally.duplicates += 1,
+                    None => tally.duplicates += 1,
                 }
             }
             // A full page that did not move forward would loop forever: stop.
@@ -343,12 +359,18 @@ async fn fill_with(
 
 /// One REST object as a replayed event, through the same filter, router and buffer as live
 /// ones. The payload is the object's bytes exactly as the API returned them.
-async fn publish(shared: &Shared, receiver: &Receiver, account: u64, kind: EventKind, item: &Item) {
+async fn publish(
+    shared: &Shared,
+    receiver: &Receiver,
+    account: u64,
+    kind: EventKind,
+    item: &Item,
+) -> Handed {
     let name = kind.name().unwrap_or("other");
     let m = &shared.metrics;
     if !shared.router.allows(name) {
         bt::emit(m, bt::EventFiltered { kind });
-        return;
+        return Handed::Done;
     }
     let event = EventRef {
         identifier: RawStr::plain(""),
@@ -366,7 +388,7 @@ async fn publish(shared: &Shared, receiver: &Receiver, account: u64, kind: Event
     let routed = shared
         .router
         .route_replayed(&event, receiver, SystemTime::now(), Instant::now());
-    crate::connection::hand_over(shared, routed, name).await;
+    hand_over(shared, routed, name).await
 }
 
 /// Fetches a profile; subscriptions using this API token whose pubsub token changed follow the

@@ -391,6 +391,51 @@ fn silence_past_stale_after_closes_the_session_and_pings_keep_it_alive() {
 }
 
 #[test]
+fn time_spent_not_reading_does_not_count_against_the_server() {
+    // A ping at 3 s, then the caller stops reading for `stalled` seconds, up to 8 s (its
+    // output was full). The default stale_after is 6 s: stale after 9 s without a stall.
+    let table = [
+        // (stalled, tick at, still open)
+        (0.0, 9.0, true),
+        (0.0, 9.01, false),
+        (4.0, 12.9, true),
+        (4.0, 13.01, false),
+        // Never pushed past the moment it is reported: alive at 8 s at the latest.
+        (100.0, 13.9, true),
+        (100.0, 14.01, false),
+    ];
+    for (stalled, tick, open) in table {
+        let mut h = Harness::new();
+        h.feed(0.0, WELCOME).unwrap();
+        h.feed(3.0, r#"{"type":"ping","message":1}"#).unwrap();
+        h.session.handle_stall(secs(stalled), h.at(8.0));
+        h.tick(tick);
+        assert_eq!(
+            h.session.state() == &ConnectionState::Open,
+            open,
+            "stalled {stalled} s, at {tick} s"
+        );
+    }
+    // A confirm waiting unread behind events: its timeout (10 s) is pushed back too.
+    let mut h = Harness::new();
+    let a = user("tok-a", 1, 7);
+    let sub = h.session.add(a, h.at(0.0));
+    h.feed(0.0, WELCOME).unwrap();
+    h.feed(5.0, r#"{"type":"ping","message":1}"#).unwrap();
+    h.session.handle_stall(secs(3.0), h.at(8.0));
+    h.tick(12.9);
+    assert!(matches!(
+        h.session.subscription_state(sub),
+        Some(SubscriptionState::Pending { .. })
+    ));
+    h.tick(13.0);
+    assert!(matches!(
+        h.session.subscription_state(sub),
+        Some(SubscriptionState::Retrying { .. })
+    ));
+}
+
+#[test]
 fn a_missing_welcome_is_stale_too() {
     let mut h = Harness::new();
     h.tick(6.5);
