@@ -409,7 +409,9 @@ async fn a_slow_sink_slows_reading_and_memory_stays_bounded() {
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
     let rig = rig_on(sim, TokenSelection::All, "[buffer]\nmax_events = 50\n", "").await;
     rig.confirmed(4).await;
-    rig.memory.set_delay(Duration::from_millis(2));
+    // 600 events at 4 ms each: the backlog takes longer than `stale_after` (1.5 s) to drain,
+    // with the sim's pings waiting unread behind it.
+    rig.memory.set_delay(Duration::from_millis(4));
     let burst = {
         let sim = rig.sim.clone();
         tokio::spawn(async move { sim.burst(600, &Selection::all()).await })
@@ -435,6 +437,11 @@ async fn a_slow_sink_slows_reading_and_memory_stays_bounded() {
         rig.metric("voxsig_bridge_buffer_records_dropped_total", &[]),
         0.0,
         "block never drops"
+    );
+    assert_eq!(
+        rig.metric("voxsig_bridge_disconnects_total", &[("reason", "stale")]),
+        0.0,
+        "time spent waiting for room is not silence from the server"
     );
     rig.stop().await;
 }
