@@ -754,7 +754,7 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
         }
     }
     // A message's claim in the ledger, kept once its record is accepted.
-    let mut held = None;
+    let mut held = Held::none(shared.catchup.ledger());
     if kind == EventKind::MessageCreated {
         if let (Some(conversation), Some(id)) = (event.conversation_id, event.message_id) {
             // Published already (by a catch-up, or on another path): once is enough.
@@ -762,7 +762,7 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
                 .catchup
                 .live_message(account, class, conversation, id)
             {
-                Some(claim) => held = Some(claim),
+                Some(claim) => held = claim,
                 None => return,
             }
         }
@@ -774,7 +774,7 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
     };
     let routed = shared.router.route_live(event, &member.receiver, arrival);
     if hand_over(shared, routed, kind.name().unwrap_or("other")).await == Handed::Done {
-        held.map(Held::keep);
+        held.keep();
     }
 }
 
