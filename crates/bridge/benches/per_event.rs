@@ -17,7 +17,9 @@
 //! Options: `--events N` (frames received), `--kind message|conversation` (a ~1.3 KB
 //! `message.created`, or a ~1.3 KB `conversation.status_changed`: the hashed event-id path),
 //! `--copies 1|2` (each broadcast on one subscription, or on the two subscriptions of its
-//! account: every second frame is a dedup copy), `--subs S` (subscriptions, at most 50).
+//! account: every second frame is a dedup copy), `--subs S` (subscriptions, at most 50),
+//! `--keyed` (the null sink stands in for a sink with keys, Kafka's or the JSON-lines sinks', so
+//! every record gets its rendered key; by default it stands in for MQTT, which has none).
 //! Without `--events` (as under `cargo bench` or `cargo test --benches`) it runs a small smoke
 //! round and prints wall-clock figures, which are not the measurement.
 
@@ -45,6 +47,7 @@ struct Options {
     copies: u64,
     subs: u64,
     generate_only: bool,
+    keyed: bool,
 }
 
 fn options() -> Options {
@@ -66,6 +69,7 @@ fn options() -> Options {
         copies: num("--copies", 1).clamp(1, 2),
         subs: num("--subs", 8).clamp(2, 50),
         generate_only: args.iter().any(|a| a == "--generate-only"),
+        keyed: args.iter().any(|a| a == "--keyed"),
     }
 }
 
@@ -198,7 +202,11 @@ async fn run(o: &Options, events: u64) -> (u64, f64) {
     let registry = prometheus::Registry::new();
     let bridge = voxsig_bridge::Bridge::start_with_sink(
         settings,
-        Box::new(NullSink(counter.clone())),
+        Box::new(if o.keyed {
+            NullSink::keyed(counter.clone())
+        } else {
+            NullSink::keyless(counter.clone())
+        }),
         &registry,
     )
     .await

@@ -70,7 +70,7 @@ async fn child(mode: &str, config: &str, expect: u64) {
         let registry = prometheus::Registry::new();
         let bridge = voxsig_bridge::Bridge::start_with_sink(
             settings,
-            Box::new(NullSink(counter.clone())),
+            Box::new(NullSink::keyed(counter.clone())),
             &registry,
         )
         .await

@@ -122,7 +122,8 @@ pub struct Receiver {
 /// Turns events into records.
 pub struct Router {
     topic: Template,
-    key: Template,
+    /// `None` for a sink that has no keys ([`Router::without_key`]).
+    key: Option<Template>,
     filter: EventFilter,
     payload: PayloadMode,
     /// The sink's topic rules: values are sanitised and topics checked with them.
@@ -145,19 +146,14 @@ impl Router {
         payload: PayloadMode,
         rules: TopicRules,
     ) -> Self {
-        let mut receiver_vars: Vec<Var> = Vec::new();
-        for var in topic.receiver_vars().chain(key.receiver_vars()) {
-            if !receiver_vars.contains(var) {
-                receiver_vars.push(var.clone());
-            }
-        }
+        let receiver_vars = receiver_vars(&topic, Some(&key));
         let allowed_kinds = EventKind::ALL
             .iter()
             .map(|kind| kind.name().is_some_and(|name| filter.allows(name)))
             .collect();
         Router {
             topic,
-            key,
+            key: Some(key),
             filter,
             allowed_kinds,
             payload,
@@ -165,6 +161,14 @@ impl Router {
             structured: None,
             receiver_vars,
         }
+    }
+
+    /// For a sink that has no keys (MQTT): records carry no key, none is rendered, and the key
+    /// template's variables no longer tell copies apart (they render to the same message).
+    pub fn without_key(mut self) -> Self {
+        self.key = None;
+        self.receiver_vars = receiver_vars(&self.topic, None);
+        self
     }
 
     /// With `payload = "cloudevents"`: how records carry the attributes. In structured mode the
@@ -294,7 +298,7 @@ impl Router {
         };
         let topic = self.rules.render(&self.topic, &ctx);
         self.rules.check(&topic).map_err(Unrouted::InvalidTopic)?;
-        let key = self.key.render(&ctx, Charset::Any);
+        let key = self.key.as_ref().map(|key| key.render(&ctx, Charset::Any));
         let received_at_ms = received_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -325,12 +329,27 @@ impl Router {
         };
         Ok(Record {
             topic,
-            key: Some(key),
+            key,
             payload,
             headers,
             accepted_at,
         })
     }
+}
+
+/// The variables of the topic and key templates whose values come from the receiving
+/// subscription, each once.
+fn receiver_vars(topic: &Template, key: Option<&Template>) -> Vec<Var> {
+    let mut vars: Vec<Var> = Vec::new();
+    for var in topic
+        .receiver_vars()
+        .chain(key.into_iter().flat_map(Template::receiver_vars))
+    {
+        if !vars.contains(var) {
+            vars.push(var.clone());
+        }
+    }
+    vars
 }
 
 /// What the live path knows of an event besides the event itself.

@@ -165,8 +165,10 @@ impl CatchupStart {
 
 /// What every connection task (and the catch-up worker) shares: `[source]`'s settings, the
 /// router, dedup, the buffer, metrics, the board, the shutdown signal and the catch-up state.
+#[allow(clippy::too_many_arguments)] // Called once, at start, by `start_with_sink`.
 fn shared(
     settings: &Settings,
+    keyed: bool,
     tls: rustls::ClientConfig,
     buffer: &BufferWriter,
     metrics: &Registered,
@@ -188,7 +190,7 @@ fn shared(
         reconnect: source.reconnect.policy(),
         after_refusal: source.reconnect.after_refusal,
         tls: Some(Connector::Rustls(Arc::new(tls))),
-        router: router(settings),
+        router: router(settings, keyed),
         dedup: config
             .dedup
             .enabled
@@ -225,6 +227,7 @@ impl Bridge {
             voxsig_sinks::open_buffer(settings.config.buffer.clone(), metrics.sink.clone())?;
         // The sink actually running (`tail` and the demo bring their own), not the configured one.
         let sink_kind = sink.kind();
+        let keyed = sink.uses_key();
         let sink = voxsig_sinks::spawn(sink, reader);
 
         let layout = Layout::of(&settings);
@@ -233,7 +236,7 @@ impl Bridge {
         let receivers: Vec<Receiver> = settings.accounts.iter().map(receiver_of).collect();
         let cu = CatchupStart::new(&settings, &layout, &receivers, &metrics, client, &status);
         let shared = shared(
-            &settings, tls, &writer, &metrics, &status, &shutdown, &cu.state,
+            &settings, keyed, tls, &writer, &metrics, &status, &shutdown, &cu.state,
         );
         let shared = Arc::new(shared);
         let catchup = catchup::spawn(shared.clone(), cu.jobs, cu.checkpoint, shutdown.subscribe());
@@ -512,8 +515,9 @@ fn restore_checkpoint(settings: &Settings, catchup: &Catchup) -> Option<Checkpoi
     Some(file)
 }
 
-/// Events into records: the templates, the filter and the payload mode, with the sink's rules.
-fn router(settings: &Settings) -> Router {
+/// Events into records: the templates, the filter and the payload mode, with the sink's rules;
+/// no key unless the sink running is `keyed` ([`voxsig_sinks::Sink::uses_key`]).
+fn router(settings: &Settings, keyed: bool) -> Router {
     let config = &settings.config;
     let router = Router::new(
         settings.topic.clone(),
@@ -522,6 +526,7 @@ fn router(settings: &Settings) -> Router {
         config.route.payload,
         settings.sink.topic_rules(),
     );
+    let router = if keyed { router } else { router.without_key() };
     match config.cloudevents() {
         Some(ce) => router.with_cloudevents(ce, settings.sink.cloudevents_mode()),
         None => router,

@@ -21,6 +21,13 @@ pub trait Sink: Send {
     /// `memory`.
     fn kind(&self) -> &'static str;
 
+    /// Whether the sink writes a record's key anywhere (Kafka's message key, the JSON-lines
+    /// sinks' `key`); `false` for MQTT, which has none: the router then renders no key. Records
+    /// kept in a disk buffer keep what they were made with.
+    fn uses_key(&self) -> bool {
+        true
+    }
+
     /// Runs until the buffer is closed and every record acknowledged (or rejected), or until the
     /// drain deadline passed ([`BufferReader::aborted`]); never returns early because a broker is
     /// away. Returns [`BufferReader::report`].

@@ -186,6 +186,44 @@ fn event() -> EventRef<'static> {
 }
 
 #[test]
+fn a_router_for_a_sink_without_keys_renders_none_and_its_key_vars_split_nothing() {
+    let keyed = Router::new(
+        Template::parse("voxsig/{account}/{event}").unwrap(),
+        Template::parse("{user}/{conversation}").unwrap(),
+        EventFilter::default(),
+        PayloadMode::Raw,
+        TopicRules::Mqtt,
+    );
+    let (a, b) = (
+        Receiver {
+            account_id: 1,
+            user_id: Some(7),
+            labels: BTreeMap::new(),
+        },
+        Receiver {
+            account_id: 1,
+            user_id: Some(8),
+            labels: BTreeMap::new(),
+        },
+    );
+    // With keys, two users' copies render to different keys: different records.
+    assert_ne!(keyed.receiver_class(&a), keyed.receiver_class(&b));
+    let record = keyed
+        .route(&event(), &a, UNIX_EPOCH, Instant::now())
+        .unwrap();
+    assert_eq!(record.key.as_deref(), Some("7/5"));
+    // Without keys (MQTT) both copies are the same message on the same topic.
+    let keyless = keyed.without_key();
+    assert_eq!(keyless.receiver_class(&a), 0);
+    assert_eq!(keyless.receiver_class(&b), 0);
+    let record = keyless
+        .route(&event(), &a, UNIX_EPOCH, Instant::now())
+        .unwrap();
+    assert_eq!(record.key, None);
+    assert_eq!(record.topic, "voxsig/9/message.created");
+}
+
+#[test]
 fn records_carry_the_data_account_not_the_subscription_account() {
     let receiver = Receiver {
         account_id: 1,

@@ -190,6 +190,10 @@ impl Sink for MqttSink {
         "mqtt"
     }
 
+    fn uses_key(&self) -> bool {
+        false
+    }
+
     fn run(self: Box<Self>, reader: BufferReader) -> BoxFuture<'static, DrainReport> {
         let MqttSink {
             client,
