@@ -303,7 +303,7 @@ impl Router {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let headers = Headers {
-            event: event.name.clone().into_owned(),
+            event: Headers::event_name(event.kind, &event.name),
             event_label: event.kind.name().unwrap_or("other"),
             account_id: Some(account),
             received_at_ms,

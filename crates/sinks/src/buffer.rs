@@ -344,17 +344,20 @@ const ALLOCATION_OVERHEAD: usize = 16;
 /// (by capacity, plus the allocator's overhead) and its queue slot, counted twice because a
 /// `VecDeque` may hold up to twice the slots it uses. So `max_bytes` bounds the real memory.
 fn memory_footprint(record: &Record) -> usize {
-    let strings = [
-        Some(&record.topic),
-        record.key.as_ref(),
-        Some(&record.headers.event),
-        record.headers.event_id.as_ref(),
+    let event = match &record.headers.event {
+        std::borrow::Cow::Owned(name) => name.capacity(),
+        std::borrow::Cow::Borrowed(_) => 0,
+    };
+    let capacities = [
+        record.topic.capacity(),
+        record.key.as_ref().map_or(0, String::capacity),
+        event,
+        record.headers.event_id.as_ref().map_or(0, String::capacity),
     ];
-    let heap: usize = strings
+    let heap: usize = capacities
         .iter()
-        .flatten()
-        .filter(|s| s.capacity() > 0)
-        .map(|s| s.capacity() + ALLOCATION_OVERHEAD)
+        .filter(|&&c| c > 0)
+        .map(|c| c + ALLOCATION_OVERHEAD)
         .sum();
     // The payload: its bytes, the shared `Bytes` header, the allocator's overhead.
     let payload = record.payload.len() + 32 + ALLOCATION_OVERHEAD;
@@ -572,7 +575,7 @@ fn placeholder() -> Record {
         key: None,
         payload: bytes::Bytes::new(),
         headers: crate::Headers {
-            event: String::new(),
+            event: String::new().into(),
             event_label: "other",
             account_id: None,
             received_at_ms: 0,

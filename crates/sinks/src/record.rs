@@ -1,6 +1,8 @@
 //! What flows through a sink: one rendered event with its topic, key, payload and headers.
 
+use std::borrow::Cow;
 use std::time::Instant;
+use voxsig_protocol::EventKind;
 
 use bytes::Bytes;
 
@@ -29,7 +31,9 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Headers {
     /// The wire event name, e.g. `message.created` (unbounded: any name the platform sends).
-    pub event: String,
+    /// A catalogued name is borrowed from the catalogue (no allocation per record); any other
+    /// is owned.
+    pub event: Cow<'static, str>,
     /// A bounded metrics label: the catalogue name of the event, or `"other"`.
     pub event_label: &'static str,
     /// The account the event belongs to, when known.
@@ -46,6 +50,16 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// The [`Headers::event`] of an event of `kind` named `wire` on the wire: the catalogue's
+    /// name, borrowed, when the wire name is it (every record of a catalogued event, no
+    /// allocation); otherwise the wire name, owned (aliases, unknown names).
+    pub fn event_name(kind: EventKind, wire: &str) -> Cow<'static, str> {
+        match kind.name() {
+            Some(name) if name == wire => Cow::Borrowed(name),
+            _ => Cow::Owned(wire.to_owned()),
+        }
+    }
+
     /// The value of the `replayed` marker where it travels as a header or property (Kafka
     /// header, MQTT 5 user property): present only on replayed records.
     pub const REPLAYED_VALUE: &'static str = "1";
@@ -67,6 +81,27 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalogued_event_names_are_borrowed_others_owned() {
+        let table = [
+            (EventKind::MessageCreated, "message.created", true),
+            // An alias of a catalogued kind keeps its wire spelling.
+            (
+                EventKind::from_name("conversation_typing_on"),
+                "conversation_typing_on",
+                false,
+            ),
+            (EventKind::from_name("x.unknown"), "x.unknown", false),
+            // A kind whose wire name differs (cannot come from the decoder): the wire wins.
+            (EventKind::MessageCreated, "message.updated", false),
+        ];
+        for (kind, wire, borrowed) in table {
+            let name = Headers::event_name(kind, wire);
+            assert_eq!(name, wire);
+            assert_eq!(matches!(name, Cow::Borrowed(_)), borrowed, "{wire}");
+        }
+    }
 
     #[test]
     fn size_counts_every_owned_part() {

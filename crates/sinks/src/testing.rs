@@ -15,7 +15,7 @@ pub(crate) fn record(topic: &str, n: u64) -> Record {
         key: Some(format!("1/{n}")),
         payload: Bytes::from(format!("{{\"n\":{n}}}")),
         headers: Headers {
-            event: "message.created".to_owned(),
+            event: "message.created".into(),
             event_label: "message.created",
             account_id: Some(1),
             received_at_ms: 1_700_000_000_000,

@@ -25,7 +25,7 @@ pub fn record(topic: &str, n: u64) -> Record {
         key: Some(format!("1/{n}")),
         payload: Bytes::from(format!("{{\"n\":{n}}}")),
         headers: Headers {
-            event: "message.created".to_owned(),
+            event: "message.created".into(),
             event_label: "message.created",
             account_id: Some(1),
             received_at_ms: 1_700_000_000_000,
@@ -122,7 +122,7 @@ impl Generator {
             key: Some(format!("{account}/{conversation}")),
             payload: Bytes::from(payload),
             headers: Headers {
-                event: event.to_owned(),
+                event: event.into(),
                 event_label: event,
                 account_id: Some(account),
                 received_at_ms: 1_700_000_000_000 + n as i64,

@@ -307,7 +307,7 @@ fn decode_with(
             key: (flags & HAS_KEY != 0).then_some(key),
             payload,
             headers: Headers {
-                event,
+                event: Headers::event_name(EventKind::from_name(&event), &event),
                 event_label: static_label(label),
                 account_id: (flags & HAS_ACCOUNT != 0).then_some(account),
                 received_at_ms,
