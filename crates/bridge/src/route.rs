@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use voxsig_protocol::{EventKind, EventRef};
 use voxsig_sinks::cloudevents::{self, CloudEvents};
-use voxsig_sinks::{Headers, Record};
+use voxsig_sinks::{EventId, Headers, Record};
 
 pub use voxsig_sinks::topic::{Charset, Context, Template, TemplateError, TopicRules, Var, NONE};
 
@@ -287,7 +287,6 @@ impl Router {
         digest: EventDigest,
     ) -> Result<Record, Unrouted> {
         let account = Self::account_of(event, receiver);
-        let event_id = digest.id();
         let ctx = Context {
             account,
             event: &event.name,
@@ -307,7 +306,7 @@ impl Router {
             event_label: event.kind.name().unwrap_or("other"),
             account_id: Some(account),
             received_at_ms,
-            event_id: Some(event_id),
+            event_id: Some(digest.event_id()),
             replayed,
         };
         let payload = match (self.payload, &self.structured) {
@@ -321,7 +320,7 @@ impl Router {
                 &event.name,
                 account,
                 received_at,
-                headers.event_id.as_deref().unwrap_or_default(),
+                &digest.event_id(),
                 replayed,
                 event.data,
             ),
@@ -368,7 +367,7 @@ fn envelope(
     event: &str,
     account: u64,
     received_at: SystemTime,
-    event_id: &str,
+    event_id: &EventId,
     replayed: bool,
     data: &str,
 ) -> Bytes {

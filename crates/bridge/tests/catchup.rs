@@ -66,9 +66,8 @@ fn messages_by_id(records: &[Record]) -> HashMap<u64, (usize, usize)> {
         let id = r
             .headers
             .event_id
-            .as_deref()
-            .and_then(|e| e.strip_prefix("msg-"))
-            .and_then(|n| n.parse().ok())
+            .as_ref()
+            .and_then(|e| e.message_id())
             .expect("a message record's event_id is msg-<id>");
         let entry = out.entry(id).or_default();
         if r.headers.replayed {

@@ -352,7 +352,10 @@ fn memory_footprint(record: &Record) -> usize {
         record.topic.capacity(),
         record.key.as_ref().map_or(0, String::capacity),
         event,
-        record.headers.event_id.as_ref().map_or(0, String::capacity),
+        match &record.headers.event_id {
+            Some(crate::EventId::Text(text)) => text.len(),
+            _ => 0,
+        },
     ];
     let heap: usize = capacities
         .iter()
@@ -1775,7 +1778,7 @@ mod disk_tests {
 
     fn numbered(n: u64) -> Record {
         let mut r = record(&format!("t/{n}"), n);
-        r.headers.event_id = Some(format!("ev-{n}"));
+        r.headers.event_id = Some(format!("ev-{n}").into());
         r
     }
 
@@ -1828,7 +1831,7 @@ mod disk_tests {
         assert_eq!(metric(&registry, "voxsig_bridge_buffer_events", None), n);
         let claims = drain(&mut r);
         assert_eq!(topics(&claims), expected(0..n));
-        assert_eq!(claims[7].record().headers.event_id.as_deref(), Some("ev-7"));
+        assert_eq!(claims[7].record().headers.event_id, Some("ev-7".into()));
         let mut claims = claims;
         r.ack_many(&mut claims);
         assert_eq!(w.depth(), 0);

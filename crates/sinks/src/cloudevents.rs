@@ -87,7 +87,7 @@ impl CloudEvents {
     /// The attributes of a record with these headers and data.
     pub fn attributes(&self, headers: &Headers, data: &[u8]) -> Attributes {
         let id = match &headers.event_id {
-            Some(id) if !id.is_empty() => id.clone(),
+            Some(id) if !id.is_empty() => id.to_string(),
             _ => fallback_id(headers, data),
         };
         let source = match headers.account_id {
@@ -225,7 +225,7 @@ mod tests {
         hostile.headers.received_at_ms = -5;
         let mut replayed = record("t", 4);
         replayed.headers.replayed = true;
-        replayed.headers.event_id = Some(String::new());
+        replayed.headers.event_id = Some(String::new().into());
         for r in [record("t", 1), hostile, replayed] {
             for origin in ["https://app.voxsig.com", "http://127.0.0.1:3000/"] {
                 let ce = CloudEvents::new(DEFAULT_TYPE_PREFIX, origin);

@@ -57,7 +57,7 @@ struct Line<'a> {
     account_id: Option<u64>,
     received_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
+    event_id: Option<&'a crate::EventId>,
     replayed: bool,
     payload: Payload<'a>,
 }
@@ -81,7 +81,7 @@ pub(crate) fn write_line(out: &mut Vec<u8>, record: &Record) {
         event: &record.headers.event,
         account_id: record.headers.account_id,
         received_at_ms: record.headers.received_at_ms,
-        event_id: record.headers.event_id.as_deref(),
+        event_id: record.headers.event_id.as_ref(),
         replayed: record.headers.replayed,
         payload,
     };

@@ -87,7 +87,7 @@ pub use jsonl::{FileConfig, JsonLinesSink, StdoutConfig};
 pub use kafka::{KafkaConfig, KafkaSink};
 pub use memory::{MemoryHandle, MemorySink};
 pub use mqtt::{MqttConfig, MqttSink};
-pub use record::{Headers, Record};
+pub use record::{EventId, Headers, Record};
 pub use secret::{Secret, SecretError, SecretValue};
 pub use sink::{spawn, DrainReport, Sink, SinkHandle};
 pub use telemetry::{CorruptKind, DropReason, SinkMetrics};

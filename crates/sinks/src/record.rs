@@ -43,10 +43,118 @@ pub struct Headers {
     /// A stable id of the event, the same for every copy of it (live, replayed or redelivered),
     /// so downstream consumers can deduplicate: written as the Kafka header `event_id`, in the
     /// envelope and by the stdout/file sinks. `None` when the producer of the record set none.
-    pub event_id: Option<String>,
+    /// Kept as what it is made of ([`EventId`]): formatted only by the sinks that write it.
+    pub event_id: Option<EventId>,
     /// Whether the record was recovered after a gap (catch-up over the platform's REST API)
     /// rather than received live: Kafka header `replayed: 1`, envelope `"replayed": true`.
     pub replayed: bool,
+}
+
+/// A record's stable event id ([`Headers::event_id`]), kept as what it is made of and written
+/// as text — `msg-<id>` or `h-<32 hex digits>` — only by the sinks that carry it: the bridge
+/// makes one per event, and a plain MQTT publish never writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventId {
+    /// `msg-<id>`: the platform's message id (the same live and over REST).
+    Message(u64),
+    /// `h-<32 lowercase hex digits>`: a 128-bit hash of the event.
+    Hash(u128),
+    /// Any other text (ids made elsewhere); read back from text, the two forms above are
+    /// recognised only when written exactly as [`EventId`] writes them, so text round-trips.
+    Text(Box<str>),
+}
+
+impl EventId {
+    /// The id of `text`: [`EventId::Message`] or [`EventId::Hash`] when it is one written the
+    /// canonical way, else [`EventId::Text`].
+    pub fn parse(text: &str) -> EventId {
+        if let Some(digits) = text.strip_prefix("msg-") {
+            let canonical = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'));
+            if let (true, Ok(id)) = (canonical, digits.parse()) {
+                return EventId::Message(id);
+            }
+        } else if let Some(hex) = text.strip_prefix("h-") {
+            let canonical =
+                hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if let (true, Ok(digest)) = (canonical, u128::from_str_radix(hex, 16)) {
+                return EventId::Hash(digest);
+            }
+        }
+        EventId::Text(text.into())
+    }
+
+    /// The length of its text, without writing it.
+    pub fn len(&self) -> usize {
+        match self {
+            EventId::Message(id) => 4 + itoa::Buffer::new().format(*id).len(),
+            EventId::Hash(_) => 34,
+            EventId::Text(text) => text.len(),
+        }
+    }
+
+    /// Whether its text is empty (only a [`EventId::Text`] can be).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with its text, written on the stack (no allocation).
+    pub fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match self {
+            EventId::Message(id) => {
+                let mut buf = [0u8; 24];
+                buf[..4].copy_from_slice(b"msg-");
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(*id).as_bytes();
+                let end = 4 + digits.len();
+                buf[4..end].copy_from_slice(digits);
+                f(std::str::from_utf8(&buf[..end]).unwrap_or_default())
+            }
+            EventId::Hash(digest) => {
+                let mut buf = [0u8; 34];
+                buf[..2].copy_from_slice(b"h-");
+                for (i, b) in buf[2..].iter_mut().enumerate() {
+                    *b = HEX[((digest >> ((31 - i) * 4)) & 0xf) as usize];
+                }
+                f(std::str::from_utf8(&buf).unwrap_or_default())
+            }
+            EventId::Text(text) => f(text),
+        }
+    }
+
+    /// The platform's message id, for a `msg-<id>`.
+    pub fn message_id(&self) -> Option<u64> {
+        match self {
+            EventId::Message(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_text(|text| f.write_str(text))
+    }
+}
+
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.with_text(|text| serializer.serialize_str(text))
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(text: &str) -> Self {
+        EventId::parse(text)
+    }
+}
+
+impl From<String> for EventId {
+    fn from(text: String) -> Self {
+        EventId::parse(&text)
+    }
 }
 
 impl Headers {
@@ -74,13 +182,50 @@ impl Record {
             + self.key.as_ref().map_or(0, String::len)
             + self.payload.len()
             + self.headers.event.len()
-            + self.headers.event_id.as_ref().map_or(0, String::len)
+            + self.headers.event_id.as_ref().map_or(0, EventId::len)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_keep_what_they_are_made_of_and_round_trip_as_text() {
+        let table: [(&str, EventId); 12] = [
+            ("msg-42", EventId::Message(42)),
+            ("msg-0", EventId::Message(0)),
+            ("msg-18446744073709551615", EventId::Message(u64::MAX)),
+            ("h-000000000000000000000000000000ff", EventId::Hash(255)),
+            (
+                "h-cb4988a1621d75c953b051aa4dd1a1dd",
+                EventId::Hash(0xcb4988a1621d75c953b051aa4dd1a1dd),
+            ),
+            // Anything not written the canonical way stays text, so it round-trips.
+            ("msg-007", EventId::Text("msg-007".into())),
+            ("msg-", EventId::Text("msg-".into())),
+            (
+                "msg-18446744073709551616",
+                EventId::Text("msg-18446744073709551616".into()),
+            ),
+            ("msg-+1", EventId::Text("msg-+1".into())),
+            (
+                "h-CB4988A1621D75C953B051AA4DD1A1DD",
+                EventId::Text("h-CB4988A1621D75C953B051AA4DD1A1DD".into()),
+            ),
+            ("h-ff", EventId::Text("h-ff".into())),
+            ("évé/1 \"x\"", EventId::Text("évé/1 \"x\"".into())),
+        ];
+        for (text, id) in table {
+            assert_eq!(EventId::parse(text), id, "{text}");
+            assert_eq!(id.to_string(), text);
+            assert_eq!(serde_json::to_value(&id).unwrap(), text);
+            assert_eq!(id.len(), text.len(), "{text}");
+        }
+        assert!(EventId::parse("").is_empty());
+        assert_eq!(EventId::Message(7).message_id(), Some(7));
+        assert_eq!(EventId::Hash(7).message_id(), None);
+    }
 
     #[test]
     fn catalogued_event_names_are_borrowed_others_owned() {

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use voxsig_sinks::EventId;
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 /// Message ids remembered per conversation.
@@ -57,23 +58,18 @@ impl EventDigest {
         }
     }
 
-    /// The event id: `msg-<id>` or `h-<32 hex digits>` (persisted and visible: stable).
-    pub fn id(&self) -> String {
-        let mut out = String::with_capacity(34);
+    /// The event id a record carries: `msg-<id>` or `h-<32 hex digits>` once written
+    /// (persisted and visible: stable), kept unwritten until a sink writes it.
+    pub fn event_id(&self) -> EventId {
         match *self {
-            EventDigest::Message { id, .. } => {
-                out.push_str("msg-");
-                out.push_str(itoa::Buffer::new().format(id));
-            }
-            EventDigest::Hash(digest) => {
-                out.push_str("h-");
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                for shift in (0..32).rev() {
-                    out.push(char::from(HEX[((digest >> (shift * 4)) & 0xf) as usize]));
-                }
-            }
+            EventDigest::Message { id, .. } => EventId::Message(id),
+            EventDigest::Hash(digest) => EventId::Hash(digest),
         }
-        out
+    }
+
+    /// The event id as text.
+    pub fn id(&self) -> String {
+        self.event_id().to_string()
     }
 
     /// 128 bits telling events apart, account included: two events share them only if they

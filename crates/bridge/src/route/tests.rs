@@ -370,7 +370,10 @@ fn replayed_records_are_marked_and_carry_the_message_id_as_event_id() {
         .route_replayed(&e, &receiver, at, Instant::now())
         .unwrap();
     assert!(raw.headers.replayed);
-    assert_eq!(raw.headers.event_id.as_deref(), Some("msg-77"));
+    assert_eq!(
+        raw.headers.event_id,
+        Some(voxsig_sinks::EventId::Message(77))
+    );
     assert_eq!(
         &raw.payload[..],
         data.as_bytes(),

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use voxsig_protocol::EventKind;
 
-use crate::{Headers, Record};
+use crate::{EventId, Headers, Record};
 
 /// The on-disk format version this build writes and reads. A directory written by a newer
 /// version is refused with a clear error (never rewritten).
@@ -145,7 +145,7 @@ pub(crate) fn framed_len(record: &Record) -> usize {
         + record.topic.len()
         + record.key.as_ref().map_or(0, String::len)
         + record.headers.event.len()
-        + record.headers.event_id.as_ref().map_or(0, String::len)
+        + record.headers.event_id.as_ref().map_or(0, EventId::len)
         + record.headers.event_label.len()
         + record.payload.len()
 }
@@ -180,24 +180,29 @@ pub(crate) fn encode_unsealed(seq: u64, record: &Record, out: &mut Vec<u8>) {
         flags |= REPLAYED;
     }
     let key = record.key.as_deref().unwrap_or("");
-    let event_id = h.event_id.as_deref().unwrap_or("");
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&h.received_at_ms.to_le_bytes());
     out.extend_from_slice(&h.account_id.unwrap_or(0).to_le_bytes());
     out.push(flags);
-    let parts: [&[u8]; 6] = [
-        record.topic.as_bytes(),
-        key.as_bytes(),
-        h.event.as_bytes(),
-        event_id.as_bytes(),
-        h.event_label.as_bytes(),
-        &record.payload,
-    ];
-    for part in parts {
-        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-    }
-    for part in parts {
-        out.extend_from_slice(part);
+    let mut write_parts = |event_id: &str| {
+        let parts: [&[u8]; 6] = [
+            record.topic.as_bytes(),
+            key.as_bytes(),
+            h.event.as_bytes(),
+            event_id.as_bytes(),
+            h.event_label.as_bytes(),
+            &record.payload,
+        ];
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        }
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+    };
+    match &h.event_id {
+        Some(id) => id.with_text(write_parts),
+        None => write_parts(""),
     }
     let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
     out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
@@ -311,7 +316,7 @@ fn decode_with(
                 event_label: static_label(label),
                 account_id: (flags & HAS_ACCOUNT != 0).then_some(account),
                 received_at_ms,
-                event_id: (flags & HAS_EVENT_ID != 0).then_some(event_id),
+                event_id: (flags & HAS_EVENT_ID != 0).then(|| EventId::from(event_id)),
                 replayed: flags & REPLAYED != 0,
             },
             accepted_at: Instant::now(),

@@ -947,9 +947,11 @@ pub fn kafka_headers(record: &Record) -> OwnedHeaders {
             value: Some(received_at),
         });
     if let Some(id) = &record.headers.event_id {
-        headers = headers.insert(Header {
-            key: "event_id",
-            value: Some(id.as_bytes()),
+        headers = id.with_text(|id| {
+            headers.insert(Header {
+                key: "event_id",
+                value: Some(id.as_bytes()),
+            })
         });
     }
     if record.headers.replayed {

@@ -51,7 +51,7 @@ impl PropertyRules {
         }
         user.push(("received_at".to_owned(), headers.received_at_ms.to_string()));
         if let Some(id) = &headers.event_id {
-            user.push(("event_id".to_owned(), mqtt_text(id)));
+            user.push(("event_id".to_owned(), id.with_text(mqtt_text)));
         }
         if headers.replayed {
             user.push((
