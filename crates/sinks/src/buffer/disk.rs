@@ -44,11 +44,14 @@ const SPARES: usize = 2;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
 pub(crate) const MAX_BATCH: usize = 256 * 1024;
-/// The writer thread, woken by the first record of a batch, waits this long for more (unless
-/// [`WAKE_BYTES`] arrive sooner): fewer, larger writes and wake-ups under load.
+/// The writer thread writes a batch this long after its first record was accepted (woken by
+/// that record when it was idle; otherwise at this deadline): fewer, larger writes and no
+/// wake-up per batch under a steady load. A batch that reaches [`MAX_BATCH`] first is written by
+/// `push`.
 pub(crate) const LINGER: Duration = Duration::from_micros(200);
-/// A batch this large is written at once.
-const WAKE_BYTES: usize = 64 * 1024;
+/// A lingering writer is woken early once the batch holds this much (a burst), so that it
+/// rather than `push` writes it.
+const WAKE_BYTES: usize = MAX_BATCH / 2;
 /// The writer thread retries a failed write after this long.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
 
@@ -640,33 +643,39 @@ impl Disk {
         if let Some(error) = self.log.failure() {
             return Err(AppendError::Io(error));
         }
-        if self.log.lock_batch().bytes.len() >= MAX_BATCH {
+        let mut batch = self.log.lock_batch();
+        if batch.bytes.len() >= MAX_BATCH {
             return Err(AppendError::BatchFull);
         }
         let size = size as u64;
         let needs_rotation = self.active_len + size > self.segment_max
             && self.active_len > SEGMENT_HEADER_LEN as u64;
         if needs_rotation {
+            drop(batch);
             self.rotate(seq).map_err(AppendError::Io)?;
+            batch = self.log.lock_batch();
         }
         let at = self.active_len;
-        {
-            let mut batch = self.log.lock_batch();
-            let before = batch.bytes.len();
-            // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
-            format::encode_unsealed(seq, record, &mut batch.bytes);
-            debug_assert_eq!((batch.bytes.len() - before) as u64, size);
-            batch.end_seq = seq + 1;
-            let wake = match batch.writer {
-                Writer::Idle => true,
-                Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
-                Writer::Busy => false,
-            };
-            if wake {
-                batch.writer = Writer::Busy;
-                self.log.wake.notify_one();
-            }
+        if batch.bytes.is_empty() {
+            batch.first_at = Some(Instant::now());
         }
+        let before = batch.bytes.len();
+        // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
+        format::encode_unsealed(seq, record, &mut batch.bytes);
+        debug_assert_eq!((batch.bytes.len() - before) as u64, size);
+        batch.end_seq = seq + 1;
+        // A lingering writer writes at its deadline: woken only by a burst (each wake-up costs
+        // the producer a futex wake).
+        let wake = match batch.writer {
+            Writer::Idle => true,
+            Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
+            Writer::Busy => false,
+        };
+        if wake {
+            batch.writer = Writer::Busy;
+            self.log.wake.notify_one();
+        }
+        drop(batch);
         self.active_len += size;
         self.segments.appended(seq);
         self.dirty = true;
@@ -1138,16 +1147,31 @@ struct Batch {
     marker: bool,
     /// The sequence number after the last record in `bytes`.
     end_seq: u64,
+    /// When the first record in `bytes` was accepted (`None` while it is empty): the writer
+    /// writes the batch at this plus [`LINGER`].
+    first_at: Option<Instant>,
     /// What the writer thread does (whether a record must wake it).
     writer: Writer,
     closed: bool,
+}
+
+impl Batch {
+    /// How much longer the writer waits before writing the batch: until [`LINGER`] after its
+    /// first record, unless it holds [`WAKE_BYTES`]. `None`: write now.
+    fn linger(&self) -> Option<Duration> {
+        if self.bytes.len() >= WAKE_BYTES {
+            return None;
+        }
+        let wait = (self.first_at? + LINGER).checked_duration_since(Instant::now())?;
+        (!wait.is_zero()).then_some(wait)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Writer {
     /// Waits for the first record.
     Idle,
-    /// Waits up to [`LINGER`] for more records, or for [`WAKE_BYTES`] of them.
+    /// Waits until [`LINGER`] after the batch's first record, or for [`WAKE_BYTES`].
     Lingering,
     /// Writing, or woken: it looks at the batch before it waits again.
     Busy,
@@ -1186,6 +1210,7 @@ impl Log {
                 at: SEGMENT_HEADER_LEN as u64,
                 marker: false,
                 end_seq: next_seq,
+                first_at: None,
                 writer: Writer::Busy,
                 closed: false,
             }),
@@ -1229,14 +1254,16 @@ impl Log {
                 batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
                 batch.writer = Writer::Busy;
                 continue;
-            } else if batch.bytes.len() < WAKE_BYTES {
+            } else if let Some(wait) = batch.linger() {
                 batch.writer = Writer::Lingering;
                 batch = self
                     .wake
-                    .wait_timeout(batch, LINGER)
+                    .wait_timeout(batch, wait)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
                 batch.writer = Writer::Busy;
+                // The deadline again: the batch may have been written (and begun anew) meanwhile.
+                continue;
             }
             if batch.closed {
                 return;
@@ -1256,6 +1283,7 @@ impl Log {
             return (file, batch.marker, None);
         }
         let bytes = std::mem::replace(&mut batch.bytes, std::mem::take(&mut io.spare));
+        batch.first_at = None;
         let chunk = Chunk {
             at: batch.at,
             end_seq: batch.end_seq,
