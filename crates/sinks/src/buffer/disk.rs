@@ -43,7 +43,7 @@ const SPARE_SUFFIX: &str = ".spare";
 const SPARES: usize = 2;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
-pub(crate) const MAX_BATCH: usize = 256 * 1024;
+pub(crate) const MAX_BATCH: usize = 1024 * 1024;
 /// The writer thread writes a batch this long after its first record was accepted (woken by
 /// that record when it was idle; otherwise at this deadline): fewer, larger writes and no
 /// wake-up per batch under a steady load. A batch that reaches [`MAX_BATCH`] first is written by
@@ -52,6 +52,10 @@ pub(crate) const LINGER: Duration = Duration::from_micros(200);
 /// A lingering writer is woken early once the batch holds this much (a burst), so that it
 /// rather than `push` writes it.
 const WAKE_BYTES: usize = MAX_BATCH / 2;
+/// [`WAKE_BYTES`] with `fsync = "always"`: every record is written and synced before it is
+/// handed on (under the buffer's lock), so what the writer has not written by then is written
+/// there; it is woken early, as before the deadline, to keep that part small.
+const WAKE_BYTES_ALWAYS: usize = 64 * 1024;
 /// The writer thread retries a failed write after this long.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
 
@@ -540,7 +544,11 @@ impl Disk {
             },
         );
         let active = Arc::new(active);
-        let log = Log::start(active.clone(), next_seq);
+        let wake_bytes = match fsync {
+            Fsync::Always => WAKE_BYTES_ALWAYS,
+            Fsync::Interval | Fsync::Never => WAKE_BYTES,
+        };
+        let log = Log::start(active.clone(), next_seq, wake_bytes);
         let disk = Disk {
             dir: dir.to_owned(),
             fsync,
@@ -625,8 +633,10 @@ impl Disk {
     }
 
     /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
-    /// writer thread hands it to the kernel within microseconds (it is woken by the first record
-    /// of a batch; under load batches grow). A batch is never larger than [`MAX_BATCH`]: past
+    /// writer thread hands it to the kernel at most [`LINGER`] later (the batch's deadline: it
+    /// is woken only by the first record of a batch, or by [`WAKE_BYTES`] (`fsync = "always"`:
+    /// [`WAKE_BYTES_ALWAYS`]); under load batches
+    /// grow). A batch is never larger than [`MAX_BATCH`]: past
     /// it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
     /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill` (as
     /// [`Disk::spill`] said): the record is not kept in memory, the reader must read it back
@@ -668,7 +678,7 @@ impl Disk {
         // the producer a futex wake).
         let wake = match batch.writer {
             Writer::Idle => true,
-            Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
+            Writer::Lingering => batch.bytes.len() >= batch.wake_bytes,
             Writer::Busy => false,
         };
         if wake {
@@ -1150,6 +1160,9 @@ struct Batch {
     /// When the first record in `bytes` was accepted (`None` while it is empty): the writer
     /// writes the batch at this plus [`LINGER`].
     first_at: Option<Instant>,
+    /// A lingering writer is woken once the batch holds this much ([`WAKE_BYTES`], or
+    /// [`WAKE_BYTES_ALWAYS`]).
+    wake_bytes: usize,
     /// What the writer thread does (whether a record must wake it).
     writer: Writer,
     closed: bool,
@@ -1157,9 +1170,9 @@ struct Batch {
 
 impl Batch {
     /// How much longer the writer waits before writing the batch: until [`LINGER`] after its
-    /// first record, unless it holds [`WAKE_BYTES`]. `None`: write now.
+    /// first record, unless it holds `wake_bytes`. `None`: write now.
     fn linger(&self) -> Option<Duration> {
-        if self.bytes.len() >= WAKE_BYTES {
+        if self.bytes.len() >= self.wake_bytes {
             return None;
         }
         let wait = (self.first_at? + LINGER).checked_duration_since(Instant::now())?;
@@ -1171,7 +1184,7 @@ impl Batch {
 enum Writer {
     /// Waits for the first record.
     Idle,
-    /// Waits until [`LINGER`] after the batch's first record, or for [`WAKE_BYTES`].
+    /// Waits until [`LINGER`] after the batch's first record, or for `Batch::wake_bytes`.
     Lingering,
     /// Writing, or woken: it looks at the batch before it waits again.
     Busy,
@@ -1202,7 +1215,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Log {
-    fn start(file: Arc<File>, next_seq: u64) -> Arc<Log> {
+    fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize) -> Arc<Log> {
         let log = Arc::new(Log {
             batch: Mutex::new(Batch {
                 bytes: Vec::new(),
@@ -1211,6 +1224,7 @@ impl Log {
                 marker: false,
                 end_seq: next_seq,
                 first_at: None,
+                wake_bytes,
                 writer: Writer::Busy,
                 closed: false,
             }),
