@@ -1172,12 +1172,28 @@ impl Batch {
     /// How much longer the writer waits before writing the batch: until [`LINGER`] after its
     /// first record, unless it holds `wake_bytes`. `None`: write now.
     fn linger(&self) -> Option<Duration> {
-        if self.bytes.len() >= self.wake_bytes {
-            return None;
-        }
-        let wait = (self.first_at? + LINGER).checked_duration_since(Instant::now())?;
-        (!wait.is_zero()).then_some(wait)
+        linger(
+            self.bytes.len(),
+            self.wake_bytes,
+            self.first_at,
+            Instant::now(),
+        )
     }
+}
+
+/// [`Batch::linger`] without the clock: a batch of `bytes` whose first record was accepted at
+/// `first_at`, at `now`.
+fn linger(
+    bytes: usize,
+    wake_bytes: usize,
+    first_at: Option<Instant>,
+    now: Instant,
+) -> Option<Duration> {
+    if bytes >= wake_bytes {
+        return None;
+    }
+    let wait = (first_at? + LINGER).checked_duration_since(now)?;
+    (!wait.is_zero()).then_some(wait)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1497,6 +1513,43 @@ mod tests {
 
     fn seqs(scan: &Scan) -> Vec<u64> {
         scan.frames.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn the_writer_lingers_until_the_deadline_of_the_batch_s_first_record_or_a_burst() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        // (bytes in the batch, first record accepted at t0 + this, now = t0 + this, expected wait)
+        let cases: &[(usize, Option<u64>, u64, Option<u64>)] = &[
+            (1_300, Some(0), 0, Some(200)),
+            (1_300, Some(0), 150, Some(50)),
+            (1_300, Some(0), 200, None),
+            (1_300, Some(0), 5_000, None),
+            (1_300, Some(100), 150, Some(150)),
+            // A burst: written at once.
+            (WAKE_BYTES - 1, Some(0), 10, Some(190)),
+            (WAKE_BYTES, Some(0), 10, None),
+            (MAX_BATCH, Some(0), 10, None),
+            // No deadline (a batch with records always has one): written at once.
+            (1_300, None, 0, None),
+        ];
+        for &(bytes, first, now, want) in cases {
+            let got = linger(bytes, WAKE_BYTES, first.map(|f| t0 + us(f)), t0 + us(now));
+            assert_eq!(
+                got,
+                want.map(us),
+                "{bytes} bytes, first at {first:?}, now {now}"
+            );
+        }
+        // `fsync = "always"`: the burst comes sooner.
+        assert_eq!(
+            linger(WAKE_BYTES_ALWAYS, WAKE_BYTES_ALWAYS, Some(t0), t0),
+            None
+        );
+        assert_eq!(
+            linger(WAKE_BYTES_ALWAYS - 1, WAKE_BYTES_ALWAYS, Some(t0), t0),
+            Some(LINGER)
+        );
     }
 
     #[test]
