@@ -137,6 +137,11 @@ async fn through_memory(records: &[Record]) -> f64 {
 /// A sink that acknowledges everything at once: the buffer's own cost per record.
 struct NullSink;
 
+/// The null sink's takes (non-empty `try_recv_many`) and waits (`readable`), for the rows'
+/// records per take: how often the sink found the queue empty and slept.
+static NULL_TAKES: AtomicUsize = AtomicUsize::new(0);
+static NULL_WAITS: AtomicUsize = AtomicUsize::new(0);
+
 impl Sink for NullSink {
     fn kind(&self) -> &'static str {
         "null"
@@ -147,12 +152,14 @@ impl Sink for NullSink {
             let mut batch = Vec::with_capacity(256);
             loop {
                 if reader.try_recv_many(256, &mut batch) > 0 {
+                    NULL_TAKES.fetch_add(1, Ordering::Relaxed);
                     reader.ack_many(&mut batch);
                     continue;
                 }
                 if reader.is_finished() || reader.is_aborted() {
                     break;
                 }
+                NULL_WAITS.fetch_add(1, Ordering::Relaxed);
                 reader.readable().await;
                 if reader.is_closed() && reader.queued() == 0 {
                     break;
@@ -213,6 +220,8 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     }
     wait_drained(&writer).await;
     let records = big_records(n);
+    let takes = NULL_TAKES.load(Ordering::Relaxed);
+    let waits = NULL_WAITS.load(Ordering::Relaxed);
     let cpu = process_cpu_ns();
     let start = Instant::now();
     for r in records {
@@ -222,6 +231,15 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     let measured = measure(n as usize, start, cpu);
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0);
+    if matches!(target, Target::Null) {
+        let takes = NULL_TAKES.load(Ordering::Relaxed) - takes;
+        let waits = NULL_WAITS.load(Ordering::Relaxed) - waits;
+        println!(
+            "  {} buffer, null sink: {:.1} records per take, {waits} waits",
+            if fsync.is_some() { "disk" } else { "memory" },
+            n as f64 / takes.max(1) as f64
+        );
+    }
     if fsync.is_some() {
         // What went the slow way: written, read back, checked, decoded (warm-up included).
         println!(

@@ -43,6 +43,11 @@ impl Acks {
         if seq < self.below {
             return false;
         }
+        if seq == self.below && self.done.is_empty() {
+            // In order (the common case): no entry to add and take away again.
+            self.below += 1;
+            return true;
+        }
         let at = (seq - self.below) as usize;
         if self.done.len() <= at {
             self.done.resize(at + 1, false);
@@ -169,22 +174,27 @@ mod tests {
 
     #[test]
     fn the_prefix_advances_only_over_contiguous_finished_records() {
-        // (finish seq, expected below afterwards)
-        let steps: &[(u64, u64)] = &[
-            (12, 10),
-            (11, 10),
-            (10, 13),
-            (10, 13),
-            (3, 13),
-            (14, 13),
-            (13, 15),
+        // (finish seq, expected below afterwards, whether it advanced)
+        let steps: &[(u64, u64, bool)] = &[
+            (12, 10, false),
+            (11, 10, false),
+            (10, 13, true),
+            (10, 13, false),
+            (3, 13, false),
+            (14, 13, false),
+            (13, 15, true),
+            // In order, nothing pending (the fast path), then a gap again.
+            (15, 16, true),
+            (16, 17, true),
+            (18, 17, false),
+            (17, 19, true),
         ];
         let mut acks = Acks::new(10);
-        for &(seq, below) in steps {
-            acks.finish(seq);
+        for &(seq, below, advanced) in steps {
+            assert_eq!(acks.finish(seq), advanced, "finishing {seq}");
             assert_eq!(acks.below(), below, "after finishing {seq}");
         }
-        assert!(acks.is_done(14) && acks.is_done(0) && !acks.is_done(15) && !acks.is_done(900));
+        assert!(acks.is_done(18) && acks.is_done(0) && !acks.is_done(19) && !acks.is_done(900));
     }
 
     #[test]

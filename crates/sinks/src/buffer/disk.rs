@@ -43,12 +43,19 @@ const SPARE_SUFFIX: &str = ".spare";
 const SPARES: usize = 2;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
-pub(crate) const MAX_BATCH: usize = 256 * 1024;
-/// The writer thread, woken by the first record of a batch, waits this long for more (unless
-/// [`WAKE_BYTES`] arrive sooner): fewer, larger writes and wake-ups under load.
+pub(crate) const MAX_BATCH: usize = 1024 * 1024;
+/// The writer thread writes a batch this long after its first record was accepted (woken by
+/// that record when it was idle; otherwise at this deadline): fewer, larger writes and no
+/// wake-up per batch under a steady load. A batch that reaches [`MAX_BATCH`] first is written by
+/// `push`.
 pub(crate) const LINGER: Duration = Duration::from_micros(200);
-/// A batch this large is written at once.
-const WAKE_BYTES: usize = 64 * 1024;
+/// A lingering writer is woken early once the batch holds this much (a burst), so that it
+/// rather than `push` writes it.
+const WAKE_BYTES: usize = MAX_BATCH / 2;
+/// [`WAKE_BYTES`] with `fsync = "always"`: every record is written and synced before it is
+/// handed on (under the buffer's lock), so what the writer has not written by then is written
+/// there; it is woken early, as before the deadline, to keep that part small.
+const WAKE_BYTES_ALWAYS: usize = 64 * 1024;
 /// The writer thread retries a failed write after this long.
 const WRITE_RETRY: Duration = Duration::from_millis(100);
 
@@ -537,7 +544,11 @@ impl Disk {
             },
         );
         let active = Arc::new(active);
-        let log = Log::start(active.clone(), next_seq);
+        let wake_bytes = match fsync {
+            Fsync::Always => WAKE_BYTES_ALWAYS,
+            Fsync::Interval | Fsync::Never => WAKE_BYTES,
+        };
+        let log = Log::start(active.clone(), next_seq, wake_bytes);
         let disk = Disk {
             dir: dir.to_owned(),
             fsync,
@@ -622,9 +633,10 @@ impl Disk {
     }
 
     /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
-    /// writer thread hands it to the kernel within microseconds (it is woken by the first record
-    /// of a batch; under load batches grow). A batch is never larger than [`MAX_BATCH`]: past
-    /// it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
+    /// writer thread hands it to the kernel at most [`LINGER`] later (the batch's deadline: it
+    /// is woken only by the first record of a batch, or by [`WAKE_BYTES`] (`fsync = "always"`:
+    /// [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never larger than
+    /// [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
     /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill` (as
     /// [`Disk::spill`] said): the record is not kept in memory, the reader must read it back
     /// from disk. Fails (and takes nothing)
@@ -640,33 +652,39 @@ impl Disk {
         if let Some(error) = self.log.failure() {
             return Err(AppendError::Io(error));
         }
-        if self.log.lock_batch().bytes.len() >= MAX_BATCH {
+        let mut batch = self.log.lock_batch();
+        if batch.bytes.len() >= MAX_BATCH {
             return Err(AppendError::BatchFull);
         }
         let size = size as u64;
         let needs_rotation = self.active_len + size > self.segment_max
             && self.active_len > SEGMENT_HEADER_LEN as u64;
         if needs_rotation {
+            drop(batch);
             self.rotate(seq).map_err(AppendError::Io)?;
+            batch = self.log.lock_batch();
         }
         let at = self.active_len;
-        {
-            let mut batch = self.log.lock_batch();
-            let before = batch.bytes.len();
-            // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
-            format::encode_unsealed(seq, record, &mut batch.bytes);
-            debug_assert_eq!((batch.bytes.len() - before) as u64, size);
-            batch.end_seq = seq + 1;
-            let wake = match batch.writer {
-                Writer::Idle => true,
-                Writer::Lingering => batch.bytes.len() >= WAKE_BYTES,
-                Writer::Busy => false,
-            };
-            if wake {
-                batch.writer = Writer::Busy;
-                self.log.wake.notify_one();
-            }
+        if batch.bytes.is_empty() {
+            batch.first_at = Some(Instant::now());
         }
+        let before = batch.bytes.len();
+        // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
+        format::encode_unsealed(seq, record, &mut batch.bytes);
+        debug_assert_eq!((batch.bytes.len() - before) as u64, size);
+        batch.end_seq = seq + 1;
+        // A lingering writer writes at its deadline: woken only by a burst (each wake-up costs
+        // the producer a futex wake).
+        let wake = match batch.writer {
+            Writer::Idle => true,
+            Writer::Lingering => batch.bytes.len() >= batch.wake_bytes,
+            Writer::Busy => false,
+        };
+        if wake {
+            batch.writer = Writer::Busy;
+            self.log.wake.notify_one();
+        }
+        drop(batch);
         self.active_len += size;
         self.segments.appended(seq);
         self.dirty = true;
@@ -1138,16 +1156,50 @@ struct Batch {
     marker: bool,
     /// The sequence number after the last record in `bytes`.
     end_seq: u64,
+    /// When the first record in `bytes` was accepted (`None` while it is empty): the writer
+    /// writes the batch at this plus [`LINGER`].
+    first_at: Option<Instant>,
+    /// A lingering writer is woken once the batch holds this much ([`WAKE_BYTES`], or
+    /// [`WAKE_BYTES_ALWAYS`]).
+    wake_bytes: usize,
     /// What the writer thread does (whether a record must wake it).
     writer: Writer,
     closed: bool,
+}
+
+impl Batch {
+    /// How much longer the writer waits before writing the batch: until [`LINGER`] after its
+    /// first record, unless it holds `wake_bytes`. `None`: write now.
+    fn linger(&self) -> Option<Duration> {
+        linger(
+            self.bytes.len(),
+            self.wake_bytes,
+            self.first_at,
+            Instant::now(),
+        )
+    }
+}
+
+/// [`Batch::linger`] without the clock: a batch of `bytes` whose first record was accepted at
+/// `first_at`, at `now`.
+fn linger(
+    bytes: usize,
+    wake_bytes: usize,
+    first_at: Option<Instant>,
+    now: Instant,
+) -> Option<Duration> {
+    if bytes >= wake_bytes {
+        return None;
+    }
+    let wait = (first_at? + LINGER).checked_duration_since(now)?;
+    (!wait.is_zero()).then_some(wait)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Writer {
     /// Waits for the first record.
     Idle,
-    /// Waits up to [`LINGER`] for more records, or for [`WAKE_BYTES`] of them.
+    /// Waits until [`LINGER`] after the batch's first record, or for `Batch::wake_bytes`.
     Lingering,
     /// Writing, or woken: it looks at the batch before it waits again.
     Busy,
@@ -1178,7 +1230,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Log {
-    fn start(file: Arc<File>, next_seq: u64) -> Arc<Log> {
+    fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize) -> Arc<Log> {
         let log = Arc::new(Log {
             batch: Mutex::new(Batch {
                 bytes: Vec::new(),
@@ -1186,6 +1238,8 @@ impl Log {
                 at: SEGMENT_HEADER_LEN as u64,
                 marker: false,
                 end_seq: next_seq,
+                first_at: None,
+                wake_bytes,
                 writer: Writer::Busy,
                 closed: false,
             }),
@@ -1229,14 +1283,16 @@ impl Log {
                 batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
                 batch.writer = Writer::Busy;
                 continue;
-            } else if batch.bytes.len() < WAKE_BYTES {
+            } else if let Some(wait) = batch.linger() {
                 batch.writer = Writer::Lingering;
                 batch = self
                     .wake
-                    .wait_timeout(batch, LINGER)
+                    .wait_timeout(batch, wait)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
                 batch.writer = Writer::Busy;
+                // The deadline again: the batch may have been written (and begun anew) meanwhile.
+                continue;
             }
             if batch.closed {
                 return;
@@ -1256,6 +1312,7 @@ impl Log {
             return (file, batch.marker, None);
         }
         let bytes = std::mem::replace(&mut batch.bytes, std::mem::take(&mut io.spare));
+        batch.first_at = None;
         let chunk = Chunk {
             at: batch.at,
             end_seq: batch.end_seq,
@@ -1455,6 +1512,43 @@ mod tests {
 
     fn seqs(scan: &Scan) -> Vec<u64> {
         scan.frames.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn the_writer_lingers_until_the_deadline_of_the_batch_s_first_record_or_a_burst() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        // (bytes in the batch, first record accepted at t0 + this, now = t0 + this, expected wait)
+        let cases: &[(usize, Option<u64>, u64, Option<u64>)] = &[
+            (1_300, Some(0), 0, Some(200)),
+            (1_300, Some(0), 150, Some(50)),
+            (1_300, Some(0), 200, None),
+            (1_300, Some(0), 5_000, None),
+            (1_300, Some(100), 150, Some(150)),
+            // A burst: written at once.
+            (WAKE_BYTES - 1, Some(0), 10, Some(190)),
+            (WAKE_BYTES, Some(0), 10, None),
+            (MAX_BATCH, Some(0), 10, None),
+            // No deadline (a batch with records always has one): written at once.
+            (1_300, None, 0, None),
+        ];
+        for &(bytes, first, now, want) in cases {
+            let got = linger(bytes, WAKE_BYTES, first.map(|f| t0 + us(f)), t0 + us(now));
+            assert_eq!(
+                got,
+                want.map(us),
+                "{bytes} bytes, first at {first:?}, now {now}"
+            );
+        }
+        // `fsync = "always"`: the burst comes sooner.
+        assert_eq!(
+            linger(WAKE_BYTES_ALWAYS, WAKE_BYTES_ALWAYS, Some(t0), t0),
+            None
+        );
+        assert_eq!(
+            linger(WAKE_BYTES_ALWAYS - 1, WAKE_BYTES_ALWAYS, Some(t0), t0),
+            Some(LINGER)
+        );
     }
 
     #[test]
