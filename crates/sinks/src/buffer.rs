@@ -1752,6 +1752,19 @@ mod disk_tests {
         }
     }
 
+    /// `voxsig_bridge_buffer_corrupt_records_total`, of one `kind` or all.
+    fn corrupt(registry: &prometheus::Registry, kind: Option<&str>) -> u64 {
+        metric(registry, "voxsig_bridge_buffer_corrupt_records_total", kind)
+    }
+
+    /// A disk buffer of 1 MiB: a few thousand records fill several segments.
+    fn small_disk_config(dir: &Path) -> BufferConfig {
+        BufferConfig {
+            max_bytes: 1024 * 1024,
+            ..disk_config(dir)
+        }
+    }
+
     fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> u64 {
         registry
             .gather()
@@ -1924,10 +1937,7 @@ mod disk_tests {
     async fn finished_segments_are_reused_and_their_old_records_never_come_back() {
         let dir = tempfile::tempdir().unwrap();
         // Segments of 64 KiB: a few hundred records of ~200 B each.
-        let config = BufferConfig {
-            max_bytes: 1024 * 1024,
-            ..disk_config(dir.path())
-        };
+        let config = small_disk_config(dir.path());
         let (w, mut r, _) = opened(&config);
         let mut n = 0;
         for _ in 0..20 {
@@ -1966,11 +1976,7 @@ mod disk_tests {
             700
         );
         assert_eq!(
-            metric(
-                &registry,
-                "voxsig_bridge_buffer_corrupt_records_total",
-                None
-            ),
+            corrupt(&registry, None),
             0,
             "the old records beyond the new ones are neither damage nor records"
         );
@@ -1979,10 +1985,7 @@ mod disk_tests {
     #[tokio::test]
     async fn spares_left_by_a_crash_are_deleted_at_start_never_read() {
         let dir = tempfile::tempdir().unwrap();
-        let config = BufferConfig {
-            max_bytes: 1024 * 1024,
-            ..disk_config(dir.path())
-        };
+        let config = small_disk_config(dir.path());
         // Finished segments left as spares (a crash before the close deletes them), holding
         // records that would look live (no ledger) and newer than any segment: none may come
         // back, now or from a file reused later.
@@ -2007,14 +2010,7 @@ mod disk_tests {
         let (w, mut r, registry) = opened(&config);
         assert_eq!(w.depth(), 0);
         assert!(drain(&mut r).is_empty());
-        assert_eq!(
-            metric(
-                &registry,
-                "voxsig_bridge_buffer_corrupt_records_total",
-                None
-            ),
-            0
-        );
+        assert_eq!(corrupt(&registry, None), 0);
     }
 
     #[tokio::test]
@@ -2033,14 +2029,7 @@ mod disk_tests {
         let (w, mut r, registry) = opened(&config);
         assert_eq!(w.depth(), 9);
         assert_eq!(take_all(&mut r), expected(0..9));
-        assert_eq!(
-            metric(
-                &registry,
-                "voxsig_bridge_buffer_corrupt_records_total",
-                Some("torn_tail")
-            ),
-            1
-        );
+        assert_eq!(corrupt(&registry, Some("torn_tail")), 1);
     }
 
     #[tokio::test]
@@ -2061,26 +2050,12 @@ mod disk_tests {
         let got = topics(&drain(&mut r)); // not acknowledged: they come again below
         assert_eq!(got.len(), 9, "{got:?}");
         assert_eq!(w.depth(), 9);
-        assert_eq!(
-            metric(
-                &registry,
-                "voxsig_bridge_buffer_corrupt_records_total",
-                Some("checksum")
-            ),
-            1
-        );
+        assert_eq!(corrupt(&registry, Some("checksum")), 1);
         // The damage was cut out: a second start finds none.
         drop((w, r));
         let (_w, mut r, registry) = opened(&config);
         assert_eq!(drain(&mut r).len(), 9);
-        assert_eq!(
-            metric(
-                &registry,
-                "voxsig_bridge_buffer_corrupt_records_total",
-                None
-            ),
-            0
-        );
+        assert_eq!(corrupt(&registry, None), 0);
     }
 
     #[tokio::test]
@@ -2509,10 +2484,7 @@ mod disk_tests {
     #[tokio::test]
     async fn requeued_records_keep_their_place_before_spilled_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let config = BufferConfig {
-            max_bytes: 1024 * 1024,
-            ..disk_config(dir.path())
-        };
+        let config = small_disk_config(dir.path());
         let (w, mut r, _) = opened(&config);
         for i in 0..8000 {
             w.push(numbered(i)).await.unwrap();
