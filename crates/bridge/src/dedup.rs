@@ -37,8 +37,15 @@ const SHARDS: usize = 16;
 /// most one and a half.
 const SLOTS: usize = 3;
 
-/// Subscriptions whose sightings of one broadcast are kept without an allocation.
-pub const INLINE_SIGHTINGS: usize = 4;
+/// Subscriptions whose sightings of one broadcast are kept without an allocation (two agents
+/// of one account; a third allocates).
+pub const INLINE_SIGHTINGS: usize = 2;
+
+/// Bytes of table memory per entry of room ([`Dedup::capacity`]): a 48-byte entry (fingerprint
+/// and inline sightings, checked by a test) and its control byte, at the table's 7/8 load. The
+/// room is at most twice the entries remembered (tables grow by doubling; an expired bucket's
+/// table is freed), so `max_entries` bounds the memory at `2 * max_entries * ENTRY_BYTES`.
+pub const ENTRY_BYTES: usize = 56;
 
 /// A subscription's process-wide identity, for telling copies from repeats.
 pub type SubscriptionKey = u32;
@@ -54,17 +61,28 @@ pub enum Verdict {
 
 /// What makes two arrivals copies of one record: the event's digest and the receiving
 /// subscription's class.
-#[derive(Debug, Hash, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct Fingerprint {
-    bits: u128,
+    /// The digest's 128 bits as two words: a `u128` would align the table's entries to 16
+    /// bytes and make each 16 bytes larger.
+    bits: [u64; 2],
     class: ReceiverClass,
+}
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.bits[0]);
+        state.write_u64(self.bits[1]);
+        state.write_u64(self.class);
+    }
 }
 
 impl Fingerprint {
     /// The fingerprint of an event received by a subscription of class `class`.
     pub fn new(digest: &EventDigest, class: ReceiverClass) -> Self {
+        let bits = digest.bits();
         Fingerprint {
-            bits: digest.bits(),
+            bits: [bits as u64, (bits >> 64) as u64],
             class,
         }
     }
@@ -111,11 +129,17 @@ impl Hasher for DigestHasher {
 
 type Table = HashMap<Fingerprint, Entry, BuildHasherDefault<DigestHasher>>;
 
+/// How often each subscription has seen one broadcast. The most any one subscription saw it is
+/// how often it was published (see [`Dedup::check`]), so that is not stored.
 struct Entry {
-    /// How often each subscription has seen it.
     seen: SmallVec<[(SubscriptionKey, u32); INLINE_SIGHTINGS]>,
-    /// How often it was published.
-    published: u32,
+}
+
+impl Entry {
+    /// How often the broadcast was published: the most sightings of any one subscription.
+    fn published(&self) -> u32 {
+        self.seen.iter().map(|&(_, n)| n).max().unwrap_or(0)
+    }
 }
 
 /// One time bucket's broadcasts.
@@ -172,6 +196,9 @@ impl Dedup {
         // valid (if slightly stale) cache, so keep using it rather than spreading the panic.
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         let entry = shard.find(fp, bucket, self.max_per_shard);
+        // Published once per sighting of the subscription that saw it most: the first sight,
+        // and every real repeat beyond what the other subscriptions saw.
+        let published = entry.published();
         let count = match entry.seen.iter_mut().find(|(s, _)| *s == sub) {
             Some((_, n)) => {
                 *n = n.saturating_add(1);
@@ -182,8 +209,7 @@ impl Dedup {
                 1
             }
         };
-        if count > entry.published {
-            entry.published = count;
+        if count > published {
             Verdict::Publish
         } else {
             Verdict::Duplicate
@@ -201,6 +227,14 @@ impl Dedup {
             .sum()
     }
 
+    /// Room in the tables, in entries: what their memory is sized by ([`ENTRY_BYTES`] each).
+    pub fn capacity(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.capacity()))
+            .sum()
+    }
+
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -213,8 +247,8 @@ impl Shard {
     fn find(&mut self, fp: Fingerprint, bucket: u64, max: usize) -> &mut Entry {
         // Buckets SLOTS or more behind have expired: dropped as a whole (three comparisons).
         for slot in &mut self.slots {
-            if slot.bucket + SLOTS as u64 <= bucket && !slot.entries.is_empty() {
-                slot.entries.clear();
+            if slot.bucket + SLOTS as u64 <= bucket && slot.entries.capacity() > 0 {
+                slot.release();
             }
         }
         let current = (bucket % SLOTS as u64) as usize;
@@ -231,7 +265,6 @@ impl Shard {
         self.slots[current].entries.entry(fp).or_insert_with(|| {
             moved.unwrap_or(Entry {
                 seen: SmallVec::new(),
-                published: 0,
             })
         })
     }
@@ -246,8 +279,22 @@ impl Shard {
             .map(|back| (current + back) % SLOTS)
             .find(|&i| !self.slots[i].entries.is_empty());
         if let Some(i) = oldest {
-            self.slots[i].entries.clear();
+            self.slots[i].release();
         }
+    }
+
+    /// The tables' room, in entries (what their memory is sized by).
+    fn capacity(&self) -> usize {
+        self.slots.iter().map(|s| s.entries.capacity()).sum()
+    }
+}
+
+impl Slot {
+    /// Forgets the bucket's entries and gives their memory back. Cleared and kept, every
+    /// slot's table would stay as large as its busiest bucket ever was: three times the
+    /// memory of `max_entries`, held after the burst that grew them.
+    fn release(&mut self) {
+        self.entries = Table::default();
     }
 }
 
@@ -376,6 +423,47 @@ mod tests {
             check(&d, i, "e", &i.to_le_bytes(), 1, t);
         }
         assert!(d.len() <= SHARDS * 4, "{}", d.len());
+    }
+
+    #[test]
+    fn an_entry_takes_48_bytes() {
+        // ENTRY_BYTES is this plus the control byte, at the table's 7/8 load.
+        assert_eq!(std::mem::size_of::<(Fingerprint, Entry)>(), 48);
+        assert_eq!(ENTRY_BYTES, (48 + 1) * 8 / 7);
+    }
+
+    #[test]
+    fn a_burst_s_tables_stay_within_twice_max_entries_and_are_given_back() {
+        // Buckets of 50 ms, room for 1,000 broadcasts per shard; 20 buckets of 4,000 new
+        // broadcasts each (every bucket over the bound), then a quiet spell.
+        let max = SHARDS * 1_000;
+        let d = Dedup::new(ms(100), max);
+        let t = Instant::now();
+        let mut n = 0u64;
+        for bucket in 0..20u64 {
+            for i in 0..4_000u64 {
+                n += 1;
+                let at = t + ms(bucket * 50) + Duration::from_micros(i * 10);
+                check(&d, 1, "e", &n.to_le_bytes(), 1, at);
+            }
+            assert!(d.len() <= max, "bucket {bucket}: {} remembered", d.len());
+            assert!(
+                d.capacity() <= 2 * max,
+                "bucket {bucket}: room for {} (kept tables as large as their busiest bucket)",
+                d.capacity()
+            );
+        }
+        // Quiet: a few broadcasts, a second later, on every shard.
+        for _ in 0..200 {
+            n += 1;
+            check(&d, 1, "e", &n.to_le_bytes(), 1, t + ms(2_000));
+        }
+        assert!(d.len() <= 200);
+        assert!(
+            d.capacity() <= 2 * 200 + SHARDS * SLOTS * 4,
+            "the burst's memory is given back: room for {}",
+            d.capacity()
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ impl Default for DedupConfig {
         DedupConfig {
             enabled: true,
             window: Duration::from_secs(2),
-            max_entries: 200_000,
+            max_entries: 50_000,
         }
     }
 }
