@@ -71,6 +71,7 @@ pub fn use_colour() -> bool {
 /// syntax; an invalid one falls back to `info`.
 pub fn init(format: Format, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_level = log_max_level(&filter);
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(dependency_cap());
@@ -95,7 +96,26 @@ pub fn init(format: Format, filter: &str) {
             .try_init(),
     };
     // Already set (tests, an embedding program): theirs stays.
-    let _ = result;
+    if result.is_ok() {
+        // `try_init` told the `log` crate the subscriber's level hint, which the cap's
+        // pass-through default makes TRACE: every `log` record of a dependency (tokio-tungstenite
+        // writes a `trace!` per frame read) then reached the filter, ~2% of the CPU at full
+        // rate. The filter's own most verbose level is the real bound (the cap only lowers it).
+        log::set_max_level(log_level);
+    }
+}
+
+/// The most verbose level `log` records may have to be worth handing to the subscriber: the
+/// filter's (TRACE when it filters on span field values, which it cannot know in advance).
+fn log_max_level(filter: &EnvFilter) -> log::LevelFilter {
+    match filter.max_level_hint() {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 /// Field formatting for the human format: `name=value` separated by spaces, the message bare,
@@ -132,6 +152,23 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_are_cut_at_the_filter_s_most_verbose_level() {
+        let cases = [
+            ("warn", log::LevelFilter::Warn),
+            ("error", log::LevelFilter::Error),
+            ("off", log::LevelFilter::Off),
+            ("info,voxsig_bridge=debug", log::LevelFilter::Debug),
+            ("warn,tokio_tungstenite=trace", log::LevelFilter::Trace),
+            ("info,[connection]=debug", log::LevelFilter::Debug),
+            ("[{token=\"x\"}]=warn", log::LevelFilter::Trace),
+        ];
+        for (filter, expected) in cases {
+            let filter = EnvFilter::try_new(filter).expect(filter);
+            assert_eq!(log_max_level(&filter), expected, "{filter}");
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped() {
