@@ -743,12 +743,20 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
     // Copies rendering to different topics or keys are different records (issue 14).
     let class = shared.router.receiver_class(&member.receiver);
     if let Some(dedup) = &shared.dedup {
-        let verdict = dedup.check(
+        let checked = dedup.check(
             Fingerprint::new(&digest, class),
             member.index as u32,
             clock.now,
         );
-        if verdict == Verdict::Duplicate {
+        if checked.forgotten > 0 {
+            emit(
+                m,
+                t::DedupForgot {
+                    entries: checked.forgotten,
+                },
+            );
+        }
+        if checked.verdict == Verdict::Duplicate {
             emit(m, t::EventDeduplicated { kind });
             return;
         }

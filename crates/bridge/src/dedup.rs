@@ -50,6 +50,16 @@ pub const ENTRY_BYTES: usize = 56;
 /// A subscription's process-wide identity, for telling copies from repeats.
 pub type SubscriptionKey = u32;
 
+/// What [`Dedup::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Whether to publish the event.
+    pub verdict: Verdict,
+    /// Broadcasts forgotten to make room for this one (the table was at `max_entries`), before
+    /// their window ended.
+    pub forgotten: usize,
+}
+
 /// Whether to publish an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -189,13 +199,13 @@ impl Dedup {
     }
 
     /// Judges one arrival of the event with fingerprint `fp` on subscription `sub`.
-    pub fn check(&self, fp: Fingerprint, sub: SubscriptionKey, now: Instant) -> Verdict {
+    pub fn check(&self, fp: Fingerprint, sub: SubscriptionKey, now: Instant) -> Checked {
         let bucket = self.bucket(now);
         let shard = &self.shards[(fp.hash64() >> 60) as usize % SHARDS];
         // A poisoned lock only means another task panicked mid-update; the table is still a
         // valid (if slightly stale) cache, so keep using it rather than spreading the panic.
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = shard.find(fp, bucket, self.max_per_shard);
+        let (entry, forgotten) = shard.find(fp, bucket, self.max_per_shard);
         // Published once per sighting of the subscription that saw it most: the first sight,
         // and every real repeat beyond what the other subscriptions saw.
         let published = entry.published();
@@ -209,11 +219,12 @@ impl Dedup {
                 1
             }
         };
-        if count > published {
+        let verdict = if count > published {
             Verdict::Publish
         } else {
             Verdict::Duplicate
-        }
+        };
+        Checked { verdict, forgotten }
     }
 
     /// How many broadcasts are remembered now (including buckets not yet swept).
@@ -243,8 +254,9 @@ impl Dedup {
 
 impl Shard {
     /// The entry of `fp` in the current bucket: found there, moved there from an older live
-    /// bucket (still being seen: kept), or new.
-    fn find(&mut self, fp: Fingerprint, bucket: u64, max: usize) -> &mut Entry {
+    /// bucket (still being seen: kept), or new; and how many live entries were forgotten to
+    /// make room for it.
+    fn find(&mut self, fp: Fingerprint, bucket: u64, max: usize) -> (&mut Entry, usize) {
         // Buckets SLOTS or more behind have expired: dropped as a whole (three comparisons).
         for slot in &mut self.slots {
             if slot.bucket + SLOTS as u64 <= bucket && slot.entries.capacity() > 0 {
@@ -254,33 +266,38 @@ impl Shard {
         let current = (bucket % SLOTS as u64) as usize;
         self.slots[current].bucket = bucket;
         let mut moved = None;
+        let mut forgotten = 0;
         if !self.slots[current].entries.contains_key(&fp) {
             moved = (1..SLOTS)
                 .map(|back| (current + SLOTS - back) % SLOTS)
                 .find_map(|i| self.slots[i].entries.remove(&fp));
             if moved.is_none() && self.len() >= max {
-                self.evict_oldest(current);
+                forgotten = self.evict_oldest(current);
             }
         }
-        self.slots[current].entries.entry(fp).or_insert_with(|| {
+        let entry = self.slots[current].entries.entry(fp).or_insert_with(|| {
             moved.unwrap_or(Entry {
                 seen: SmallVec::new(),
             })
-        })
+        });
+        (entry, forgotten)
     }
 
     fn len(&self) -> usize {
         self.slots.iter().map(|s| s.entries.len()).sum()
     }
 
-    /// Drops the oldest non-empty bucket (the current one last): memory stays bounded.
-    fn evict_oldest(&mut self, current: usize) {
+    /// Drops the oldest non-empty bucket (the current one last): memory stays bounded. Returns
+    /// how many entries it held.
+    fn evict_oldest(&mut self, current: usize) -> usize {
         let oldest = (1..=SLOTS)
             .map(|back| (current + back) % SLOTS)
             .find(|&i| !self.slots[i].entries.is_empty());
-        if let Some(i) = oldest {
+        oldest.map_or(0, |i| {
+            let forgotten = self.slots[i].entries.len();
             self.slots[i].release();
-        }
+            forgotten
+        })
     }
 
     /// The tables' room, in entries (what their memory is sized by).
@@ -309,7 +326,7 @@ mod tests {
     /// Checks the event `event` with `data` for `account` (class 0) arriving on `sub`.
     fn check(d: &Dedup, account: u64, event: &str, data: &[u8], sub: u32, at: Instant) -> Verdict {
         let digest = EventDigest::of(account, event, None, data);
-        d.check(Fingerprint::new(&digest, 0), sub, at)
+        d.check(Fingerprint::new(&digest, 0), sub, at).verdict
     }
 
     #[test]
@@ -361,14 +378,14 @@ mod tests {
         let t = Instant::now();
         let msg = |account, id| EventDigest::of(account, "message.created", Some(id), b"{}");
         let fp = |digest: EventDigest| Fingerprint::new(&digest, 0);
-        assert_eq!(d.check(fp(msg(1, 7)), 1, t), Verdict::Publish);
-        assert_eq!(d.check(fp(msg(1, 7)), 2, t), Verdict::Duplicate);
+        assert_eq!(d.check(fp(msg(1, 7)), 1, t).verdict, Verdict::Publish);
+        assert_eq!(d.check(fp(msg(1, 7)), 2, t).verdict, Verdict::Duplicate);
         assert_eq!(
-            d.check(fp(msg(2, 7)), 2, t),
+            d.check(fp(msg(2, 7)), 2, t).verdict,
             Verdict::Publish,
             "per account"
         );
-        assert_eq!(d.check(fp(msg(1, 8)), 2, t), Verdict::Publish);
+        assert_eq!(d.check(fp(msg(1, 8)), 2, t).verdict, Verdict::Publish);
     }
 
     #[test]
@@ -379,10 +396,10 @@ mod tests {
         let t = Instant::now();
         let digest = EventDigest::of(1, "conversation.updated", None, b"{\"id\":1}");
         let (alice, bob) = (Fingerprint::new(&digest, 11), Fingerprint::new(&digest, 22));
-        assert_eq!(d.check(bob, 2, t), Verdict::Publish);
-        assert_eq!(d.check(alice, 1, t), Verdict::Publish);
+        assert_eq!(d.check(bob, 2, t).verdict, Verdict::Publish);
+        assert_eq!(d.check(alice, 1, t).verdict, Verdict::Publish);
         assert_eq!(
-            d.check(alice, 3, t),
+            d.check(alice, 3, t).verdict,
             Verdict::Duplicate,
             "same class: a copy"
         );
@@ -416,13 +433,20 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_bounded_by_max_entries() {
+    fn memory_is_bounded_by_max_entries_and_what_is_forgotten_is_counted() {
         let d = Dedup::new(Duration::from_secs(3600), SHARDS * 4);
         let t = Instant::now();
+        let mut forgotten = 0;
         for i in 0..10_000u64 {
-            check(&d, i, "e", &i.to_le_bytes(), 1, t);
+            let digest = EventDigest::of(i, "e", None, &i.to_le_bytes());
+            forgotten += d.check(Fingerprint::new(&digest, 0), 1, t).forgotten;
         }
         assert!(d.len() <= SHARDS * 4, "{}", d.len());
+        assert_eq!(
+            forgotten + d.len(),
+            10_000,
+            "every entry is remembered or counted"
+        );
     }
 
     #[test]

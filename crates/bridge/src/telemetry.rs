@@ -14,6 +14,7 @@
 //! | `voxsig_bridge_presence_updates_sent_total` | counter | — |
 //! | `voxsig_bridge_events_received_total` | counter | `event` |
 //! | `voxsig_bridge_events_deduplicated_total` | counter | `event` |
+//! | `voxsig_bridge_dedup_forgotten_total` | counter | — |
 //! | `voxsig_bridge_events_filtered_total` | counter | `event` |
 //! | `voxsig_bridge_events_dropped_total` | counter | `reason` (`invalid_topic`, `buffer_closed`) |
 //! | `voxsig_bridge_frame_errors_total` | counter | `kind` (see `FrameError::kind`) |
@@ -52,6 +53,7 @@ struct Counters {
     presence: IntCounter,
     received: PerKind,
     deduplicated: PerKind,
+    dedup_forgotten: IntCounter,
     filtered: PerKind,
     dropped: IntCounterVec,
     frame_errors: IntCounterVec,
@@ -191,6 +193,7 @@ impl BridgeMetrics {
             presence: one("voxsig_bridge_presence_updates_sent_total", "update_presence messages sent.")?,
             received: PerKind::new(&vec("voxsig_bridge_events_received_total", "Events received from the platform, by event.", "event")?),
             deduplicated: PerKind::new(&vec("voxsig_bridge_events_deduplicated_total", "Copies of one broadcast received by several subscriptions and suppressed, by event.", "event")?),
+            dedup_forgotten: one("voxsig_bridge_dedup_forgotten_total", "Broadcasts the dedup table forgot before their window ended, to stay within dedup.max_entries (a copy arriving later is published again).")?,
             filtered: PerKind::new(&vec("voxsig_bridge_events_filtered_total", "Events left out by route.include/exclude, by event.", "event")?),
             dropped: vec("voxsig_bridge_events_dropped_total", "Events that could not become records, by reason.", "reason")?,
             frame_errors: vec("voxsig_bridge_frame_errors_total", "Frames that could not be used, by kind.", "kind")?,
@@ -529,6 +532,32 @@ impl InternalEvent for EventDeduplicated {
             "duplicate broadcast suppressed"
         );
         m.inner.deduplicated.get(self.kind).inc();
+    }
+}
+
+/// The dedup table was full: it forgot the broadcasts of its oldest time bucket before their
+/// window ended (copies of them arriving later are published again).
+pub struct DedupForgot {
+    /// How many broadcasts.
+    pub entries: usize,
+}
+
+impl InternalEvent for DedupForgot {
+    fn emit(self, m: &BridgeMetrics) {
+        if let LogVerdict::Log {
+            suppressed,
+            last_before_suppression,
+        } = m.inner.limiter.check("dedup_forgot", Instant::now())
+        {
+            tracing::warn!(
+                entries = self.entries,
+                suppressed,
+                "dedup: table full (dedup.max_entries), broadcasts forgotten before their \
+                 window ended; a copy arriving later is published again{}",
+                more_suppressed(last_before_suppression)
+            );
+        }
+        m.inner.dedup_forgotten.inc_by(self.entries as u64);
     }
 }
 

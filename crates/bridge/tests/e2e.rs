@@ -3,6 +3,7 @@
 
 use voxsig_testkit::rig as support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 use support::*;
 use voxsig_protocol::EventKind;
@@ -69,7 +70,7 @@ async fn copies_for_per_user_topics_are_each_published_whatever_their_order() {
         - expected
             .iter()
             .map(|(seq, _)| seq)
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<HashSet<_>>()
             .len();
     assert!(copies > 50, "most broadcasts reach both users: {copies}");
     rig.memory.wait_for(expected.len(), WAIT).await;
@@ -115,6 +116,47 @@ async fn a_hundred_accounts_with_users_in_two_accounts() {
     let n = rig.assert_exactly_once(WAIT).await;
     assert!(n >= 1500, "{n}");
     assert_eq!(rig.bridge().sockets(), subs.div_ceil(50));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dedup_table_forgets_counts_and_loses_nothing() {
+    // Room for one broadcast per shard: almost every new one makes the table forget others.
+    // Copies arriving after their original was forgotten are published again (counted), and
+    // nothing is lost.
+    let sim = sim(world(4, 2, 1, 1), SimConfig::default()).await;
+    let rig = rig_on(sim, TokenSelection::All, "[dedup]\nmax_entries = 16\n", "").await;
+    rig.confirmed(rig.tokens.len()).await;
+    rig.sim.burst(600, &Selection::all()).await.unwrap();
+    rig.sim
+        .wait_for_delivery(Duration::from_secs(30))
+        .await
+        .expect("sim delivered");
+    let truth = rig.sim.ground_truth();
+    let expected: HashSet<(u64, u64)> = rig.expected(&truth).into_iter().collect();
+    assert!(expected.len() >= 400, "{}", expected.len());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let missing = loop {
+        let arrived: HashSet<(u64, u64)> = rig
+            .memory
+            .records()
+            .iter()
+            .map(|r| {
+                let data: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                (
+                    data["account_id"].as_u64().unwrap(),
+                    data["sim_seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let missing = expected.difference(&arrived).count();
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(missing, 0, "every broadcast arrives at least once");
+    assert!(rig.metric("voxsig_bridge_dedup_forgotten_total", &[]) > 0.0);
     rig.stop().await;
 }
 

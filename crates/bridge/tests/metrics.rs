@@ -148,6 +148,12 @@ async fn metrics_health_and_status_tell_what_happened() {
     assert_eq!(sample(&text, "voxsig_bridge_ready"), 1.0);
     assert!(sample(&text, "voxsig_bridge_last_ping_age_seconds") < 5.0);
     assert!(total(&text, "voxsig_bridge_events_deduplicated_total") > 0.0);
+    // Far below dedup.max_entries: nothing forgotten, and the series is there at 0.
+    assert!(
+        text.lines()
+            .any(|l| l == "voxsig_bridge_dedup_forgotten_total 0"),
+        "voxsig_bridge_dedup_forgotten_total at 0"
+    );
     assert!(
         sample(
             &text,
