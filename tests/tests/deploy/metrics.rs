@@ -13,6 +13,7 @@ pub(crate) const COUNTERS: &[&str] = &[
     "voxsig_bridge_presence_updates_sent_total",
     "voxsig_bridge_events_received_total",
     "voxsig_bridge_events_deduplicated_total",
+    "voxsig_bridge_dedup_forgotten_total",
     "voxsig_bridge_events_filtered_total",
     "voxsig_bridge_events_dropped_total",
     "voxsig_bridge_frame_errors_total",
