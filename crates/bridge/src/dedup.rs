@@ -21,7 +21,8 @@
 //!
 //! The table is shared by every connection task, so it is sharded to keep lock hold times
 //! short, and bounded in entries so memory stays flat under any load: a full shard drops its
-//! oldest bucket.
+//! oldest bucket (what it forgot is counted: `voxsig_bridge_dedup_forgotten_total`), and an
+//! expired bucket's table is freed, not kept at its busiest size.
 
 use crate::catchup::ledger::{EventDigest, ReceiverClass};
 use smallvec::SmallVec;
