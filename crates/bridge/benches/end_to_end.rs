@@ -293,7 +293,7 @@ fn load_average() -> String {
 /// A mosquitto on a free loopback port, in its own directory.
 struct Mosquitto {
     port: u16,
-    _proc: Proc,
+    proc: Proc,
     _dir: tempfile::TempDir,
 }
 
@@ -342,7 +342,7 @@ impl Mosquitto {
         }
         Mosquitto {
             port,
-            _proc: proc,
+            proc,
             _dir: dir,
         }
     }
@@ -906,6 +906,10 @@ struct Measure {
     sent: u64,
     /// Mean payload bytes.
     payload: f64,
+    /// CPU µs per event, same window, of this bench process (the subscriber, and on a bridge
+    /// side the simulator too) and of mosquitto: the rest of the two cores' budget.
+    bench_us: f64,
+    broker_us: f64,
 }
 
 /// One throughput run of `side`.
@@ -922,21 +926,32 @@ async fn throughput_run(
     let sub = Subscriber::start(mosquitto.port, qos_of(qos)).await;
     let (w, n) = (opts.warmup, opts.events);
     let limit = WAIT_LIMIT;
-    let measure = |pid: u32, cpu0: f64, start: Instant, sub: &Subscriber, all: bool| {
-        let arrived = sub.count().saturating_sub(w);
-        let secs = sub
-            .last_arrival()
-            .saturating_duration_since(start)
-            .as_secs_f64();
-        Measure {
-            rate: arrived as f64 / secs.max(1e-9),
-            cpu_us: (cpu_seconds(pid) - cpu0) * 1e6 / arrived.max(1) as f64,
-            peak_mib: memory_mib(pid, "VmHWM:"),
-            arrived: if all { n } else { arrived },
-            sent: n,
-            payload: sub.bytes.load(Ordering::Relaxed) as f64 / sub.count().max(1) as f64,
-        }
+    let others = |mosquitto: &Mosquitto| {
+        (
+            cpu_seconds(std::process::id()),
+            cpu_seconds(mosquitto.proc.pid()),
+        )
     };
+    let measure =
+        |pid: u32, cpu0: f64, others0: (f64, f64), start: Instant, sub: &Subscriber, all: bool| {
+            let arrived = sub.count().saturating_sub(w);
+            let (bench, broker) = others(&mosquitto);
+            let per_event = |cpu: f64| cpu * 1e6 / arrived.max(1) as f64;
+            let secs = sub
+                .last_arrival()
+                .saturating_duration_since(start)
+                .as_secs_f64();
+            Measure {
+                rate: arrived as f64 / secs.max(1e-9),
+                cpu_us: per_event(cpu_seconds(pid) - cpu0),
+                peak_mib: memory_mib(pid, "VmHWM:"),
+                arrived: if all { n } else { arrived },
+                sent: n,
+                payload: sub.bytes.load(Ordering::Relaxed) as f64 / sub.count().max(1) as f64,
+                bench_us: per_event(bench - others0.0),
+                broker_us: per_event(broker - others0.1),
+            }
+        };
     let result = match side {
         Side::Bare => {
             let mut bare = Bare::start(mosquitto.port, qos, pool, w, n, None);
@@ -944,10 +959,11 @@ async fn throughput_run(
             assert!(sub.wait_for(w, limit).await, "bare warm-up lost events");
             let pid = bare.proc.pid();
             let cpu0 = cpu_seconds(pid);
+            let others0 = others(&mosquitto);
             let start = Instant::now();
             bare.say("go");
             let all = sub.wait_for(w + n, limit).await;
-            let m = measure(pid, cpu0, start, &sub, all);
+            let m = measure(pid, cpu0, others0, start, &sub, all);
             bare.say("exit");
             m
         }
@@ -964,10 +980,11 @@ async fn throughput_run(
             );
             let pid = bridge.pid();
             let cpu0 = cpu_seconds(pid);
+            let others0 = others(&mosquitto);
             let start = Instant::now();
             sim.burst(n, &messages()).await.expect("burst");
             let all = sub.wait_for(w + n, limit).await;
-            let m = measure(pid, cpu0, start, &sub, all);
+            let m = measure(pid, cpu0, others0, start, &sub, all);
             drop(bridge);
             sim.shutdown().await;
             m
@@ -1022,11 +1039,13 @@ async fn throughput(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                     .map(|(s, r)| {
                         let m = r[round];
                         format!(
-                            "{} {:.0}/s {:.1} µs/event {:.0} MiB{}",
+                            "{} {:.0}/s {:.1} µs/event {:.0} MiB (bench process {:.1}, mosquitto {:.1} µs/event){}",
                             s.label(),
                             m.rate,
                             m.cpu_us,
                             m.peak_mib,
+                            m.bench_us,
+                            m.broker_us,
                             if m.arrived < m.sent {
                                 format!(" ({} of {} arrived)", m.arrived, m.sent)
                             } else {
@@ -1043,12 +1062,14 @@ async fn throughput(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                 let per_round: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
                 let short: u64 = r.iter().map(|m| m.sent - m.arrived.min(m.sent)).sum();
                 rows.push(format!(
-                    "| {scenario} | {} | {:.0} | {:.2} ({}) | {:.1} | {:.0} | {:.0} | {} |",
+                    "| {scenario} | {} | {:.0} | {:.2} ({}) | {:.1} | {:.1} / {:.1} | {:.0} | {:.0} | {} |",
                     side.label(),
                     median(r.iter().map(|m| m.rate).collect()),
                     median(ratios.clone()),
                     per_round.join(", "),
                     median(r.iter().map(|m| m.cpu_us).collect()),
+                    median(r.iter().map(|m| m.bench_us).collect()),
+                    median(r.iter().map(|m| m.broker_us).collect()),
                     median(r.iter().map(|m| m.peak_mib).collect()),
                     median(r.iter().map(|m| m.payload).collect()),
                     if short == 0 {
@@ -1363,7 +1384,7 @@ async fn bench(opts: Options, command: String) {
     if opts.runs("throughput") {
         let rows = throughput(&opts, &sides, dir.path()).await;
         out.push(format!(
-            "\n| throughput: scenario | side | events/s (median) | / bare (median; per round) | CPU µs/event | peak RSS MiB | payload bytes | not arrived |\n| --- | --- | ---: | --- | ---: | ---: | ---: | --- |\n{}\n\nmedians of {} interleaved rounds of {} events after {} warm-up events each; `message.created` only; a fresh mosquitto, simulator and bridge per run",
+            "\n| throughput: scenario | side | events/s (median) | / bare (median; per round) | CPU µs/event | bench process / mosquitto, CPU µs/event | peak RSS MiB | payload bytes | not arrived |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |\n{}\n\nmedians of {} interleaved rounds of {} events after {} warm-up events each; `message.created` only; a fresh mosquitto, simulator and bridge per run; the bench process is the subscriber, plus the simulator on a bridge side",
             rows.join("\n"),
             opts.rounds,
             opts.events,
