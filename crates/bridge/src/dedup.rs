@@ -43,9 +43,11 @@ const SLOTS: usize = 3;
 pub const INLINE_SIGHTINGS: usize = 2;
 
 /// Bytes of table memory per entry of room ([`Dedup::capacity`]): a 48-byte entry (fingerprint
-/// and inline sightings, checked by a test) and its control byte, at the table's 7/8 load. The
-/// room is at most twice the entries remembered (tables grow by doubling; an expired bucket's
-/// table is freed), so `max_entries` bounds the memory at `2 * max_entries * ENTRY_BYTES`.
+/// and inline sightings, checked by a test) and its control byte, at the table's 7/8 load.
+/// Tables grow by doubling and an expired bucket's table is freed, so the room stays within
+/// twice `max_entries` (tested) and the memory within `2 * max_entries * ENTRY_BYTES`. (A bucket
+/// whose entries were seen again later, and so moved on, keeps its room until it expires: a copy
+/// arriving across a bucket boundary costs that bucket's slot a little longer.)
 pub const ENTRY_BYTES: usize = 56;
 
 /// A subscription's process-wide identity, for telling copies from repeats.
