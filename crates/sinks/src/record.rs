@@ -68,21 +68,26 @@ impl EventId {
     /// The id of `text`: [`EventId::Message`] or [`EventId::Hash`] when it is one written the
     /// canonical way, else [`EventId::Text`].
     pub fn parse(text: &str) -> EventId {
+        EventId::typed(text).unwrap_or_else(|| EventId::Text(text.into()))
+    }
+
+    /// [`EventId::Message`] or [`EventId::Hash`] when `text` is one written the canonical way.
+    fn typed(text: &str) -> Option<EventId> {
         if let Some(digits) = text.strip_prefix("msg-") {
             let canonical = !digits.is_empty()
                 && digits.bytes().all(|b| b.is_ascii_digit())
                 && (digits == "0" || !digits.starts_with('0'));
             if let (true, Ok(id)) = (canonical, digits.parse()) {
-                return EventId::Message(id);
+                return Some(EventId::Message(id));
             }
         } else if let Some(hex) = text.strip_prefix("h-") {
             let canonical =
                 hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             if let (true, Ok(digest)) = (canonical, u128::from_str_radix(hex, 16)) {
-                return EventId::Hash(digest);
+                return Some(EventId::Hash(digest));
             }
         }
-        EventId::Text(text.into())
+        None
     }
 
     /// The length of its text, without writing it.
@@ -152,8 +157,9 @@ impl From<&str> for EventId {
 }
 
 impl From<String> for EventId {
+    /// Like [`EventId::parse`], keeping the string's allocation when it stays text.
     fn from(text: String) -> Self {
-        EventId::parse(&text)
+        EventId::typed(&text).unwrap_or_else(|| EventId::Text(text.into_boxed_str()))
     }
 }
 
@@ -218,6 +224,7 @@ mod tests {
         ];
         for (text, id) in table {
             assert_eq!(EventId::parse(text), id, "{text}");
+            assert_eq!(EventId::from(text.to_owned()), id, "{text}");
             assert_eq!(id.to_string(), text);
             assert_eq!(serde_json::to_value(&id).unwrap(), text);
             assert_eq!(id.len(), text.len(), "{text}");

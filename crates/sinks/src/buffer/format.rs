@@ -294,16 +294,14 @@ fn decode_with(
         rest = tail;
         Ok(part)
     };
-    let text = |b: &[u8]| {
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| Malformed)
-    };
+    let borrowed = |b| std::str::from_utf8(b).map_err(|_| Malformed);
+    let text = |b| borrowed(b).map(str::to_owned);
     let topic = text(take(lens[0])?)?;
     let key = text(take(lens[1])?)?;
-    let event = text(take(lens[2])?)?;
-    let event_id = text(take(lens[3])?)?;
-    let label = std::str::from_utf8(take(lens[4])?).map_err(|_| Malformed)?;
+    // Borrowed: a catalogued event name and a bridge-made event id need no allocation.
+    let event = borrowed(take(lens[2])?)?;
+    let event_id = borrowed(take(lens[3])?)?;
+    let label = borrowed(take(lens[4])?)?;
     let payload = payload(take(lens[5])?);
     Ok((
         seq,
@@ -312,11 +310,11 @@ fn decode_with(
             key: (flags & HAS_KEY != 0).then_some(key),
             payload,
             headers: Headers {
-                event: Headers::event_name(EventKind::from_name(&event), &event),
+                event: Headers::event_name(EventKind::from_name(event), event),
                 event_label: static_label(label),
                 account_id: (flags & HAS_ACCOUNT != 0).then_some(account),
                 received_at_ms,
-                event_id: (flags & HAS_EVENT_ID != 0).then(|| EventId::from(event_id)),
+                event_id: (flags & HAS_EVENT_ID != 0).then(|| EventId::parse(event_id)),
                 replayed: flags & REPLAYED != 0,
             },
             accepted_at: Instant::now(),
