@@ -31,6 +31,7 @@ use voxsig_protocol::session::{
 };
 use voxsig_protocol::{EventKind, RoomIdentifier, Session, SessionConfig};
 use voxsig_sinks::BufferWriter;
+use voxsig_sinks::Pushed;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -768,7 +769,7 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
             // Published already (by a catch-up, or on another path): once is enough.
             match shared
                 .catchup
-                .live_message(account, class, conversation, id)
+                .live_message(account, class, conversation, id, clock.wall_ms)
             {
                 Some(claim) => held = claim,
                 None => return,
@@ -781,16 +782,17 @@ async fn deliver(shared: &Shared, members: &[Member], delivery: Delivery<'_>, cl
         digest,
     };
     let routed = shared.router.route_live(event, &member.receiver, arrival);
-    if hand_over(shared, routed, kind.name().unwrap_or("other")).await == Handed::Done {
-        held.keep();
+    if let Handed::Done(pushed) = hand_over(shared, routed, kind.name().unwrap_or("other")).await {
+        held.accepted(pushed, || shared.buffer.safe_below());
     }
 }
 
 /// What became of an event handed over to the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Handed {
-    /// Accepted, or dropped for good (counted): it stays published as far as the ledger goes.
-    Done,
+    /// Accepted (a record the buffer holds until it is safe), or dropped for good (counted):
+    /// it stays published as far as the ledger goes, once safe.
+    Done(Pushed),
     /// The buffer was closed (shutdown): never accepted, so its ledger claim is released and
     /// the next catch-up can fetch it.
     Refused,
@@ -805,16 +807,18 @@ pub(crate) async fn hand_over(
 ) -> Handed {
     let (reason, detail, handed) = match routed {
         Ok(record) => match shared.buffer.push(record).await {
-            Ok(_) => return Handed::Done,
+            Ok(pushed) => return Handed::Done(pushed),
             Err(_) => (
                 t::DropReason::BufferClosed,
                 "shutting down".to_owned(),
                 Handed::Refused,
             ),
         },
-        Err(Unrouted::InvalidTopic(error)) => {
-            (t::DropReason::InvalidTopic, error.to_string(), Handed::Done)
-        }
+        Err(Unrouted::InvalidTopic(error)) => (
+            t::DropReason::InvalidTopic,
+            error.to_string(),
+            Handed::Done(Pushed::Dropped),
+        ),
     };
     emit(
         &shared.metrics,

@@ -340,18 +340,32 @@ impl Bridge {
         self.catchup.abort();
         self.writer.close();
         let left = drain_timeout.saturating_sub(started.elapsed());
-        let checkpoint = async {
-            if let Some(last) = last {
-                if tokio::time::timeout(left, last.write()).await.is_err() {
+        let write = |left: Duration| {
+            let last = last.as_ref();
+            async move {
+                let last = last?;
+                let written = tokio::time::timeout(left, last.write()).await;
+                if written.is_err() {
                     tracing::warn!(
                         "shutdown deadline passed before the last catch-up checkpoint was written"
                     );
                 }
+                written.ok()
             }
         };
-        let (report, ()) = tokio::join!(self.sink.shutdown(left), checkpoint);
+        let (report, mut refetched) = tokio::join!(self.sink.shutdown(left), write(left));
+        // Written while the sink drained, the checkpoint counted every message whose record was
+        // not delivered yet as unpublished: written again now the drain is over, time allowing,
+        // so that only what is really lost is fetched again by the next start's catch-up.
+        if refetched.is_some_and(|n| n > 0) {
+            let left = drain_timeout.saturating_sub(started.elapsed());
+            if !left.is_zero() {
+                refetched = write(left).await.or(refetched);
+            }
+        }
         if report.lost() > 0 {
             tracing::error!(lost = report.lost(), by_event = ?report.undelivered_by_event,
+                messages_fetched_again_at_next_start = refetched.unwrap_or(0),
                 "shutdown deadline passed: undelivered records of the memory buffer are lost");
         } else if report.undelivered > 0 {
             tracing::info!(kept = report.undelivered, by_event = ?report.undelivered_by_event,

@@ -711,7 +711,7 @@ async fn a_graceful_restart_with_a_state_dir_fills_the_downtime() {
 /// ledger is released, so the last checkpoint does not count it as published and the next run's
 /// catch-up publishes it with every other message the first run never accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
+async fn a_message_lost_or_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
     let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let state = format!("[state]\ndir = \"{}\"\n", dir.path().display());
@@ -722,7 +722,10 @@ async fn a_message_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
     )
     .await;
     first.confirmed(1).await;
-    // The broker is away: five records fill the buffer, the sixth message waits for room.
+    // Two messages are delivered; then the broker is away: five records fill the buffer, the
+    // sixth message waits for room.
+    sim.burst(2, &messages_only([])).await.unwrap();
+    eventually("two delivered", WAIT, || first.memory.records().len() >= 2).await;
     first.memory.set_failing(true);
     sim.burst(20, &messages_only([])).await.unwrap();
     eventually("the buffer filled", WAIT, || first.bridge().buffered() >= 5).await;
@@ -734,18 +737,24 @@ async fn a_message_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
         .shutdown(Duration::from_secs(2))
         .await;
     assert_eq!(report.undelivered, 5, "{report:?}");
+    assert_eq!(report.lost(), 5, "the memory buffer's records are lost");
     let ids: Vec<u64> = sim.messages(None).iter().map(|m| m.id).collect();
-    assert_eq!(ids.len(), 20);
-    // One subscription, messages in order: the first five were accepted (and lost with the
-    // memory buffer, reported), the sixth was claimed and refused by the closed buffer.
+    assert_eq!(ids.len(), 22);
+    // One subscription, messages in order: the first two were delivered, the next five
+    // accepted and lost with the memory buffer (reported), the eighth claimed and refused by
+    // the closed buffer. Only the delivered ones count as published in the checkpoint.
     let written: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("checkpoints/catchup.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        written["accounts"]["1"]["high"].as_u64(),
-        Some(ids[4]),
-        "the checkpoint's high is the last accepted message: {written}"
+    let conversations = written["accounts"]["1"]["conversations"]
+        .as_object()
+        .unwrap();
+    assert!(
+        conversations
+            .values()
+            .all(|high| high.as_u64().unwrap() < ids[2]),
+        "every conversation resumes before the first lost message: {written}"
     );
     let second = rig_rest(sim.clone(), &format!("{CATCHUP}{state}"), "").await;
     eventually("the restart gap filled", WAIT, || {
@@ -761,8 +770,8 @@ async fn a_message_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
         .collect();
     assert_eq!(
         replayed,
-        ids[5..].to_vec(),
-        "every message the first run never accepted, once"
+        ids[2..].to_vec(),
+        "every message the first run lost or never accepted, once, and none it delivered"
     );
     second.stop().await;
 }

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{sim, world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use voxsig_sim::{DeliveryStatus, ExportOptions, Selection, Sim, SimConfig};
+use voxsig_protocol::EventKind;
+use voxsig_sim::{DeliveryStatus, ExportOptions, Selection, Sim, SimConfig, TokenSelection};
 
 /// The binary under test: cargo's build of this crate, or `VOXSIG_TEST_BRIDGE_BIN` (to measure
 /// another build, e.g. one per allocator feature: docs/BENCHMARKS.md, "Allocator").
@@ -138,7 +139,18 @@ impl Drop for BridgeProcess {
 
 /// Writes the bridge's config for `sim`, publishing to `mqtt_port`, with `buffer` TOML.
 fn write_config(dir: &Path, sim: &Sim, mqtt_port: u16, buffer: &str) -> PathBuf {
-    let accounts = sim.world().bridge_config_toml(&ExportOptions::default());
+    write_config_for(dir, sim, mqtt_port, buffer, &ExportOptions::default())
+}
+
+/// [`write_config`] over the accounts `export` exports.
+fn write_config_for(
+    dir: &Path,
+    sim: &Sim,
+    mqtt_port: u16,
+    buffer: &str,
+    export: &ExportOptions,
+) -> PathBuf {
+    let accounts = sim.world().bridge_config_toml(export);
     let config = format!(
         r#"
 [source]
@@ -310,6 +322,119 @@ async fn kill_9_with_a_backlog_on_disk_loses_nothing_accepted() {
     );
     second.signal("-TERM");
     let mut second = second;
+    assert_eq!(
+        second.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        second.log()
+    );
+    sim.shutdown().await;
+}
+
+/// A QoS 1 subscriber on `#`, counting the `message.created` arrivals per message id.
+async fn message_subscriber(port: u16) -> Arc<Mutex<HashMap<u64, u32>>> {
+    let got = Arc::new(Mutex::new(HashMap::new()));
+    let mut options = MqttOptions::new("durable-messages", "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let sink = got.clone();
+    on_publish(options, "#", move |p| {
+        if !p.topic.ends_with("message.created") {
+            return;
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
+            .ok()
+            .and_then(|v| v["id"].as_u64());
+        if let Some(id) = id {
+            *sink.lock().unwrap().entry(id).or_insert(0) += 1;
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_messages_in_the_memory_buffer_the_next_start_fetches_them_again() {
+    // The memory buffer loses what it holds when the process dies; with a state dir and the
+    // catch-up, the checkpoint counts a message as published only once its record is safe
+    // (acknowledged by the broker), so the next start fetches those messages over REST.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let mut broker = Mosquitto::start(MosquittoOptions::default());
+    let export = ExportOptions {
+        tokens: TokenSelection::Users,
+        api_tokens: true,
+        ..ExportOptions::default()
+    };
+    let catchup = "[catchup]\nrate = 1000.0\nconcurrency = 16\nmargin = \"2s\"\n";
+    let config = write_config_for(dir.path(), &sim, broker.port, catchup, &export);
+    let bridge = BridgeProcess::start(&config, dir.path().join("first.log"));
+    let subscriptions = sim.world().bridge_accounts(&export).len();
+    if let Err(e) = sim
+        .wait_for_subscriptions(subscriptions, Duration::from_secs(20))
+        .await
+    {
+        panic!("{e}: bridge log:\n{}", bridge.log());
+    }
+    broker.kill();
+    let messages = Selection::all().kinds([EventKind::MessageCreated]);
+    tokio::time::timeout(Duration::from_secs(30), sim.burst(300, &messages))
+        .await
+        .expect("burst written within 30 s")
+        .unwrap();
+    sim.wait_for_delivery(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let want: HashSet<u64> = sim.messages(None).iter().map(|m| m.id).collect();
+    assert_eq!(want.len(), 300);
+    let held = bridge
+        .wait_metric(
+            "voxsig_bridge_buffer_events",
+            want.len() as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(held as usize, want.len(), "{}", bridge.log());
+    // The checkpoint is written every second: two of them were written with the backlog held.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    bridge.signal("-KILL");
+    drop(bridge);
+
+    broker.restart();
+    let got = message_subscriber(broker.port).await;
+    let mut second = BridgeProcess::start(&config, dir.path().join("second.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = {
+            let got = got.lock().unwrap();
+            want.iter().filter(|id| !got.contains_key(id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} messages held by the killed bridge never arrived; log:\n{}",
+            want.len(),
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scrape = second.scrape().await;
+    let replayed: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("voxsig_bridge_catchup_messages_total{outcome=\"published\""))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    assert!(replayed >= want.len() as f64, "replayed {replayed}");
+    let copies: u32 = got.lock().unwrap().values().sum();
+    eprintln!(
+        "kill -9, memory buffer: {} messages held, all fetched again by the next start ({copies} arrivals)",
+        want.len()
+    );
+    second.signal("-TERM");
     assert_eq!(
         second.wait(Duration::from_secs(10)),
         Some(0),

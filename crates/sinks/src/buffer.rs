@@ -24,6 +24,7 @@ mod format;
 mod runs;
 
 use backlog::Backlog;
+use books::Acks;
 use disk::{AppendError, Disk, Log, ReadBack, Recovered};
 pub use disk::{BufferError, Fsync};
 
@@ -212,6 +213,16 @@ impl BufferConfig {
     fn max_events(&self) -> usize {
         self.max_events.unwrap_or(usize::MAX)
     }
+}
+
+/// What [`BufferWriter::push`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Held as record number `seq` (numbers rise in acceptance order). It is *safe* — it
+    /// survives a crash of the bridge's process — once [`BufferWriter::safe_below`] passes it.
+    Held(u64),
+    /// Dropped at once (too large, or by `when_full`), counted.
+    Dropped,
 }
 
 /// The buffer was closed: no more records are accepted.
@@ -406,6 +417,8 @@ struct State {
     held_bytes: usize,
     /// In-flight records by event label (for the drain report).
     in_flight_by_label: LabelCounts,
+    /// Memory: which records left the buffer for good (the disk keeps its own books).
+    settled: Acks,
     /// Disk: every held record by event label (most are not in memory).
     held_by_label: LabelCounts,
     next_seq: u64,
@@ -522,9 +535,14 @@ impl State {
     fn finish(&mut self, seq: u64, size: usize, label: &'static str) {
         self.held_events = self.held_events.saturating_sub(1);
         self.held_bytes = self.held_bytes.saturating_sub(size);
-        if let Store::Disk(disk) = &mut self.store {
-            disk.finish(seq);
-            self.held_by_label.dec(label);
+        match &mut self.store {
+            Store::Memory => {
+                self.settled.finish(seq);
+            }
+            Store::Disk(disk) => {
+                disk.finish(seq);
+                self.held_by_label.dec(label);
+            }
         }
     }
 }
@@ -786,7 +804,7 @@ impl std::fmt::Debug for BufferWriter {
 
 /// What one attempt to place a record did.
 enum Placed {
-    Done,
+    Done(Pushed),
     Closed,
     /// Full (block) or the disk refused the write (block): wait and try again.
     Wait {
@@ -804,14 +822,14 @@ impl BufferWriter {
     /// the record is in the write batch when this returns and in the operating system's hands
     /// within ~200 µs (write-behind; the crash guarantee is in the crate's README); while the disk
     /// refuses writes, new records are handled like a full buffer (counted).
-    pub async fn push(&self, mut record: Record) -> Result<(), BufferClosed> {
+    pub async fn push(&self, mut record: Record) -> Result<Pushed, BufferClosed> {
         let shared = &*self.shared;
         let size = shared.size_of(&record);
         if size > shared.config.max_bytes
             || (shared.config.kind == BufferKind::Disk && size > disk::MAX_FRAME)
         {
             shared.drop_one(shared.lock(), DropReason::TooLarge, &record);
-            return Ok(());
+            return Ok(Pushed::Dropped);
         }
         if let Some(backlog) = &shared.backlog {
             // In a backlog, into a block that is given back when it drains (`backlog`).
@@ -828,7 +846,7 @@ impl BufferWriter {
                 Waiting::on(&shared.space_waiters)
             });
             match self.place(&mut record, size) {
-                Placed::Done => return Ok(()),
+                Placed::Done(pushed) => return Ok(pushed),
                 Placed::Closed => return Err(BufferClosed),
                 Placed::Wait { disk_error: true } => {
                     // Room made by acknowledgements may not be room on the disk: retry anyway.
@@ -872,7 +890,7 @@ impl BufferWriter {
             return Placed::Closed;
         }
         let Some(record) = slot.as_ref() else {
-            return Placed::Done;
+            return Placed::Done(Pushed::Dropped);
         };
         let room = match shared.config.when_full {
             _ if shared.fits(&state, size) => true,
@@ -881,7 +899,7 @@ impl BufferWriter {
                 state.dropped += 1;
                 after.dropped(DropReason::Newest, record.headers.event_label);
                 *slot = None;
-                return Placed::Done;
+                return Placed::Done(Pushed::Dropped);
             }
             WhenFull::DropOldest => {
                 if !Self::drop_oldest_until_fits(shared, &mut state, size, after) {
@@ -889,7 +907,7 @@ impl BufferWriter {
                     state.dropped += 1;
                     after.dropped(DropReason::Newest, record.headers.event_label);
                     *slot = None;
-                    return Placed::Done;
+                    return Placed::Done(Pushed::Dropped);
                 }
                 true
             }
@@ -935,7 +953,7 @@ impl BufferWriter {
         if !was_ready {
             shared.wake_reader();
         }
-        Placed::Done
+        Placed::Done(Pushed::Held(seq))
     }
 
     /// The disk refused a record: `when_full` decides, counted (logged at most every 10 s,
@@ -969,7 +987,7 @@ impl BufferWriter {
                     state.dropped += 1;
                     after.dropped(DropReason::DiskError, record.headers.event_label);
                 }
-                Placed::Done
+                Placed::Done(Pushed::Dropped)
             }
         }
     }
@@ -991,6 +1009,19 @@ impl BufferWriter {
             after.dropped(DropReason::Oldest, old.record.headers.event_label);
         }
         true
+    }
+
+    /// Every record numbered below this ([`Pushed::Held`]) is safe: it survives a crash of the
+    /// bridge's process. With the memory buffer, a record is safe once it left the buffer for
+    /// good (acknowledged by the sink, rejected or dropped: counted); with the disk buffer, once
+    /// it is written to its segment file (or left the buffer). What is accepted and not yet safe
+    /// is lost if the process dies now.
+    pub fn safe_below(&self) -> u64 {
+        let state = self.shared.lock();
+        match &state.store {
+            Store::Memory => state.settled.below(),
+            Store::Disk(disk) => disk.safe_below(),
+        }
     }
 
     /// Records held: queued plus in flight (not yet acknowledged).
@@ -1461,6 +1492,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_records_are_safe_once_they_left_the_buffer_for_good() {
+        let (w, mut r) = buffer(config(3, WhenFull::DropOldest), SinkMetrics::unregistered());
+        let mut pushed = Vec::new();
+        for n in 0..3 {
+            pushed.push(w.push(record("t", n)).await.unwrap());
+        }
+        assert_eq!(pushed, [Pushed::Held(0), Pushed::Held(1), Pushed::Held(2)]);
+        assert_eq!(w.safe_below(), 0, "accepted is not safe");
+        let (a, b) = (r.recv().await.unwrap(), r.recv().await.unwrap());
+        r.ack(b);
+        assert_eq!(w.safe_below(), 0, "record 0 is still in flight");
+        r.ack(a);
+        assert_eq!(w.safe_below(), 2, "acknowledged, in any order");
+        let c = r.recv().await.unwrap();
+        r.requeue(c);
+        assert_eq!(w.safe_below(), 2, "a requeued record is held again");
+        drop(r.recv().await.unwrap());
+        assert_eq!(w.safe_below(), 2, "a dropped claim goes back to the queue");
+        let c = r.recv().await.unwrap();
+        r.reject(c);
+        assert_eq!(w.safe_below(), 3, "rejected (counted) is settled");
+        // Full: the oldest queued records are dropped (counted) to make room, and settled.
+        for n in 3..6 {
+            assert_eq!(w.push(record("t", n)).await.unwrap(), Pushed::Held(n));
+        }
+        assert_eq!(w.push(record("t", 6)).await.unwrap(), Pushed::Held(6));
+        assert_eq!(w.safe_below(), 4, "record 3 was dropped for room");
+        let huge = Record {
+            payload: vec![b'x'; 2 << 20].into(),
+            ..record("t", 7)
+        };
+        assert_eq!(w.push(huge).await.unwrap(), Pushed::Dropped);
+        // What is held when the buffer is aborted is lost, never safe.
+        r.shared().abort();
+        assert_eq!(w.safe_below(), 4);
+    }
+
+    #[tokio::test]
     async fn in_flight_records_count_until_acknowledged() {
         let (w, mut r) = buffer(config(2, WhenFull::Block), SinkMetrics::unregistered());
         w.push(record("a", 1)).await.unwrap();
@@ -1825,6 +1894,23 @@ mod disk_tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[tokio::test]
+    async fn disk_records_are_safe_once_written_acknowledged_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, r, _registry) = opened(&disk_config(dir.path()));
+        for n in 0..100 {
+            assert_eq!(w.push(numbered(n)).await.unwrap(), Pushed::Held(n));
+        }
+        // The writer thread writes the batch within its linger (200 µs): nothing acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.safe_below() < 100 {
+            assert!(Instant::now() < deadline, "safe below {}", w.safe_below());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(w.depth(), 100, "held until acknowledged");
+        drop(r);
     }
 
     #[tokio::test]

@@ -78,7 +78,7 @@ pub mod topic;
 pub use backoff::ReconnectConfig;
 pub use buffer::{
     buffer, open as open_buffer, Acker, BufferClosed, BufferConfig, BufferError, BufferKind,
-    BufferReader, BufferWriter, Claim, Fsync, WhenFull,
+    BufferReader, BufferWriter, Claim, Fsync, Pushed, WhenFull,
 };
 pub use config::SinkConfig;
 pub use error::{ConfigError, SinkError};

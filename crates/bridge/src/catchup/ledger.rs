@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use voxsig_sinks::EventId;
+use voxsig_sinks::{EventId, Pushed};
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 /// Message ids remembered per conversation.
@@ -110,6 +110,9 @@ impl Conversation {
 #[derive(Debug, Default)]
 struct Account {
     conversations: HashMap<u64, Conversation>,
+    /// Claims not safe yet: held (no record accepted yet) or accepted by the buffer but not
+    /// safe there (see [`Ledger::checkpoint`]).
+    unsafe_claims: UnsafeClaims,
     /// The highest message id published on the account.
     high: Option<u64>,
     /// The last live event received (Unix ms), for the checkpoint.
@@ -117,6 +120,44 @@ struct Account {
     tick: u64,
     /// Ids held over all conversations.
     ids: usize,
+}
+
+/// A claim's key in [`UnsafeClaims`]: (conversation, message id, receiver class).
+type ClaimKey = (u64, u64, ReceiverClass);
+
+/// One account's claims whose records could still be lost by a crash of the process.
+#[derive(Debug, Default)]
+struct UnsafeClaims {
+    /// The buffer's number of the record (`None` while the claim is held, before the buffer
+    /// took it) and where a catch-up must start listing to find the message again (Unix ms).
+    claims: HashMap<ClaimKey, (Option<u64>, i64)>,
+    /// Accepted claims are pruned (the safe ones forgotten) when there are this many.
+    prune_at: usize,
+}
+
+/// Accepted claims pruned at once, at least: a prune walks them all.
+const PRUNE_AT_LEAST: usize = 1024;
+
+impl UnsafeClaims {
+    /// Forgets the claims whose records are numbered below `safe_below`.
+    fn prune(&mut self, safe_below: u64) {
+        self.claims
+            .retain(|_, (seq, _)| seq.is_none_or(|seq| seq >= safe_below));
+        self.prune_at = (2 * self.claims.len()).max(PRUNE_AT_LEAST);
+        if self.claims.is_empty() && self.claims.capacity() > PRUNE_AT_LEAST {
+            self.claims.shrink_to_fit();
+        }
+    }
+}
+
+/// What the checkpoint records, and how many messages in it are counted as unpublished
+/// because their records were not safe yet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per account.
+    pub accounts: BTreeMap<u64, AccountCheckpoint>,
+    /// Messages claimed whose records were not safe: a restart's catch-up fetches them again.
+    pub unsafe_messages: usize,
 }
 
 /// What was published, shared by the live and the catch-up paths.
@@ -127,9 +168,9 @@ pub struct Ledger {
 }
 
 /// A message claimed for publishing whose record is not in the buffer yet. Dropped without
-/// [`Held::keep`] (the buffer closed at shutdown, a fill cancelled, a panic), it releases the
-/// claim: the checkpoint never counts as published a message that was not, and the next
-/// catch-up fetches it again.
+/// [`Held::accepted`] or [`Held::keep`] (the buffer closed at shutdown, a fill cancelled, a
+/// panic), it releases the claim: the checkpoint never counts as published a message that was
+/// not, and the next catch-up fetches it again.
 #[must_use = "dropping a held claim releases it"]
 #[derive(Debug)]
 pub struct Held<'a> {
@@ -147,9 +188,26 @@ impl Held<'_> {
         }
     }
 
-    /// Its record was accepted (or dropped for good, counted): the claim stands.
+    /// Its record was dropped for good (counted): the claim stands.
     pub fn keep(mut self) {
-        self.claim = None;
+        if let Some((account, class, conversation, id)) = self.claim.take() {
+            self.ledger.settle(account, (conversation, id, class));
+        }
+    }
+
+    /// Its record was pushed into the buffer. Held as number `seq`, the claim stands and the
+    /// message counts as published in a checkpoint once the buffer says the record is safe
+    /// (`safe_below()` passed `seq`: asked when the account's unsafe claims need pruning);
+    /// dropped (counted), it stands at once.
+    pub fn accepted(mut self, pushed: Pushed, safe_below: impl FnOnce() -> u64) {
+        let Some((account, class, conversation, id)) = self.claim.take() else {
+            return;
+        };
+        let key = (conversation, id, class);
+        match pushed {
+            Pushed::Held(seq) => self.ledger.accepted(account, key, seq, safe_below),
+            Pushed::Dropped => self.ledger.settle(account, key),
+        }
     }
 }
 
@@ -179,6 +237,23 @@ pub struct AccountCheckpoint {
     pub high: Option<u64>,
     /// Per conversation (display id), the highest message id published.
     pub conversations: BTreeMap<u64, u64>,
+}
+
+impl AccountCheckpoint {
+    /// Records message `id` of `conversation`, created or received at `since_ms`, as not
+    /// published: resumed from before it, listed from `since_ms` on.
+    fn unpublished(&mut self, conversation: u64, id: u64, since_ms: i64) {
+        let before = id.saturating_sub(1);
+        self.conversations
+            .entry(conversation)
+            .and_modify(|high| *high = (*high).min(before))
+            .or_insert(before);
+        self.last_event_ms = if self.last_event_ms > 0 {
+            self.last_event_ms.min(since_ms)
+        } else {
+            since_ms
+        };
+    }
 }
 
 impl Ledger {
@@ -214,7 +289,17 @@ impl Ledger {
         id: u64,
     ) -> Claim {
         let mut shard = self.shard(account);
-        let acc = shard.entry(account).or_default();
+        self.claim_in(shard.entry(account).or_default(), class, conversation, id)
+    }
+
+    /// [`Ledger::claim_for`] on the account's entry, under its shard's lock.
+    fn claim_in(
+        &self,
+        acc: &mut Account,
+        class: ReceiverClass,
+        conversation: u64,
+        id: u64,
+    ) -> Claim {
         acc.tick += 1;
         let tick = acc.tick;
         let conv = acc.conversations.entry(conversation).or_default();
@@ -237,20 +322,53 @@ impl Ledger {
     }
 
     /// Claims message `id` like [`Ledger::claim_for`], held until its record is accepted: `None`
-    /// when it was published already.
+    /// when it was published already. Until its record is safe, a checkpoint resumes the
+    /// conversation before it and lists the account's conversations from `since_ms` (when the
+    /// message was created or received, Unix ms) at the latest.
     pub fn hold(
         &self,
         account: u64,
         class: ReceiverClass,
         conversation: u64,
         id: u64,
+        since_ms: i64,
     ) -> Option<Held<'_>> {
-        match self.claim_for(account, class, conversation, id) {
+        let mut shard = self.shard(account);
+        let acc = shard.entry(account).or_default();
+        match self.claim_in(acc, class, conversation, id) {
             Claim::Duplicate => None,
-            Claim::First => Some(Held {
-                ledger: self,
-                claim: Some((account, class, conversation, id)),
-            }),
+            Claim::First => {
+                // Under the same lock as the claim: no checkpoint sees one without the other.
+                acc.unsafe_claims
+                    .claims
+                    .insert((conversation, id, class), (None, since_ms));
+                Some(Held {
+                    ledger: self,
+                    claim: Some((account, class, conversation, id)),
+                })
+            }
+        }
+    }
+
+    /// A held claim's record was taken by the buffer as number `seq`.
+    fn accepted(&self, account: u64, key: ClaimKey, seq: u64, safe_below: impl FnOnce() -> u64) {
+        let mut shard = self.shard(account);
+        let Some(acc) = shard.get_mut(&account) else {
+            return;
+        };
+        let unsafe_claims = &mut acc.unsafe_claims;
+        if let Some((at, _)) = unsafe_claims.claims.get_mut(&key) {
+            *at = Some(seq);
+        }
+        if unsafe_claims.claims.len() >= unsafe_claims.prune_at {
+            unsafe_claims.prune(safe_below());
+        }
+    }
+
+    /// A held claim stands for good.
+    fn settle(&self, account: u64, key: ClaimKey) {
+        if let Some(acc) = self.shard(account).get_mut(&account) {
+            acc.unsafe_claims.claims.remove(&key);
         }
     }
 
@@ -260,6 +378,7 @@ impl Ledger {
         let Some(acc) = shard.get_mut(&account) else {
             return;
         };
+        acc.unsafe_claims.claims.remove(&(conversation, id, class));
         let Some(conv) = acc.conversations.get_mut(&conversation) else {
             return;
         };
@@ -313,24 +432,33 @@ impl Ledger {
         }
     }
 
-    /// The checkpoint of every account.
-    pub fn checkpoint(&self) -> BTreeMap<u64, AccountCheckpoint> {
-        let mut out = BTreeMap::new();
+    /// The checkpoint of every account, counting as published only the messages whose records
+    /// are safe: numbered below `safe_below` (`BufferWriter::safe_below`), or dropped for good.
+    /// A message whose record could still be lost by a crash (held, or in the memory buffer
+    /// unacknowledged, or in the disk buffer's unwritten batch) is recorded as not published:
+    /// its conversation resumes before it, and the account's last event is no later than when
+    /// it was created, so that the next start's catch-up lists its conversation and fetches it
+    /// again (a duplicate if it was delivered after all, never a loss).
+    pub fn checkpoint(&self, safe_below: u64) -> Snapshot {
+        let mut out = Snapshot::default();
         for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, acc) in shard.iter() {
-                out.insert(
-                    *id,
-                    AccountCheckpoint {
-                        last_event_ms: acc.last_event_ms,
-                        high: acc.high,
-                        conversations: acc
-                            .conversations
-                            .iter()
-                            .filter_map(|(c, conv)| conv.high().map(|h| (*c, h)))
-                            .collect(),
-                    },
-                );
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, acc) in shard.iter_mut() {
+                acc.unsafe_claims.prune(safe_below);
+                let mut cp = AccountCheckpoint {
+                    last_event_ms: acc.last_event_ms,
+                    high: acc.high,
+                    conversations: acc
+                        .conversations
+                        .iter()
+                        .filter_map(|(c, conv)| conv.high().map(|h| (*c, h)))
+                        .collect(),
+                };
+                for (&(conversation, message, _), &(_, since_ms)) in &acc.unsafe_claims.claims {
+                    cp.unpublished(conversation, message, since_ms);
+                }
+                out.unsafe_messages += acc.unsafe_claims.claims.len();
+                out.accounts.insert(*id, cp);
             }
         }
         out
@@ -398,25 +526,25 @@ mod tests {
     #[test]
     fn a_held_claim_is_released_unless_kept() {
         let l = Ledger::new(100);
-        l.hold(1, 0, 10, 500).expect("first").keep();
-        assert!(l.hold(1, 0, 10, 500).is_none(), "kept: published");
+        l.hold(1, 0, 10, 500, 0).expect("first").keep();
+        assert!(l.hold(1, 0, 10, 500, 0).is_none(), "kept: published");
         // Never accepted: released, so the checkpoint does not count it and a fill takes it.
-        let held = l.hold(1, 0, 10, 501).expect("first");
+        let held = l.hold(1, 0, 10, 501, 0).expect("first");
         assert_eq!(l.account_high(1), Some(501));
         drop(held);
         assert_eq!(l.account_high(1), Some(500), "the high falls back");
-        assert_eq!(l.checkpoint()[&1].conversations[&10], 500);
-        let held = l.hold(1, 0, 10, 501).expect("released: claimable again");
+        assert_eq!(l.checkpoint(0).accounts[&1].conversations[&10], 500);
+        let held = l.hold(1, 0, 10, 501, 0).expect("released: claimable again");
         held.keep();
         assert_eq!(l.account_high(1), Some(501));
         // Another conversation's higher id is the account's high after a release.
-        l.hold(1, 0, 11, 700).expect("first").keep();
-        drop(l.hold(1, 0, 10, 800).expect("first"));
+        l.hold(1, 0, 11, 700, 0).expect("first").keep();
+        drop(l.hold(1, 0, 10, 800, 0).expect("first"));
         assert_eq!(l.account_high(1), Some(700));
         // Only the class that claimed it lets it go.
-        l.hold(1, 7, 10, 900).expect("first").keep();
-        drop(l.hold(1, 0, 10, 900).expect("first for class 0"));
-        assert!(l.hold(1, 7, 10, 900).is_none());
+        l.hold(1, 7, 10, 900, 0).expect("first").keep();
+        drop(l.hold(1, 0, 10, 900, 0).expect("first for class 0"));
+        assert!(l.hold(1, 7, 10, 900, 0).is_none());
         // A held claim on nothing releases nothing; nor does one whose account was never seen.
         drop(Held::none(&l));
         l.release(9, 0, 1, 1);
@@ -432,7 +560,7 @@ mod tests {
         assert_eq!(l.account_high(1), Some(500));
         // A checkpoint says "published" for every class.
         let back = Ledger::new(100);
-        back.restore(&l.checkpoint());
+        back.restore(&l.checkpoint(0).accounts);
         assert_eq!(back.claim_for(1, 33, 10, 500), Claim::Duplicate);
         assert_eq!(back.resume_after(1, 10, Some(600)), Some(500));
     }
@@ -465,7 +593,7 @@ mod tests {
                 l.claim(1, conv, conv * 1000 + id);
             }
         }
-        let cp = l.checkpoint();
+        let cp = l.checkpoint(0).accounts;
         let n = cp[&1].conversations.len();
         assert!(n <= 50 + 50 / 8, "{n}");
         // The most recent conversation is kept.
@@ -501,17 +629,94 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_counts_a_message_published_only_once_its_record_is_safe() {
+        let l = Ledger::new(100);
+        l.received(1, 50_000);
+        // Conversation 10: 500 safe (record 0); 501 and 502 accepted as records 1 and 2.
+        l.hold(1, 0, 10, 500, 40_000)
+            .unwrap()
+            .accepted(Pushed::Held(0), || 0);
+        l.hold(1, 0, 10, 501, 41_000)
+            .unwrap()
+            .accepted(Pushed::Held(1), || 0);
+        l.hold(1, 0, 10, 502, 42_000)
+            .unwrap()
+            .accepted(Pushed::Held(2), || 0);
+        // Conversation 11: 600 dropped for good (counted: stands); 601 held, not accepted yet.
+        l.hold(1, 0, 11, 600, 43_000)
+            .unwrap()
+            .accepted(Pushed::Dropped, || 0);
+        let held = l.hold(1, 0, 11, 601, 44_000).unwrap();
+        // Conversation 12: one message, not safe; nothing before it known.
+        l.hold(1, 0, 12, 700, 45_000)
+            .unwrap()
+            .accepted(Pushed::Held(3), || 0);
+        // (safe below, conversation 10, 11, 12, last event, unsafe count)
+        let cases = [
+            (0, 499, 600, 699, 40_000, 5),
+            (1, 500, 600, 699, 41_000, 4),
+            (2, 501, 600, 699, 42_000, 3),
+            (3, 502, 600, 699, 44_000, 2),
+            (4, 502, 600, 700, 44_000, 1),
+        ];
+        let mut at_two = None;
+        for (safe, c10, c11, c12, last, n) in cases {
+            let snap = l.checkpoint(safe);
+            if safe == 2 {
+                at_two = Some(snap.accounts.clone());
+            }
+            let cp = &snap.accounts[&1];
+            assert_eq!(cp.conversations[&10], c10, "safe below {safe}");
+            assert_eq!(cp.conversations[&11], c11, "safe below {safe}");
+            assert_eq!(cp.conversations[&12], c12, "safe below {safe}");
+            assert_eq!(cp.last_event_ms, last, "safe below {safe}");
+            assert_eq!(cp.high, Some(700), "the account's high is what was claimed");
+            assert_eq!(snap.unsafe_messages, n, "safe below {safe}");
+        }
+        held.keep();
+        let snap = l.checkpoint(4);
+        assert_eq!(snap.accounts[&1].conversations[&11], 601);
+        assert_eq!(snap.accounts[&1].last_event_ms, 50_000);
+        assert_eq!(snap.unsafe_messages, 0);
+        // A restart resumes each conversation after what was safe.
+        let back = Ledger::new(100);
+        back.restore(&at_two.unwrap());
+        assert_eq!(back.resume_after(1, 10, Some(700)), Some(501));
+        assert!(back.hold(1, 0, 10, 502, 0).is_some(), "fetched again");
+    }
+
+    #[test]
+    fn unsafe_claims_are_pruned_as_they_grow_and_released_ones_go() {
+        let l = Ledger::new(100);
+        let mut asked = 0;
+        for id in 0..10_000u64 {
+            l.hold(1, 0, id % 7, id + 1, 0)
+                .unwrap()
+                .accepted(Pushed::Held(id), || {
+                    asked += 1;
+                    id.saturating_sub(100)
+                });
+        }
+        let n = l.shard(1)[&1].unsafe_claims.claims.len();
+        assert!(n <= 2 * PRUNE_AT_LEAST, "{n} unsafe claims kept");
+        assert!(asked < 20, "asked the buffer {asked} times");
+        drop(l.hold(1, 0, 3, 50_000, 0).unwrap());
+        assert_eq!(l.checkpoint(10_000).unsafe_messages, 0);
+        assert!(l.shard(1)[&1].unsafe_claims.claims.capacity() <= 2 * PRUNE_AT_LEAST);
+    }
+
+    #[test]
     fn checkpoint_round_trip() {
         let l = Ledger::new(100);
         l.claim(3, 1, 11);
         l.claim(3, 2, 22);
         l.received(3, 1234);
-        let cp = l.checkpoint();
+        let cp = l.checkpoint(0).accounts;
         assert_eq!(cp[&3].last_event_ms, 1234);
         assert_eq!(cp[&3].high, Some(22));
         let back = Ledger::new(100);
         back.restore(&cp);
-        assert_eq!(back.checkpoint(), cp);
+        assert_eq!(back.checkpoint(0).accounts, cp);
         assert_eq!(back.claim(3, 2, 22), Claim::Duplicate);
         assert_eq!(back.resume_after(3, 1, cp[&3].high), Some(11));
     }

@@ -346,7 +346,8 @@ impl Catchup {
         self.fill_parts(account).is_some()
     }
 
-    /// A live `message.created` with a message id, for the records of receiver class `class`:
+    /// A live `message.created` with a message id, received at `received_ms` (Unix ms), for the
+    /// records of receiver class `class`:
     /// `None` when it was published already, else its claim, to keep once the record is
     /// accepted. Claimed in the ledger only where a catch-up can publish the account's messages
     /// too: elsewhere the live path is the only one, and copies on several subscriptions are the
@@ -357,11 +358,14 @@ impl Catchup {
         class: ledger::ReceiverClass,
         conversation: u64,
         id: u64,
+        received_ms: i64,
     ) -> Option<Held<'_>> {
         if !self.can_fill(account) {
             return Some(Held::none(&self.ledger));
         }
-        let held = self.ledger.hold(account, class, conversation, id);
+        let held = self
+            .ledger
+            .hold(account, class, conversation, id, received_ms);
         if held.is_none() {
             emit(&self.metrics, telemetry::LiveDuplicate);
         }

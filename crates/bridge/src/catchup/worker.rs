@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use voxsig_protocol::{EventKind, EventRef, PubsubToken, RawStr, RoomIdentifier};
+use voxsig_sinks::Pushed;
 
 /// How often the checkpoint is written.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -45,9 +46,10 @@ pub(crate) struct LastCheckpoint {
 
 impl LastCheckpoint {
     /// Writes it (the file is replaced atomically: a deadline passing mid-write leaves the
-    /// previous one).
-    pub(crate) async fn write(self) {
-        write_checkpoint(&self.shared.catchup, &self.shared, &self.file).await;
+    /// previous one); returns how many messages it counts as unpublished because their records
+    /// were not safe yet (the next start's catch-up fetches them again).
+    pub(crate) async fn write(&self) -> usize {
+        write_checkpoint(&self.shared.catchup, &self.shared, &self.file).await
     }
 }
 
@@ -122,7 +124,9 @@ async fn run(
     checkpoint.map(|file| LastCheckpoint { shared, file })
 }
 
-async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) {
+/// Writes the checkpoint; returns how many messages it counts as unpublished because their
+/// records were not safe yet (`Ledger::checkpoint`).
+async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) -> usize {
     // The last sign of life of each account: its subscriptions' last frames (events, confirms,
     // pings), so a quiet account does not look like a long gap after a restart; for an account
     // in an open gap, the gap's start, so a restart keeps the gap. The ledger keeps the latest.
@@ -139,13 +143,17 @@ async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) 
         };
         cu.ledger.received(sub.account_id, at);
     }
-    let accounts = cu.ledger.checkpoint();
+    // Read before the ledger: a record made safe in between counts as not (fetched again).
+    let safe_below = shared.buffer.safe_below();
+    let snapshot = cu.ledger.checkpoint(safe_below);
+    let unsafe_messages = snapshot.unsafe_messages;
     let file = file.clone();
     let written = now_ms();
-    let result = tokio::task::spawn_blocking(move || file.store(written, accounts)).await;
+    let result = tokio::task::spawn_blocking(move || file.store(written, snapshot.accounts)).await;
     if let Ok(Err(e)) = result {
         tracing::warn!(error = %e, "catch-up checkpoint not written");
     }
+    unsafe_messages
 }
 
 /// Two gaps of one account as one: from the earlier start to the later end, resuming from the
@@ -322,7 +330,11 @@ async fn fill_with(
                     }
                 }
                 let conv = message.conversation_id.unwrap_or(display_id);
-                match cu.ledger.hold(account, class, conv, message.id) {
+                // Where a restart's listing must reach back to while its record is not safe.
+                let created_ms = message
+                    .created_at
+                    .map_or(since_ms, |at| at.saturating_mul(1000));
+                match cu.ledger.hold(account, class, conv, message.id, created_ms) {
                     Some(held) => {
                         let handed = publish(
                             shared,
@@ -332,8 +344,8 @@ async fn fill_with(
                             message,
                         )
                         .await;
-                        if handed == Handed::Done {
-                            held.keep();
+                        if let Handed::Done(pushed) = handed {
+                            held.accepted(pushed, || shared.buffer.safe_below());
                             tally.published += 1;
                         }
                     }
@@ -370,7 +382,7 @@ async fn publish(
     let m = &shared.metrics;
     if !shared.router.allows(name) {
         bt::emit(m, bt::EventFiltered { kind });
-        return Handed::Done;
+        return Handed::Done(Pushed::Dropped);
     }
     let event = EventRef {
         identifier: RawStr::plain(""),

@@ -860,6 +860,12 @@ impl Disk {
         }
     }
 
+    /// Every record below this is written to its segment (so survives a crash of the process)
+    /// or left the buffer for good.
+    pub(crate) fn safe_below(&self) -> u64 {
+        self.log.written_end().max(self.acks.below())
+    }
+
     /// A record left the buffer for good (acknowledged, rejected or dropped).
     pub(crate) fn finish(&mut self, seq: u64) {
         if self.acks.finish(seq) {
