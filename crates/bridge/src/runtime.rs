@@ -154,6 +154,9 @@ impl CatchupStart {
         });
         let state = Arc::new(state);
         let checkpoint = restore_checkpoint(settings, &state);
+        if checkpoint.is_some() {
+            state.ledger().checkpointed();
+        }
         CatchupStart {
             state,
             jobs,

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use voxsig_sinks::{EventId, Pushed};
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
@@ -165,6 +166,8 @@ pub struct Snapshot {
 pub struct Ledger {
     max_conversations: usize,
     shards: Vec<Mutex<HashMap<u64, Account>>>,
+    /// Whether unsafe claims are kept: only a checkpoint asks for them (and prunes them).
+    checkpointed: AtomicBool,
 }
 
 /// A message claimed for publishing whose record is not in the buffer yet. Dropped without
@@ -262,7 +265,15 @@ impl Ledger {
         Ledger {
             max_conversations: max_conversations.max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            checkpointed: AtomicBool::new(false),
         }
+    }
+
+    /// Checkpoints will be written ([`Ledger::checkpoint`]): from now on, claims whose records
+    /// are not safe yet are kept, for the checkpoint to count as unpublished. Without
+    /// checkpoints nothing asks for them, so nothing is kept.
+    pub fn checkpointed(&self) {
+        self.checkpointed.store(true, Ordering::Relaxed);
     }
 
     fn shard(&self, account: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Account>> {
@@ -339,9 +350,11 @@ impl Ledger {
             Claim::Duplicate => None,
             Claim::First => {
                 // Under the same lock as the claim: no checkpoint sees one without the other.
-                acc.unsafe_claims
-                    .claims
-                    .insert((conversation, id, class), (None, since_ms));
+                if self.checkpointed.load(Ordering::Relaxed) {
+                    acc.unsafe_claims
+                        .claims
+                        .insert((conversation, id, class), (None, since_ms));
+                }
                 Some(Held {
                     ledger: self,
                     claim: Some((account, class, conversation, id)),
@@ -631,6 +644,7 @@ mod tests {
     #[test]
     fn a_checkpoint_counts_a_message_published_only_once_its_record_is_safe() {
         let l = Ledger::new(100);
+        l.checkpointed();
         l.received(1, 50_000);
         // Conversation 10: 500 safe (record 0); 501 and 502 accepted as records 1 and 2.
         l.hold(1, 0, 10, 500, 40_000)
@@ -688,6 +702,7 @@ mod tests {
     #[test]
     fn unsafe_claims_are_pruned_as_they_grow_and_released_ones_go() {
         let l = Ledger::new(100);
+        l.checkpointed();
         let mut asked = 0;
         for id in 0..10_000u64 {
             l.hold(1, 0, id % 7, id + 1, 0)
@@ -703,6 +718,13 @@ mod tests {
         drop(l.hold(1, 0, 3, 50_000, 0).unwrap());
         assert_eq!(l.checkpoint(10_000).unsafe_messages, 0);
         assert!(l.shard(1)[&1].unsafe_claims.claims.capacity() <= 2 * PRUNE_AT_LEAST);
+        // Without checkpoints nothing is kept.
+        let l = Ledger::new(100);
+        l.hold(1, 0, 1, 1, 0)
+            .unwrap()
+            .accepted(Pushed::Held(0), || 0);
+        assert_eq!(l.checkpoint(0).unsafe_messages, 0);
+        assert_eq!(l.checkpoint(0).accounts[&1].conversations[&1], 1);
     }
 
     #[test]
