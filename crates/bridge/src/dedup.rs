@@ -14,41 +14,42 @@
 //! topic and key, and only they are suppressed.
 //!
 //! Cost per event: the fingerprint is the event digest the live path computes once anyway (no
-//! second pass over the payload), hashed by a multiply-fold instead of SipHash; entries hold
-//! their sightings inline (no allocation unless more than [`INLINE_SIGHTINGS`] subscriptions
-//! see one broadcast); expiry drops whole time buckets (a ring of [`SLOTS`] tables, each
-//! covering half a window) instead of removing one entry per event.
+//! second pass over the payload), hashed once by a multiply-fold instead of SipHash; one probe
+//! of one table finds, refreshes or inserts the entry; entries hold their sightings inline (no
+//! allocation unless more than [`INLINE_SIGHTINGS`] subscriptions see one broadcast); expiry
+//! is by time bucket (half a window each): an entry records the bucket it was last seen in,
+//! one of [`SLOTS`] or more behind the current one is dead, and the dead are swept out in one
+//! pass when a new bucket begins, instead of one removal per event.
 //!
 //! The table is shared by every connection task, so it is sharded to keep lock hold times
 //! short, and bounded in entries so memory stays flat under any load: a full shard drops its
-//! oldest bucket (what it forgot is counted: `voxsig_bridge_dedup_forgotten_total`), and an
-//! expired bucket's table is freed, not kept at its busiest size.
+//! oldest bucket (what it forgot is counted: `voxsig_bridge_dedup_forgotten_total`), and a
+//! sweep shrinks the table to what is left, so it is not kept at its busiest size.
 
 use crate::catchup::ledger::{EventDigest, ReceiverClass};
+use hashbrown::hash_table::{self, HashTable};
 use smallvec::SmallVec;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
-/// Time buckets per shard: the current one and the two before it. A bucket covers half a
-/// window, so a broadcast is remembered for at least one window after it was last seen and at
-/// most one and a half.
+/// Live time buckets: the current one and the two before it. A bucket covers half a window, so
+/// a broadcast is remembered for at least one window after it was last seen and at most one and
+/// a half.
 const SLOTS: usize = 3;
 
 /// Subscriptions whose sightings of one broadcast are kept without an allocation (two agents
 /// of one account; a third allocates).
 pub const INLINE_SIGHTINGS: usize = 2;
 
-/// Bytes of table memory per entry of room ([`Dedup::capacity`]): a 48-byte entry (fingerprint
-/// and inline sightings, checked by a test) and its control byte, at the table's 7/8 load.
-/// Tables grow by doubling and an expired bucket's table is freed, so the room stays within
-/// twice `max_entries` (tested) and the memory within `2 * max_entries * ENTRY_BYTES`. (A bucket
-/// whose entries were seen again later, and so moved on, keeps its room until it expires: a copy
-/// arriving across a bucket boundary costs that bucket's slot a little longer.)
-pub const ENTRY_BYTES: usize = 56;
+/// Bytes of table memory per entry of room ([`Dedup::capacity`]): a 56-byte entry (fingerprint,
+/// inline sightings and bucket, checked by a test) and its control byte, at the table's 7/8
+/// load. A table grows by doubling up to `max_entries` and shrinks when the dead are swept, so
+/// the room stays within twice `max_entries` (tested) and the memory within
+/// `2 * max_entries * ENTRY_BYTES`.
+pub const ENTRY_BYTES: usize = 65;
 
 /// A subscription's process-wide identity, for telling copies from repeats.
 pub type SubscriptionKey = u32;
@@ -140,12 +141,13 @@ impl Hasher for DigestHasher {
     }
 }
 
-type Table = HashMap<Fingerprint, Entry, BuildHasherDefault<DigestHasher>>;
-
-/// How often each subscription has seen one broadcast. The most any one subscription saw it is
-/// how often it was published (see [`Dedup::check`]), so that is not stored.
+/// One remembered broadcast: how often each subscription has seen it, and the time bucket it
+/// was last seen in. The most any one subscription saw it is how often it was published (see
+/// [`Dedup::check`]), so that is not stored.
 struct Entry {
+    fp: Fingerprint,
     seen: SmallVec<[(SubscriptionKey, u32); INLINE_SIGHTINGS]>,
+    bucket: u64,
 }
 
 impl Entry {
@@ -155,18 +157,17 @@ impl Entry {
     }
 }
 
-/// One time bucket's broadcasts.
-#[derive(Default)]
-struct Slot {
-    /// The bucket number these entries belong to.
-    bucket: u64,
-    entries: Table,
-}
-
+/// One shard: a single table (one probe per arrival, whatever its age), and how many of its
+/// entries were last seen in each live bucket. An entry of a bucket [`SLOTS`] or more behind
+/// the current one is dead: found again it starts afresh, and the dead are swept out (the
+/// table shrunk) when a new bucket begins, or to make room.
 #[derive(Default)]
 struct Shard {
-    /// Bucket `b` lives in slot `b % SLOTS`.
-    slots: [Slot; SLOTS],
+    table: HashTable<Entry>,
+    /// Bucket `b`'s live entries are counted in `live[b % SLOTS]`, as `(b, count)`.
+    live: [(u64, usize); SLOTS],
+    /// Entries of expired buckets still in the table.
+    dead: usize,
 }
 
 /// The shared dedup table.
@@ -204,11 +205,14 @@ impl Dedup {
     /// Judges one arrival of the event with fingerprint `fp` on subscription `sub`.
     pub fn check(&self, fp: Fingerprint, sub: SubscriptionKey, now: Instant) -> Checked {
         let bucket = self.bucket(now);
-        let shard = &self.shards[(fp.hash64() >> 60) as usize % SHARDS];
+        let hash = fp.hash64();
+        // The shard from bits the table uses for neither its bucket index (the low bits) nor
+        // its tags (the top seven).
+        let shard = &self.shards[(hash >> 40) as usize % SHARDS];
         // A poisoned lock only means another task panicked mid-update; the table is still a
         // valid (if slightly stale) cache, so keep using it rather than spreading the panic.
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let (entry, forgotten) = shard.find(fp, bucket, self.max_per_shard);
+        let (entry, forgotten) = shard.find(fp, hash, bucket, self.max_per_shard);
         // Published once per sighting of the subscription that saw it most: the first sight,
         // and every real repeat beyond what the other subscriptions saw.
         let published = entry.published();
@@ -230,14 +234,11 @@ impl Dedup {
         Checked { verdict, forgotten }
     }
 
-    /// How many broadcasts are remembered now (including buckets not yet swept).
+    /// How many broadcasts are remembered now (including expired ones not yet swept).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                s.lock()
-                    .map_or(0, |s| s.slots.iter().map(|slot| slot.entries.len()).sum())
-            })
+            .map(|s| s.lock().map_or(0, |s| s.table.len()))
             .sum()
     }
 
@@ -245,7 +246,7 @@ impl Dedup {
     pub fn capacity(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |s| s.capacity()))
+            .map(|s| s.lock().map_or(0, |s| s.table.capacity()))
             .sum()
     }
 
@@ -256,67 +257,109 @@ impl Dedup {
 }
 
 impl Shard {
-    /// The entry of `fp` in the current bucket: found there, moved there from an older live
-    /// bucket (still being seen: kept), or new; and how many live entries were forgotten to
-    /// make room for it.
-    fn find(&mut self, fp: Fingerprint, bucket: u64, max: usize) -> (&mut Entry, usize) {
-        // Buckets SLOTS or more behind have expired: dropped as a whole (three comparisons).
-        for slot in &mut self.slots {
-            if slot.bucket + SLOTS as u64 <= bucket && slot.entries.capacity() > 0 {
-                slot.release();
-            }
+    /// The entry of `fp` (hashed `hash`), seen now in `bucket`: found and still live (moved to
+    /// `bucket`), found dead (started afresh) or new; and how many live entries were forgotten
+    /// to make room for it. One probe of the table, unless it is full.
+    fn find(&mut self, fp: Fingerprint, hash: u64, bucket: u64, max: usize) -> (&mut Entry, usize) {
+        self.advance(bucket);
+        let mut forgotten = 0;
+        if self.table.len() >= max && self.table.find(hash, |e| e.fp == fp).is_none() {
+            forgotten = self.make_room(bucket, max);
         }
         let current = (bucket % SLOTS as u64) as usize;
-        self.slots[current].bucket = bucket;
-        let mut moved = None;
-        let mut forgotten = 0;
-        if !self.slots[current].entries.contains_key(&fp) {
-            moved = (1..SLOTS)
-                .map(|back| (current + SLOTS - back) % SLOTS)
-                .find_map(|i| self.slots[i].entries.remove(&fp));
-            if moved.is_none() && self.len() >= max {
-                forgotten = self.evict_oldest(current);
+        let Shard { table, live, dead } = self;
+        let entry = match table.entry(hash, |e| e.fp == fp, |e| e.fp.hash64()) {
+            hash_table::Entry::Occupied(found) => {
+                let entry = found.into_mut();
+                let was = entry.bucket;
+                if was != bucket {
+                    let slot = (was % SLOTS as u64) as usize;
+                    if was + (SLOTS as u64) > bucket && live[slot].0 == was {
+                        live[slot].1 -= 1;
+                    } else {
+                        // Dead: its window ended. A copy now is a new broadcast.
+                        *dead -= 1;
+                        entry.seen.clear();
+                    }
+                    live[current].1 += 1;
+                    entry.bucket = bucket;
+                }
+                entry
             }
-        }
-        let entry = self.slots[current].entries.entry(fp).or_insert_with(|| {
-            moved.unwrap_or(Entry {
-                seen: SmallVec::new(),
-            })
-        });
+            hash_table::Entry::Vacant(vacant) => {
+                live[current].1 += 1;
+                vacant
+                    .insert(Entry {
+                        fp,
+                        seen: SmallVec::new(),
+                        bucket,
+                    })
+                    .into_mut()
+            }
+        };
         (entry, forgotten)
     }
 
-    fn len(&self) -> usize {
-        self.slots.iter().map(|s| s.entries.len()).sum()
+    /// Buckets [`SLOTS`] or more behind `bucket` expire (their entries are dead); when
+    /// `bucket` begins, the dead are swept out and the table shrinks to what is left.
+    fn advance(&mut self, bucket: u64) {
+        for slot in &mut self.live {
+            if slot.0 + SLOTS as u64 <= bucket && slot.1 > 0 {
+                self.dead += slot.1;
+                slot.1 = 0;
+            }
+        }
+        let current = (bucket % SLOTS as u64) as usize;
+        if self.live[current].0 != bucket {
+            self.live[current] = (bucket, 0);
+            if self.dead > 0 {
+                self.sweep(bucket);
+            }
+        }
     }
 
-    /// Drops the oldest non-empty bucket (the current one last): memory stays bounded. Returns
-    /// how many entries it held.
-    fn evict_oldest(&mut self, current: usize) -> usize {
+    /// Removes the dead entries and gives back the room a burst left.
+    fn sweep(&mut self, bucket: u64) {
+        self.table.retain(|e| e.bucket + (SLOTS as u64) > bucket);
+        self.dead = 0;
+        let len = self.table.len();
+        if self.table.capacity() > 2 * len + MIN_ROOM {
+            self.table.shrink_to(len, |e| e.fp.hash64());
+        }
+    }
+
+    /// Room for one more below `max`: the dead go first; then the oldest live bucket (the
+    /// current one last). Returns how many live entries were forgotten.
+    fn make_room(&mut self, bucket: u64, max: usize) -> usize {
+        if self.dead > 0 {
+            self.sweep(bucket);
+            if self.table.len() < max {
+                return 0;
+            }
+        }
+        let current = (bucket % SLOTS as u64) as usize;
         let oldest = (1..=SLOTS)
             .map(|back| (current + back) % SLOTS)
-            .find(|&i| !self.slots[i].entries.is_empty());
-        oldest.map_or(0, |i| {
-            let forgotten = self.slots[i].entries.len();
-            self.slots[i].release();
-            forgotten
-        })
+            .find(|&i| self.live[i].1 > 0);
+        let Some(i) = oldest else {
+            return 0;
+        };
+        let (gone, forgotten) = self.live[i];
+        self.table.retain(|e| e.bucket != gone);
+        self.live[i].1 = 0;
+        forgotten
     }
 
-    /// The tables' room, in entries (what their memory is sized by).
-    fn capacity(&self) -> usize {
-        self.slots.iter().map(|s| s.entries.capacity()).sum()
+    /// Entries counted live and dead: every entry of the table, once (checked by the tests).
+    #[cfg(test)]
+    fn counted(&self) -> usize {
+        self.live.iter().map(|(_, n)| n).sum::<usize>() + self.dead
     }
 }
 
-impl Slot {
-    /// Forgets the bucket's entries and gives their memory back. Cleared and kept, every
-    /// slot's table would stay as large as its busiest bucket ever was: three times the
-    /// memory of `max_entries`, held after the burst that grew them.
-    fn release(&mut self) {
-        self.entries = Table::default();
-    }
-}
+/// Room a shard's table keeps after a sweep, at least (in entries): a quiet shard does not
+/// reallocate its first few entries every bucket.
+const MIN_ROOM: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -418,6 +461,7 @@ mod tests {
         // Expiry is lazy, per shard and bucket: the next check on the same shard sweeps.
         assert_eq!(check(&d, 1, "e", b"x", 1, t + ms(400)), Verdict::Publish);
         assert_eq!(d.len(), 1, "expired entries are gone");
+        books_balance(&d);
     }
 
     #[test]
@@ -433,6 +477,7 @@ mod tests {
                 "{i}"
             );
         }
+        books_balance(&d);
     }
 
     #[test]
@@ -450,13 +495,22 @@ mod tests {
             10_000,
             "every entry is remembered or counted"
         );
+        books_balance(&d);
     }
 
     #[test]
-    fn an_entry_takes_48_bytes() {
+    fn an_entry_takes_56_bytes() {
         // ENTRY_BYTES is this plus the control byte, at the table's 7/8 load.
-        assert_eq!(std::mem::size_of::<(Fingerprint, Entry)>(), 48);
-        assert_eq!(ENTRY_BYTES, (48 + 1) * 8 / 7);
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        assert_eq!(ENTRY_BYTES, (56 + 1) * 8 / 7);
+    }
+
+    /// Every entry is counted once, live in its bucket or dead.
+    fn books_balance(d: &Dedup) {
+        for shard in &d.shards {
+            let shard = shard.lock().unwrap();
+            assert_eq!(shard.counted(), shard.table.len());
+        }
     }
 
     #[test]
@@ -491,6 +545,7 @@ mod tests {
             "the burst's memory is given back: room for {}",
             d.capacity()
         );
+        books_balance(&d);
     }
 
     #[test]
@@ -502,5 +557,6 @@ mod tests {
             assert_eq!(check(&d, 1, "e", b"x", sub, t), Verdict::Duplicate);
         }
         assert_eq!(check(&d, 1, "e", b"x", 0, t), Verdict::Publish, "a repeat");
+        books_balance(&d);
     }
 }
