@@ -95,6 +95,25 @@ impl BridgeProcess {
         }
     }
 
+    /// SIGTERM, then exit code 0 within 10 s.
+    fn stops_cleanly(&mut self) {
+        self.signal("-TERM");
+        assert_eq!(
+            self.wait(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            self.log()
+        );
+    }
+
+    /// Waits (bounded) until the buffer holds exactly `n` records.
+    async fn holds(&self, n: usize, timeout: Duration) {
+        let held = self
+            .wait_metric("voxsig_bridge_buffer_events", n as f64, timeout)
+            .await;
+        assert_eq!(held as usize, n, "{}", self.log());
+    }
+
     fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap_or_default()
@@ -214,23 +233,35 @@ fn ids(payload: &[u8]) -> Option<(u64, u64)> {
     Some((v["account_id"].as_u64()?, v["sim_seq"].as_u64()?))
 }
 
-/// A QoS 1 subscriber on `#`, counting every arrival per event.
-async fn subscriber(port: u16) -> Arc<Mutex<HashMap<(u64, u64), u32>>> {
+/// A QoS 1 subscriber on `#` with a persistent session (a reconnect of this busy test client
+/// must not lose messages), counting the arrivals per `key` (those it gives one).
+async fn counting<K>(
+    port: u16,
+    client: &str,
+    key: impl Fn(&rumqttc::Publish) -> Option<K> + Send + 'static,
+) -> Arc<Mutex<HashMap<K, u32>>>
+where
+    K: std::hash::Hash + Eq + Send + 'static,
+{
     let got = Arc::new(Mutex::new(HashMap::new()));
-    let mut options = MqttOptions::new("durable-check", "127.0.0.1", port);
-    // A persistent session: a reconnect of this busy test client must not lose messages.
+    let mut options = MqttOptions::new(client, "127.0.0.1", port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
         .set_max_packet_size(1 << 20, 1 << 20);
     let sink = got.clone();
     on_publish(options, "#", move |p| {
-        if let Some(id) = ids(&p.payload) {
-            *sink.lock().unwrap().entry(id).or_insert(0) += 1;
+        if let Some(k) = key(&p) {
+            *sink.lock().unwrap().entry(k).or_insert(0) += 1;
         }
     })
     .await;
     got
+}
+
+/// Counts every arrival per event.
+async fn subscriber(port: u16) -> Arc<Mutex<HashMap<(u64, u64), u32>>> {
+    counting(port, "durable-check", |p| ids(&p.payload)).await
 }
 
 /// Waits (bounded) until every expected event arrived; returns the duplicates seen. On a
@@ -289,14 +320,7 @@ async fn kill_9_with_a_backlog_on_disk_loses_nothing_accepted() {
     let want = expected(&sim);
     // Everything written to the sockets is accepted (in the disk buffer) before the kill, and
     // written (see below).
-    let held = bridge
-        .wait_metric(
-            "voxsig_bridge_buffer_events",
-            want.len() as f64,
-            Duration::from_secs(20),
-        )
-        .await;
-    assert_eq!(held as usize, want.len(), "{}", bridge.log());
+    bridge.holds(want.len(), Duration::from_secs(20)).await;
     // Accepted records are handed to the kernel by the write-behind writer within ~200 µs, and
     // at the latest by the flusher's next pass (100 ms): after that, a kill -9 must lose none.
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -320,39 +344,20 @@ async fn kill_9_with_a_backlog_on_disk_loses_nothing_accepted() {
         duplicates as f64 <= replayed,
         "{duplicates} duplicates, {replayed} replays"
     );
-    second.signal("-TERM");
     let mut second = second;
-    assert_eq!(
-        second.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        second.log()
-    );
+    second.stops_cleanly();
     sim.shutdown().await;
 }
 
-/// A QoS 1 subscriber on `#`, counting the `message.created` arrivals per message id.
+/// Counts the `message.created` arrivals per message id.
 async fn message_subscriber(port: u16) -> Arc<Mutex<HashMap<u64, u32>>> {
-    let got = Arc::new(Mutex::new(HashMap::new()));
-    let mut options = MqttOptions::new("durable-messages", "127.0.0.1", port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let sink = got.clone();
-    on_publish(options, "#", move |p| {
+    counting(port, "durable-messages", |p| {
         if !p.topic.ends_with("message.created") {
-            return;
+            return None;
         }
-        let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
-            .ok()
-            .and_then(|v| v["id"].as_u64());
-        if let Some(id) = id {
-            *sink.lock().unwrap().entry(id).or_insert(0) += 1;
-        }
+        serde_json::from_slice::<serde_json::Value>(&p.payload).ok()?["id"].as_u64()
     })
-    .await;
-    got
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,14 +394,7 @@ async fn kill_9_with_messages_in_the_memory_buffer_the_next_start_fetches_them_a
         .unwrap();
     let want: HashSet<u64> = sim.messages(None).iter().map(|m| m.id).collect();
     assert_eq!(want.len(), 300);
-    let held = bridge
-        .wait_metric(
-            "voxsig_bridge_buffer_events",
-            want.len() as f64,
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(held as usize, want.len(), "{}", bridge.log());
+    bridge.holds(want.len(), Duration::from_secs(10)).await;
     // The checkpoint is written every second: two of them were written with the backlog held.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     bridge.signal("-KILL");
@@ -434,13 +432,7 @@ async fn kill_9_with_messages_in_the_memory_buffer_the_next_start_fetches_them_a
         "kill -9, memory buffer: {} messages held, all fetched again by the next start ({copies} arrivals)",
         want.len()
     );
-    second.signal("-TERM");
-    assert_eq!(
-        second.wait(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        second.log()
-    );
+    second.stops_cleanly();
     sim.shutdown().await;
 }
 
