@@ -14,10 +14,18 @@
 //! payloads, so one record still waiting cannot keep more than that resident; when the backlog
 //! ends the current block is let go (freed once its last records are delivered).
 //!
+//! A full block is kept as *spent*: once its last slice is gone (its records delivered or
+//! dropped) the next block reuses its mapping from the start, so a backlog that lasts (a source
+//! outrunning the broker at full rate) writes into pages it already has instead of faulting
+//! fresh ones in and unmapping old ones (~3% of the bridge's CPU at full rate;
+//! docs/BENCHMARKS.md). Other free spent blocks are let go then, so no more than one block's
+//! pages wait unused; all are let go with the current one when the backlog ends.
+//!
 //! No I/O and no clock: [`Backlog::level`] is told the bytes held after every change (under the
 //! buffer's lock), [`Backlog::keep`] is asked for each accepted payload (before it).
 
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -47,8 +55,14 @@ struct Blocks {
     block: BytesMut,
     /// Payload bytes written into the current block.
     filled: usize,
-    /// Blocks started so far.
+    /// Blocks started so far (new mappings).
     started: u64,
+    /// Full blocks, oldest first, kept to be reused once their last slice is gone.
+    spent: VecDeque<BytesMut>,
+    /// At most this many spent blocks (as many as a full buffer fills, and two).
+    max_spent: usize,
+    /// Blocks reused so far.
+    reused: u64,
 }
 
 impl Backlog {
@@ -57,15 +71,19 @@ impl Backlog {
     /// partly delivered blocks stays a small part of `max_bytes`.
     pub(crate) fn new(max_bytes: usize) -> Self {
         let on_at = (max_bytes / 8).max(1);
+        let fill = (max_bytes / 16).clamp(MIN_FILL, MAX_FILL);
         Backlog {
             on_at,
             off_at: on_at / 4,
             active: AtomicBool::new(false),
             blocks: Mutex::new(Blocks {
-                fill: (max_bytes / 16).clamp(MIN_FILL, MAX_FILL),
+                fill,
                 block: BytesMut::new(),
                 filled: 0,
                 started: 0,
+                spent: VecDeque::new(),
+                max_spent: max_bytes / fill + 2,
+                reused: 0,
             }),
         }
     }
@@ -115,14 +133,18 @@ impl Backlog {
     pub(crate) fn blocks_started(&self) -> u64 {
         self.blocks().started
     }
+
+    /// Blocks reused so far.
+    #[cfg(test)]
+    pub(crate) fn blocks_reused(&self) -> u64 {
+        self.blocks().reused
+    }
 }
 
 impl Blocks {
     fn copy(&mut self, payload: &[u8]) -> Bytes {
         if self.filled + payload.len() > self.fill || self.block.capacity() < payload.len() {
-            self.block = BytesMut::with_capacity(BLOCK_RESERVE);
-            self.filled = 0;
-            self.started += 1;
+            self.next_block();
         }
         self.block.extend_from_slice(payload);
         self.filled += payload.len();
@@ -130,9 +152,55 @@ impl Blocks {
         self.block.split().freeze()
     }
 
-    /// Lets the current block go: it is freed when its last slice is dropped.
+    /// The current block is full: the oldest spent block if nothing uses it any more (its
+    /// mapping taken back from the start), else a new one. The full block becomes spent.
+    fn next_block(&mut self) {
+        self.filled = 0;
+        // Every record of the full block was dropped already (a full buffer's `drop_newest`):
+        // it starts again, and no second block waits idle beside it.
+        if self.block.capacity() > 0 && self.block.try_reclaim(BLOCK_RESERVE) {
+            self.reused += 1;
+            return;
+        }
+        // Free spent blocks (`try_reclaim` fails, taking nothing, while a slice of a block is
+        // alive): the first is reused, the others let go (freed now, as before reuse).
+        let mut reused = None;
+        self.spent.retain_mut(|block| {
+            if !block.try_reclaim(BLOCK_RESERVE) {
+                return true;
+            }
+            if reused.is_none() {
+                reused = Some(std::mem::take(block));
+            }
+            false
+        });
+        let full = std::mem::replace(
+            &mut self.block,
+            match reused {
+                Some(block) => {
+                    self.reused += 1;
+                    block
+                }
+                None => {
+                    self.started += 1;
+                    BytesMut::with_capacity(BLOCK_RESERVE)
+                }
+            },
+        );
+        if full.capacity() > 0 {
+            self.spent.push_back(full);
+            if self.spent.len() > self.max_spent {
+                // Let go: freed when its last slice is.
+                self.spent.pop_front();
+            }
+        }
+    }
+
+    /// Lets the current block and the spent ones go: each is freed when its last slice is
+    /// dropped.
     fn retire(&mut self) {
         self.block = BytesMut::new();
+        self.spent.clear();
         self.filled = 0;
     }
 }
@@ -242,6 +310,93 @@ mod tests {
         assert!(!in_block(&first, &again));
         assert_eq!(backlog.blocks_started(), 2);
         assert!(first.iter().all(|&c| c == 1));
+    }
+
+    #[test]
+    fn a_spent_block_is_reused_once_its_records_are_gone_never_before() {
+        let backlog = Backlog::new(MAX);
+        let fill = MAX / 16;
+        backlog.level(MAX);
+        let size = fill / 8;
+        let fill_block = |byte: u8| -> Vec<Bytes> {
+            (0..8).map(|_| backlog.keep(payload(size, byte))).collect()
+        };
+        let first = fill_block(1);
+        let second = fill_block(2);
+        // A third block is needed while the first one's records are still held: a new one.
+        let third = fill_block(3);
+        assert_eq!((backlog.blocks_started(), backlog.blocks_reused()), (3, 0));
+        // The first block's records were delivered: the next block reuses its pages.
+        let first_at = first[0].as_ptr();
+        drop(first);
+        let fourth = fill_block(4);
+        assert_eq!((backlog.blocks_started(), backlog.blocks_reused()), (3, 1));
+        assert_eq!(
+            fourth[0].as_ptr(),
+            first_at,
+            "written from the mapping's start"
+        );
+        // The second block's records are still held: the next block is a new one.
+        let fifth = fill_block(5);
+        assert_eq!((backlog.blocks_started(), backlog.blocks_reused()), (4, 1));
+        for (records, byte) in [(&second, 2), (&third, 3), (&fourth, 4), (&fifth, 5)] {
+            assert!(records.iter().all(|r| r.iter().all(|&c| c == byte)));
+        }
+        // Records dropped from two blocks at once: one is reused, the other let go.
+        drop((second, third));
+        let sixth = fill_block(6);
+        assert_eq!((backlog.blocks_started(), backlog.blocks_reused()), (4, 2));
+        assert_eq!(
+            backlog.blocks().spent.len(),
+            2,
+            "the fourth and fifth, still held"
+        );
+        assert!(sixth.iter().all(|r| r.iter().all(|&c| c == 6)));
+        // The backlog ends: nothing spent is kept.
+        backlog.level(0);
+        assert!(backlog.blocks().spent.is_empty());
+    }
+
+    #[test]
+    fn a_full_block_whose_records_were_all_dropped_starts_again_alone() {
+        let backlog = Backlog::new(MAX);
+        let size = MAX / 16 / 8;
+        backlog.level(MAX);
+        // One record held in the first block; every later one dropped at once (a full buffer
+        // under `drop_newest`): eight to a block.
+        let held = backlog.keep(payload(size, 1));
+        let at: Vec<usize> = (0..31)
+            .map(|_| backlog.keep(payload(size, 2)).as_ptr() as usize)
+            .collect();
+        assert_eq!((backlog.blocks_started(), backlog.blocks_reused()), (2, 2));
+        assert_eq!(
+            at[15], at[7],
+            "the second block started again in its own pages"
+        );
+        assert_eq!(at[23], at[7]);
+        assert_eq!(
+            backlog.blocks().spent.len(),
+            1,
+            "only the block still held waits"
+        );
+        assert!(held.iter().all(|&c| c == 1));
+    }
+
+    #[test]
+    fn spent_blocks_are_bounded() {
+        let backlog = Backlog::new(MAX);
+        let fill = MAX / 16;
+        backlog.level(MAX);
+        // Every record held: no block can be reused, and at most max_spent are kept.
+        let held: Vec<Bytes> = (0..40 * 8)
+            .map(|_| backlog.keep(payload(fill / 8, 0)))
+            .collect();
+        let blocks = backlog.blocks();
+        assert_eq!(blocks.reused, 0);
+        assert_eq!(blocks.spent.len(), blocks.max_spent);
+        assert_eq!(blocks.max_spent, 16 + 2);
+        drop(blocks);
+        drop(held);
     }
 
     #[test]
