@@ -251,6 +251,8 @@ impl AccountCheckpoint {
             .entry(conversation)
             .and_modify(|high| *high = (*high).min(before))
             .or_insert(before);
+        // Never 0 or below: a restart opens no gap for an account without a last event.
+        let since_ms = since_ms.max(1);
         self.last_event_ms = if self.last_event_ms > 0 {
             self.last_event_ms.min(since_ms)
         } else {
@@ -724,6 +726,12 @@ mod tests {
         drop(l.hold(1, 0, 3, 50_000, 0).unwrap());
         assert_eq!(l.checkpoint(10_000).unsafe_messages, 0);
         assert!(l.shard(1)[&1].unsafe_claims.claims.capacity() <= 2 * PRUNE_AT_LEAST);
+        // A time before 1970 still leaves a gap for the restart to open (reported when it is
+        // longer than catch-up's window, never silently skipped).
+        l.hold(2, 0, 1, 1, -5)
+            .unwrap()
+            .accepted(Pushed::Held(20_000), || 0);
+        assert_eq!(l.checkpoint(10_000).accounts[&2].last_event_ms, 1);
         // Without checkpoints nothing is kept, and the buffer is never asked.
         let l = Ledger::new(100);
         for id in 1..=3 {

@@ -156,6 +156,19 @@ async fn write_checkpoint(cu: &Catchup, shared: &Shared, file: &CheckpointFile) 
     unsafe_messages
 }
 
+/// Where a restart's listing must reach back to for a fetched message while its record is not
+/// safe (Unix ms): when it was created, but never before this fill's own listing started (the
+/// conversation was listed as updated since then) nor after `now`: a `created_at` the platform
+/// got wrong, or a hostile one, can neither hide the message from the next listing nor stretch
+/// the restart's gap back to 1970.
+fn listing_from(created_at: Option<i64>, since_ms: i64, now_ms: i64) -> i64 {
+    created_at.map_or(since_ms, |seconds| {
+        seconds
+            .saturating_mul(1000)
+            .clamp(since_ms, now_ms.max(since_ms))
+    })
+}
+
 /// Two gaps of one account as one: from the earlier start to the later end, resuming from the
 /// lower watermark (`None`, nothing known, is the lowest).
 fn merge(waiting: Option<Gap>, gap: Gap) -> Gap {
@@ -330,11 +343,11 @@ async fn fill_with(
                     }
                 }
                 let conv = message.conversation_id.unwrap_or(display_id);
-                // Where a restart's listing must reach back to while its record is not safe.
-                let created_ms = message
-                    .created_at
-                    .map_or(since_ms, |at| at.saturating_mul(1000));
-                match cu.ledger.hold(account, class, conv, message.id, created_ms) {
+                let listed_from = listing_from(message.created_at, since_ms, now_ms());
+                match cu
+                    .ledger
+                    .hold(account, class, conv, message.id, listed_from)
+                {
                     Some(held) => {
                         let handed = publish(
                             shared,
@@ -525,6 +538,26 @@ mod tests {
             cause,
             watermark,
         }
+    }
+
+    #[test]
+    fn a_fetched_message_is_listed_from_its_creation_within_the_fill_s_window() {
+        let (since, now) = (1_700_000_000_000, 1_700_000_600_000);
+        let cases = [
+            (None, since),
+            (Some(1_700_000_300), 1_700_000_300_000),
+            (Some(1_600_000_000), since),
+            (Some(0), since),
+            (Some(-1), since),
+            (Some(i64::MIN), since),
+            (Some(1_800_000_000), now),
+            (Some(i64::MAX), now),
+        ];
+        for (created_at, want) in cases {
+            assert_eq!(listing_from(created_at, since, now), want, "{created_at:?}");
+        }
+        // A clock behind the gap's start: never before the listing.
+        assert_eq!(listing_from(Some(i64::MAX), since, since - 5), since);
     }
 
     #[test]
