@@ -168,6 +168,9 @@ struct Shard {
     live: [(u64, usize); SLOTS],
     /// Entries of expired buckets still in the table.
     dead: usize,
+    /// The newest bucket seen: a clock read before another task's (a batch of frames that
+    /// waited on a full buffer) counts as this one, so buckets never go back.
+    newest: u64,
 }
 
 /// The shared dedup table.
@@ -261,13 +264,17 @@ impl Shard {
     /// `bucket`), found dead (started afresh) or new; and how many live entries were forgotten
     /// to make room for it. One probe of the table, unless it is full.
     fn find(&mut self, fp: Fingerprint, hash: u64, bucket: u64, max: usize) -> (&mut Entry, usize) {
+        let bucket = bucket.max(self.newest);
+        self.newest = bucket;
         self.advance(bucket);
         let mut forgotten = 0;
         if self.table.len() >= max && self.table.find(hash, |e| e.fp == fp).is_none() {
             forgotten = self.make_room(bucket, max);
         }
         let current = (bucket % SLOTS as u64) as usize;
-        let Shard { table, live, dead } = self;
+        let Shard {
+            table, live, dead, ..
+        } = self;
         let entry = match table.entry(hash, |e| e.fp == fp, |e| e.fp.hash64()) {
             hash_table::Entry::Occupied(found) => {
                 let entry = found.into_mut();
@@ -478,6 +485,34 @@ mod tests {
             );
         }
         books_balance(&d);
+    }
+
+    #[test]
+    fn a_clock_read_before_another_task_s_never_moves_a_bucket_back() {
+        // A task whose clock reading is seconds old (its batch waited on a full buffer) checks
+        // after others moved on: counted as now, the books stay balanced and nothing panics.
+        // Buckets of 50 ms: 0-49 seen in the bucket at 300 ms, 50-99 at 400 ms, then all of
+        // them again with a reading from time 0 (whose bucket shares a slot with 300 ms's).
+        let d = Dedup::new(ms(100), 1000);
+        let t = Instant::now();
+        for (at, ids) in [(300, 0..50u64), (400, 50..100)] {
+            for i in ids {
+                check(&d, 1, "e", &i.to_le_bytes(), 1, t + ms(at));
+            }
+        }
+        for i in 0..100u64 {
+            let stale = check(&d, 1, "e", &i.to_le_bytes(), 2, t);
+            assert_eq!(
+                stale,
+                Verdict::Duplicate,
+                "{i}: within the window of its sighting"
+            );
+        }
+        for i in 0..100u64 {
+            check(&d, 1, "e", &i.to_le_bytes(), 3, t + ms(450));
+        }
+        books_balance(&d);
+        assert_eq!(d.len(), 100);
     }
 
     #[test]
