@@ -19,7 +19,10 @@
 //! `--copies 1|2` (each broadcast on one subscription, or on the two subscriptions of its
 //! account: every second frame is a dedup copy), `--subs S` (subscriptions, at most 50),
 //! `--keyed` (the null sink stands in for a sink with keys, Kafka's or the JSON-lines sinks', so
-//! every record gets its rendered key; by default it stands in for MQTT, which has none).
+//! every record gets its rendered key; by default it stands in for MQTT, which has none),
+//! `--catchup ledger|checkpoint` (every entry has an API token, so each live message is claimed
+//! in the catch-up ledger; `checkpoint` also sets `[state] dir`, so the claims not yet safe are
+//! kept for the checkpoint: no REST request is made either way).
 //! Without `--events` (as under `cargo bench` or `cargo test --benches`) it runs a small smoke
 //! round and prints wall-clock figures, which are not the measurement.
 
@@ -48,6 +51,15 @@ struct Options {
     subs: u64,
     generate_only: bool,
     keyed: bool,
+    catchup: Catchup,
+}
+
+/// What of the catch-up the run has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Catchup {
+    None,
+    Ledger,
+    Checkpoint,
 }
 
 fn options() -> Options {
@@ -70,6 +82,11 @@ fn options() -> Options {
         subs: num("--subs", 8).clamp(2, 50),
         generate_only: args.iter().any(|a| a == "--generate-only"),
         keyed: args.iter().any(|a| a == "--keyed"),
+        catchup: match value("--catchup").as_deref() {
+            Some("ledger") => Catchup::Ledger,
+            Some("checkpoint") => Catchup::Checkpoint,
+            _ => Catchup::None,
+        },
     }
 }
 
@@ -83,17 +100,23 @@ fn owner(s: u64, copies: u64) -> (u64, u64) {
     (1 + s / copies, 100 + s)
 }
 
-fn config(port: u16, o: &Options) -> String {
+fn config(port: u16, o: &Options, state: &std::path::Path) -> String {
     let mut text = format!(
         "[source]\nurl = \"ws://127.0.0.1:{port}/cable\"\npresence = \"off\"\nstale_after = \"1h\"\n\
          [buffer]\nmax_events = 100000\n"
     );
+    if o.catchup == Catchup::Checkpoint {
+        text.push_str(&format!("[state]\ndir = \"{}\"\n", state.display()));
+    }
     for s in 0..o.subs {
         let (account, user) = owner(s, o.copies);
         text.push_str(&format!(
             "[[accounts]]\naccount_id = {account}\nuser_id = {user}\npubsub_token = \"{}\"\n",
             token(s)
         ));
+        if o.catchup != Catchup::None {
+            text.push_str(&format!("api_access_token = \"apiTok{s:0>18}\"\n"));
+        }
     }
     text
 }
@@ -194,7 +217,8 @@ async fn run(o: &Options, events: u64) -> (u64, f64) {
     let expect = events / o.copies;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let settings = Config::from_toml(&config(port, o))
+    let state = std::env::temp_dir().join(format!("per-event-state-{}", std::process::id()));
+    let settings = Config::from_toml(&config(port, o, &state))
         .expect("config")
         .validate()
         .expect("valid");
@@ -248,6 +272,7 @@ async fn run(o: &Options, events: u64) -> (u64, f64) {
     let secs = started.elapsed().as_secs_f64();
     let published = counter.load(Ordering::Relaxed);
     drop(bridge);
+    let _ = std::fs::remove_dir_all(&state);
     (published, secs)
 }
 
