@@ -152,6 +152,53 @@ async fn every_message_once(rig: &Rig, accounts: Option<&[u64]>) -> (usize, usiz
     (ids.len(), live, replayed)
 }
 
+/// A sim of `accounts` accounts and a first run over it with the catch-up and a fresh state dir
+/// (and `extra`), every subscription confirmed: (the sim, the dir, the settings a later run
+/// shares, the run).
+async fn first_run(accounts: usize, extra: &str) -> (Sim, tempfile::TempDir, String, Rig) {
+    let sim = sim(world(accounts, 1, 1, 0), SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = format!("{CATCHUP}[state]\ndir = \"{}\"\n", dir.path().display());
+    let first = rig_rest(sim.clone(), &format!("{shared}{extra}"), "").await;
+    first.confirmed(accounts).await;
+    (sim, dir, shared, first)
+}
+
+/// The catch-up checkpoint a run left in the state dir `dir`.
+fn written_checkpoint(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join("checkpoints/catchup.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A second run with `extra` (the same state dir), once the restart gap of every one of its
+/// `accounts` accounts is filled.
+async fn restarted(sim: &Sim, extra: &str, accounts: usize) -> Rig {
+    let second = rig_rest(sim.clone(), extra, "").await;
+    eventually("the restart gaps filled", WAIT, || {
+        let status = second.bridge().status().snapshot().accounts;
+        status.len() == accounts && status.iter().all(|a| a.last_gap.recovered == Some(true))
+    })
+    .await;
+    second
+}
+
+/// The highest message id per conversation of `account` in a written checkpoint.
+fn conversation_highs(written: &serde_json::Value, account: u64) -> Vec<u64> {
+    written["accounts"][account.to_string()]["conversations"]
+        .as_object()
+        .map(|c| c.values().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// The messages of `records` that were replayed (fetched by a catch-up).
+fn replayed_ids(records: &[Record]) -> std::collections::BTreeSet<u64> {
+    messages_by_id(records)
+        .into_iter()
+        .filter(|&(_, (_, replayed))| replayed > 0)
+        .map(|(id, _)| id)
+        .collect()
+}
+
 fn messages_only(accounts: impl IntoIterator<Item = u64>) -> Selection {
     Selection::all()
         .accounts(accounts)
@@ -631,26 +678,15 @@ async fn a_bad_api_token_for_discovery_is_one_clear_error_naming_the_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_with_a_state_dir_fills_the_downtime() {
-    let sim = sim(world(3, 1, 1, 0), SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!("{CATCHUP}[state]\ndir = \"{}\"\n", dir.path().display());
-    let mut first = rig_rest(sim.clone(), &extra, "").await;
-    first.confirmed(3).await;
+    let (sim, dir, extra, mut first) = first_run(3, "").await;
     first.sim.burst(30, &messages_only([])).await.unwrap();
     first.sim.wait_for_delivery(WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = first
-        .bridge
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_secs(5))
-        .await;
+    let report = first.shut_down(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0);
     // Down: these are only in the REST API.
     sim.burst(30, &messages_only([])).await.unwrap();
-    let checkpoint = dir.path().join("checkpoints/catchup.json");
-    let written: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    let written = written_checkpoint(dir.path());
     assert!(
         written["accounts"]["1"]["last_event_ms"]
             .as_i64()
@@ -658,12 +694,7 @@ async fn a_graceful_restart_with_a_state_dir_fills_the_downtime() {
             > 0,
         "the last write (at shutdown) knows when each account was last alive: {written}"
     );
-    let second = rig_rest(sim.clone(), &extra, "").await;
-    eventually("the restart gaps filled", WAIT, || {
-        let accounts = second.bridge().status().snapshot().accounts;
-        accounts.len() == 3 && accounts.iter().all(|a| a.last_gap.recovered == Some(true))
-    })
-    .await;
+    let second = restarted(&sim, &extra, 3).await;
     second.sim.burst(30, &messages_only([])).await.unwrap();
     let ids = |records: &[Record]| messages_by_id(records);
     let deadline = Instant::now() + WAIT;
@@ -712,16 +743,7 @@ async fn a_graceful_restart_with_a_state_dir_fills_the_downtime() {
 /// catch-up publishes it with every other message the first run never accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_lost_or_never_accepted_at_shutdown_is_fetched_by_the_next_run() {
-    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = format!("[state]\ndir = \"{}\"\n", dir.path().display());
-    let mut first = rig_rest(
-        sim.clone(),
-        &format!("{CATCHUP}{state}[buffer]\nmax_events = 5\n"),
-        "",
-    )
-    .await;
-    first.confirmed(1).await;
+    let (sim, dir, shared, mut first) = first_run(1, "[buffer]\nmax_events = 5\n").await;
     // Two messages are delivered; then the broker is away: five records fill the buffer, the
     // sixth message waits for room.
     sim.burst(2, &messages_only([])).await.unwrap();
@@ -730,12 +752,7 @@ async fn a_message_lost_or_never_accepted_at_shutdown_is_fetched_by_the_next_run
     sim.burst(20, &messages_only([])).await.unwrap();
     eventually("the buffer filled", WAIT, || first.bridge().buffered() >= 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = first
-        .bridge
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_secs(2))
-        .await;
+    let report = first.shut_down(Duration::from_secs(2)).await;
     assert_eq!(report.undelivered, 5, "{report:?}");
     assert_eq!(report.lost(), 5, "the memory buffer's records are lost");
     let ids: Vec<u64> = sim.messages(None).iter().map(|m| m.id).collect();
@@ -743,46 +760,27 @@ async fn a_message_lost_or_never_accepted_at_shutdown_is_fetched_by_the_next_run
     // One subscription, messages in order: the first two were delivered, the next five
     // accepted and lost with the memory buffer (reported), the eighth claimed and refused by
     // the closed buffer. Only the delivered ones count as published in the checkpoint.
-    let written: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("checkpoints/catchup.json")).unwrap(),
-    )
-    .unwrap();
-    let conversations = written["accounts"]["1"]["conversations"]
-        .as_object()
-        .unwrap();
+    let written = written_checkpoint(dir.path());
     assert!(
-        conversations
-            .values()
-            .all(|high| high.as_u64().unwrap() < ids[2]),
+        conversation_highs(&written, 1)
+            .iter()
+            .all(|&high| high < ids[2]),
         "every conversation resumes before the first lost message: {written}"
     );
-    let second = rig_rest(sim.clone(), &format!("{CATCHUP}{state}"), "").await;
-    eventually("the restart gap filled", WAIT, || {
-        let accounts = second.bridge().status().snapshot().accounts;
-        accounts.len() == 1 && accounts[0].last_gap.recovered == Some(true)
-    })
-    .await;
+    let second = restarted(&sim, &shared, 1).await;
     let published = messages_by_id(&second.memory.records());
-    let replayed: Vec<u64> = ids
-        .iter()
-        .copied()
-        .filter(|id| published.get(id).is_some_and(|&(_, r)| r == 1))
-        .collect();
+    assert!(published.values().all(|&(_, r)| r <= 1), "once each");
     assert_eq!(
-        replayed,
-        ids[2..].to_vec(),
-        "every message the first run lost or never accepted, once, and none it delivered"
+        replayed_ids(&second.memory.records()),
+        ids[2..].iter().copied().collect(),
+        "every message the first run lost or never accepted, and none it delivered"
     );
     second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_delivered_while_a_stop_drains_are_not_fetched_again() {
-    let sim = sim(world(1, 1, 1, 0), SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = format!("[state]\ndir = \"{}\"\n", dir.path().display());
-    let mut first = rig_rest(sim.clone(), &format!("{CATCHUP}{state}"), "").await;
-    first.confirmed(1).await;
+    let (sim, dir, shared, mut first) = first_run(1, "").await;
     // The broker is away: five messages wait in the memory buffer, not safe.
     first.memory.set_failing(true);
     sim.burst(5, &messages_only([])).await.unwrap();
@@ -794,40 +792,20 @@ async fn messages_delivered_while_a_stop_drains_are_not_fetched_again() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         memory.set_failing(false);
     });
-    let report = first
-        .bridge
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_secs(5))
-        .await;
+    let report = first.shut_down(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0, "{report:?}");
     let ids: Vec<u64> = sim.messages(None).iter().map(|m| m.id).collect();
-    let written: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("checkpoints/catchup.json")).unwrap(),
-    )
-    .unwrap();
-    let highs: Vec<u64> = written["accounts"]["1"]["conversations"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|h| h.as_u64().unwrap())
-        .collect();
+    let written = written_checkpoint(dir.path());
     assert_eq!(
-        highs.iter().max(),
+        conversation_highs(&written, 1).iter().max(),
         ids.iter().max(),
         "the last checkpoint counts the drained messages published: {written}"
     );
-    let second = rig_rest(sim.clone(), &format!("{CATCHUP}{state}"), "").await;
-    eventually("the restart gap filled", WAIT, || {
-        let accounts = second.bridge().status().snapshot().accounts;
-        accounts.len() == 1 && accounts[0].last_gap.recovered == Some(true)
-    })
-    .await;
-    let replayed = messages_by_id(&second.memory.records())
-        .values()
-        .filter(|&&(_, r)| r > 0)
-        .count();
-    assert_eq!(replayed, 0, "nothing delivered comes again");
+    let second = restarted(&sim, &shared, 1).await;
+    assert!(
+        replayed_ids(&second.memory.records()).is_empty(),
+        "nothing delivered comes again"
+    );
     second.stop().await;
 }
 

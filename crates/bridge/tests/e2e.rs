@@ -413,12 +413,7 @@ async fn graceful_shutdown_delivers_everything_accepted() {
         rig.memory.len() < expected.len(),
         "the sink should still be behind"
     );
-    let report = rig
-        .bridge
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_secs(20))
-        .await;
+    let report = rig.shut_down(Duration::from_secs(20)).await;
     assert_eq!(report.undelivered, 0);
     check_records(&rig.sim.ground_truth(), &expected, &rig.memory.records());
     rig.sim.shutdown().await;
@@ -532,12 +527,7 @@ async fn shutdown_with_the_broker_away_and_the_buffer_full_ends_within_the_deadl
     rig.sim.burst(200, &Selection::all()).await.unwrap();
     eventually("the buffer filled", WAIT, || rig.bridge().buffered() >= 20).await;
     let started = std::time::Instant::now();
-    let report = rig
-        .bridge
-        .take()
-        .unwrap()
-        .shutdown(Duration::from_secs(1))
-        .await;
+    let report = rig.shut_down(Duration::from_secs(1)).await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
     assert_eq!(report.undelivered, 20, "{report:?}");

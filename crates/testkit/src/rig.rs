@@ -256,14 +256,18 @@ impl Rig {
 
     /// Shuts the bridge down (10 s to drain) and the simulator; the bridge's drain report.
     pub async fn stop(mut self) -> voxsig_sinks::DrainReport {
-        let report = self
-            .bridge
-            .take()
-            .expect("running")
-            .shutdown(Duration::from_secs(10))
-            .await;
+        let report = self.shut_down(Duration::from_secs(10)).await;
         self.sim.shutdown().await;
         report
+    }
+
+    /// Stops the bridge (the sim goes on) with `drain_timeout`: its drain report.
+    pub async fn shut_down(&mut self, drain_timeout: Duration) -> voxsig_sinks::DrainReport {
+        self.bridge
+            .take()
+            .expect("running")
+            .shutdown(drain_timeout)
+            .await
     }
 }
 
