@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::books::{Acks, Retire, Segment, Segments, Spares};
-use super::format::{self, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::format::{self, Frames, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::runs::{Run, Runs};
 use crate::telemetry::{
     emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReadBack,
@@ -653,7 +653,7 @@ impl Disk {
             return Err(AppendError::Io(error));
         }
         let mut batch = self.log.lock_batch();
-        if batch.bytes.len() >= MAX_BATCH {
+        if batch.frames.len() >= MAX_BATCH {
             return Err(AppendError::BatchFull);
         }
         let size = size as u64;
@@ -665,19 +665,20 @@ impl Disk {
             batch = self.log.lock_batch();
         }
         let at = self.active_len;
-        if batch.bytes.is_empty() {
+        if batch.frames.is_empty() {
             batch.first_at = Some(Instant::now());
         }
-        let before = batch.bytes.len();
-        // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock.
-        format::encode_unsealed(seq, record, &mut batch.bytes);
-        debug_assert_eq!((batch.bytes.len() - before) as u64, size);
+        let before = batch.frames.len();
+        // Sealed (checksummed) by whoever writes the batch, outside the buffer's lock; a long
+        // payload is not copied here but by the kernel, from where it is.
+        batch.frames.push(seq, record);
+        debug_assert_eq!((batch.frames.len() - before) as u64, size);
         batch.end_seq = seq + 1;
         // A lingering writer writes at its deadline: woken only by a burst (each wake-up costs
         // the producer a futex wake).
         let wake = match batch.writer {
             Writer::Idle => true,
-            Writer::Lingering => batch.bytes.len() >= batch.wake_bytes,
+            Writer::Lingering => batch.frames.len() >= batch.wake_bytes,
             Writer::Busy => false,
         };
         if wake {
@@ -1138,7 +1139,7 @@ impl Drop for Disk {
 }
 
 /// The write-behind log: records encoded into an in-memory batch under the buffer's lock,
-/// written to the active segment by a dedicated thread (many records per `pwrite`), or by the
+/// written to the active segment by a dedicated thread (many records per `pwritev`), or by the
 /// buffer itself when it needs them on disk now (reading back, `fsync = "always"`, the
 /// flusher, rotation, a full batch). Lock order: the buffer's state, then `batch`, then `io`;
 /// whoever holds `io` writes, so writes happen in order and never overlap.
@@ -1152,8 +1153,8 @@ pub(crate) struct Log {
 }
 
 struct Batch {
-    /// Encoded frames not yet handed to a writer (checksums blank until written: `format::seal`).
-    bytes: Vec<u8>,
+    /// Encoded frames not yet handed to a writer (checksums blank until written).
+    frames: Frames,
     /// The active segment and the offset `bytes` start at in it.
     file: Arc<File>,
     at: u64,
@@ -1178,7 +1179,7 @@ impl Batch {
     /// first record, unless it holds `wake_bytes`. `None`: write now.
     fn linger(&self) -> Option<Duration> {
         linger(
-            self.bytes.len(),
+            self.frames.len(),
             self.wake_bytes,
             self.first_at,
             Instant::now(),
@@ -1213,7 +1214,7 @@ enum Writer {
 
 /// Frames taken from the batch, to be written at `at`.
 struct Chunk {
-    bytes: Vec<u8>,
+    frames: Frames,
     at: u64,
     end_seq: u64,
 }
@@ -1225,8 +1226,8 @@ struct Io {
     error: Option<std::io::ErrorKind>,
     /// Every record below this is written.
     written_end: u64,
-    /// A written chunk's buffer, reused.
-    spare: Vec<u8>,
+    /// A written chunk's buffers, reused.
+    spare: Frames,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1239,7 +1240,7 @@ impl Log {
     fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize) -> Arc<Log> {
         let log = Arc::new(Log {
             batch: Mutex::new(Batch {
-                bytes: Vec::new(),
+                frames: Frames::default(),
                 file,
                 at: SEGMENT_HEADER_LEN as u64,
                 marker: false,
@@ -1284,7 +1285,7 @@ impl Log {
                     .wait_timeout(batch, WRITE_RETRY)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
-            } else if batch.bytes.is_empty() {
+            } else if batch.frames.is_empty() {
                 batch.writer = Writer::Idle;
                 batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
                 batch.writer = Writer::Busy;
@@ -1314,17 +1315,17 @@ impl Log {
 
     fn take(batch: &mut Batch, io: &mut Io) -> (Arc<File>, bool, Option<Chunk>) {
         let file = batch.file.clone();
-        if batch.bytes.is_empty() {
+        if batch.frames.is_empty() {
             return (file, batch.marker, None);
         }
-        let bytes = std::mem::replace(&mut batch.bytes, std::mem::take(&mut io.spare));
+        let frames = std::mem::replace(&mut batch.frames, std::mem::take(&mut io.spare));
         batch.first_at = None;
         let chunk = Chunk {
             at: batch.at,
             end_seq: batch.end_seq,
-            bytes,
+            frames,
         };
-        batch.at += chunk.bytes.len() as u64;
+        batch.at += chunk.frames.len() as u64;
         (file, batch.marker, Some(chunk))
     }
 
@@ -1340,11 +1341,11 @@ impl Log {
         if let Some(new) = chunk.as_mut() {
             // Checksums, here rather than under the buffer's lock (a failed chunk was sealed
             // before its first attempt).
-            format::seal(&mut new.bytes);
+            new.frames.seal();
         }
         let chunk = match (io.failed.take(), chunk) {
-            (Some(mut failed), Some(chunk)) => {
-                failed.bytes.extend_from_slice(&chunk.bytes);
+            (Some(mut failed), Some(mut chunk)) => {
+                failed.frames.append(&mut chunk.frames);
                 failed.end_seq = chunk.end_seq;
                 Some(failed)
             }
@@ -1353,20 +1354,17 @@ impl Log {
         let Some(mut chunk) = chunk else {
             return Ok(());
         };
-        let len = chunk.bytes.len();
-        if marker {
-            chunk.bytes.extend_from_slice(&format::END_MARKER);
-        }
-        let written = file.write_all_at(&chunk.bytes, chunk.at);
-        chunk.bytes.truncate(len);
+        let marker: &[u8] = if marker { &format::END_MARKER } else { &[] };
+        let written = write_slices_at(file, chunk.frames.slices().chain([marker]), chunk.at);
         match written {
             Ok(()) => {
                 io.written_end = chunk.end_seq;
                 io.error = None;
                 self.failing.store(false, Ordering::SeqCst);
-                chunk.bytes.clear();
-                if chunk.bytes.capacity() <= 4 * MAX_BATCH {
-                    io.spare = chunk.bytes;
+                // The payloads go now; the buffers stay for the next chunk.
+                chunk.frames.clear();
+                if chunk.frames.capacity() <= 4 * MAX_BATCH {
+                    io.spare = chunk.frames;
                 }
                 Ok(())
             }
@@ -1399,12 +1397,12 @@ impl Log {
 
     /// Bytes accepted and not written (a failed chunk and the batch).
     fn unwritten(&self) -> usize {
-        let batch = self.lock_batch().bytes.len();
+        let batch = self.lock_batch().frames.len();
         batch
             + locked(&self.io)
                 .failed
                 .as_ref()
-                .map_or(0, |c| c.bytes.len())
+                .map_or(0, |c| c.frames.len())
     }
 
     /// Every record below this is written.
@@ -1416,6 +1414,36 @@ impl Log {
         self.lock_batch().closed = true;
         self.wake.notify_one();
     }
+}
+
+/// I/O slices per `pwritev` (the kernel's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Writes `slices`, one after the other, into `file` at `at`: one `pwritev` per [`IOV_MAX`]
+/// slices (and again after a short write).
+fn write_slices_at<'a>(
+    file: &File,
+    slices: impl Iterator<Item = &'a [u8]>,
+    mut at: u64,
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'a>> = slices
+        .filter(|s| !s.is_empty())
+        .map(std::io::IoSlice::new)
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = rest.len().min(IOV_MAX);
+        match rustix::io::pwritev(file, &rest[..n], at) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                at += written as u64;
+                std::io::IoSlice::advance_slices(&mut rest, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
 }
 
 fn create_segment(path: &Path, fsync: Fsync) -> std::io::Result<File> {
@@ -1654,6 +1682,37 @@ mod tests {
         let s = scan(&torn, 100);
         assert_eq!(seqs(&s), [100, 101, 102]);
         assert_eq!((s.corrupt, s.torn_at), (0, Some(offsets[3])));
+    }
+
+    #[test]
+    fn frames_of_more_slices_than_one_pwritev_takes_land_whole_and_in_order() {
+        // 1,500 records with payloads kept by reference: ~3,000 slices, three `pwritev`s.
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("s"))
+            .unwrap();
+        let (mut frames, mut expected) = (Frames::default(), Vec::new());
+        for seq in 0..1_500u64 {
+            let mut r = record("t", seq);
+            r.payload = Bytes::from(vec![(seq % 251) as u8; format::BY_REFERENCE + seq as usize]);
+            frames.push(seq, &r);
+            format::encode(seq, &r, &mut expected);
+        }
+        assert!(frames.slices().count() > 2 * IOV_MAX);
+        frames.seal();
+        let at = 100;
+        write_slices_at(&file, frames.slices().chain([&b"tail"[..]]), at).unwrap();
+        let written = std::fs::read(dir.path().join("s")).unwrap();
+        assert_eq!(written.len(), at as usize + expected.len() + 4);
+        assert!(written[..at as usize].iter().all(|&b| b == 0));
+        assert!(written[at as usize..][..expected.len()] == expected[..]);
+        assert_eq!(&written[written.len() - 4..], b"tail");
+        // Nothing to write is no write at all.
+        write_slices_at(&file, [&[][..], &[][..]].into_iter(), 1 << 40).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), written.len() as u64);
     }
 
     #[test]

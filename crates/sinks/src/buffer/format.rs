@@ -150,78 +150,167 @@ pub(crate) fn framed_len(record: &Record) -> usize {
         + record.payload.len()
 }
 
-/// Appends the frame of `record` (sequence number `seq`) to `out` (tests; the buffer encodes
-/// unsealed and seals when it writes).
+/// Appends the frame of `record` (sequence number `seq`) to `out`, sealed (tests; the buffer
+/// encodes into [`Frames`] and seals when it writes).
 #[cfg(test)]
 pub(crate) fn encode(seq: u64, record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    encode_unsealed(seq, record, out);
-    seal(&mut out[start..]);
+    let mut frames = Frames::default();
+    frames.push(seq, record);
+    frames.seal();
+    for slice in frames.slices() {
+        out.extend_from_slice(slice);
+    }
 }
 
-/// Appends the frame of `record` with its checksum left blank (zero): [`seal`] fills it in
-/// before the bytes reach a file. The disk buffer encodes under its lock and seals on the
-/// writer thread, so the checksum's cost is off the path of `push` and of the sink.
-pub(crate) fn encode_unsealed(seq: u64, record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let h = &record.headers;
-    let mut flags = 0;
-    if h.account_id.is_some() {
-        flags |= HAS_ACCOUNT;
-    }
-    if record.key.is_some() {
-        flags |= HAS_KEY;
-    }
-    if h.event_id.is_some() {
-        flags |= HAS_EVENT_ID;
-    }
-    if h.replayed {
-        flags |= REPLAYED;
-    }
-    let key = record.key.as_deref().unwrap_or("");
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&h.received_at_ms.to_le_bytes());
-    out.extend_from_slice(&h.account_id.unwrap_or(0).to_le_bytes());
-    out.push(flags);
-    let mut write_parts = |event_id: &str| {
-        let parts: [&[u8]; 6] = [
-            record.topic.as_bytes(),
-            key.as_bytes(),
-            h.event.as_bytes(),
-            event_id.as_bytes(),
-            h.event_label.as_bytes(),
-            &record.payload,
-        ];
-        for part in parts {
-            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        }
-        for part in parts {
-            out.extend_from_slice(part);
-        }
-    };
-    match &h.event_id {
-        Some(id) => id.with_text(write_parts),
-        None => write_parts(""),
-    }
-    let body_len = (out.len() - start - FRAME_HEADER_LEN) as u32;
-    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+/// Payloads at least this long are kept by reference in [`Frames`] and written from where they
+/// are; shorter ones are copied beside their frame's head (an I/O slice of their own would cost
+/// more than the copy).
+pub(crate) const BY_REFERENCE: usize = 256;
+
+/// Frames waiting to be written, in order, with their checksums blank (zero) until [`Frames::seal`].
+///
+/// A frame's *head* (frame header, body up to the payload) is encoded into one buffer; a payload
+/// of at least [`BY_REFERENCE`] bytes is not copied: it is kept by reference (`Bytes`) and goes
+/// after its head on disk ([`Frames::slices`], one vectored write). The disk buffer encodes
+/// under its lock, so what that lock covers is the heads alone; the checksums and the copy of
+/// the payloads into the kernel happen on the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    /// The heads, and short payloads in place.
+    heads: Vec<u8>,
+    /// Payloads kept by reference: each follows `heads[..at]` (its frame's head) on disk.
+    payloads: Vec<(usize, Bytes)>,
+    /// The framed length of every frame: what the slices add up to.
+    len: usize,
 }
 
-/// Fills in the checksum of every frame in `frames`: whole frames, one after the other, as
-/// [`encode_unsealed`] wrote them. Sealing a sealed frame again changes nothing.
-pub(crate) fn seal(frames: &mut [u8]) {
-    let mut at = 0;
-    while let Some(header) = frames.get(at..at + FRAME_HEADER_LEN) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let end = at + FRAME_HEADER_LEN + len;
-        let Some(body) = frames.get(at + FRAME_HEADER_LEN..end) else {
-            debug_assert!(false, "a partial frame to seal");
-            return;
+impl Frames {
+    /// Bytes on disk.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties, keeping the buffers' capacity.
+    pub(crate) fn clear(&mut self) {
+        self.heads.clear();
+        self.payloads.clear();
+        self.len = 0;
+    }
+
+    /// Heap bytes held apart from the payloads (to decide whether to keep an emptied one).
+    pub(crate) fn capacity(&self) -> usize {
+        self.heads.capacity() + self.payloads.capacity() * std::mem::size_of::<(usize, Bytes)>()
+    }
+
+    /// Appends the frame of `record` (sequence number `seq`), unsealed; it takes
+    /// [`framed_len`] bytes.
+    pub(crate) fn push(&mut self, seq: u64, record: &Record) {
+        let start = self.heads.len();
+        let by_reference = record.payload.len() >= BY_REFERENCE;
+        let heads = &mut self.heads;
+        heads.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        let h = &record.headers;
+        let mut flags = 0;
+        if h.account_id.is_some() {
+            flags |= HAS_ACCOUNT;
+        }
+        if record.key.is_some() {
+            flags |= HAS_KEY;
+        }
+        if h.event_id.is_some() {
+            flags |= HAS_EVENT_ID;
+        }
+        if h.replayed {
+            flags |= REPLAYED;
+        }
+        let key = record.key.as_deref().unwrap_or("");
+        heads.extend_from_slice(&seq.to_le_bytes());
+        heads.extend_from_slice(&h.received_at_ms.to_le_bytes());
+        heads.extend_from_slice(&h.account_id.unwrap_or(0).to_le_bytes());
+        heads.push(flags);
+        let mut write_parts = |event_id: &str| {
+            let parts: [&[u8]; 6] = [
+                record.topic.as_bytes(),
+                key.as_bytes(),
+                h.event.as_bytes(),
+                event_id.as_bytes(),
+                h.event_label.as_bytes(),
+                &record.payload,
+            ];
+            for part in parts {
+                heads.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            }
+            // The payload is the last part: by reference, it follows the head.
+            let in_head = if by_reference { 5 } else { 6 };
+            for part in &parts[..in_head] {
+                heads.extend_from_slice(part);
+            }
         };
-        let crc = crc32fast::hash(body);
-        frames[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-        at = end;
+        match &h.event_id {
+            Some(id) => id.with_text(write_parts),
+            None => write_parts(""),
+        }
+        let mut framed = self.heads.len() - start;
+        if by_reference {
+            self.payloads
+                .push((self.heads.len(), record.payload.clone()));
+            framed += record.payload.len();
+        }
+        let body_len = (framed - FRAME_HEADER_LEN) as u32;
+        self.heads[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+        self.len += framed;
+    }
+
+    /// Moves every frame of `other` after these (`other` is left empty).
+    pub(crate) fn append(&mut self, other: &mut Frames) {
+        let shift = self.heads.len();
+        self.heads.append(&mut other.heads);
+        self.payloads
+            .extend(other.payloads.drain(..).map(|(at, p)| (at + shift, p)));
+        self.len += std::mem::take(&mut other.len);
+    }
+
+    /// Fills in the checksum of every frame. Sealing sealed frames again changes nothing.
+    pub(crate) fn seal(&mut self) {
+        let mut at = 0;
+        let mut payloads = self.payloads.iter().peekable();
+        while let Some(header) = self.heads.get(at..at + FRAME_HEADER_LEN) {
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let body_end = at + FRAME_HEADER_LEN + len;
+            // A payload kept by reference is this frame's when it goes before the body's end
+            // (the next frame's head, and so its payload, starts at the body's end or later).
+            let payload = payloads.next_if(|(after, _)| *after < body_end);
+            let head_end = payload.map_or(body_end, |(after, _)| *after);
+            let Some(head) = self.heads.get(at + FRAME_HEADER_LEN..head_end) else {
+                debug_assert!(false, "a partial frame to seal");
+                return;
+            };
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(head);
+            if let Some((_, payload)) = payload {
+                crc.update(payload);
+            }
+            self.heads[at + 4..at + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+            at = head_end;
+        }
+    }
+
+    /// The bytes to write, in order: heads and payloads (no empty slice).
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.payloads.iter().map(|(after, _)| *after));
+        let ends = self
+            .payloads
+            .iter()
+            .map(|(after, payload)| (*after, &payload[..]))
+            .chain(std::iter::once((self.heads.len(), &[][..])));
+        starts
+            .zip(ends)
+            .flat_map(|(from, (to, payload))| [&self.heads[from..to], payload])
+            .filter(|slice| !slice.is_empty())
     }
 }
 
@@ -398,19 +487,94 @@ mod tests {
         assert_eq!(roundtrip(&bare).key, Some(String::new()));
     }
 
-    #[test]
-    fn frames_encoded_unsealed_and_sealed_together_equal_frames_encoded_one_by_one() {
-        let records: Vec<Record> = (0..5).map(|i| record(&format!("t/{i}"), i)).collect();
-        let (mut sealed, mut unsealed) = (Vec::new(), Vec::new());
-        for (i, r) in records.iter().enumerate() {
-            encode(i as u64, r, &mut sealed);
-            encode_unsealed(i as u64, r, &mut unsealed);
+    /// Records with payloads on both sides of [`BY_REFERENCE`] (and empty ones).
+    fn mixed(n: u64) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                let mut r = record(&format!("t/{i}"), i);
+                let len = [0, 1, BY_REFERENCE - 1, BY_REFERENCE, 1_200][i as usize % 5];
+                r.payload = Bytes::from(vec![b'a' + (i % 26) as u8; len]);
+                r
+            })
+            .collect()
+    }
+
+    fn joined(frames: &Frames) -> Vec<u8> {
+        let mut out = Vec::new();
+        for slice in frames.slices() {
+            assert!(!slice.is_empty());
+            out.extend_from_slice(slice);
         }
-        assert_ne!(sealed, unsealed, "checksums are left blank");
-        seal(&mut unsealed);
-        assert_eq!(sealed, unsealed);
-        seal(&mut unsealed);
-        assert_eq!(sealed, unsealed, "sealing twice changes nothing");
+        assert_eq!(out.len(), frames.len());
+        out
+    }
+
+    #[test]
+    fn frames_sealed_together_equal_frames_encoded_one_by_one() {
+        let records = mixed(11);
+        let (mut one_by_one, mut frames) = (Vec::new(), Frames::default());
+        for (i, r) in records.iter().enumerate() {
+            encode(i as u64, r, &mut one_by_one);
+            frames.push(i as u64, r);
+        }
+        assert_eq!(frames.len(), records.iter().map(framed_len).sum::<usize>());
+        assert_ne!(joined(&frames), one_by_one, "checksums are left blank");
+        frames.seal();
+        assert_eq!(joined(&frames), one_by_one);
+        frames.seal();
+        assert_eq!(joined(&frames), one_by_one, "sealing twice changes nothing");
+        // Every frame reads back.
+        let mut at = 0;
+        for (i, r) in records.iter().enumerate() {
+            let header = frame_header(one_by_one[at..at + 8].try_into().unwrap());
+            let body = &one_by_one[at + 8..at + 8 + header.len];
+            assert!(body_ok(header, body), "frame {i}");
+            let (seq, back) = decode(body).unwrap();
+            assert_eq!((seq, &back.payload), (i as u64, &r.payload));
+            at += 8 + header.len;
+        }
+        assert_eq!(at, one_by_one.len());
+    }
+
+    #[test]
+    fn appended_frames_seal_and_write_as_if_pushed_in_one() {
+        let records = mixed(13);
+        let (mut whole, mut first, mut second) =
+            (Frames::default(), Frames::default(), Frames::default());
+        for (i, r) in records.iter().enumerate() {
+            whole.push(i as u64, r);
+            if i < 7 { &mut first } else { &mut second }.push(i as u64, r);
+        }
+        first.seal();
+        first.append(&mut second);
+        assert!(second.is_empty() && second.slices().next().is_none());
+        first.seal();
+        whole.seal();
+        assert_eq!(joined(&first), joined(&whole));
+        first.clear();
+        assert!(first.is_empty() && first.slices().next().is_none());
+    }
+
+    #[test]
+    fn long_payloads_are_written_from_where_they_are_short_ones_are_copied() {
+        let records = mixed(5);
+        let mut frames = Frames::default();
+        for (i, r) in records.iter().enumerate() {
+            frames.push(i as u64, r);
+        }
+        let from_records = |slice: &[u8]| {
+            records
+                .iter()
+                .any(|r| !r.payload.is_empty() && r.payload.as_ptr() == slice.as_ptr())
+        };
+        let shared: Vec<usize> = frames
+            .slices()
+            .filter(|s| from_records(s))
+            .map(<[u8]>::len)
+            .collect();
+        assert_eq!(shared, [BY_REFERENCE, 1_200]);
+        // The heads of frames 0-3 (their short payloads in place), payload 3, head 4, payload 4.
+        assert_eq!(frames.slices().count(), 4);
     }
 
     #[test]
