@@ -1155,7 +1155,7 @@ pub(crate) struct Log {
 struct Batch {
     /// Encoded frames not yet handed to a writer (checksums blank until written).
     frames: Frames,
-    /// The active segment and the offset `bytes` start at in it.
+    /// The active segment and the offset `frames` start at in it.
     file: Arc<File>,
     at: u64,
     /// The active segment is a recycled file (old frames beyond the new ones): every write ends
