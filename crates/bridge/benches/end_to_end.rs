@@ -1286,7 +1286,136 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
             ));
         }
     }
+    let (rate, seconds) = (opts.rate, opts.seconds);
+    // One run after another (each paces its own sender thread), after the latency rounds.
+    let mut measured = Vec::new();
+    for _ in 0..opts.latency_rounds.max(1) {
+        let floor = tokio::task::spawn_blocking(move || wake_floor(rate, seconds));
+        measured.push(floor.await.expect("wake-up floor"));
+    }
+    let cpu: Vec<f64> = measured.iter().map(|m| m.0).collect();
+    let reads = median(measured.iter().map(|m| m.1).collect());
+    println!(
+        "wake-up floor at {rate:.0} events/s: {cpu:.1?} µs CPU/event, {reads:.2} reads per event"
+    );
+    rows.push(format!(
+        "| wake-up floor, {rate:.0} events/s | a relay process: `read` + `write` per event, nothing else ({reads:.2} reads per event) | — | — | — | — | {:.1} ({:.1}–{:.1}) | none |",
+        median(cpu.clone()),
+        cpu.iter().copied().fold(f64::INFINITY, f64::min),
+        cpu.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ));
     rows
+}
+
+/// Bytes of one message of the wake-up floor: about a `message.created` frame.
+const FLOOR_MESSAGE: usize = 1_300;
+
+/// The CPU any process pays per event at `rate` when each event wakes it, on this machine: a
+/// relay child (this binary with `--floor-child`) that blocks in `read` on one loopback socket
+/// and writes what it got to another, nothing else, fed [`FLOOR_MESSAGE`]-byte messages paced
+/// by a thread as the latency rows' events are. Returns the relay's CPU µs per message and its
+/// reads (wake-ups) per message. No runtime, no parsing, no broker: a floor under both the bare
+/// publisher and the bridge.
+fn wake_floor(rate: f64, seconds: f64) -> (f64, f64) {
+    let source = TcpListener::bind("127.0.0.1:0").expect("floor source listener");
+    let sink = TcpListener::bind("127.0.0.1:0").expect("floor sink listener");
+    let port = |l: &TcpListener| l.local_addr().expect("local addr").port().to_string();
+    let child = Command::new(std::env::current_exe().expect("this binary"))
+        .args(["--floor-child", &port(&source), &port(&sink)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("floor relay");
+    let mut relay = Proc {
+        child,
+        name: "floor relay".into(),
+        log: None,
+    };
+    let accept = |l: &TcpListener| {
+        l.set_nonblocking(true).expect("nonblocking accept");
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).expect("blocking socket");
+                    s.set_nodelay(true).expect("nodelay");
+                    return s;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "floor relay: no connection");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("floor relay: accept: {e}"),
+            }
+        }
+    };
+    let mut to_relay = accept(&source);
+    let mut from_relay = accept(&sink);
+    from_relay
+        .set_read_timeout(Some(WAIT_LIMIT))
+        .expect("read timeout");
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        while let Ok(n @ 1..) = std::io::Read::read(&mut from_relay, &mut buf) {
+            got += n;
+        }
+        got
+    });
+    let n = (rate * seconds).max(1.0) as u64;
+    let message = vec![b'x'; FLOOR_MESSAGE];
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let cpu_before = cpu_seconds(relay.pid());
+    let start = Instant::now();
+    for k in 0..n {
+        let due = start + period.mul_f64(k as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        to_relay.write_all(&message).expect("floor: send");
+    }
+    drop(to_relay);
+    let got = drain.join().expect("floor drain");
+    assert_eq!(got, n as usize * FLOOR_MESSAGE, "floor relay lost bytes");
+    let mut line = String::new();
+    let mut out = BufReader::new(relay.child.stdout.take().expect("relay stdout"));
+    out.read_line(&mut line).expect("relay's count");
+    let cpu = cpu_seconds(relay.pid()) - cpu_before;
+    let reads: f64 = line
+        .trim()
+        .strip_prefix("reads ")
+        .and_then(|r| r.parse().ok())
+        .expect("relay's read count");
+    (cpu * 1e6 / n as f64, reads / n as f64)
+}
+
+/// The relay of [`wake_floor`]: connects to both ports, copies until end of input, prints its
+/// reads and waits for its input to close (so that its CPU can still be read).
+fn floor_child(args: &[String]) {
+    let connect = |i: usize| {
+        let port: u16 = args[i].parse().expect("port");
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("floor connect");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    };
+    let (mut from, mut to) = (connect(0), connect(1));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reads = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut from, &mut buf).expect("floor read");
+        if n == 0 {
+            break;
+        }
+        reads += 1;
+        to.write_all(&buf[..n]).expect("floor write");
+    }
+    drop(to);
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "reads {reads}");
+    let _ = stdout.flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1424,6 +1553,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--bare-child") {
         bare_child(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--floor-child") {
+        floor_child(&args[i + 1..]);
         return;
     }
     let opts = Options::parse(&args[1..]);

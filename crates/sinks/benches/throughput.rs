@@ -251,6 +251,71 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     measured
 }
 
+/// The file system alone, as a ceiling for the disk buffer rows: the same ~1.3 KB records
+/// appended to one file with no buffer around them (each a 100-byte head standing in for the
+/// frame's fields, and the payload by reference, as the disk buffer's writer hands them over),
+/// one `pwritev` per 1 MiB of records, synced as `fsync` says: `interval` by a thread every
+/// 100 ms, `always` after every batch, `never` not at all. Measured from the first write to the
+/// last one's return (the interval buffer hands records on before their sync too), CPU of every
+/// thread of this process (the syncing thread included).
+fn appends_alone(fsync: Fsync, n: u64) -> Measure {
+    const HEAD: usize = 100;
+    const BATCH_BYTES: usize = 1024 * 1024;
+    const IOV_MAX: usize = 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = std::fs::File::create(dir.path().join("appends")).expect("appends file");
+    let file = std::sync::Arc::new(file);
+    let records = big_records(n);
+    let head = [0x5au8; HEAD];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let syncer = (fsync == Fsync::Interval).then(|| {
+        let (file, stop) = (file.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                file.sync_data().expect("fdatasync");
+            }
+        })
+    });
+    let cpu = process_cpu_ns();
+    let start = Instant::now();
+    let mut at = 0u64;
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(2 * 1024);
+    let mut batch = 0usize;
+    for (i, r) in records.iter().enumerate() {
+        slices.push(std::io::IoSlice::new(&head));
+        slices.push(std::io::IoSlice::new(&r.payload));
+        batch += HEAD + r.payload.len();
+        if batch < BATCH_BYTES && i + 1 < records.len() {
+            continue;
+        }
+        assert!(
+            start.elapsed() < LOOP_LIMIT,
+            "appends alone: over the loop limit"
+        );
+        for chunk in slices.chunks(IOV_MAX) {
+            let mut rest: Vec<std::io::IoSlice<'_>> = chunk.to_vec();
+            let mut rest = &mut rest[..];
+            while !rest.is_empty() {
+                let written = rustix::io::pwritev(&*file, rest, at).expect("pwritev");
+                at += written as u64;
+                std::io::IoSlice::advance_slices(&mut rest, written);
+            }
+        }
+        if fsync == Fsync::Always {
+            file.sync_data().expect("fdatasync");
+        }
+        slices.clear();
+        batch = 0;
+    }
+    let measured = measure(records.len(), start, cpu);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(syncer) = syncer {
+        syncer.join().expect("syncing thread");
+    }
+    measured
+}
+
 /// The disk buffer's `voxsig_bridge_buffer_read_back_total`.
 fn read_back(registry: &prometheus::Registry) -> u64 {
     registry
@@ -542,6 +607,9 @@ struct Row {
     ratio: (f64, f64, f64),
     bare_cpu_ns: f64,
     sink_cpu_ns: f64,
+    /// Buffer rows into the null sink: the same records appended to a file with no buffer
+    /// ([`appends_alone`]), medians over the rounds.
+    alone: Option<Measure>,
 }
 
 /// Runs `ROUNDS` rounds of both sides, alternating which goes first.
@@ -590,6 +658,7 @@ where
         ratio: (median(ratios), lowest, highest),
         bare_cpu_ns: median(b.iter().map(|m| m.cpu_ns).collect()),
         sink_cpu_ns: median(s.iter().map(|m| m.cpu_ns).collect()),
+        alone: None,
     }
 }
 
@@ -848,7 +917,7 @@ async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Ro
             continue;
         }
         let warmup = (n / 10).max(10);
-        let row = compare(
+        let mut row = compare(
             rounds,
             name,
             n,
@@ -856,6 +925,13 @@ async fn buffer_rows(rounds: usize, scale: u64, mosquitto: &Mosquitto) -> Vec<Ro
             || through_buffer(Some(fsync), target.clone(), n, warmup),
         )
         .await;
+        if matches!(target, Target::Null) {
+            let alone: Vec<Measure> = (0..rounds).map(|_| appends_alone(fsync, n)).collect();
+            row.alone = Some(Measure {
+                rate: median(alone.iter().map(|m| m.rate).collect()),
+                cpu_ns: median(alone.iter().map(|m| m.cpu_ns).collect()),
+            });
+        }
         rows.push(row);
     }
     rows
@@ -867,6 +943,23 @@ async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
     );
     print_table(rows);
     println!("\nmedians of {rounds} rounds alternating which side goes first; ~1.3 KB records (1,200-byte payloads); loopback; disk buffer in a fresh directory under $TMPDIR");
+    println!(
+        "\n| the file system alone: the null-sink rows' records appended with no buffer | appends alone (rec/s) | CPU ns/record | disk buffer / appends alone | memory buffer / appends alone |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        if let Some(alone) = r.alone {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                r.name,
+                alone.rate,
+                alone.cpu_ns,
+                r.sink / alone.rate,
+                r.bare / alone.rate
+            );
+        }
+    }
+    println!("\nmedians of {rounds} runs right after each row's rounds: one `pwritev` per 1 MiB of records (a 100-byte head and the payload by reference each), synced as the row's `fsync` says; timed to the last write's return");
     if std::env::args().any(|a| a == "--buffer-row") {
         return;
     }
