@@ -141,6 +141,48 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
     }
 }
 
+/// Records that come one at a time, each after the sink has gone idle (the steady low rate of
+/// a real platform), each arrive without waiting for the next: the sink's event loop finds a
+/// request queued while it was idle (its queue wakes nobody: the sink task polls it after
+/// queueing), at each QoS and protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_one_at_a_time_after_idle_each_arrive_on_their_own() {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    for (protocol, qos) in [Protocol::V311, Protocol::V5]
+        .into_iter()
+        .flat_map(|p| [0u8, 1].map(|q| (p, q)))
+    {
+        let v = protocol.as_str();
+        let prefix = format!("voxsig-idle-v{v}-q{qos}");
+        let generator = Generator::new(&prefix, Layout::Mqtt);
+        let sub = Subscriber::start(
+            broker.port,
+            &format!("sub-idle-{v}-q{qos}"),
+            None,
+            true,
+            &format!("{prefix}/#"),
+        );
+        sub.wait_subscribed(1).await;
+        let mut config = MqttConfig::new(broker.url());
+        config.protocol = protocol;
+        config.qos = qos;
+        config.client_id = Some(format!("bridge-idle-{v}-q{qos}"));
+        let (writer, handle, _registry) = start_sink(config, BufferConfig::default());
+        for n in 0..5u64 {
+            // Idle: the event loop has looked at an empty queue and is waiting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            writer.push(generator.record(n)).await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(5), || sub.by_seq().len() as u64 > n).await,
+                "v{v} qos {qos}: record {n} did not arrive on its own ({} arrived)",
+                sub.by_seq().len()
+            );
+        }
+        let report = handle.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((report.delivered, report.undelivered), (5, 0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_without_persistence_loses_nothing() {
     killed_mid_stream(Protocol::V311).await;

@@ -8,11 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 use super::tracker::{AckKind, Pending, Place, Resend};
@@ -143,7 +143,47 @@ const PUBLISH_OVERHEAD: usize = 9;
 /// MQTT 3.1.1: the sending half. Requests go to [`V4`]'s own queue (not through rumqttc's
 /// `AsyncClient`), so the event loop can take every ready request at once.
 pub(crate) struct V4Client {
-    requests: mpsc::Sender<rumqttc::Request>,
+    requests: Arc<Requests>,
+}
+
+/// The 3.1.1 requests on their way from the sink's adapter to its event loop: a bounded queue
+/// that wakes nobody. Both ends live in the sink task, which polls the event loop after every
+/// hand-over (`next_happening` fills, then polls; every other hand-over is followed by a fresh
+/// `poll`). A waking channel (tokio's `mpsc`, before) woke the task from inside its own poll,
+/// which tokio takes for a yield: the task went to the back of the run queue and a parked
+/// worker was woken, one futex call and one wake-up of another thread per turn.
+pub(crate) struct Requests {
+    queue: Mutex<VecDeque<rumqttc::Request>>,
+    cap: usize,
+}
+
+impl Requests {
+    fn new(cap: usize) -> Self {
+        Requests {
+            queue: Mutex::new(VecDeque::new()),
+            cap: cap.max(1),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<rumqttc::Request>> {
+        // A queue of requests stays consistent across a panic: recover from poisoning.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `request`; false when `cap` requests already wait.
+    fn push(&self, request: rumqttc::Request) -> bool {
+        let mut queue = self.queue();
+        if queue.len() >= self.cap {
+            return false;
+        }
+        queue.push_back(request);
+        true
+    }
+
+    /// The oldest request, if any.
+    fn pop(&self) -> Option<rumqttc::Request> {
+        self.queue().pop_front()
+    }
 }
 
 /// MQTT 3.1.1: the event loop.
@@ -157,7 +197,7 @@ pub(crate) struct V4Client {
 /// CONNECT / CONNACK) and its `clean` still moves what was in flight to its re-send queue.
 pub(crate) struct V4 {
     eventloop: rumqttc::EventLoop,
-    requests: mpsc::Receiver<rumqttc::Request>,
+    requests: Arc<Requests>,
     /// When the next PINGREQ is due (reset at every CONNACK, as rumqttc does).
     keep_alive: Pin<Box<Sleep>>,
     held: HashMap<Resend, rumqttc::Request>,
@@ -170,7 +210,7 @@ impl V4 {
         connect_timeout_secs: u64,
         tcp_nodelay: bool,
     ) -> (V4Client, Self) {
-        let (tx, requests) = mpsc::channel(cap.max(1));
+        let requests = Arc::new(Requests::new(cap));
         // rumqttc's own request channel stays empty: requests come through `requests`.
         let mut eventloop = rumqttc::EventLoop::new(options, 1);
         let mut network = eventloop.network_options();
@@ -178,7 +218,9 @@ impl V4 {
         network.set_tcp_nodelay(tcp_nodelay);
         eventloop.set_network_options(network);
         (
-            V4Client { requests: tx },
+            V4Client {
+                requests: requests.clone(),
+            },
             V4 {
                 eventloop,
                 requests,
@@ -213,8 +255,7 @@ impl V4 {
             let open = !pending.is_empty() || flow.admits(state);
             tokio::select! {
                 read = network.readb(state) => read?,
-                first = next_request(pending, &mut self.requests, flow.throttle), if open => {
-                    let first = first.ok_or(ConnectionError::RequestsDone)?;
+                first = next_request(pending, &self.requests, flow.throttle), if open => {
                     let mut next = Some(first);
                     let mut written = 0;
                     while let Some(request) = next.take() {
@@ -223,7 +264,7 @@ impl V4 {
                         }
                         written += 1;
                         if written < MAX_BATCH {
-                            next = flow.ready(state, pending, &mut self.requests);
+                            next = flow.ready(state, pending, &self.requests);
                         }
                     }
                 }
@@ -246,7 +287,7 @@ impl V4 {
     /// queue), and the requests not taken yet follow them, as rumqttc does with its channel.
     fn clean(&mut self) {
         self.eventloop.clean();
-        while let Ok(request) = self.requests.try_recv() {
+        while let Some(request) = self.requests.pop() {
             self.eventloop.pending.push_back(request);
         }
     }
@@ -275,7 +316,7 @@ impl Flow {
         self,
         state: &rumqttc::MqttState,
         pending: &mut VecDeque<rumqttc::Request>,
-        requests: &mut mpsc::Receiver<rumqttc::Request>,
+        requests: &Requests,
     ) -> Option<rumqttc::Request> {
         if !pending.is_empty() {
             return if self.throttle.is_zero() {
@@ -285,7 +326,7 @@ impl Flow {
             };
         }
         if self.admits(state) {
-            requests.try_recv().ok()
+            requests.pop()
         } else {
             None
         }
@@ -293,18 +334,29 @@ impl Flow {
 }
 
 /// A re-send (after the throttle) before a fresh request, as rumqttc takes them. Cancel-safe.
+/// With no re-send waiting and no request queued it is pending without registering a wake-up:
+/// the sink task polls it again after it queues one (see [`Requests`]), and every poll looks at
+/// the queue.
 async fn next_request(
     pending: &mut VecDeque<rumqttc::Request>,
-    requests: &mut mpsc::Receiver<rumqttc::Request>,
+    requests: &Requests,
     throttle: Duration,
-) -> Option<rumqttc::Request> {
+) -> rumqttc::Request {
     if pending.is_empty() {
-        return requests.recv().await;
+        // Looks at the queue at every poll (a future parked for good would never see it).
+        return std::future::poll_fn(|_| match requests.pop() {
+            Some(request) => std::task::Poll::Ready(request),
+            None => std::task::Poll::Pending,
+        })
+        .await;
     }
     if !throttle.is_zero() {
         tokio::time::sleep(throttle).await;
     }
-    pending.pop_front()
+    match pending.pop_front() {
+        Some(request) => request,
+        None => std::future::pending().await,
+    }
 }
 
 impl Publisher for V4Client {
@@ -312,15 +364,12 @@ impl Publisher for V4Client {
         // rumqttc's 3.1.1 publish owns its topic as a `String`: the one copy of it per publish.
         let mut publish = rumqttc::Publish::from_bytes(p.topic, qos_v4(p.qos), p.payload);
         publish.retain = p.retain;
-        self.requests
-            .try_send(rumqttc::Request::Publish(publish))
-            .is_ok()
+        self.requests.push(rumqttc::Request::Publish(publish))
     }
 
     fn disconnect(&self) -> bool {
         self.requests
-            .try_send(rumqttc::Request::Disconnect(rumqttc::Disconnect))
-            .is_ok()
+            .push(rumqttc::Request::Disconnect(rumqttc::Disconnect))
     }
 
     fn publish_size(&self, record: &Record) -> usize {
@@ -656,5 +705,62 @@ impl Wire for V5 {
     fn forget_session(&mut self) {
         self.held.clear();
         self.eventloop.state.collision = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::pin;
+
+    fn publish(n: u8) -> rumqttc::Request {
+        rumqttc::Request::Publish(rumqttc::Publish::from_bytes(
+            "t",
+            rumqttc::QoS::AtMostOnce,
+            Bytes::from(vec![n]),
+        ))
+    }
+
+    fn payload(request: Option<rumqttc::Request>) -> Option<u8> {
+        match request? {
+            rumqttc::Request::Publish(p) => Some(p.payload[0]),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_request_queue_is_bounded_and_first_in_first_out() {
+        let requests = Requests::new(2);
+        assert!(requests.push(publish(1)));
+        assert!(requests.push(publish(2)));
+        assert!(!requests.push(publish(3)), "full at its capacity");
+        assert_eq!(payload(requests.pop()), Some(1));
+        assert!(requests.push(publish(4)), "room again after a pop");
+        assert_eq!(payload(requests.pop()), Some(2));
+        assert_eq!(payload(requests.pop()), Some(4));
+        assert_eq!(payload(requests.pop()), None);
+        // A capacity of zero still takes one request (as the channel before it did).
+        let one = Requests::new(0);
+        assert!(one.push(publish(1)));
+        assert!(!one.push(publish(2)));
+    }
+
+    #[test]
+    fn next_request_takes_a_resend_first_and_sees_a_request_queued_after_it_went_pending() {
+        let requests = Requests::new(8);
+        let mut pending = VecDeque::from([publish(9)]);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        requests.push(publish(1));
+        let first = pin!(next_request(&mut pending, &requests, Duration::ZERO)).poll(&mut cx);
+        assert!(matches!(first, std::task::Poll::Ready(r) if payload(Some(r.clone())) == Some(9)));
+        assert_eq!(payload(requests.pop()), Some(1));
+        // Nothing queued: pending; the same future, polled again after a push, takes it.
+        let mut next = pin!(next_request(&mut pending, &requests, Duration::ZERO));
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        requests.push(publish(2));
+        match next.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => assert_eq!(payload(Some(r)), Some(2)),
+            std::task::Poll::Pending => panic!("a queued request was not seen"),
+        }
     }
 }
