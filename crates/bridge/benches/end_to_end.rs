@@ -27,6 +27,10 @@
 //!   bare `publish`, and compared with its arrival at the subscriber (wall clock, one machine).
 //!   Bridge arrivals are matched by account (topic) and `sim_seq` (payload); bare arrivals by
 //!   order (one connection, one subscriber), checked against the payload sent at that position.
+//! - The wake-up floor, after the latency rows: a relay child (this binary with
+//!   `--floor-child`) that only reads ~1.3 KB messages paced at `--rate` from one loopback
+//!   socket and writes them to another, one `read` per message: its CPU per message is what the
+//!   machine charges any process woken once per event.
 //! - Idle rows: N subscriptions (one user token per account, 50 per socket, connected at 1,000
 //!   sockets/s), RSS once all are confirmed and a few seconds have passed.
 //!

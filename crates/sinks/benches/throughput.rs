@@ -13,7 +13,9 @@
 //! machine or the broker does not always favour one side; each row reports the medians, the
 //! median of the per-round ratios, and the client's CPU per record (every thread of this
 //! process, from `/proc/self/task/*/schedstat`), which the machine's noise moves much less than
-//! the rates.
+//! the rates. The disk buffer rows into the null sink are followed by the file system alone: the
+//! same records appended to a file with no buffer, synced as the row's `fsync` says
+//! ([`appends_alone`]), the kernel's and the disk's share of a disk buffer's cost.
 
 use voxsig_testkit::brokers as support;
 
