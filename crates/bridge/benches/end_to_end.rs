@@ -229,6 +229,16 @@ impl Drop for Proc {
     }
 }
 
+/// Sleeps until event `k` of a steady `period` from `start` is due: the pacing of the latency
+/// rows and the wake-up floor (a thread, not the runtime's 1 ms timer).
+fn wait_due(start: Instant, period: Duration, k: u64) {
+    let due = start + period.mul_f64(k as f64);
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -855,11 +865,7 @@ fn bare_child(args: &[String]) {
             let mut times = Vec::with_capacity(events as usize);
             let start = Instant::now();
             for k in 0..events {
-                let due = start + period.mul_f64(k as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
+                wait_due(start, period, k);
                 times.push(unix_ns());
                 runtime.block_on(publish(warmup + k)).expect("publish");
             }
@@ -1182,11 +1188,7 @@ async fn latency_run(
                 let mut sent = HashMap::with_capacity(n as usize);
                 let start = Instant::now();
                 for k in 0..n {
-                    let due = start + period.mul_f64(k as f64);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
+                    wait_due(start, period, k);
                     let at = unix_ns();
                     let e = handle.block_on(pacer_sim.emit(spec)).expect("emit");
                     sent.insert((e.account_id, e.sim_seq), at);
@@ -1372,11 +1374,7 @@ fn wake_floor(rate: f64, seconds: f64) -> (f64, f64) {
     let cpu_before = cpu_seconds(relay.pid());
     let start = Instant::now();
     for k in 0..n {
-        let due = start + period.mul_f64(k as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
+        wait_due(start, period, k);
         to_relay.write_all(&message).expect("floor: send");
     }
     drop(to_relay);

@@ -33,6 +33,33 @@ fn fast_reconnect(config: &mut MqttConfig) {
     config.reconnect.max_backoff_ms = 500;
 }
 
+/// For one protocol and QoS: a prefix `voxsig-<tag>v<protocol>-q<qos>`, its records'
+/// generator, a subscriber to everything under it (subscribed), and a sink configuration with
+/// its own client id.
+async fn case(
+    broker: &Mosquitto,
+    tag: &str,
+    protocol: Protocol,
+    qos: u8,
+) -> (String, Generator, Subscriber, MqttConfig) {
+    let v = protocol.as_str();
+    let prefix = format!("voxsig-{tag}v{v}-q{qos}");
+    let generator = Generator::new(&prefix, Layout::Mqtt);
+    let sub = Subscriber::start(
+        broker.port,
+        &format!("sub-{tag}{v}-q{qos}"),
+        None,
+        true,
+        &format!("{prefix}/#"),
+    );
+    sub.wait_subscribed(1).await;
+    let mut config = MqttConfig::new(broker.url());
+    config.protocol = protocol;
+    config.qos = qos;
+    config.client_id = Some(format!("bridge-{tag}{v}-q{qos}"));
+    (prefix, generator, sub, config)
+}
+
 async fn push_all(writer: &BufferWriter, generator: &Generator, range: std::ops::Range<u64>) {
     for n in range {
         writer.push(generator.record(n)).await.unwrap();
@@ -51,20 +78,7 @@ async fn every_record_arrives_with_its_topic_payload_and_retain_flag_at_each_qos
         .flat_map(|p| [0u8, 1, 2].map(|q| (p, q)));
     for (protocol, qos) in cases {
         let v = protocol.as_str();
-        let prefix = format!("voxsig-v{v}-q{qos}");
-        let generator = Generator::new(&prefix, Layout::Mqtt);
-        let sub = Subscriber::start(
-            broker.port,
-            &format!("sub-{v}-q{qos}"),
-            None,
-            true,
-            &format!("{prefix}/#"),
-        );
-        sub.wait_subscribed(1).await;
-        let mut config = MqttConfig::new(broker.url());
-        config.protocol = protocol;
-        config.qos = qos;
-        config.client_id = Some(format!("bridge-{v}-q{qos}"));
+        let (prefix, generator, sub, mut config) = case(&broker, "", protocol, qos).await;
         config.status.topic = format!("{prefix}/bridge/{{instance}}/status");
         let (writer, handle, registry) = start_sink(config, BufferConfig::default());
         let n = 3_000;
@@ -153,20 +167,7 @@ async fn records_one_at_a_time_after_idle_each_arrive_on_their_own() {
         .flat_map(|p| [0u8, 1].map(|q| (p, q)))
     {
         let v = protocol.as_str();
-        let prefix = format!("voxsig-idle-v{v}-q{qos}");
-        let generator = Generator::new(&prefix, Layout::Mqtt);
-        let sub = Subscriber::start(
-            broker.port,
-            &format!("sub-idle-{v}-q{qos}"),
-            None,
-            true,
-            &format!("{prefix}/#"),
-        );
-        sub.wait_subscribed(1).await;
-        let mut config = MqttConfig::new(broker.url());
-        config.protocol = protocol;
-        config.qos = qos;
-        config.client_id = Some(format!("bridge-idle-{v}-q{qos}"));
+        let (_, generator, sub, config) = case(&broker, "idle-", protocol, qos).await;
         let (writer, handle, _registry) = start_sink(config, BufferConfig::default());
         for n in 0..5u64 {
             // Idle: the event loop has looked at an empty queue and is waiting.
