@@ -945,12 +945,16 @@ async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
     );
     print_table(rows);
     println!("\nmedians of {rounds} rounds alternating which side goes first; ~1.3 KB records (1,200-byte payloads); loopback; disk buffer in a fresh directory under $TMPDIR");
-    println!(
-        "\n| the file system alone: the null-sink rows' records appended with no buffer | appends alone (rec/s) | CPU ns/record | disk buffer / appends alone | memory buffer / appends alone |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for r in rows {
-        if let Some(alone) = r.alone {
+    let alone_rows: Vec<(&Row, Measure)> = rows
+        .iter()
+        .filter_map(|r| r.alone.map(|alone| (r, alone)))
+        .collect();
+    if !alone_rows.is_empty() {
+        println!(
+            "\n| the file system alone: the null-sink rows' records appended with no buffer | appends alone (rec/s) | CPU ns/record | disk buffer / appends alone | memory buffer / appends alone |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        for (r, alone) in &alone_rows {
             println!(
                 "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
                 r.name,
@@ -960,8 +964,8 @@ async fn print_buffer_rows(rows: &[Row], rounds: usize, scale: u64) {
                 r.bare / alone.rate
             );
         }
+        println!("\nmedians of {rounds} runs right after each row's rounds: one `pwritev` per 1 MiB of records (a 100-byte head and the payload by reference each), synced as the row's `fsync` says; timed to the last write's return");
     }
-    println!("\nmedians of {rounds} runs right after each row's rounds: one `pwritev` per 1 MiB of records (a 100-byte head and the payload by reference each), synced as the row's `fsync` says; timed to the last write's return");
     if std::env::args().any(|a| a == "--buffer-row") {
         return;
     }
