@@ -152,7 +152,7 @@ pub(crate) struct V4Client {
 /// `poll`). A waking channel (tokio's `mpsc`, before) woke the task from inside its own poll,
 /// which tokio takes for a yield: the task went to the back of the run queue and a parked
 /// worker was woken, one futex call and one wake-up of another thread per turn.
-pub(crate) struct Requests {
+struct Requests {
     queue: Mutex<VecDeque<rumqttc::Request>>,
     cap: usize,
 }
@@ -342,21 +342,21 @@ async fn next_request(
     requests: &Requests,
     throttle: Duration,
 ) -> rumqttc::Request {
-    if pending.is_empty() {
-        // Looks at the queue at every poll (a future parked for good would never see it).
-        return std::future::poll_fn(|_| match requests.pop() {
-            Some(request) => std::task::Poll::Ready(request),
-            None => std::task::Poll::Pending,
-        })
-        .await;
+    if !pending.is_empty() {
+        if !throttle.is_zero() {
+            tokio::time::sleep(throttle).await;
+        }
+        if let Some(request) = pending.pop_front() {
+            return request;
+        }
     }
-    if !throttle.is_zero() {
-        tokio::time::sleep(throttle).await;
-    }
-    match pending.pop_front() {
-        Some(request) => request,
-        None => std::future::pending().await,
-    }
+    // Looks at the queue at every poll (a future parked for good would never see it).
+    std::future::poll_fn(|_| {
+        requests
+            .pop()
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+    })
+    .await
 }
 
 impl Publisher for V4Client {
@@ -751,8 +751,10 @@ mod tests {
         let mut pending = VecDeque::from([publish(9)]);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         requests.push(publish(1));
-        let first = pin!(next_request(&mut pending, &requests, Duration::ZERO)).poll(&mut cx);
-        assert!(matches!(first, std::task::Poll::Ready(r) if payload(Some(r.clone())) == Some(9)));
+        match pin!(next_request(&mut pending, &requests, Duration::ZERO)).poll(&mut cx) {
+            std::task::Poll::Ready(r) => assert_eq!(payload(Some(r)), Some(9), "the re-send first"),
+            std::task::Poll::Pending => panic!("a waiting re-send was not taken"),
+        }
         assert_eq!(payload(requests.pop()), Some(1));
         // Nothing queued: pending; the same future, polled again after a push, takes it.
         let mut next = pin!(next_request(&mut pending, &requests, Duration::ZERO));
