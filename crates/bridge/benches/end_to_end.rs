@@ -12,7 +12,10 @@
 //! - `--idle N` (100,000): idle subscriptions (and a run at N/10 for the cost per socket);
 //! - `--only throughput,latency,idle`: a subset of the rows;
 //! - `--bridge LABEL=PATH` (repeatable): bridge binaries to measure side by side (default: the
-//!   one cargo built, labelled `bridge`), e.g. main's build against a branch's.
+//!   one cargo built, labelled `bridge`), e.g. main's build against a branch's;
+//! - `--bridge-toml LABEL=TOML` (repeatable): config appended to that bridge's file, e.g.
+//!   `--bridge-toml 'linger=[runtime]
+//!   linger = "500us"'` (the same binary may be listed twice under two labels).
 //!
 //! Processes and what is measured:
 //! - The simulator and the subscriber run in this process; the bridge and the bare publisher
@@ -77,7 +80,8 @@ struct Options {
     idle: usize,
     settle: Duration,
     only: Vec<String>,
-    bridges: Vec<(String, PathBuf)>,
+    /// Label, binary, extra config.
+    bridges: Vec<(String, PathBuf, String)>,
 }
 
 impl Options {
@@ -106,23 +110,36 @@ impl Options {
                 .map(str::to_owned)
                 .collect()
         };
-        let mut bridges: Vec<(String, PathBuf)> = args
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| *a == "--bridge")
-            .filter_map(|(i, _)| args.get(i + 1))
-            .map(|spec| match spec.split_once('=') {
-                Some((label, path)) => (label.to_owned(), PathBuf::from(path)),
-                None => ("bridge".to_owned(), PathBuf::from(spec)),
-            })
+        let specs = |flag: &str| -> Vec<(String, String)> {
+            args.iter()
+                .enumerate()
+                .filter(|(_, a)| *a == flag)
+                .filter_map(|(i, _)| args.get(i + 1))
+                .map(|spec| match spec.split_once('=') {
+                    Some((label, value)) => (label.to_owned(), value.to_owned()),
+                    None => ("bridge".to_owned(), spec.clone()),
+                })
+                .collect()
+        };
+        let extra = specs("--bridge-toml");
+        let mut bridges: Vec<(String, PathBuf, String)> = specs("--bridge")
+            .into_iter()
+            .map(|(label, path)| (label, PathBuf::from(path), String::new()))
             .collect();
         if bridges.is_empty() {
             bridges.push((
                 "bridge".to_owned(),
                 PathBuf::from(env!("CARGO_BIN_EXE_voxsig-bridge")),
+                String::new(),
             ));
         }
-        for (label, path) in &bridges {
+        for (label, toml) in extra {
+            let side = bridges.iter_mut().find(|(l, ..)| *l == label);
+            let side = side.unwrap_or_else(|| panic!("--bridge-toml {label}: no such --bridge"));
+            side.2.push_str(&toml);
+            side.2.push('\n');
+        }
+        for (label, path, _) in &bridges {
             assert!(path.is_file(), "--bridge {label}: no file at {path:?}");
         }
         let (rounds, events, warmup, rate, seconds, latency_rounds, idle, settle) = if smoke {
@@ -260,6 +277,25 @@ fn clock_ticks() -> f64 {
 }
 
 /// CPU seconds (user + system, every thread, living or not) of a process.
+/// Context switches of every thread of `pid` so far (voluntary and not): a thread that sleeps
+/// and is woken counts one, so per event this is the wake-ups an event costs. Unlike CPU time it
+/// does not grow when the machine is slow.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -628,7 +664,7 @@ fn read_pool(path: &Path) -> Vec<(String, Bytes)> {
 }
 
 /// Starts the bridge binary on a config for this simulator and broker.
-fn start_bridge(bin: &Path, dir: &Path, sim: &Sim, mqtt_port: u16, qos: u8, tag: &str) -> Proc {
+fn start_bridge(side: &Bridge, dir: &Path, sim: &Sim, mqtt_port: u16, qos: u8, tag: &str) -> Proc {
     let accounts = sim.world().bridge_config_toml(&ExportOptions {
         tokens: TokenSelection::Users,
         max_per_account: Some(1),
@@ -645,13 +681,15 @@ fn start_bridge(bin: &Path, dir: &Path, sim: &Sim, mqtt_port: u16, qos: u8, tag:
          url = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
          qos = {qos}\n\
          client_id = \"bench-{tag}\"\n\
-         {accounts}",
+         {accounts}\n\
+         {extra}",
         url = sim.url(),
+        extra = side.toml,
     );
     let path = dir.join(format!("{tag}.toml"));
     std::fs::write(&path, config).expect("bridge config");
     let log = dir.join(format!("{tag}.log"));
-    let child = Command::new(bin)
+    let child = Command::new(&side.bin)
         .args(["--log", "warn", "run", "-c"])
         .arg(&path)
         .arg("--metrics-addr")
@@ -890,14 +928,22 @@ fn bare_child(args: &[String]) {
 #[derive(Clone)]
 enum Side {
     Bare,
-    Bridge { label: String, bin: PathBuf },
+    Bridge(Bridge),
+}
+
+/// A bridge side: its label, binary and extra config.
+#[derive(Clone)]
+struct Bridge {
+    label: String,
+    bin: PathBuf,
+    toml: String,
 }
 
 impl Side {
     fn label(&self) -> String {
         match self {
             Side::Bare => "bare rumqttc".into(),
-            Side::Bridge { label, .. } => label.clone(),
+            Side::Bridge(b) => b.label.clone(),
         }
     }
 }
@@ -977,9 +1023,9 @@ async fn throughput_run(
             bare.say("exit");
             m
         }
-        Side::Bridge { bin, .. } => {
+        Side::Bridge(b) => {
             let sim = Sim::start(sim_config(subs, 3, 0)).await.expect("sim");
-            let mut bridge = start_bridge(bin, dir, &sim, mosquitto.port, qos, tag);
+            let mut bridge = start_bridge(b, dir, &sim, mosquitto.port, qos, tag);
             bridge_ready(&mut bridge, &sim, &sub, subs).await;
             sim.burst(w, &messages()).await.expect("warm-up burst");
             assert!(
@@ -1101,6 +1147,8 @@ struct Latency {
     /// Sorted latencies, ms.
     ms: Vec<f64>,
     cpu_us: f64,
+    /// Context switches per event (all threads of the measured process).
+    switches: f64,
     sent: u64,
     unmatched: u64,
 }
@@ -1136,10 +1184,12 @@ async fn latency_run(
             let pid = bare.proc.pid();
             sub.recording.store(true, Ordering::Relaxed);
             let cpu0 = cpu_seconds(pid);
+            let switches0 = context_switches(pid);
             bare.say("go");
             bare.expect("done").await;
             sub.wait_for(w + n, Duration::from_secs(10)).await;
             let cpu_us = (cpu_seconds(pid) - cpu0) * 1e6 / n.max(1) as f64;
+            let switches = (context_switches(pid) - switches0) as f64 / n.max(1) as f64;
             bare.say("exit");
             let sent: Vec<u64> = std::fs::read_to_string(&times_path)
                 .unwrap_or_default()
@@ -1162,19 +1212,21 @@ async fn latency_run(
             Latency {
                 ms,
                 cpu_us,
+                switches,
                 sent: n,
                 unmatched,
             }
         }
-        Side::Bridge { bin, .. } => {
+        Side::Bridge(b) => {
             let sim = Sim::start(sim_config(subs, 3, 0)).await.expect("sim");
-            let mut bridge = start_bridge(bin, dir, &sim, mosquitto.port, qos, tag);
+            let mut bridge = start_bridge(b, dir, &sim, mosquitto.port, qos, tag);
             bridge_ready(&mut bridge, &sim, &sub, subs).await;
             sim.burst(w, &messages()).await.expect("warm-up burst");
             assert!(sub.wait_for(w, limit).await, "bridge warm-up lost events");
             let pid = bridge.pid();
             sub.recording.store(true, Ordering::Relaxed);
             let cpu0 = cpu_seconds(pid);
+            let switches0 = context_switches(pid);
             // Paced by a thread: the runtime's timer has a 1 ms granularity.
             let handle = tokio::runtime::Handle::current();
             let pacer_sim = sim.clone();
@@ -1200,6 +1252,7 @@ async fn latency_run(
                 .expect("pacer task");
             sub.wait_for(w + n, Duration::from_secs(10)).await;
             let cpu_us = (cpu_seconds(pid) - cpu0) * 1e6 / n.max(1) as f64;
+            let switches = (context_switches(pid) - switches0) as f64 / n.max(1) as f64;
             drop(bridge);
             sim.shutdown().await;
             let arrivals = sub.take_arrivals();
@@ -1214,6 +1267,7 @@ async fn latency_run(
             Latency {
                 ms,
                 cpu_us,
+                switches,
                 sent: n,
                 unmatched,
             }
@@ -1238,7 +1292,7 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                 let tag = format!("lat-q{qos}-r{round}-{i}");
                 let l = latency_run(&sides[i], opts, qos, subs, &pool, dir, &tag).await;
                 println!(
-                    "latency QoS {qos}, round {}: {}: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, {:.1} µs CPU/event, {} of {} matched",
+                    "latency QoS {qos}, round {}: {}: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, {:.1} µs CPU/event, {:.2} context switches/event, {} of {} matched",
                     round + 1,
                     sides[i].label(),
                     percentile(&l.ms, 0.5),
@@ -1246,6 +1300,7 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                     percentile(&l.ms, 0.999),
                     l.ms.last().copied().unwrap_or(f64::NAN),
                     l.cpu_us,
+                    l.switches,
                     l.ms.len(),
                     l.sent
                 );
@@ -1272,7 +1327,7 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                 .map(|l| l.sent.saturating_sub(l.ms.len() as u64) + l.unmatched)
                 .sum();
             rows.push(format!(
-                "| QoS {qos}, {:.0} events/s, {subs} subscriptions | {} | {} | {} | {} | {} | {:.1} | {} |",
+                "| QoS {qos}, {:.0} events/s, {subs} subscriptions | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} |",
                 opts.rate,
                 side.label(),
                 range(p(ls, 0.5)),
@@ -1284,6 +1339,7 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
                     range(added)
                 },
                 median(ls.iter().map(|l| l.cpu_us).collect()),
+                median(ls.iter().map(|l| l.switches).collect()),
                 if missing == 0 {
                     "none".to_owned()
                 } else {
@@ -1305,7 +1361,7 @@ async fn latency(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
         "wake-up floor at {rate:.0} events/s: {cpu:.1?} µs CPU/event, {reads:.2} reads per event"
     );
     rows.push(format!(
-        "| wake-up floor, {rate:.0} events/s | a relay process: `read` + `write` per event, nothing else ({reads:.2} reads per event) | — | — | — | — | {:.1} ({:.1}–{:.1}) | none |",
+        "| wake-up floor, {rate:.0} events/s | a relay process: `read` + `write` per event, nothing else | — | — | — | — | {:.1} ({:.1}–{:.1}) | {reads:.2} reads | none |",
         median(cpu.clone()),
         cpu.iter().copied().fold(f64::INFINITY, f64::min),
         cpu.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -1432,12 +1488,12 @@ struct Idle {
     cpu_s: f64,
 }
 
-async fn idle_run(bin: &Path, n: usize, settle: Duration, dir: &Path, tag: &str) -> Idle {
+async fn idle_run(side: &Bridge, n: usize, settle: Duration, dir: &Path, tag: &str) -> Idle {
     let mosquitto = Mosquitto::start();
     let sub = Subscriber::start(mosquitto.port, QoS::AtMostOnce).await;
     let sim = Sim::start(sim_config(n, 4, 0)).await.expect("sim");
     let start = Instant::now();
-    let mut bridge = start_bridge(bin, dir, &sim, mosquitto.port, 1, tag);
+    let mut bridge = start_bridge(side, dir, &sim, mosquitto.port, 1, tag);
     bridge_ready(&mut bridge, &sim, &sub, n).await;
     let confirmed_s = start.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
@@ -1460,12 +1516,13 @@ async fn idle(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
     let mut rows = Vec::new();
     let small = (opts.idle / 10).max(50);
     for side in sides {
-        let Side::Bridge { label, bin } = side else {
+        let Side::Bridge(b) = side else {
             continue;
         };
-        let low = idle_run(bin, small, opts.settle, dir, &format!("idle-{label}-low")).await;
+        let label = &b.label;
+        let low = idle_run(b, small, opts.settle, dir, &format!("idle-{label}-low")).await;
         let high = idle_run(
-            bin,
+            b,
             opts.idle,
             opts.settle,
             dir,
@@ -1501,15 +1558,18 @@ async fn idle(opts: &Options, sides: &[Side], dir: &Path) -> Vec<String> {
 async fn bench(opts: Options, command: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sides = vec![Side::Bare];
-    sides.extend(opts.bridges.iter().map(|(label, bin)| Side::Bridge {
-        label: label.clone(),
-        bin: bin.clone(),
+    sides.extend(opts.bridges.iter().map(|(label, bin, toml)| {
+        Side::Bridge(Bridge {
+            label: label.clone(),
+            bin: bin.clone(),
+            toml: toml.clone(),
+        })
     }));
     let started = Instant::now();
     let load_before = load_average();
     println!("# {command}");
-    for (label, bin) in &opts.bridges {
-        println!("# {label}: {}", bin.display());
+    for (label, bin, toml) in &opts.bridges {
+        println!("# {label}: {} {}", bin.display(), toml.replace('\n', " "));
     }
     let mut out = Vec::new();
     if opts.runs("throughput") {
@@ -1525,7 +1585,7 @@ async fn bench(opts: Options, command: String) {
     if opts.runs("latency") {
         let rows = latency(&opts, &sides, dir.path()).await;
         out.push(format!(
-            "\n| latency: load | side | p50 ms | p99 ms | p99.9 ms | p99 added over bare, ms | CPU µs/event | missing |\n| --- | --- | --- | --- | --- | --- | ---: | --- |\n{}\n\nmedian (lowest–highest) of {} interleaved rounds of {:.0} s; send (just before `emit` / `publish`) to arrival at the subscriber",
+            "\n| latency: load | side | p50 ms | p99 ms | p99.9 ms | p99 added over bare, ms | CPU µs/event | context switches/event | missing |\n| --- | --- | --- | --- | --- | --- | ---: | ---: | --- |\n{}\n\nmedian (lowest–highest) of {} interleaved rounds of {:.0} s; send (just before `emit` / `publish`) to arrival at the subscriber",
             rows.join("\n"),
             opts.latency_rounds,
             opts.seconds

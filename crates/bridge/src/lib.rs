@@ -13,6 +13,7 @@ mod connection;
 pub mod dedup;
 pub mod demo;
 pub mod http;
+pub mod linger;
 pub mod logging;
 pub mod reconnect;
 pub mod route;

@@ -104,15 +104,40 @@ pub struct RuntimeConfig {
     /// (docs/BENCHMARKS.md, "Worker threads"), so the default stays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
+    /// How long the worker waits, once it has handled what was ready, before it looks at the
+    /// sockets again (`crate::linger`): at low and moderate rates one wake-up then serves
+    /// every event of the period instead of one each, for at most about this much added
+    /// latency. Zero (the default): every frame is handled as it comes. Needs one worker
+    /// (`worker_threads` absent or 1; absent means 1 here); at most [`Self::MAX_LINGER`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+    pub linger: Duration,
 }
 
 impl RuntimeConfig {
     /// The most worker threads accepted: far more than a bridge can use, low enough that a
     /// typo (an extra zero or two) is refused rather than spawning thousands of threads.
     pub const MAX_WORKER_THREADS: usize = 256;
+    /// The longest `linger`: every event may wait this much longer, so more is a mistake.
+    pub const MAX_LINGER: Duration = Duration::from_millis(10);
 
-    /// At least one worker, at most [`Self::MAX_WORKER_THREADS`].
+    /// At least one worker, at most [`Self::MAX_WORKER_THREADS`]; `linger` at most
+    /// [`Self::MAX_LINGER`], and only with one worker.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.linger > Self::MAX_LINGER {
+            return Err(ConfigError::new(
+                "runtime.linger",
+                format!(
+                    "must be at most {} (every event may wait that much longer)",
+                    humantime::format_duration(Self::MAX_LINGER)
+                ),
+            ));
+        }
+        if !self.linger.is_zero() && self.worker_threads.is_some_and(|n| n > 1) {
+            return Err(ConfigError::new(
+                "runtime.linger",
+                "needs runtime.worker_threads = 1 (a second worker would be woken for every frame while the first one lingers)",
+            ));
+        }
         match self.worker_threads {
             Some(0) => Err(ConfigError::new(
                 "runtime.worker_threads",
@@ -126,13 +151,19 @@ impl RuntimeConfig {
         }
     }
 
-    /// A multi-threaded runtime builder with every driver enabled and this many workers.
+    /// A multi-threaded runtime builder with every driver enabled, this many workers (one when
+    /// lingering), lingering as configured.
     pub fn builder(&self) -> tokio::runtime::Builder {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all();
-        if let Some(n) = self.worker_threads {
+        let workers = match self.worker_threads {
+            None if !self.linger.is_zero() => Some(1),
+            n => n,
+        };
+        if let Some(n) = workers {
             builder.worker_threads(n);
         }
+        crate::linger::install(&mut builder, self.linger);
         builder
     }
 }

@@ -78,6 +78,9 @@ fn errors_name_the_key_and_the_problem() {
         (format!("{MINIMAL}\n[runtime]\nworker_threads = 0\n"), "runtime.worker_threads", "at least 1"),
         (format!("{MINIMAL}\n[runtime]\nworker_threads = 4000\n"), "runtime.worker_threads", "at most 256"),
         (format!("{MINIMAL}\n[runtime]\nworker_threads = -1\n"), "runtime", ""),
+        (format!("{MINIMAL}\n[runtime]\nlinger = \"11ms\"\n"), "runtime.linger", "at most 10ms"),
+        (format!("{MINIMAL}\n[runtime]\nlinger = \"500us\"\nworker_threads = 2\n"), "runtime.linger", "worker_threads = 1"),
+        (format!("{MINIMAL}\n[runtime]\nlinger = \"soon\"\n"), "runtime", ""),
         (format!("{MINIMAL}\n[runtime]\nworkers = 2\n"), "runtime", "workers"),
     ];
     for (toml, key, problem) in cases {
@@ -476,6 +479,25 @@ fn the_runtime_takes_the_configured_worker_threads() {
     assert_eq!(runtime.metrics().num_workers(), 1);
     let two = RuntimeConfig {
         worker_threads: Some(2),
+        ..RuntimeConfig::default()
     };
     assert_eq!(two.builder().build().unwrap().metrics().num_workers(), 2);
+}
+
+#[test]
+fn linger_is_off_by_default_and_runs_on_one_worker_when_set() {
+    let default = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+    assert!(default.config.runtime.linger.is_zero());
+    assert!(!default.redacted_toml().contains("linger"));
+    let set = Config::from_toml(&format!("{MINIMAL}\n[runtime]\nlinger = \"500us\"\n"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(set.config.runtime.linger, Duration::from_micros(500));
+    assert!(set.redacted_toml().contains("linger = \"500us\""));
+    // One worker unless told otherwise; 1 said explicitly is accepted too.
+    let runtime = set.config.runtime.builder().build().unwrap();
+    assert_eq!(runtime.metrics().num_workers(), 1);
+    let explicit = format!("{MINIMAL}\n[runtime]\nlinger = \"1ms\"\nworker_threads = 1\n");
+    assert!(Config::from_toml(&explicit).unwrap().validate().is_ok());
 }
