@@ -369,3 +369,68 @@ fn newcomers_get_plain_configs_and_messages() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("line 2") && err.contains("(in "), "{err}");
 }
+
+/// `[runtime] linger` as an operator sets it: events that come one at a time (each after the
+/// worker has gone idle or while it lingers) and in a burst all reach the sink, and the bridge
+/// stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_linger_delivers_single_events_and_bursts() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let config = ConfigFile::new();
+    let out = config.dir().join("events.jsonl");
+    let (_, accounts) = sim_accounts(&sim);
+    config.write(format!(
+        "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[runtime]\nlinger = \"2ms\"\n{accounts}",
+        sim.url(),
+        out.display()
+    ));
+    let child = bridge()
+        .args(["run", "--metrics-addr", "127.0.0.1:0", "-c"])
+        .arg(config.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sim.wait_for_subscriptions(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    for k in 0..20u64 {
+        let kind = voxsig_protocol::EventKind::MessageCreated;
+        sim.emit(voxsig_sim::EventSpec::new(1 + k % 2, kind))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    sim.burst(200, &Selection::all()).await.unwrap();
+    sim.wait_for_delivery(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let written = sim
+        .ground_truth()
+        .broadcasts()
+        .filter(|e| !e.deliveries.is_empty())
+        .count();
+    // Bounded wait for the file to catch up with what was delivered to the bridge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let count = || {
+        std::fs::read_to_string(&out)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    while count() < written && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(child.id(), "-TERM");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(written >= 220, "{written} broadcasts");
+    assert!(
+        count() >= written,
+        "{} lines for {written} broadcasts",
+        count()
+    );
+    sim.shutdown().await;
+}
