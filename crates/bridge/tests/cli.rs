@@ -167,44 +167,72 @@ fn signal(pid: u32, sig: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_publishes_and_sigterm_drains_and_exits_zero() {
-    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+/// A bridge running on `sim`'s two accounts into a file sink (`extra` appended to its config,
+/// `flags` before `-c`), once both subscriptions are confirmed: its config (kept for the run),
+/// the sink's file, the process and the accounts' tokens.
+async fn run_into_file(
+    sim: &voxsig_sim::Sim,
+    extra: &str,
+    flags: &[&str],
+) -> (
+    ConfigFile,
+    std::path::PathBuf,
+    std::process::Child,
+    Vec<String>,
+) {
     let config = ConfigFile::new();
     let out = config.dir().join("events.jsonl");
-    let (tokens, accounts) = sim_accounts(&sim);
+    let (tokens, accounts) = sim_accounts(sim);
     config.write(format!(
-        "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n{accounts}",
+        "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n{extra}\n{accounts}",
         sim.url(),
         out.display()
     ));
-    let path = config.path();
     let child = bridge()
-        .args([
-            "run",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "-c",
-        ])
-        .arg(path)
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .args(flags)
+        .arg("-c")
+        .arg(config.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     sim.wait_for_subscriptions(2, Duration::from_secs(20))
         .await
         .unwrap();
+    (config, out, child, tokens)
+}
+
+/// SIGTERM, and what the process said until it exited.
+async fn terminate(child: std::process::Child) -> Output {
+    signal(child.id(), "-TERM");
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Broadcasts the simulator delivered to at least one subscription.
+fn broadcasts_delivered(sim: &voxsig_sim::Sim) -> usize {
+    sim.ground_truth()
+        .broadcasts()
+        .filter(|e| !e.deliveries.is_empty())
+        .count()
+}
+
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_publishes_and_sigterm_drains_and_exits_zero() {
+    let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
+    let (_config, out, child, tokens) = run_into_file(&sim, "", &["--log-format", "json"]).await;
     sim.burst(100, &Selection::all()).await.unwrap();
     sim.wait_for_delivery(Duration::from_secs(10))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(child.id(), "-TERM");
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let o = terminate(child).await;
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
     // JSON logs, and no token in them.
@@ -212,16 +240,11 @@ async fn run_publishes_and_sigterm_drains_and_exits_zero() {
     for token in &tokens {
         assert!(!err.contains(token));
     }
-    let lines = std::fs::read_to_string(&out).unwrap();
-    let written = sim
-        .ground_truth()
-        .broadcasts()
-        .filter(|e| !e.deliveries.is_empty())
-        .count();
+    let written = broadcasts_delivered(&sim);
     assert!(
-        lines.lines().count() >= written,
+        lines_in(&out) >= written,
         "{} lines for {written} broadcasts",
-        lines.lines().count()
+        lines_in(&out)
     );
     sim.shutdown().await;
 }
@@ -376,23 +399,7 @@ fn newcomers_get_plain_configs_and_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_linger_delivers_single_events_and_bursts() {
     let sim = sim(world(2, 1, 1, 0), SimConfig::default()).await;
-    let config = ConfigFile::new();
-    let out = config.dir().join("events.jsonl");
-    let (_, accounts) = sim_accounts(&sim);
-    config.write(format!(
-        "[source]\nurl = \"{}\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[runtime]\nlinger = \"2ms\"\n{accounts}",
-        sim.url(),
-        out.display()
-    ));
-    let child = bridge()
-        .args(["run", "--metrics-addr", "127.0.0.1:0", "-c"])
-        .arg(config.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sim.wait_for_subscriptions(2, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let (_config, out, child, _) = run_into_file(&sim, "[runtime]\nlinger = \"2ms\"", &[]).await;
     for k in 0..20u64 {
         let kind = voxsig_protocol::EventKind::MessageCreated;
         sim.emit(voxsig_sim::EventSpec::new(1 + k % 2, kind))
@@ -404,33 +411,20 @@ async fn run_with_linger_delivers_single_events_and_bursts() {
     sim.wait_for_delivery(Duration::from_secs(10))
         .await
         .unwrap();
-    let written = sim
-        .ground_truth()
-        .broadcasts()
-        .filter(|e| !e.deliveries.is_empty())
-        .count();
-    // Bounded wait for the file to catch up with what was delivered to the bridge.
+    let written = broadcasts_delivered(&sim);
+    // Bounded wait for the file to catch up with what the simulator delivered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let count = || {
-        std::fs::read_to_string(&out)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
-    while count() < written && std::time::Instant::now() < deadline {
+    while lines_in(&out) < written && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    signal(child.id(), "-TERM");
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let o = terminate(child).await;
     let (_, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(written >= 220, "{written} broadcasts");
     assert!(
-        count() >= written,
+        lines_in(&out) >= written,
         "{} lines for {written} broadcasts",
-        count()
+        lines_in(&out)
     );
     sim.shutdown().await;
 }
