@@ -856,8 +856,18 @@ impl BufferWriter {
                 }
                 Placed::Wait { disk_error: false } => {}
                 Placed::WriteOut(log) => {
-                    // A failure is the log's to report and retry: the next attempt sees it.
-                    let _ = log.flush();
+                    // Written on a blocking thread, not on the runtime's: behind a slow disk
+                    // this waits for the write in progress and then writes a whole batch, and
+                    // every socket served by this worker would wait with it. This push waits
+                    // (the backpressure); a failure is the log's to report and retry. Inline
+                    // only when the runtime cannot take blocking work any more (shutting down).
+                    let off = tokio::task::spawn_blocking({
+                        let log = log.clone();
+                        move || log.flush()
+                    });
+                    if off.await.is_err() {
+                        let _ = log.flush();
+                    }
                     continue;
                 }
             }
@@ -2290,6 +2300,51 @@ mod disk_tests {
             Store::Memory => unreachable!("a disk buffer"),
         };
         log.flush().unwrap();
+    }
+
+    /// A full write batch is written on a blocking thread: while a slow disk holds the write
+    /// in progress, a push that must wait for it leaves the runtime's one thread to the other
+    /// tasks (before, it waited on that thread, and every socket of the worker with it).
+    #[tokio::test]
+    async fn a_push_behind_a_slow_disk_does_not_stop_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, r, _registry) = opened(&disk_config(dir.path()));
+        if let Store::Disk(disk) = &r.acker.shared.lock().store {
+            disk.slow_writes(400);
+        }
+        // ~2 MiB: more than one write batch holds (`disk::MAX_BATCH`, 1 MiB).
+        let big = |n: u64| {
+            let mut rec = numbered(n);
+            rec.payload = bytes::Bytes::from(vec![b'x'; 1024]);
+            rec
+        };
+        let n = 2 * disk::MAX_BATCH as u64 / 1024;
+        let pusher = tokio::spawn(async move {
+            for i in 0..n {
+                w.push(big(i)).await.unwrap();
+            }
+            w
+        });
+        // The first write (a few records, the writer's) takes 400 ms; the batch fills behind it
+        // and the pusher must wait. Meanwhile this task, on the same thread, keeps running.
+        let started = Instant::now();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ticking = started.elapsed();
+        assert!(!pusher.is_finished(), "the pusher waits for the slow disk");
+        assert!(
+            ticking < Duration::from_millis(300),
+            "20 ticks of 1 ms took {ticking:?}: the runtime waited for the disk"
+        );
+        if let Store::Disk(disk) = &r.acker.shared.lock().store {
+            disk.slow_writes(0);
+        }
+        let w = tokio::time::timeout(Duration::from_secs(20), pusher)
+            .await
+            .expect("the pusher finishes once the disk is fast again")
+            .unwrap();
+        assert_eq!(w.depth() as u64, n);
     }
 
     fn fail_writes(r: &BufferReader, fail: bool) {

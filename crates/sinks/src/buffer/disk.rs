@@ -595,6 +595,12 @@ impl Disk {
         self.log.lock_batch().file = self.active.clone();
     }
 
+    /// Tests: every following write takes `ms` milliseconds longer (a slow disk).
+    #[cfg(test)]
+    pub(crate) fn slow_writes(&self, ms: u64) {
+        self.log.slow_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Tests: whether the writer found the disk refusing writes.
     #[cfg(test)]
     pub(crate) fn failing(&self) -> bool {
@@ -1150,6 +1156,9 @@ pub(crate) struct Log {
     io: Mutex<Io>,
     /// The last write failed: nothing new is accepted until a retry succeeds.
     failing: AtomicBool,
+    /// Tests: every write first sleeps this many milliseconds (a slow disk), holding `io`.
+    #[cfg(test)]
+    slow_ms: std::sync::atomic::AtomicU64,
 }
 
 struct Batch {
@@ -1256,6 +1265,8 @@ impl Log {
                 ..Io::default()
             }),
             failing: AtomicBool::new(false),
+            #[cfg(test)]
+            slow_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let writer = log.clone();
         let spawned = std::thread::Builder::new()
@@ -1354,6 +1365,8 @@ impl Log {
         let Some(mut chunk) = chunk else {
             return Ok(());
         };
+        #[cfg(test)]
+        std::thread::sleep(Duration::from_millis(self.slow_ms.load(Ordering::SeqCst)));
         let marker: &[u8] = if marker { &format::END_MARKER } else { &[] };
         let written = write_slices_at(file, chunk.frames.slices().chain([marker]), chunk.at);
         match written {
