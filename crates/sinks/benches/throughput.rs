@@ -245,9 +245,10 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     if fsync.is_some() {
         // What went the slow way: written, read back, checked, decoded (warm-up included).
         println!(
-            "  disk buffer: {} of {} records read back from disk",
-            read_back(&registry),
-            n + warmup
+            "  disk buffer: {} of {} records read back from disk, {} never written (delivered first)",
+            counter(&registry, "voxsig_bridge_buffer_read_back_total"),
+            n + warmup,
+            counter(&registry, "voxsig_bridge_buffer_write_skipped_total"),
         );
     }
     measured
@@ -318,12 +319,12 @@ fn appends_alone(fsync: Fsync, n: u64) -> Measure {
     measured
 }
 
-/// The disk buffer's `voxsig_bridge_buffer_read_back_total`.
-fn read_back(registry: &prometheus::Registry) -> u64 {
+/// The value of counter `name` (e.g. `voxsig_bridge_buffer_read_back_total`).
+fn counter(registry: &prometheus::Registry, name: &str) -> u64 {
     registry
         .gather()
         .iter()
-        .filter(|f| f.name() == "voxsig_bridge_buffer_read_back_total")
+        .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric().iter())
         .map(|m| m.get_counter().get_value() as u64)
         .sum()

@@ -2207,6 +2207,8 @@ mod disk_tests {
         for i in 0..5 {
             w.push(numbered(i)).await.unwrap();
         }
+        // Written before they are acknowledged (records acknowledged first are never written).
+        write_out(&r);
         let mut acked = drain(&mut r);
         r.ack_many(&mut acked);
         drop((w, r));
@@ -2308,11 +2310,16 @@ mod disk_tests {
     #[tokio::test]
     async fn a_push_behind_a_slow_disk_does_not_stop_the_runtime() {
         let dir = tempfile::tempdir().unwrap();
-        let (w, r, _registry) = opened(&disk_config(dir.path()));
+        // Segments of 16 MiB: no rotation here (a rotation writes the batch out inline).
+        let config = BufferConfig {
+            max_bytes: 256 * 1024 * 1024,
+            ..disk_config(dir.path())
+        };
+        let (w, r, _registry) = opened(&config);
         if let Store::Disk(disk) = &r.acker.shared.lock().store {
             disk.slow_writes(1000);
         }
-        // ~2 MiB: more than one write batch holds (`disk::MAX_BATCH`, 1 MiB).
+        // Twice what one write batch holds (`disk::MAX_BATCH`).
         let big = |n: u64| {
             let mut rec = numbered(n);
             rec.payload = bytes::Bytes::from(vec![b'x'; 1024]);
@@ -2638,6 +2645,88 @@ mod disk_tests {
         }
     }
 
+    /// Records that left the buffer before their write came are never written; the rest are,
+    /// and records spilled after some were skipped are read back from where they landed.
+    #[tokio::test]
+    async fn records_finished_before_their_write_are_not_written_and_spills_after_them_read_back() {
+        let size = format::framed_len(&record("t/100", 100));
+        let dir = tempfile::tempdir().unwrap();
+        // A window of 8 records (as in the table above).
+        let config = BufferConfig {
+            max_bytes: 64 * size,
+            ..disk_config(dir.path())
+        };
+        let (w, mut r, registry) = opened(&config);
+        let with_disk =
+            |r: &BufferReader, f: &dyn Fn(&disk::Disk)| match &r.acker.shared.lock().store {
+                Store::Disk(disk) => f(disk),
+                Store::Memory => unreachable!("a disk buffer"),
+            };
+        with_disk(&r, &|d| d.hold_writer(true));
+        let skipped = |registry: &prometheus::Registry| {
+            metric(registry, "voxsig_bridge_buffer_write_skipped_total", None)
+        };
+        let push = |from: u64, to: u64| {
+            let w = &w;
+            async move {
+                for i in from..to {
+                    w.push(record(&format!("t/{}", 100 + i), 100 + i))
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let ack = |r: &BufferReader, claims: &mut Vec<Claim>, seqs: &[u64]| {
+            for seq in seqs {
+                let at = claims.iter().position(|c| c.seq() == *seq).unwrap();
+                r.ack(claims.remove(at));
+            }
+        };
+        // 0..3 taken, 1 and 2 acknowledged but not 0: nothing may be skipped (only a
+        // finished prefix is).
+        push(0, 3).await;
+        let mut claims = drain(&mut r);
+        ack(&r, &mut claims, &[1, 2]);
+        write_out(&r);
+        assert_eq!(skipped(&registry), 0);
+        ack(&r, &mut claims, &[0]);
+        // 3..8 taken, 3, 4, 5 acknowledged before the write: skipped; 6 and 7 written.
+        push(3, 8).await;
+        claims.extend(drain(&mut r));
+        ack(&r, &mut claims, &[3, 4, 5]);
+        write_out(&r);
+        assert_eq!(skipped(&registry), 3);
+        ack(&r, &mut claims, &[6, 7]);
+        // 8..11 acknowledged while they wait for their write; then 11..31 into an empty
+        // queue: 11..18 in memory, 19..30 on disk only. Once a record is on disk only, the
+        // batch is written whole (8..11 too): the reader finds 19..30 where they were put.
+        push(8, 11).await;
+        let mut claims = drain(&mut r);
+        r.ack_many(&mut claims);
+        push(11, 31).await;
+        write_out(&r);
+        let mut claims = drain(&mut r);
+        assert_eq!(
+            claims.iter().map(|c| c.seq()).collect::<Vec<_>>(),
+            (11..31).collect::<Vec<_>>()
+        );
+        assert_eq!(topics(&claims), expected(100 + 11..100 + 31));
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_read_back_total", None),
+            12
+        );
+        r.ack_many(&mut claims);
+        assert_eq!(skipped(&registry), 3, "nothing skipped while records spill");
+        drop((w, r));
+        wait_closed(dir.path(), 31);
+        // Without the ledger every record on disk comes again: the written ones only.
+        std::fs::remove_file(dir.path().join("ledger")).unwrap();
+        let (_w, mut r, _) = opened(&config);
+        let again: Vec<u64> = drain(&mut r).iter().map(|c| c.seq()).collect();
+        let written: Vec<u64> = [0, 1, 2, 6, 7].into_iter().chain(8..31).collect();
+        assert_eq!(again, written);
+    }
+
     #[tokio::test]
     async fn requeued_records_keep_their_place_before_spilled_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -2698,6 +2787,7 @@ mod disk_tests {
         }
         assert_eq!(take_all(&mut r), expected(20..40));
         drop((w, r));
+        wait_closed(dir.path(), 40);
         // Nothing of it comes back after a restart: the books were settled, not leaked.
         let (w, mut r, _) = opened(&config);
         assert_eq!(w.depth(), 0);

@@ -20,6 +20,7 @@
 //! | `voxsig_bridge_buffer_capacity_events` / `voxsig_bridge_buffer_capacity_bytes` | gauge | — (a disk buffer without `max_events`: the largest value, so fill ratios stay 0) |
 //! | `voxsig_bridge_buffer_replayed_total` | counter | — |
 //! | `voxsig_bridge_buffer_read_back_total` | counter | — |
+//! | `voxsig_bridge_buffer_write_skipped_total` | counter | — |
 //! | `voxsig_bridge_buffer_corrupt_records_total` | counter | `kind` (`torn_tail`, `checksum`) |
 //! | `voxsig_bridge_buffer_write_errors_total` | counter | — |
 
@@ -134,6 +135,7 @@ struct Metrics {
     limiter: LogLimiter,
     replayed: prometheus::IntCounter,
     read_back: prometheus::IntCounter,
+    write_skipped: prometheus::IntCounter,
     corrupt: IntCounterVec,
     write_errors: prometheus::IntCounter,
     /// Set with the `connected` gauge, by the same events.
@@ -234,6 +236,10 @@ impl SinkMetrics {
             read_back: plain_counter(
                 "voxsig_bridge_buffer_read_back_total",
                 "Records the disk buffer read back from its files (beyond its memory window, or replayed after a start)",
+            )?,
+            write_skipped: plain_counter(
+                "voxsig_bridge_buffer_write_skipped_total",
+                "Records the disk buffer never wrote: they left it (delivered, rejected or dropped) before their write came",
             )?,
             corrupt: counter(
                 "voxsig_bridge_buffer_corrupt_records_total",
@@ -647,6 +653,18 @@ impl InternalEvent for RecordsReadBack {
         if self.replayed > 0 {
             m.inner.replayed.inc_by(self.replayed);
         }
+    }
+}
+
+/// Records left the disk buffer before their write came, and were not written: nothing on disk
+/// to keep for them. Counted; no log line.
+pub(crate) struct DiskWritesSkipped {
+    pub records: u64,
+}
+
+impl InternalEvent for DiskWritesSkipped {
+    fn emit(self, m: &SinkMetrics) {
+        m.inner.write_skipped.inc_by(self.records);
     }
 }
 

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,8 @@ use super::books::{Acks, Retire, Segment, Segments, Spares};
 use super::format::{self, Frames, Header, Ledger, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::runs::{Run, Runs};
 use crate::telemetry::{
-    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, RecordsReadBack,
+    emit, BufferRecovered, CorruptKind, CorruptRecords, DiskBatchLost, DiskWritesSkipped,
+    RecordsReadBack,
 };
 use crate::{Record, SinkMetrics};
 
@@ -43,12 +44,16 @@ const SPARE_SUFFIX: &str = ".spare";
 const SPARES: usize = 2;
 /// Accepted records not yet handed to the kernel are at most this many bytes in the batch (plus
 /// one batch being written): beyond it, `append` writes the batch itself before taking more.
-pub(crate) const MAX_BATCH: usize = 1024 * 1024;
+/// The batch holds frame heads (~100 bytes a record) and shares the payloads with the memory
+/// queue, so its own memory is a small part of this.
+pub(crate) const MAX_BATCH: usize = 4 * 1024 * 1024;
 /// The writer thread writes a batch this long after its first record was accepted (woken by
 /// that record when it was idle; otherwise at this deadline): fewer, larger writes and no
 /// wake-up per batch under a steady load. A batch that reaches [`MAX_BATCH`] first is written by
-/// `push`.
-pub(crate) const LINGER: Duration = Duration::from_micros(200);
+/// `push`. Records the sink finishes within this time are never written ([`Log::take`]): the
+/// longer it is, the less a sink that keeps up costs the disk; it is also how long a `kill -9`
+/// may find an accepted record not yet in the page cache.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
 /// A lingering writer is woken early once the batch holds this much (a burst), so that it
 /// rather than `push` writes it.
 const WAKE_BYTES: usize = MAX_BATCH / 2;
@@ -548,7 +553,7 @@ impl Disk {
             Fsync::Always => WAKE_BYTES_ALWAYS,
             Fsync::Interval | Fsync::Never => WAKE_BYTES,
         };
-        let log = Log::start(active.clone(), next_seq, wake_bytes);
+        let log = Log::start(active.clone(), next_seq, wake_bytes, metrics.clone());
         let disk = Disk {
             dir: dir.to_owned(),
             fsync,
@@ -599,6 +604,12 @@ impl Disk {
     #[cfg(test)]
     pub(crate) fn slow_writes(&self, ms: u64) {
         self.log.slow_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Tests: while held, the writer thread writes nothing (batches wait for a flush).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self, hold: bool) {
+        self.log.held.store(hold, Ordering::SeqCst);
     }
 
     /// Tests: whether the writer found the disk refusing writes.
@@ -670,7 +681,11 @@ impl Disk {
             self.rotate(seq).map_err(AppendError::Io)?;
             batch = self.log.lock_batch();
         }
-        let at = self.active_len;
+        // Where the record lands in the file. Records that leave the buffer before their write
+        // comes are not written ([`Log::take`]), so this is the batch's offset plus what it holds:
+        // exact as long as nothing in the batch is dropped, which `keep_all` ensures while any
+        // record is on disk only (a run's offsets must be where its records are).
+        let at = batch.at + batch.frames.len() as u64;
         if batch.frames.is_empty() {
             batch.first_at = Some(Instant::now());
         }
@@ -680,6 +695,7 @@ impl Disk {
         batch.frames.push(seq, record);
         debug_assert_eq!((batch.frames.len() - before) as u64, size);
         batch.end_seq = seq + 1;
+        batch.keep_all = spill || self.runs.records() > 0;
         // A lingering writer writes at its deadline: woken only by a burst (each wake-up costs
         // the producer a futex wake).
         let wake = match batch.writer {
@@ -877,6 +893,7 @@ impl Disk {
     pub(crate) fn finish(&mut self, seq: u64) {
         if self.acks.finish(seq) {
             let below = self.acks.below();
+            self.log.finished_below.store(below, Ordering::Release);
             for segment in self.segments.take_finished(below) {
                 self.retire(segment.first);
             }
@@ -1156,9 +1173,16 @@ pub(crate) struct Log {
     io: Mutex<Io>,
     /// The last write failed: nothing new is accepted until a retry succeeds.
     failing: AtomicBool,
+    /// Every record below this has left the buffer for good (the books' acknowledged prefix,
+    /// published by [`Disk::finish`]): such records still in the batch are not written.
+    finished_below: AtomicU64,
+    metrics: SinkMetrics,
     /// Tests: every write first sleeps this many milliseconds (a slow disk), holding `io`.
     #[cfg(test)]
     slow_ms: std::sync::atomic::AtomicU64,
+    /// Tests: the writer thread leaves batches alone ([`Disk::hold_writer`]).
+    #[cfg(test)]
+    held: AtomicBool,
 }
 
 struct Batch {
@@ -1180,6 +1204,9 @@ struct Batch {
     wake_bytes: usize,
     /// What the writer thread does (whether a record must wake it).
     writer: Writer,
+    /// Write every record in the batch, finished or not: records are on disk only (spilled or
+    /// recovered), and the offsets the reader reads them at count every byte before them.
+    keep_all: bool,
     closed: bool,
 }
 
@@ -1246,7 +1273,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Log {
-    fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize) -> Arc<Log> {
+    fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize, metrics: SinkMetrics) -> Arc<Log> {
         let log = Arc::new(Log {
             batch: Mutex::new(Batch {
                 frames: Frames::default(),
@@ -1257,6 +1284,7 @@ impl Log {
                 first_at: None,
                 wake_bytes,
                 writer: Writer::Busy,
+                keep_all: false,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -1265,8 +1293,12 @@ impl Log {
                 ..Io::default()
             }),
             failing: AtomicBool::new(false),
+            finished_below: AtomicU64::new(0),
+            metrics,
             #[cfg(test)]
             slow_ms: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(test)]
+            held: AtomicBool::new(false),
         });
         let writer = log.clone();
         let spawned = std::thread::Builder::new()
@@ -1277,6 +1309,19 @@ impl Log {
             tracing::error!(%error, "disk buffer: cannot start the writer thread");
         }
         log
+    }
+
+    /// Tests: how long a held writer waits before it looks again.
+    #[cfg(test)]
+    fn held(&self) -> Option<Duration> {
+        self.held
+            .load(Ordering::SeqCst)
+            .then_some(Duration::from_millis(1))
+    }
+
+    #[cfg(not(test))]
+    fn held(&self) -> Option<Duration> {
+        None
     }
 
     fn lock_batch(&self) -> MutexGuard<'_, Batch> {
@@ -1301,7 +1346,7 @@ impl Log {
                 batch = self.wake.wait(batch).unwrap_or_else(|p| p.into_inner());
                 batch.writer = Writer::Busy;
                 continue;
-            } else if let Some(wait) = batch.linger() {
+            } else if let Some(wait) = batch.linger().or_else(|| self.held()) {
                 batch.writer = Writer::Lingering;
                 batch = self
                     .wake
@@ -1316,7 +1361,7 @@ impl Log {
                 return;
             }
             let mut io = locked(&self.io);
-            let (file, marker, chunk) = Self::take(&mut batch, &mut io);
+            let (file, marker, chunk) = self.take(&mut batch, &mut io);
             drop(batch);
             let _ = self.write(&mut io, &file, marker, chunk);
             drop(io);
@@ -1324,10 +1369,21 @@ impl Log {
         }
     }
 
-    fn take(batch: &mut Batch, io: &mut Io) -> (Arc<File>, bool, Option<Chunk>) {
+    /// Takes the batch to write it. Its records that already left the buffer (a prefix:
+    /// delivered while they waited for their write, the common case when the sink keeps up)
+    /// are dropped, unless `keep_all`: they need no place on disk, and a crash cannot lose
+    /// what was delivered. They count as written.
+    fn take(&self, batch: &mut Batch, io: &mut Io) -> (Arc<File>, bool, Option<Chunk>) {
         let file = batch.file.clone();
         if batch.frames.is_empty() {
             return (file, batch.marker, None);
+        }
+        if !batch.keep_all {
+            let below = self.finished_below.load(Ordering::Acquire);
+            let (records, _) = batch.frames.drop_below(below);
+            if records > 0 {
+                emit(&self.metrics, DiskWritesSkipped { records });
+            }
         }
         let frames = std::mem::replace(&mut batch.frames, std::mem::take(&mut io.spare));
         batch.first_at = None;
@@ -1394,7 +1450,7 @@ impl Log {
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         let mut batch = self.lock_batch();
         let mut io = locked(&self.io);
-        let (file, marker, chunk) = Self::take(&mut batch, &mut io);
+        let (file, marker, chunk) = self.take(&mut batch, &mut io);
         drop(batch);
         self.write(&mut io, &file, marker, chunk)
     }
@@ -1565,17 +1621,19 @@ mod tests {
     fn the_writer_lingers_until_the_deadline_of_the_batch_s_first_record_or_a_burst() {
         let t0 = Instant::now();
         let us = Duration::from_micros;
+        // Times in twentieths of `LINGER`.
+        let l = LINGER.as_micros() as u64 / 20;
         // (bytes in the batch, first record accepted at t0 + this, now = t0 + this, expected wait)
         let cases: &[(usize, Option<u64>, u64, Option<u64>)] = &[
-            (1_300, Some(0), 0, Some(200)),
-            (1_300, Some(0), 150, Some(50)),
-            (1_300, Some(0), 200, None),
-            (1_300, Some(0), 5_000, None),
-            (1_300, Some(100), 150, Some(150)),
+            (1_300, Some(0), 0, Some(20 * l)),
+            (1_300, Some(0), 15 * l, Some(5 * l)),
+            (1_300, Some(0), 20 * l, None),
+            (1_300, Some(0), 500 * l, None),
+            (1_300, Some(10 * l), 15 * l, Some(15 * l)),
             // A burst: written at once.
-            (WAKE_BYTES - 1, Some(0), 10, Some(190)),
-            (WAKE_BYTES, Some(0), 10, None),
-            (MAX_BATCH, Some(0), 10, None),
+            (WAKE_BYTES - 1, Some(0), l, Some(19 * l)),
+            (WAKE_BYTES, Some(0), l, None),
+            (MAX_BATCH, Some(0), l, None),
             // No deadline (a batch with records always has one): written at once.
             (1_300, None, 0, None),
         ];

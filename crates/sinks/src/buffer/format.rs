@@ -274,29 +274,77 @@ impl Frames {
         self.len += std::mem::take(&mut other.len);
     }
 
+    /// The frame whose head starts at `heads[at]`, its payload (if kept by reference) being
+    /// `payloads[payload]`: `None` past the last frame.
+    fn frame_at(&self, at: usize, payload: usize) -> Option<FrameAt> {
+        let header = self.heads.get(at..at + FRAME_HEADER_LEN)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let body_end = at + FRAME_HEADER_LEN + len;
+        // A payload kept by reference is this frame's when it goes before the body's end
+        // (the next frame's head, and so its payload, starts at the body's end or later).
+        let by_reference = self
+            .payloads
+            .get(payload)
+            .is_some_and(|(after, _)| *after < body_end);
+        let head_end = if by_reference {
+            self.payloads[payload].0
+        } else {
+            body_end
+        };
+        // The body starts with the sequence number.
+        let seq = self
+            .heads
+            .get(at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + 8)?;
+        Some(FrameAt {
+            head_end,
+            by_reference,
+            seq: u64::from_le_bytes(seq.try_into().ok()?),
+            framed: FRAME_HEADER_LEN + len,
+        })
+    }
+
     /// Fills in the checksum of every frame. Sealing sealed frames again changes nothing.
     pub(crate) fn seal(&mut self) {
-        let mut at = 0;
-        let mut payloads = self.payloads.iter().peekable();
-        while let Some(header) = self.heads.get(at..at + FRAME_HEADER_LEN) {
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let body_end = at + FRAME_HEADER_LEN + len;
-            // A payload kept by reference is this frame's when it goes before the body's end
-            // (the next frame's head, and so its payload, starts at the body's end or later).
-            let payload = payloads.next_if(|(after, _)| *after < body_end);
-            let head_end = payload.map_or(body_end, |(after, _)| *after);
-            let Some(head) = self.heads.get(at + FRAME_HEADER_LEN..head_end) else {
+        let (mut at, mut payload) = (0, 0);
+        while let Some(frame) = self.frame_at(at, payload) {
+            let Some(head) = self.heads.get(at + FRAME_HEADER_LEN..frame.head_end) else {
                 debug_assert!(false, "a partial frame to seal");
                 return;
             };
             let mut crc = crc32fast::Hasher::new();
             crc.update(head);
-            if let Some((_, payload)) = payload {
-                crc.update(payload);
+            if frame.by_reference {
+                crc.update(&self.payloads[payload].1);
+                payload += 1;
             }
             self.heads[at + 4..at + 8].copy_from_slice(&crc.finalize().to_le_bytes());
-            at = head_end;
+            at = frame.head_end;
         }
+    }
+
+    /// Drops the frames at the front whose sequence number is below `seq`: records that left
+    /// the buffer (delivered, rejected or dropped) before they were written need no place on
+    /// disk. Returns how many frames went, and their bytes.
+    pub(crate) fn drop_below(&mut self, seq: u64) -> (u64, usize) {
+        let (mut at, mut payload, mut count, mut bytes) = (0, 0, 0, 0);
+        while let Some(frame) = self.frame_at(at, payload) {
+            if frame.seq >= seq {
+                break;
+            }
+            payload += usize::from(frame.by_reference);
+            count += 1;
+            bytes += frame.framed;
+            at = frame.head_end;
+        }
+        if count > 0 {
+            self.heads.drain(..at);
+            self.payloads.drain(..payload);
+            for (after, _) in &mut self.payloads {
+                *after -= at;
+            }
+            self.len -= bytes;
+        }
+        (count, bytes)
     }
 
     /// The bytes to write, in order: heads and payloads (no empty slice).
@@ -312,6 +360,17 @@ impl Frames {
             .flat_map(|(from, (to, payload))| [&self.heads[from..to], payload])
             .filter(|slice| !slice.is_empty())
     }
+}
+
+/// Where one frame of [`Frames`] is.
+struct FrameAt {
+    /// Where its head ends in `heads` (the next frame's head starts there).
+    head_end: usize,
+    /// Its payload is the next of `payloads`.
+    by_reference: bool,
+    seq: u64,
+    /// Its bytes on disk.
+    framed: usize,
 }
 
 /// A frame header: the body's length and checksum.
@@ -553,6 +612,50 @@ mod tests {
         assert_eq!(joined(&first), joined(&whole));
         first.clear();
         assert!(first.is_empty() && first.slices().next().is_none());
+    }
+
+    #[test]
+    fn frames_dropped_below_a_sequence_number_write_as_if_never_pushed() {
+        // Frames 10..21 of every payload shape (in place, by reference, empty); each case drops
+        // below `seq` and must leave exactly the frames from there on, sealing and writing as
+        // if only they had been pushed.
+        let records = mixed(11);
+        let cases: [(u64, u64); 7] = [
+            (0, 0),
+            (10, 0),
+            (11, 1),
+            (13, 3),
+            (14, 4),
+            (20, 10),
+            (u64::MAX, 11),
+        ];
+        for (below, dropped) in cases {
+            let (mut frames, mut rest) = (Frames::default(), Frames::default());
+            for (i, r) in records.iter().enumerate() {
+                let seq = 10 + i as u64;
+                frames.push(seq, r);
+                if seq >= below {
+                    rest.push(seq, r);
+                }
+            }
+            let before = frames.len();
+            let (count, bytes) = frames.drop_below(below);
+            assert_eq!(
+                (count, bytes),
+                (dropped, before - rest.len()),
+                "below {below}"
+            );
+            assert_eq!(frames.len(), rest.len(), "below {below}");
+            frames.seal();
+            rest.seal();
+            assert_eq!(joined(&frames), joined(&rest), "below {below}");
+            assert_eq!(frames.drop_below(below), (0, 0), "again, below {below}");
+        }
+        // Frames are dropped from the front only: a lower number behind a higher one stays.
+        let mut frames = Frames::default();
+        frames.push(5, &records[4]);
+        frames.push(3, &records[4]);
+        assert_eq!(frames.drop_below(4), (0, 0));
     }
 
     #[test]
