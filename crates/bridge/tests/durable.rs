@@ -321,7 +321,7 @@ async fn kill_9_with_a_backlog_on_disk_loses_nothing_accepted() {
     // Everything written to the sockets is accepted (in the disk buffer) before the kill, and
     // written (see below).
     bridge.holds(want.len(), Duration::from_secs(20)).await;
-    // Accepted records are handed to the kernel by the write-behind writer within ~200 µs, and
+    // Accepted records are handed to the kernel by the write-behind writer within ~1 ms, and
     // at the latest by the flusher's next pass (100 ms): after that, a kill -9 must lose none.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let rss_peak = bridge.rss_kib();

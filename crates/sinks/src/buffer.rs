@@ -820,8 +820,9 @@ impl BufferWriter {
     /// drops per policy, counted by reason. A record larger than `max_bytes` on its own is
     /// dropped (reason `too_large`). Errors only once the buffer is closed. With the disk buffer,
     /// the record is in the write batch when this returns and in the operating system's hands
-    /// within ~200 µs (write-behind; the crash guarantee is in the crate's README); while the disk
-    /// refuses writes, new records are handled like a full buffer (counted).
+    /// within ~1 ms, unless it was delivered first (write-behind; the crash guarantee is in the
+    /// crate's README); while the disk refuses writes, new records are handled like a full
+    /// buffer (counted).
     pub async fn push(&self, mut record: Record) -> Result<Pushed, BufferClosed> {
         let shared = &*self.shared;
         let size = shared.size_of(&record);
