@@ -2296,6 +2296,14 @@ mod disk_tests {
         assert!(r.report().durable);
     }
 
+    /// Runs `f` on the disk buffer behind `r`.
+    fn with_disk(r: &BufferReader, f: &dyn Fn(&disk::Disk)) {
+        match &r.acker.shared.lock().store {
+            Store::Disk(disk) => f(disk),
+            Store::Memory => unreachable!("a disk buffer"),
+        }
+    }
+
     /// Writes what was accepted, now (the lock is not held while writing).
     fn write_out(r: &BufferReader) {
         let log = match &r.acker.shared.lock().store {
@@ -2658,11 +2666,6 @@ mod disk_tests {
             ..disk_config(dir.path())
         };
         let (w, mut r, registry) = opened(&config);
-        let with_disk =
-            |r: &BufferReader, f: &dyn Fn(&disk::Disk)| match &r.acker.shared.lock().store {
-                Store::Disk(disk) => f(disk),
-                Store::Memory => unreachable!("a disk buffer"),
-            };
         with_disk(&r, &|d| d.hold_writer(true));
         let skipped = |registry: &prometheus::Registry| {
             metric(registry, "voxsig_bridge_buffer_write_skipped_total", None)
@@ -2726,6 +2729,46 @@ mod disk_tests {
         let again: Vec<u64> = drain(&mut r).iter().map(|c| c.seq()).collect();
         let written: Vec<u64> = [0, 1, 2, 6, 7].into_iter().chain(8..31).collect();
         assert_eq!(again, written);
+    }
+
+    /// A segment whose records were all delivered before the flusher synced it is not synced:
+    /// nothing in it needs stable storage.
+    #[tokio::test]
+    async fn finished_segments_are_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB segments, and no flusher pass during the test.
+        let config = BufferConfig {
+            fsync_interval: Duration::from_secs(60),
+            ..small_disk_config(dir.path())
+        };
+        let (w, mut r, _) = opened(&config);
+        let big = |n: u64| {
+            let mut rec = numbered(n);
+            rec.payload = bytes::Bytes::from(vec![b'x'; 1300]);
+            rec
+        };
+        for i in 0..150 {
+            w.push(big(i)).await.unwrap();
+        }
+        let unsynced = |r: &BufferReader| {
+            let got = std::cell::RefCell::new(Vec::new());
+            with_disk(r, &|d| *got.borrow_mut() = d.unsynced_segments());
+            got.into_inner()
+        };
+        let before = unsynced(&r);
+        assert!(before.len() >= 2 && before[0] == 0, "{before:?}");
+        let mut claims = drain(&mut r);
+        // The first 100 delivered: the segments they fill are finished, the others still wait.
+        let rest = claims.split_off(100);
+        r.ack_many(&mut claims);
+        let after = unsynced(&r);
+        assert!(!after.is_empty() && after.len() < before.len(), "{after:?}");
+        assert!(after
+            .iter()
+            .all(|first| *first > 0 && before.contains(first)));
+        let mut rest = rest;
+        r.ack_many(&mut rest);
+        assert_eq!(unsynced(&r), Vec::<u64>::new());
     }
 
     #[tokio::test]

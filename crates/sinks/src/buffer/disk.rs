@@ -157,7 +157,11 @@ pub(crate) struct Disk {
     /// Segments rotated away whose last writes are not synced yet (synced by the flusher or,
     /// with `fsync = "always"`, before their records are handed on), and whether a segment was
     /// created since the directory was last synced. Rotation itself never waits for the device.
-    unsynced: Vec<Arc<File>>,
+    /// A segment finished before its sync is taken off the list ([`Disk::retire`]): every
+    /// record in it was delivered, so nothing in it needs to reach stable storage (and a
+    /// finished segment reused or deleted before write-back costs the device nothing).
+    /// Keyed by the segment's first sequence number.
+    unsynced: Vec<(u64, Arc<File>)>,
     dir_unsynced: bool,
     /// The ledger value last written.
     ledger_written: u64,
@@ -612,6 +616,12 @@ impl Disk {
         self.log.held.store(hold, Ordering::SeqCst);
     }
 
+    /// Tests: the segments rotated away and not synced yet (their first sequence numbers).
+    #[cfg(test)]
+    pub(crate) fn unsynced_segments(&self) -> Vec<u64> {
+        self.unsynced.iter().map(|(first, _)| *first).collect()
+    }
+
     /// Tests: whether the writer found the disk refusing writes.
     #[cfg(test)]
     pub(crate) fn failing(&self) -> bool {
@@ -729,9 +739,10 @@ impl Disk {
             Some(file) => (file, true),
             None => (create_segment(&path, Fsync::Never)?, false),
         };
+        let old_first = self.segments.active().map_or(first, |s| s.first);
         let old = std::mem::replace(&mut self.active, Arc::new(file));
         if self.fsync != Fsync::Never {
-            self.unsynced.push(old);
+            self.unsynced.push((old_first, old));
             self.dir_unsynced = true;
         }
         {
@@ -903,6 +914,7 @@ impl Disk {
     /// Segment `first` is finished: kept as a spare (renamed so) or left to the flusher to
     /// delete. Its records may vanish before the ledger says they are acknowledged: they were.
     fn retire(&mut self, first: u64) {
+        self.unsynced.retain(|(segment, _)| *segment != first);
         let path = segment_path(&self.dir, first);
         if self.spares.retire() == Retire::Keep {
             match std::fs::rename(&path, spare_path(&self.dir, first)) {
@@ -955,7 +967,7 @@ impl Disk {
             }
             // Under the lock, whatever the flusher is doing: segments rotated away, the directory
             // if a segment was created, and the active segment.
-            let mut files = std::mem::take(&mut self.unsynced);
+            let mut files = unsynced_files(std::mem::take(&mut self.unsynced));
             files.push(self.active.clone());
             self.dirty = false;
             let work = SyncWork {
@@ -992,7 +1004,7 @@ impl Disk {
         match self.fsync {
             Fsync::Never => SyncWork::default(),
             Fsync::Interval => {
-                let mut files = std::mem::take(&mut self.unsynced);
+                let mut files = unsynced_files(std::mem::take(&mut self.unsynced));
                 if std::mem::take(&mut self.dirty) {
                     files.push(self.active.clone());
                 }
@@ -1002,7 +1014,7 @@ impl Disk {
                 }
             }
             Fsync::Always => {
-                let mut files = self.unsynced.clone();
+                let mut files = unsynced_files(self.unsynced.clone());
                 if self.dirty {
                     files.push(self.active.clone());
                 }
@@ -1513,6 +1525,11 @@ fn write_slices_at<'a>(
         }
     }
     Ok(())
+}
+
+/// The files of [`Disk::unsynced`] entries.
+fn unsynced_files(unsynced: Vec<(u64, Arc<File>)>) -> Vec<Arc<File>> {
+    unsynced.into_iter().map(|(_, file)| file).collect()
 }
 
 fn create_segment(path: &Path, fsync: Fsync) -> std::io::Result<File> {
