@@ -1875,6 +1875,13 @@ mod disk_tests {
         r
     }
 
+    /// [`numbered`] with a payload of `len` bytes.
+    fn padded(n: u64, len: usize) -> Record {
+        let mut r = numbered(n);
+        r.payload = bytes::Bytes::from(vec![b'x'; len]);
+        r
+    }
+
     /// [`numbered`], every other one (odd `n`) with a payload long enough for the disk buffer
     /// to keep it by reference in its write batch (`format::BY_REFERENCE`): both kinds of frame
     /// are written, failed, retried and read back.
@@ -2329,11 +2336,7 @@ mod disk_tests {
             disk.slow_writes(1000);
         }
         // Twice what one write batch holds (`disk::MAX_BATCH`).
-        let big = |n: u64| {
-            let mut rec = numbered(n);
-            rec.payload = bytes::Bytes::from(vec![b'x'; 1024]);
-            rec
-        };
+        let big = |n: u64| padded(n, 1024);
         let n = 2 * disk::MAX_BATCH as u64 / 1024;
         let pusher = tokio::spawn(async move {
             for i in 0..n {
@@ -2742,11 +2745,7 @@ mod disk_tests {
             ..small_disk_config(dir.path())
         };
         let (w, mut r, _) = opened(&config);
-        let big = |n: u64| {
-            let mut rec = numbered(n);
-            rec.payload = bytes::Bytes::from(vec![b'x'; 1300]);
-            rec
-        };
+        let big = |n: u64| padded(n, 1300);
         for i in 0..150 {
             w.push(big(i)).await.unwrap();
         }
