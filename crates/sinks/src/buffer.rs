@@ -2366,6 +2366,40 @@ mod disk_tests {
         assert_eq!(w.depth() as u64, n);
     }
 
+    /// Starting a segment waits for no write: the old segment's last records are written
+    /// like a full batch (on a blocking thread), so behind a slow disk the runtime's one
+    /// thread keeps running (before, every rotation wrote them inline, under the lock).
+    #[tokio::test]
+    async fn a_rotation_behind_a_slow_disk_does_not_stop_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB segments: 200 records of ~1.3 KB start several.
+        let (w, r, _registry) = opened(&small_disk_config(dir.path()));
+        with_disk(&r, &|d| d.slow_writes(1000));
+        let pusher = tokio::spawn(async move {
+            for i in 0..200 {
+                w.push(padded(i, 1300)).await.unwrap();
+            }
+            w
+        });
+        let started = Instant::now();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ticking = started.elapsed();
+        assert!(!pusher.is_finished(), "the pusher waits for the slow disk");
+        assert!(
+            ticking < Duration::from_millis(600),
+            "20 ticks of 1 ms took {ticking:?}: the runtime waited for the disk"
+        );
+        with_disk(&r, &|d| d.slow_writes(0));
+        let w = tokio::time::timeout(Duration::from_secs(20), pusher)
+            .await
+            .expect("the pusher finishes once the disk is fast again")
+            .unwrap();
+        assert_eq!(w.depth(), 200);
+        assert!(segments(dir.path()).len() > 1, "rotated");
+    }
+
     fn fail_writes(r: &BufferReader, fail: bool) {
         if let Store::Disk(disk) = &mut r.acker.shared.lock().store {
             disk.fail_writes(fail);

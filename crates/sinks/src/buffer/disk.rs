@@ -120,7 +120,8 @@ pub enum BufferError {
 pub(crate) enum AppendError {
     /// The disk refuses writes: `when_full` applies.
     Io(std::io::Error),
-    /// The batch is full: write it out ([`Log::flush`], without the buffer's lock) and try again.
+    /// The batch is full, or the segment is and its last records must be written before the
+    /// next one starts: write it out ([`Log::flush`], without the buffer's lock) and try again.
     BatchFull,
 }
 
@@ -601,7 +602,13 @@ impl Disk {
             OpenOptions::new().write(true).open(&path)
         };
         self.active = Arc::new(file.expect("reopen the active segment"));
-        self.log.lock_batch().file = self.active.clone();
+        // The same segment behind another handle: a failed write to it retries there too.
+        let mut batch = self.log.lock_batch();
+        let old = std::mem::replace(&mut batch.file, self.active.clone());
+        let mut io = locked(&self.log.io);
+        if let Some(failed) = io.failed.as_mut().filter(|f| Arc::ptr_eq(&f.file, &old)) {
+            failed.file = self.active.clone();
+        }
     }
 
     /// Tests: every following write takes `ms` milliseconds longer (a slow disk).
@@ -663,8 +670,9 @@ impl Disk {
     /// writer thread hands it to the kernel at most [`LINGER`] later (the batch's deadline: it
     /// is woken only by the first record of a batch, or by [`WAKE_BYTES`] (`fsync = "always"`:
     /// [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never larger than
-    /// [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the caller writes the batch
-    /// with [`Disk::log`] outside the buffer's lock, then tries again). `spill` (as
+    /// [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the
+    /// caller writes the batch with [`Disk::log`] outside the buffer's lock, then tries again);
+    /// so does a record that starts a new segment while the batch holds records. `spill` (as
     /// [`Disk::spill`] said): the record is not kept in memory, the reader must read it back
     /// from disk. Fails (and takes nothing)
     /// while the disk refuses writes: the records already accepted are kept in memory and
@@ -687,6 +695,11 @@ impl Disk {
         let needs_rotation = self.active_len + size > self.segment_max
             && self.active_len > SEGMENT_HEADER_LEN as u64;
         if needs_rotation {
+            if !batch.frames.is_empty() {
+                // The old segment's last records go first, written by the caller without the
+                // buffer's lock (as a full batch is); then the rotation waits for nothing.
+                return Err(AppendError::BatchFull);
+            }
             drop(batch);
             self.rotate(seq).map_err(AppendError::Io)?;
             batch = self.log.lock_batch();
@@ -728,12 +741,13 @@ impl Disk {
         Ok(())
     }
 
+    /// Starts segment `first`; the batch is empty (`append` has it written first). A write to
+    /// the old segment may still be under way: it carries its own file, and whatever writes
+    /// next waits for it (`io`), so the old segment's records are written before the new
+    /// one's. The syncs of the old segment and of the directory are left to the flusher
+    /// (`fsync = "always"`: to `ensure_synced`, before any of these records is handed on).
+    /// Nothing here waits for the device but creating or renaming a file.
     fn rotate(&mut self, first: u64) -> std::io::Result<()> {
-        // Everything of the old segment reaches it before the new one starts (in order: the
-        // writer's `written_end` never passes a record that is not written). The syncs of the
-        // old segment and of the directory are left to the flusher (`fsync = "always"`: to
-        // `ensure_synced`, before any of these records is handed on).
-        self.log.flush()?;
         let path = segment_path(&self.dir, first);
         let (file, recycled) = match self.reuse_spare(&path) {
             Some(file) => (file, true),
@@ -1260,9 +1274,12 @@ enum Writer {
     Busy,
 }
 
-/// Frames taken from the batch, to be written at `at`.
+/// Frames taken from the batch, to be written at `at` in `file` (followed by an end marker
+/// when `marker`: the file is a recycled one).
 struct Chunk {
     frames: Frames,
+    file: Arc<File>,
+    marker: bool,
     at: u64,
     end_seq: u64,
 }
@@ -1373,9 +1390,9 @@ impl Log {
                 return;
             }
             let mut io = locked(&self.io);
-            let (file, marker, chunk) = self.take(&mut batch, &mut io);
+            let chunk = self.take(&mut batch, &mut io);
             drop(batch);
-            let _ = self.write(&mut io, &file, marker, chunk);
+            let _ = self.write(&mut io, chunk);
             drop(io);
             batch = self.lock_batch();
         }
@@ -1384,11 +1401,18 @@ impl Log {
     /// Takes the batch to write it. Its records that already left the buffer (a prefix:
     /// delivered while they waited for their write, the common case when the sink keeps up)
     /// are dropped, unless `keep_all`: they need no place on disk, and a crash cannot lose
-    /// what was delivered. They count as written.
-    fn take(&self, batch: &mut Batch, io: &mut Io) -> (Arc<File>, bool, Option<Chunk>) {
-        let file = batch.file.clone();
+    /// what was delivered. They count as written. Nothing is taken while a failed write to
+    /// an earlier segment waits to be retried: that one goes first, alone.
+    fn take(&self, batch: &mut Batch, io: &mut Io) -> Option<Chunk> {
         if batch.frames.is_empty() {
-            return (file, batch.marker, None);
+            return None;
+        }
+        if io
+            .failed
+            .as_ref()
+            .is_some_and(|failed| !Arc::ptr_eq(&failed.file, &batch.file))
+        {
+            return None;
         }
         if !batch.keep_all {
             let below = self.finished_below.load(Ordering::Acquire);
@@ -1400,23 +1424,19 @@ impl Log {
         let frames = std::mem::replace(&mut batch.frames, std::mem::take(&mut io.spare));
         batch.first_at = None;
         let chunk = Chunk {
+            file: batch.file.clone(),
+            marker: batch.marker,
             at: batch.at,
             end_seq: batch.end_seq,
             frames,
         };
         batch.at += chunk.frames.len() as u64;
-        (file, batch.marker, Some(chunk))
+        Some(chunk)
     }
 
-    /// Writes a failed chunk again (first), then `chunk`, into `file` (the active segment now),
-    /// followed by an end marker when `file` is a recycled one.
-    fn write(
-        &self,
-        io: &mut Io,
-        file: &File,
-        marker: bool,
-        mut chunk: Option<Chunk>,
-    ) -> std::io::Result<()> {
+    /// Writes a failed chunk again (first), then `chunk` (in the same file: [`Log::take`]
+    /// takes nothing while a failed chunk of another file waits).
+    fn write(&self, io: &mut Io, mut chunk: Option<Chunk>) -> std::io::Result<()> {
         if let Some(new) = chunk.as_mut() {
             // Checksums, here rather than under the buffer's lock (a failed chunk was sealed
             // before its first attempt).
@@ -1435,8 +1455,12 @@ impl Log {
         };
         #[cfg(test)]
         std::thread::sleep(Duration::from_millis(self.slow_ms.load(Ordering::SeqCst)));
-        let marker: &[u8] = if marker { &format::END_MARKER } else { &[] };
-        let written = write_slices_at(file, chunk.frames.slices().chain([marker]), chunk.at);
+        let marker: &[u8] = if chunk.marker {
+            &format::END_MARKER
+        } else {
+            &[]
+        };
+        let written = write_slices_at(&chunk.file, chunk.frames.slices().chain([marker]), chunk.at);
         match written {
             Ok(()) => {
                 io.written_end = chunk.end_seq;
@@ -1462,9 +1486,9 @@ impl Log {
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         let mut batch = self.lock_batch();
         let mut io = locked(&self.io);
-        let (file, marker, chunk) = self.take(&mut batch, &mut io);
+        let chunk = self.take(&mut batch, &mut io);
         drop(batch);
-        self.write(&mut io, &file, marker, chunk)
+        self.write(&mut io, chunk)
     }
 
     /// The error of the last write while writes fail.
