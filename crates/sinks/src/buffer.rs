@@ -2326,7 +2326,7 @@ mod disk_tests {
     #[tokio::test]
     async fn a_push_behind_a_slow_disk_does_not_stop_the_runtime() {
         let dir = tempfile::tempdir().unwrap();
-        // Segments of 16 MiB: no rotation here (a rotation writes the batch out inline).
+        // Segments of 16 MiB: full batches only, no rotation (the next test has those).
         let config = BufferConfig {
             max_bytes: 256 * 1024 * 1024,
             ..disk_config(dir.path())
