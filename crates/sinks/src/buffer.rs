@@ -2331,53 +2331,21 @@ mod disk_tests {
             max_bytes: 256 * 1024 * 1024,
             ..disk_config(dir.path())
         };
-        let (w, r, _registry) = opened(&config);
-        if let Store::Disk(disk) = &r.acker.shared.lock().store {
-            disk.slow_writes(1000);
-        }
-        // Twice what one write batch holds (`disk::MAX_BATCH`).
-        let big = |n: u64| padded(n, 1024);
-        let n = 2 * disk::MAX_BATCH as u64 / 1024;
-        let pusher = tokio::spawn(async move {
-            for i in 0..n {
-                w.push(big(i)).await.unwrap();
-            }
-            w
-        });
-        // The first write (a few records, the writer's) takes a second; the batch fills behind it
-        // and the pusher must wait. Meanwhile this task, on the same thread, keeps running.
-        let started = Instant::now();
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let ticking = started.elapsed();
-        assert!(!pusher.is_finished(), "the pusher waits for the slow disk");
-        assert!(
-            ticking < Duration::from_millis(600),
-            "20 ticks of 1 ms took {ticking:?}: the runtime waited for the disk"
-        );
-        if let Store::Disk(disk) = &r.acker.shared.lock().store {
-            disk.slow_writes(0);
-        }
-        let w = tokio::time::timeout(Duration::from_secs(20), pusher)
-            .await
-            .expect("the pusher finishes once the disk is fast again")
-            .unwrap();
-        assert_eq!(w.depth() as u64, n);
+        // Twice what one write batch holds (`disk::MAX_BATCH`): the first write (a few
+        // records, the writer's) takes a second, the batch fills behind it and the pusher must
+        // wait.
+        push_behind_a_slow_disk(&config, 2 * disk::MAX_BATCH as u64 / 1024, 1024).await;
     }
 
-    /// Starting a segment waits for no write: the old segment's last records are written
-    /// like a full batch (on a blocking thread), so behind a slow disk the runtime's one
-    /// thread keeps running (before, every rotation wrote them inline, under the lock).
-    #[tokio::test]
-    async fn a_rotation_behind_a_slow_disk_does_not_stop_the_runtime() {
-        let dir = tempfile::tempdir().unwrap();
-        // 64 KiB segments: 200 records of ~1.3 KB start several.
-        let (w, r, _registry) = opened(&small_disk_config(dir.path()));
+    /// Pushes `n` records with `len`-byte payloads from a task on this thread while every
+    /// write takes a second. This task's 20 ticks of 1 ms must go on meanwhile, well under the
+    /// disk's second; then the disk is fast again and every record is accepted.
+    async fn push_behind_a_slow_disk(config: &BufferConfig, n: u64, len: usize) {
+        let (w, r, _registry) = opened(config);
         with_disk(&r, &|d| d.slow_writes(1000));
         let pusher = tokio::spawn(async move {
-            for i in 0..200 {
-                w.push(padded(i, 1300)).await.unwrap();
+            for i in 0..n {
+                w.push(padded(i, len)).await.unwrap();
             }
             w
         });
@@ -2396,7 +2364,17 @@ mod disk_tests {
             .await
             .expect("the pusher finishes once the disk is fast again")
             .unwrap();
-        assert_eq!(w.depth(), 200);
+        assert_eq!(w.depth() as u64, n);
+    }
+
+    /// Starting a segment waits for no write: the old segment's last records are written
+    /// like a full batch (on a blocking thread), so behind a slow disk the runtime's one
+    /// thread keeps running (before, every rotation wrote them inline, under the lock).
+    #[tokio::test]
+    async fn a_rotation_behind_a_slow_disk_does_not_stop_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB segments: 200 records of ~1.3 KB start several.
+        push_behind_a_slow_disk(&small_disk_config(dir.path()), 200, 1300).await;
         assert!(segments(dir.path()).len() > 1, "rotated");
     }
 
