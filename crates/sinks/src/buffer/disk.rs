@@ -1484,11 +1484,19 @@ impl Log {
 
     /// Writes everything accepted so far, now (waiting for a write in progress).
     pub(crate) fn flush(&self) -> std::io::Result<()> {
-        let mut batch = self.lock_batch();
-        let mut io = locked(&self.io);
-        let chunk = self.take(&mut batch, &mut io);
-        drop(batch);
-        self.write(&mut io, chunk)
+        loop {
+            let mut batch = self.lock_batch();
+            let mut io = locked(&self.io);
+            let chunk = self.take(&mut batch, &mut io);
+            // Held back behind a failed write to an earlier segment: once that one is written,
+            // the batch goes too (the caller counts on everything accepted being written).
+            let held_back = chunk.is_none() && !batch.frames.is_empty();
+            drop(batch);
+            self.write(&mut io, chunk)?;
+            if !held_back {
+                return Ok(());
+            }
+        }
     }
 
     /// The error of the last write while writes fail.
