@@ -1845,6 +1845,14 @@ mod disk_tests {
         }
     }
 
+    /// [`small_disk_config`] (64 KiB segments) with no flusher pass during a test.
+    fn unflushed_small_disk_config(dir: &Path) -> BufferConfig {
+        BufferConfig {
+            fsync_interval: Duration::from_secs(60),
+            ..small_disk_config(dir)
+        }
+    }
+
     fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> u64 {
         registry
             .gather()
@@ -2313,11 +2321,15 @@ mod disk_tests {
 
     /// Writes what was accepted, now (the lock is not held while writing).
     fn write_out(r: &BufferReader) {
-        let log = match &r.acker.shared.lock().store {
+        disk_log(r).flush().unwrap();
+    }
+
+    /// The write-behind log of the disk buffer behind `r`.
+    fn disk_log(r: &BufferReader) -> Arc<disk::Log> {
+        match &r.acker.shared.lock().store {
             Store::Disk(disk) => disk.log(),
             Store::Memory => unreachable!("a disk buffer"),
-        };
-        log.flush().unwrap();
+        }
     }
 
     /// A full write batch is written on a blocking thread: while a slow disk holds the write
@@ -2376,6 +2388,55 @@ mod disk_tests {
         // 64 KiB segments: 200 records of ~1.3 KB start several.
         push_behind_a_slow_disk(&small_disk_config(dir.path()), 200, 1300).await;
         assert!(segments(dir.path()).len() > 1, "rotated");
+    }
+
+    /// A write to the old segment that fails after the next segment started is retried, alone
+    /// and first; the new segment's records wait behind it, and a flush writes both once the
+    /// disk takes writes again. Nothing is lost or reordered.
+    #[tokio::test]
+    async fn a_failed_write_to_the_old_segment_goes_first_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = unflushed_small_disk_config(dir.path());
+        let (w, r, registry) = opened(&config);
+        let size = format::framed_len(&padded(0, 1300));
+        let fit = (64 * 1024 - format::SEGMENT_HEADER_LEN) / size;
+        with_disk(&r, &|d| d.hold_writer(true));
+        for i in 0..fit as u64 {
+            w.push(padded(i, 1300)).await.unwrap();
+        }
+        // The first segment's records are being written (slowly) to a handle that refuses them.
+        fail_writes(&r, true);
+        with_disk(&r, &|d| d.slow_writes(300));
+        let log = disk_log(&r);
+        let writing = std::thread::spawn(move || log.flush());
+        std::thread::sleep(Duration::from_millis(50));
+        with_disk(&r, &|d| d.slow_writes(0));
+        // Meanwhile the next record starts the second segment (the batch is empty: no wait).
+        w.push(padded(fit as u64, 1300)).await.unwrap();
+        assert_eq!(segments(dir.path()).len(), 2);
+        assert!(writing.join().unwrap().is_err(), "the slow write failed");
+        // The second segment's record waits behind the failed one.
+        let log = disk_log(&r);
+        assert!(log.flush().is_err(), "still refused");
+        fail_writes(&r, false);
+        // One flush writes both: the old segment's records, then the new one's.
+        log.flush().unwrap();
+        assert_eq!(w.safe_below(), fit as u64 + 1, "everything written");
+        // The new segment goes on where its first record ended.
+        w.push(padded(fit as u64 + 1, 1300)).await.unwrap();
+        log.flush().unwrap();
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_errors_total", None),
+            0,
+            "no record refused"
+        );
+        // Everything reached its segment, in its place: a restart finds all of it, in order,
+        // and no damage.
+        drop((w, r));
+        wait_closed(dir.path(), 0);
+        let (_w, mut r, registry) = opened(&config);
+        assert_eq!(take_all(&mut r), expected(0..fit as u64 + 2));
+        assert_eq!(corrupt(&registry, None), 0);
     }
 
     fn fail_writes(r: &BufferReader, fail: bool) {
@@ -2751,11 +2812,7 @@ mod disk_tests {
     #[tokio::test]
     async fn finished_segments_are_not_synced() {
         let dir = tempfile::tempdir().unwrap();
-        // 64 KiB segments, and no flusher pass during the test.
-        let config = BufferConfig {
-            fsync_interval: Duration::from_secs(60),
-            ..small_disk_config(dir.path())
-        };
+        let config = unflushed_small_disk_config(dir.path());
         let (w, mut r, _) = opened(&config);
         let big = |n: u64| padded(n, 1300);
         for i in 0..150 {

@@ -609,6 +609,21 @@ impl Disk {
         if let Some(failed) = io.failed.as_mut().filter(|f| Arc::ptr_eq(&f.file, &old)) {
             failed.file = self.active.clone();
         }
+        // A failed write to an earlier segment (a rotation came between): that segment,
+        // writable again, found by its inode.
+        if let Some(failed) = io.failed.as_mut().filter(|_| !fail) {
+            use std::os::unix::fs::MetadataExt;
+            let ino = failed.file.metadata().map(|m| m.ino()).ok();
+            let path = std::fs::read_dir(&self.dir)
+                .expect("list the buffer directory")
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| std::fs::metadata(path).map(|m| m.ino()).ok() == ino);
+            if let Some(path) = path {
+                let file = OpenOptions::new().write(true).open(path);
+                failed.file = Arc::new(file.expect("reopen the failed segment"));
+            }
+        }
     }
 
     /// Tests: every following write takes `ms` milliseconds longer (a slow disk).
