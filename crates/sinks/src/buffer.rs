@@ -2312,7 +2312,7 @@ mod disk_tests {
     }
 
     /// Runs `f` on the disk buffer behind `r`.
-    fn with_disk(r: &BufferReader, f: &dyn Fn(&disk::Disk)) {
+    fn with_disk<T>(r: &BufferReader, f: impl FnOnce(&disk::Disk) -> T) -> T {
         match &r.acker.shared.lock().store {
             Store::Disk(disk) => f(disk),
             Store::Memory => unreachable!("a disk buffer"),
@@ -2326,10 +2326,7 @@ mod disk_tests {
 
     /// The write-behind log of the disk buffer behind `r`.
     fn disk_log(r: &BufferReader) -> Arc<disk::Log> {
-        match &r.acker.shared.lock().store {
-            Store::Disk(disk) => disk.log(),
-            Store::Memory => unreachable!("a disk buffer"),
-        }
+        with_disk(r, disk::Disk::log)
     }
 
     /// A full write batch is written on a blocking thread: while a slow disk holds the write
@@ -2354,7 +2351,7 @@ mod disk_tests {
     /// disk's second; then the disk is fast again and every record is accepted.
     async fn push_behind_a_slow_disk(config: &BufferConfig, n: u64, len: usize) {
         let (w, r, _registry) = opened(config);
-        with_disk(&r, &|d| d.slow_writes(1000));
+        with_disk(&r, |d| d.slow_writes(1000));
         let pusher = tokio::spawn(async move {
             for i in 0..n {
                 w.push(padded(i, len)).await.unwrap();
@@ -2371,7 +2368,7 @@ mod disk_tests {
             ticking < Duration::from_millis(600),
             "20 ticks of 1 ms took {ticking:?}: the runtime waited for the disk"
         );
-        with_disk(&r, &|d| d.slow_writes(0));
+        with_disk(&r, |d| d.slow_writes(0));
         let w = tokio::time::timeout(Duration::from_secs(20), pusher)
             .await
             .expect("the pusher finishes once the disk is fast again")
@@ -2400,17 +2397,17 @@ mod disk_tests {
         let (w, r, registry) = opened(&config);
         let size = format::framed_len(&padded(0, 1300));
         let fit = (64 * 1024 - format::SEGMENT_HEADER_LEN) / size;
-        with_disk(&r, &|d| d.hold_writer(true));
+        with_disk(&r, |d| d.hold_writer(true));
         for i in 0..fit as u64 {
             w.push(padded(i, 1300)).await.unwrap();
         }
         // The first segment's records are being written (slowly) to a handle that refuses them.
         fail_writes(&r, true);
-        with_disk(&r, &|d| d.slow_writes(300));
+        with_disk(&r, |d| d.slow_writes(300));
         let log = disk_log(&r);
         let writing = std::thread::spawn(move || log.flush());
         std::thread::sleep(Duration::from_millis(50));
-        with_disk(&r, &|d| d.slow_writes(0));
+        with_disk(&r, |d| d.slow_writes(0));
         // Meanwhile the next record starts the second segment (the batch is empty: no wait).
         w.push(padded(fit as u64, 1300)).await.unwrap();
         assert_eq!(segments(dir.path()).len(), 2);
@@ -2742,7 +2739,7 @@ mod disk_tests {
             ..disk_config(dir.path())
         };
         let (w, mut r, registry) = opened(&config);
-        with_disk(&r, &|d| d.hold_writer(true));
+        with_disk(&r, |d| d.hold_writer(true));
         let skipped = |registry: &prometheus::Registry| {
             metric(registry, "voxsig_bridge_buffer_write_skipped_total", None)
         };
@@ -2818,11 +2815,7 @@ mod disk_tests {
         for i in 0..150 {
             w.push(big(i)).await.unwrap();
         }
-        let unsynced = |r: &BufferReader| {
-            let got = std::cell::RefCell::new(Vec::new());
-            with_disk(r, &|d| *got.borrow_mut() = d.unsynced_segments());
-            got.into_inner()
-        };
+        let unsynced = |r: &BufferReader| with_disk(r, disk::Disk::unsynced_segments);
         let before = unsynced(&r);
         assert!(before.len() >= 2 && before[0] == 0, "{before:?}");
         let mut claims = drain(&mut r);

@@ -595,23 +595,22 @@ impl Disk {
     /// Tests: makes every following write fail (as a full disk would), or work again.
     #[cfg(test)]
     pub(crate) fn fail_writes(&mut self, fail: bool) {
-        let path = segment_path(&self.dir, self.segments.active().map_or(0, |s| s.first));
-        let file = if fail {
-            File::open(&path)
-        } else {
-            OpenOptions::new().write(true).open(&path)
+        let reopen = |path: &Path| {
+            let file = if fail {
+                File::open(path)
+            } else {
+                OpenOptions::new().write(true).open(path)
+            };
+            Arc::new(file.expect("reopen a segment"))
         };
-        self.active = Arc::new(file.expect("reopen the active segment"));
-        // The same segment behind another handle: a failed write to it retries there too.
+        let path = segment_path(&self.dir, self.segments.active().map_or(0, |s| s.first));
+        self.active = reopen(&path);
         let mut batch = self.log.lock_batch();
-        let old = std::mem::replace(&mut batch.file, self.active.clone());
+        batch.file = self.active.clone();
+        // A failed write retries on its segment behind the new handle too (it may be an
+        // earlier segment, when a rotation came between): found by its inode.
         let mut io = locked(&self.log.io);
-        if let Some(failed) = io.failed.as_mut().filter(|f| Arc::ptr_eq(&f.file, &old)) {
-            failed.file = self.active.clone();
-        }
-        // A failed write to an earlier segment (a rotation came between): that segment,
-        // writable again, found by its inode.
-        if let Some(failed) = io.failed.as_mut().filter(|_| !fail) {
+        if let Some(failed) = io.failed.as_mut() {
             use std::os::unix::fs::MetadataExt;
             let ino = failed.file.metadata().map(|m| m.ino()).ok();
             let path = std::fs::read_dir(&self.dir)
@@ -620,8 +619,7 @@ impl Disk {
                 .map(|entry| entry.path())
                 .find(|path| std::fs::metadata(path).map(|m| m.ino()).ok() == ino);
             if let Some(path) = path {
-                let file = OpenOptions::new().write(true).open(path);
-                failed.file = Arc::new(file.expect("reopen the failed segment"));
+                failed.file = reopen(&path);
             }
         }
     }
