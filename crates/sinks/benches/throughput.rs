@@ -64,6 +64,47 @@ fn process_cpu_ns() -> u64 {
         .sum()
 }
 
+/// Every thread's name and schedstat (ns on a CPU, ns waiting for one), by thread id.
+fn threads_sched() -> Vec<(u64, String, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = tasks
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            let tid = path.file_name()?.to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+            Some((
+                tid,
+                name.trim().to_owned(),
+                fields.next()??,
+                fields.next()??,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Per record, from `before` until now: CPU and time waiting for a CPU of each thread that ran,
+/// by name (`name cpu/wait` ns), e.g. `tokio-runtime-w 420/35`.
+fn threads_line(before: &[(u64, String, u64, u64)], n: u64) -> String {
+    threads_sched()
+        .iter()
+        .filter_map(|(tid, name, cpu, wait)| {
+            let (c0, w0) = before
+                .iter()
+                .find(|b| b.0 == *tid)
+                .map_or((0, 0), |b| (b.2, b.3));
+            let cpu = cpu.saturating_sub(c0) / n.max(1);
+            (cpu > 0).then(|| format!("{name} {cpu}/{}", wait.saturating_sub(w0) / n.max(1)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Times `n` records from `start` (and the CPU from `cpu_start`) until now.
 fn measure(n: usize, start: Instant, cpu_start: u64) -> Measure {
     let elapsed = start.elapsed().as_secs_f64();
@@ -224,6 +265,7 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     let records = big_records(n);
     let takes = NULL_TAKES.load(Ordering::Relaxed);
     let waits = NULL_WAITS.load(Ordering::Relaxed);
+    let threads = threads_sched();
     let cpu = process_cpu_ns();
     let start = Instant::now();
     for r in records {
@@ -231,13 +273,14 @@ async fn through_buffer(fsync: Option<Fsync>, target: Target, n: u64, warmup: u6
     }
     wait_drained(&writer).await;
     let measured = measure(n as usize, start, cpu);
+    let threads = threads_line(&threads, n);
     let report = handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.undelivered, 0);
     if matches!(target, Target::Null) {
         let takes = NULL_TAKES.load(Ordering::Relaxed) - takes;
         let waits = NULL_WAITS.load(Ordering::Relaxed) - waits;
         println!(
-            "  {} buffer, null sink: {:.1} records per take, {waits} waits",
+            "  {} buffer, null sink: {:.1} records per take, {waits} waits; ns/record by thread (CPU/waiting for one): {threads}",
             if fsync.is_some() { "disk" } else { "memory" },
             n as f64 / takes.max(1) as f64
         );

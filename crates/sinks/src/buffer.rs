@@ -2804,6 +2804,49 @@ mod disk_tests {
         assert_eq!(again, written);
     }
 
+    /// With `fsync = "interval"` the writer writes, at each look, only what was already in the
+    /// batch at its previous look: a record accepted just before a look has until the next one
+    /// to be delivered, and is never written if it is (before, a look wrote the whole batch).
+    #[tokio::test]
+    async fn a_record_has_until_the_writer_s_second_look_to_be_delivered_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = disk_config(dir.path());
+        let (w, mut r, registry) = opened(&config);
+        with_disk(&r, |d| d.hold_writer(true));
+        let log = disk_log(&r);
+        let skipped = || metric(&registry, "voxsig_bridge_buffer_write_skipped_total", None);
+        for i in 0..3 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        // The first look finds nothing that waited a look: nothing written, nothing skipped.
+        log.look_now().unwrap();
+        assert_eq!((w.safe_below(), skipped()), (0, 0));
+        // 0 delivered; 3 and 4 accepted. The second look writes 1 and 2 (0 skipped), and
+        // leaves 3 and 4, which came after the first.
+        let mut claims = drain(&mut r);
+        r.ack(claims.remove(0));
+        for i in 3..5 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        log.look_now().unwrap();
+        assert_eq!((w.safe_below(), skipped()), (3, 1));
+        // 1..5 delivered before the third look: 3 and 4 are never written.
+        claims.extend(drain(&mut r));
+        r.ack_many(&mut claims);
+        log.look_now().unwrap();
+        assert_eq!((w.safe_below(), skipped()), (5, 3));
+        // A record left when the buffer closes is written then (undelivered).
+        w.push(numbered(5)).await.unwrap();
+        log.look_now().unwrap();
+        drop((w, r));
+        wait_closed(dir.path(), 5);
+        // Without the ledger, what is on disk comes again: 1, 2 and 5, nothing else.
+        std::fs::remove_file(dir.path().join("ledger")).unwrap();
+        let (_w, mut r, _) = opened(&config);
+        let again: Vec<u64> = drain(&mut r).iter().map(|c| c.seq()).collect();
+        assert_eq!(again, [1, 2, 5]);
+    }
+
     /// A segment whose records were all delivered before the flusher synced it is not synced:
     /// nothing in it needs stable storage.
     #[tokio::test]

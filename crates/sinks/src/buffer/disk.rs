@@ -47,13 +47,20 @@ const SPARES: usize = 2;
 /// The batch holds frame heads (~100 bytes a record) and shares the payloads with the memory
 /// queue, so its own memory is a small part of this.
 pub(crate) const MAX_BATCH: usize = 4 * 1024 * 1024;
-/// The writer thread writes a batch this long after its first record was accepted (woken by
-/// that record when it was idle; otherwise at this deadline): fewer, larger writes and no
-/// wake-up per batch under a steady load. A batch that reaches [`MAX_BATCH`] first is written by
-/// `push`. Records the sink finishes within this time are never written ([`Log::take`]): the
-/// longer it is, the less a sink that keeps up costs the disk; it is also how long a `kill -9`
-/// may find an accepted record not yet in the page cache.
+/// An accepted record is handed to the kernel at most this long after it was accepted (unless it
+/// left the buffer first): how long a `kill -9` may find an accepted record not yet in the page
+/// cache. While the batch holds records the writer thread looks at it every [`LOOK`] (woken by
+/// the first record when it was idle): fewer, larger writes and no wake-up per batch under a
+/// steady load. With `fsync = "interval"` or `"never"` a look writes only the records that were
+/// already there at the previous look and are not finished: each record has at least [`LOOK`]
+/// to be delivered before its write, and records the sink finishes in that time are never
+/// written ([`Log::take`]); the longer it is, the less a sink that keeps up costs the disk. With
+/// `fsync = "always"` a look writes the whole batch, every [`LINGER`]. A batch that reaches
+/// [`MAX_BATCH`] first is written by `push`.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
+/// How often the writer looks at a batch that holds records, when records age
+/// (`fsync = "interval"` or `"never"`): two looks make [`LINGER`].
+const LOOK: Duration = Duration::from_micros(500);
 /// A lingering writer is woken early once the batch holds this much (a burst), so that it
 /// rather than `push` writes it.
 const WAKE_BYTES: usize = MAX_BATCH / 2;
@@ -558,7 +565,13 @@ impl Disk {
             Fsync::Always => WAKE_BYTES_ALWAYS,
             Fsync::Interval | Fsync::Never => WAKE_BYTES,
         };
-        let log = Log::start(active.clone(), next_seq, wake_bytes, metrics.clone());
+        let log = Log::start(
+            active.clone(),
+            next_seq,
+            wake_bytes,
+            fsync != Fsync::Always,
+            metrics.clone(),
+        );
         let disk = Disk {
             dir: dir.to_owned(),
             fsync,
@@ -680,9 +693,9 @@ impl Disk {
     }
 
     /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
-    /// writer thread hands it to the kernel at most [`LINGER`] later (the batch's deadline: it
-    /// is woken only by the first record of a batch, or by [`WAKE_BYTES`] (`fsync = "always"`:
-    /// [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never larger than
+    /// writer thread hands it to the kernel at most [`LINGER`] later, unless it is finished first
+    /// (the writer is woken only by the first record of a batch, or by [`WAKE_BYTES`]
+    /// (`fsync = "always"`: [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never larger than
     /// [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the
     /// caller writes the batch with [`Disk::log`] outside the buffer's lock, then tries again);
     /// so does a record that starts a new segment while the batch holds records. `spill` (as
@@ -1235,9 +1248,15 @@ struct Batch {
     marker: bool,
     /// The sequence number after the last record in `bytes`.
     end_seq: u64,
-    /// When the first record in `bytes` was accepted (`None` while it is empty): the writer
-    /// writes the batch at this plus [`LINGER`].
+    /// When the writer's next look is due from: when the first record of an empty batch was
+    /// accepted, or the writer's last look if records were left (`None` while it is empty). The
+    /// writer looks at this plus [`Batch::period`].
     first_at: Option<Instant>,
+    /// Records age ([`LOOK`]): a look writes only those below `aged_below`.
+    ages: bool,
+    /// The batch's `end_seq` at the writer's previous look: records below it have waited one
+    /// [`LOOK`] at least.
+    aged_below: u64,
     /// A lingering writer is woken once the batch holds this much ([`WAKE_BYTES`], or
     /// [`WAKE_BYTES_ALWAYS`]).
     wake_bytes: usize,
@@ -1250,30 +1269,48 @@ struct Batch {
 }
 
 impl Batch {
-    /// How much longer the writer waits before writing the batch: until [`LINGER`] after its
-    /// first record, unless it holds `wake_bytes`. `None`: write now.
+    /// How much longer the writer waits before it looks at the batch: until
+    /// [`Batch::period`] after `first_at`, unless it holds `wake_bytes`. `None`: look now.
     fn linger(&self) -> Option<Duration> {
         linger(
             self.frames.len(),
             self.wake_bytes,
-            self.first_at,
+            self.first_at.map(|at| at + self.period()),
             Instant::now(),
         )
     }
+
+    /// How long the writer waits between looks while the batch holds records.
+    fn period(&self) -> Duration {
+        if self.ages {
+            LOOK
+        } else {
+            LINGER
+        }
+    }
+
+    /// The records a look of the writer writes: those below this (and not finished).
+    fn due_below(&self) -> u64 {
+        if self.ages {
+            self.aged_below
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// A look took what was due: what is left has aged, and the next look is a period away.
+    fn looked(&mut self, now: Instant) {
+        self.aged_below = self.end_seq;
+        self.first_at = (!self.frames.is_empty()).then_some(now);
+    }
 }
 
-/// [`Batch::linger`] without the clock: a batch of `bytes` whose first record was accepted at
-/// `first_at`, at `now`.
-fn linger(
-    bytes: usize,
-    wake_bytes: usize,
-    first_at: Option<Instant>,
-    now: Instant,
-) -> Option<Duration> {
+/// [`Batch::linger`] without the clock: a batch of `bytes` to be looked at at `due`, at `now`.
+fn linger(bytes: usize, wake_bytes: usize, due: Option<Instant>, now: Instant) -> Option<Duration> {
     if bytes >= wake_bytes {
         return None;
     }
-    let wait = (first_at? + LINGER).checked_duration_since(now)?;
+    let wait = due?.checked_duration_since(now)?;
     (!wait.is_zero()).then_some(wait)
 }
 
@@ -1281,7 +1318,7 @@ fn linger(
 enum Writer {
     /// Waits for the first record.
     Idle,
-    /// Waits until [`LINGER`] after the batch's first record, or for `Batch::wake_bytes`.
+    /// Waits for its next look ([`Batch::linger`]), or for `Batch::wake_bytes`.
     Lingering,
     /// Writing, or woken: it looks at the batch before it waits again.
     Busy,
@@ -1315,7 +1352,13 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Log {
-    fn start(file: Arc<File>, next_seq: u64, wake_bytes: usize, metrics: SinkMetrics) -> Arc<Log> {
+    fn start(
+        file: Arc<File>,
+        next_seq: u64,
+        wake_bytes: usize,
+        ages: bool,
+        metrics: SinkMetrics,
+    ) -> Arc<Log> {
         let log = Arc::new(Log {
             batch: Mutex::new(Batch {
                 frames: Frames::default(),
@@ -1324,6 +1367,8 @@ impl Log {
                 marker: false,
                 end_seq: next_seq,
                 first_at: None,
+                ages,
+                aged_below: next_seq,
                 wake_bytes,
                 writer: Writer::Busy,
                 keep_all: false,
@@ -1402,21 +1447,33 @@ impl Log {
             if batch.closed {
                 return;
             }
-            let mut io = locked(&self.io);
-            let chunk = self.take(&mut batch, &mut io);
-            drop(batch);
-            let _ = self.write(&mut io, chunk);
-            drop(io);
+            let _ = self.look(batch);
             batch = self.lock_batch();
         }
     }
 
-    /// Takes the batch to write it. Its records that already left the buffer (a prefix:
-    /// delivered while they waited for their write, the common case when the sink keeps up)
-    /// are dropped, unless `keep_all`: they need no place on disk, and a crash cannot lose
-    /// what was delivered. They count as written. Nothing is taken while a failed write to
-    /// an earlier segment waits to be retried: that one goes first, alone.
-    fn take(&self, batch: &mut Batch, io: &mut Io) -> Option<Chunk> {
+    /// One look of the writer: writes what is due ([`Batch::due_below`]) and not finished.
+    fn look(&self, mut batch: MutexGuard<'_, Batch>) -> std::io::Result<()> {
+        let mut io = locked(&self.io);
+        let below = batch.due_below();
+        let chunk = self.take(&mut batch, &mut io, below);
+        drop(batch);
+        self.write(&mut io, chunk)
+    }
+
+    /// Tests: one look of the writer, now (with the writer held, tests decide when it looks).
+    #[cfg(test)]
+    pub(crate) fn look_now(&self) -> std::io::Result<()> {
+        self.look(self.lock_batch())
+    }
+
+    /// Takes the batch's records below `below` to write them; the others stay, and have aged
+    /// ([`Batch::looked`]). Its records that already left the buffer (a prefix: delivered while
+    /// they waited for their write, the common case when the sink keeps up) are dropped, unless
+    /// `keep_all`: they need no place on disk, and a crash cannot lose what was delivered. They
+    /// count as written. Nothing is taken while a failed write to an earlier segment waits to
+    /// be retried: that one goes first, alone.
+    fn take(&self, batch: &mut Batch, io: &mut Io, below: u64) -> Option<Chunk> {
         if batch.frames.is_empty() {
             return None;
         }
@@ -1434,13 +1491,15 @@ impl Log {
                 emit(&self.metrics, DiskWritesSkipped { records });
             }
         }
-        let frames = std::mem::replace(&mut batch.frames, std::mem::take(&mut io.spare));
-        batch.first_at = None;
+        let mut frames = std::mem::replace(&mut batch.frames, std::mem::take(&mut io.spare));
+        frames.split_below(below, &mut batch.frames);
+        batch.looked(Instant::now());
         let chunk = Chunk {
             file: batch.file.clone(),
             marker: batch.marker,
             at: batch.at,
-            end_seq: batch.end_seq,
+            // Every record below this is in the chunk, or finished, or written before.
+            end_seq: below.min(batch.end_seq),
             frames,
         };
         batch.at += chunk.frames.len() as u64;
@@ -1466,6 +1525,12 @@ impl Log {
         let Some(mut chunk) = chunk else {
             return Ok(());
         };
+        if chunk.frames.is_empty() {
+            // Everything due was finished: nothing to write (an end marker is where it was).
+            io.written_end = io.written_end.max(chunk.end_seq);
+            io.spare = chunk.frames;
+            return Ok(());
+        }
         #[cfg(test)]
         std::thread::sleep(Duration::from_millis(self.slow_ms.load(Ordering::SeqCst)));
         let marker: &[u8] = if chunk.marker {
@@ -1476,7 +1541,7 @@ impl Log {
         let written = write_slices_at(&chunk.file, chunk.frames.slices().chain([marker]), chunk.at);
         match written {
             Ok(()) => {
-                io.written_end = chunk.end_seq;
+                io.written_end = io.written_end.max(chunk.end_seq);
                 io.error = None;
                 self.failing.store(false, Ordering::SeqCst);
                 // The payloads go now; the buffers stay for the next chunk.
@@ -1500,7 +1565,7 @@ impl Log {
         loop {
             let mut batch = self.lock_batch();
             let mut io = locked(&self.io);
-            let chunk = self.take(&mut batch, &mut io);
+            let chunk = self.take(&mut batch, &mut io, u64::MAX);
             // Held back behind a failed write to an earlier segment: once that one is written,
             // the batch goes too (the caller counts on everything accepted being written).
             let held_back = chunk.is_none() && !batch.frames.is_empty();
@@ -1680,31 +1745,31 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_lingers_until_the_deadline_of_the_batch_s_first_record_or_a_burst() {
+    fn the_writer_waits_until_its_next_look_is_due_or_a_burst() {
         let t0 = Instant::now();
         let us = Duration::from_micros;
         // Times in twentieths of `LINGER`.
         let l = LINGER.as_micros() as u64 / 20;
-        // (bytes in the batch, first record accepted at t0 + this, now = t0 + this, expected wait)
+        // (bytes in the batch, look due at t0 + this, now = t0 + this, expected wait)
         let cases: &[(usize, Option<u64>, u64, Option<u64>)] = &[
-            (1_300, Some(0), 0, Some(20 * l)),
-            (1_300, Some(0), 15 * l, Some(5 * l)),
-            (1_300, Some(0), 20 * l, None),
-            (1_300, Some(0), 500 * l, None),
-            (1_300, Some(10 * l), 15 * l, Some(15 * l)),
-            // A burst: written at once.
-            (WAKE_BYTES - 1, Some(0), l, Some(19 * l)),
-            (WAKE_BYTES, Some(0), l, None),
-            (MAX_BATCH, Some(0), l, None),
-            // No deadline (a batch with records always has one): written at once.
+            (1_300, Some(20 * l), 0, Some(20 * l)),
+            (1_300, Some(20 * l), 15 * l, Some(5 * l)),
+            (1_300, Some(20 * l), 20 * l, None),
+            (1_300, Some(20 * l), 500 * l, None),
+            (1_300, Some(30 * l), 15 * l, Some(15 * l)),
+            // A burst: looked at at once.
+            (WAKE_BYTES - 1, Some(20 * l), l, Some(19 * l)),
+            (WAKE_BYTES, Some(20 * l), l, None),
+            (MAX_BATCH, Some(20 * l), l, None),
+            // No look due (a batch with records always has one): at once.
             (1_300, None, 0, None),
         ];
-        for &(bytes, first, now, want) in cases {
-            let got = linger(bytes, WAKE_BYTES, first.map(|f| t0 + us(f)), t0 + us(now));
+        for &(bytes, due, now, want) in cases {
+            let got = linger(bytes, WAKE_BYTES, due.map(|f| t0 + us(f)), t0 + us(now));
             assert_eq!(
                 got,
                 want.map(us),
-                "{bytes} bytes, first at {first:?}, now {now}"
+                "{bytes} bytes, due at {due:?}, now {now}"
             );
         }
         // `fsync = "always"`: the burst comes sooner.
@@ -1713,9 +1778,72 @@ mod tests {
             None
         );
         assert_eq!(
-            linger(WAKE_BYTES_ALWAYS - 1, WAKE_BYTES_ALWAYS, Some(t0), t0),
+            linger(
+                WAKE_BYTES_ALWAYS - 1,
+                WAKE_BYTES_ALWAYS,
+                Some(t0 + LINGER),
+                t0
+            ),
             Some(LINGER)
         );
+    }
+
+    /// A batch's looks: records age at one look and are due at the next, so each waits one
+    /// [`LOOK`] at least, and at most two ([`LINGER`]); with `fsync = "always"` everything is
+    /// due at every look, a [`LINGER`] apart.
+    #[test]
+    fn records_are_due_at_the_second_look_after_they_were_accepted() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let r = crate::testing::record("t", 1);
+        let t0 = Instant::now();
+        let mut batch = Batch {
+            frames: Frames::default(),
+            file,
+            at: SEGMENT_HEADER_LEN as u64,
+            marker: false,
+            end_seq: 10,
+            first_at: None,
+            ages: true,
+            aged_below: 10,
+            wake_bytes: WAKE_BYTES,
+            writer: Writer::Busy,
+            keep_all: false,
+            closed: false,
+        };
+        let push = |batch: &mut Batch, seq: u64, now: Instant| {
+            if batch.frames.is_empty() {
+                batch.first_at = Some(now);
+            }
+            batch.frames.push(seq, &r);
+            batch.end_seq = seq + 1;
+        };
+        // 10 and 11 accepted: the first look is due a LOOK after 10, and nothing is due yet.
+        push(&mut batch, 10, t0);
+        push(&mut batch, 11, t0 + LOOK / 2);
+        assert_eq!(batch.first_at, Some(t0));
+        assert_eq!(batch.due_below(), 10);
+        batch.looked(t0 + LOOK);
+        // 12 after the first look: the second look (a LOOK later) takes 10 and 11, not 12.
+        push(&mut batch, 12, t0 + LOOK + LOOK / 4);
+        assert_eq!(batch.first_at, Some(t0 + LOOK));
+        assert_eq!(batch.due_below(), 12);
+        let mut rest = Frames::default();
+        batch.frames.split_below(batch.due_below(), &mut rest);
+        batch.frames = rest;
+        batch.looked(t0 + 2 * LOOK);
+        assert_eq!(batch.due_below(), 13);
+        assert_eq!(batch.first_at, Some(t0 + 2 * LOOK));
+        // Empty after the third look: no look is due until the next record.
+        batch.frames.clear();
+        batch.looked(t0 + 3 * LOOK);
+        assert_eq!(batch.first_at, None);
+        assert_eq!(batch.period(), LOOK);
+        assert_eq!(2 * LOOK, LINGER);
+        // `fsync = "always"`: everything is due, a LINGER after the first record.
+        batch.ages = false;
+        push(&mut batch, 13, t0);
+        assert_eq!(batch.due_below(), u64::MAX);
+        assert_eq!(batch.period(), LINGER);
     }
 
     #[test]

@@ -326,25 +326,48 @@ impl Frames {
     /// the buffer (delivered, rejected or dropped) before they were written need no place on
     /// disk. Returns how many frames went, and their bytes.
     pub(crate) fn drop_below(&mut self, seq: u64) -> (u64, usize) {
-        let (mut at, mut payload, mut count, mut bytes) = (0, 0, 0, 0);
-        while let Some(frame) = self.frame_at(at, payload) {
+        let prefix = self.prefix_below(seq);
+        if prefix.count > 0 {
+            self.heads.drain(..prefix.at);
+            self.payloads.drain(..prefix.payloads);
+            for (after, _) in &mut self.payloads {
+                *after -= prefix.at;
+            }
+            self.len -= prefix.bytes;
+        }
+        (prefix.count, prefix.bytes)
+    }
+
+    /// Moves the frames from the first whose sequence number is `seq` or more on (to the end)
+    /// into `rest`, which must be empty; the frames before it stay. `rest`'s buffers are reused
+    /// (and these keep theirs), so a writer that splits every batch allocates nothing.
+    pub(crate) fn split_below(&mut self, seq: u64, rest: &mut Frames) {
+        debug_assert!(rest.is_empty(), "split into frames that hold some");
+        let prefix = self.prefix_below(seq);
+        rest.heads.extend_from_slice(&self.heads[prefix.at..]);
+        self.heads.truncate(prefix.at);
+        rest.payloads.extend(
+            self.payloads
+                .drain(prefix.payloads..)
+                .map(|(after, p)| (after - prefix.at, p)),
+        );
+        rest.len = self.len - prefix.bytes;
+        self.len = prefix.bytes;
+    }
+
+    /// The frames at the front whose sequence number is below `seq`.
+    fn prefix_below(&self, seq: u64) -> Prefix {
+        let mut prefix = Prefix::default();
+        while let Some(frame) = self.frame_at(prefix.at, prefix.payloads) {
             if frame.seq >= seq {
                 break;
             }
-            payload += usize::from(frame.by_reference);
-            count += 1;
-            bytes += frame.framed;
-            at = frame.head_end;
+            prefix.payloads += usize::from(frame.by_reference);
+            prefix.count += 1;
+            prefix.bytes += frame.framed;
+            prefix.at = frame.head_end;
         }
-        if count > 0 {
-            self.heads.drain(..at);
-            self.payloads.drain(..payload);
-            for (after, _) in &mut self.payloads {
-                *after -= at;
-            }
-            self.len -= bytes;
-        }
-        (count, bytes)
+        prefix
     }
 
     /// The bytes to write, in order: heads and payloads (no empty slice).
@@ -360,6 +383,16 @@ impl Frames {
             .flat_map(|(from, (to, payload))| [&self.heads[from..to], payload])
             .filter(|slice| !slice.is_empty())
     }
+}
+
+/// Frames at the front of [`Frames`]: where their heads end, how many payloads by reference
+/// they have, how many they are and their bytes on disk.
+#[derive(Default)]
+struct Prefix {
+    at: usize,
+    payloads: usize,
+    count: u64,
+    bytes: usize,
 }
 
 /// Where one frame of [`Frames`] is.
@@ -656,6 +689,43 @@ mod tests {
         frames.push(5, &records[4]);
         frames.push(3, &records[4]);
         assert_eq!(frames.drop_below(4), (0, 0));
+    }
+
+    #[test]
+    fn frames_split_at_a_sequence_number_write_as_if_pushed_apart() {
+        // Frames 10..21 of every payload shape; each case splits at `seq` into a prefix and a
+        // rest that must seal and write as if each had been pushed alone, and whose lengths add
+        // up; the split reuses the rest's buffers (split twice into the same one).
+        let records = mixed(11);
+        let mut rest = Frames::default();
+        for at in [0, 10, 11, 13, 14, 20, 21, u64::MAX] {
+            for _ in 0..2 {
+                let (mut frames, mut head, mut tail) =
+                    (Frames::default(), Frames::default(), Frames::default());
+                for (i, r) in records.iter().enumerate() {
+                    let seq = 10 + i as u64;
+                    frames.push(seq, r);
+                    if seq < at {
+                        head.push(seq, r);
+                    } else {
+                        tail.push(seq, r);
+                    }
+                }
+                let whole = frames.len();
+                rest.clear();
+                frames.split_below(at, &mut rest);
+                assert_eq!(frames.len(), head.len(), "at {at}");
+                assert_eq!(rest.len(), tail.len(), "at {at}");
+                assert_eq!(frames.len() + rest.len(), whole, "at {at}");
+                for f in [&mut frames, &mut rest, &mut head, &mut tail] {
+                    f.seal();
+                }
+                assert_eq!(joined(&frames), joined(&head), "at {at}");
+                assert_eq!(joined(&rest), joined(&tail), "at {at}");
+                // What was split off drops and splits again like any frames.
+                assert_eq!(rest.drop_below(at).0, 0, "at {at}");
+            }
+        }
     }
 
     #[test]
