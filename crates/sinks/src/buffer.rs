@@ -1941,7 +1941,7 @@ mod disk_tests {
         for n in 0..100 {
             assert_eq!(w.push(numbered(n)).await.unwrap(), Pushed::Held(n));
         }
-        // The writer thread writes the batch within its linger (200 µs): nothing acknowledged.
+        // The writer thread writes the records within two looks (1 ms): nothing acknowledged.
         let deadline = Instant::now() + Duration::from_secs(10);
         while w.safe_below() < 100 {
             assert!(Instant::now() < deadline, "safe below {}", w.safe_below());
