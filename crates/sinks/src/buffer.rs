@@ -2847,6 +2847,37 @@ mod disk_tests {
         assert_eq!(again, [1, 2, 5]);
     }
 
+    /// A look that finds every record it holds delivered writes nothing, and counts them all
+    /// as written: the ledger at close says every record was acknowledged (it never passes what
+    /// is written; a look once counted only those due, and the close left the ledger behind).
+    #[tokio::test]
+    async fn a_look_that_finds_everything_delivered_counts_it_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut r, registry) = opened(&disk_config(dir.path()));
+        with_disk(&r, |d| d.hold_writer(true));
+        let log = disk_log(&r);
+        for i in 0..3 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        log.look_now().unwrap();
+        for i in 3..5 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        // 0..3 are due at this look, 3 and 4 not yet: all five are delivered first.
+        let mut claims = drain(&mut r);
+        r.ack_many(&mut claims);
+        log.look_now().unwrap();
+        assert_eq!(
+            metric(&registry, "voxsig_bridge_buffer_write_skipped_total", None),
+            5
+        );
+        drop((w, r));
+        wait_closed(dir.path(), 5);
+        assert!(segments(dir.path())
+            .iter()
+            .all(|s| { std::fs::metadata(s).unwrap().len() <= format::SEGMENT_HEADER_LEN as u64 }));
+    }
+
     /// A segment whose records were all delivered before the flusher synced it is not synced:
     /// nothing in it needs stable storage.
     #[tokio::test]

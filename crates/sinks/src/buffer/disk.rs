@@ -1498,8 +1498,9 @@ impl Log {
             file: batch.file.clone(),
             marker: batch.marker,
             at: batch.at,
-            // Every record below this is in the chunk, or finished, or written before.
-            end_seq: below.min(batch.end_seq),
+            // Every record below the first one left is in the chunk, or finished (dropped
+            // above, which may pass `below`), or written before.
+            end_seq: batch.frames.first_seq().unwrap_or(batch.end_seq),
             frames,
         };
         batch.at += chunk.frames.len() as u64;

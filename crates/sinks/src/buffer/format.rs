@@ -355,6 +355,11 @@ impl Frames {
         self.len = prefix.bytes;
     }
 
+    /// The sequence number of the first frame, if any.
+    pub(crate) fn first_seq(&self) -> Option<u64> {
+        self.frame_at(0, 0).map(|frame| frame.seq)
+    }
+
     /// The frames at the front whose sequence number is below `seq`.
     fn prefix_below(&self, seq: u64) -> Prefix {
         let mut prefix = Prefix::default();
