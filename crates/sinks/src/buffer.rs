@@ -2436,6 +2436,30 @@ mod disk_tests {
         assert_eq!(corrupt(&registry, None), 0);
     }
 
+    /// The ledger never passes what is written: a flusher pass while writes fail writes it
+    /// capped. The next pass once the disk takes writes brings it up to what was acknowledged
+    /// (it was taken as written in full, and left behind until acknowledgements moved again).
+    #[tokio::test]
+    async fn a_ledger_held_back_by_a_failed_write_catches_up_once_writes_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, mut r, _) = opened(&unflushed_small_disk_config(dir.path()));
+        with_disk(&r, |d| d.hold_writer(true));
+        let ledger = || format::read_ledger(&std::fs::read(dir.path().join("ledger")).unwrap());
+        for i in 0..3 {
+            w.push(numbered(i)).await.unwrap();
+        }
+        fail_writes(&r, true);
+        assert!(disk_log(&r).flush().is_err(), "refused");
+        // Delivered, not written: the pass writes the ledger at what is written (nothing).
+        let mut claims = drain(&mut r);
+        r.ack_many(&mut claims);
+        r.acker.shared.flush();
+        assert_eq!(ledger(), format::Ledger::AckedBelow(0));
+        fail_writes(&r, false);
+        r.acker.shared.flush();
+        assert_eq!(ledger(), format::Ledger::AckedBelow(3));
+    }
+
     fn fail_writes(r: &BufferReader, fail: bool) {
         if let Store::Disk(disk) = &mut r.acker.shared.lock().store {
             disk.fail_writes(fail);

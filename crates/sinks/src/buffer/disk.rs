@@ -171,8 +171,9 @@ pub(crate) struct Disk {
     /// Keyed by the segment's first sequence number.
     unsynced: Vec<(u64, Arc<File>)>,
     dir_unsynced: bool,
-    /// The ledger value last written.
-    ledger_written: u64,
+    /// The ledger value last written, as `FlushWork::run` wrote it (capped at what is written;
+    /// unchanged when the write failed): a ledger held back is written again by the next pass.
+    ledger_written: Arc<AtomicU64>,
     /// Finished segments waiting for the flusher to delete them.
     doomed: Vec<PathBuf>,
     /// Finished segments kept for reuse.
@@ -589,7 +590,7 @@ impl Disk {
             dirty: false,
             unsynced: Vec::new(),
             dir_unsynced: false,
-            ledger_written: acked_below,
+            ledger_written: Arc::new(AtomicU64::new(acked_below)),
             doomed: Vec::new(),
             spares,
             metrics,
@@ -1022,17 +1023,16 @@ impl Disk {
     /// What the flusher must do now (taken under the lock, done outside it).
     pub(crate) fn flush_work(&mut self) -> FlushWork {
         let acked_below = self.acks.below();
-        let work = FlushWork {
+        FlushWork {
             dir: self.dir.clone(),
             log: self.log.clone(),
             sync: self.flusher_syncs(),
-            ledger: (acked_below != self.ledger_written)
+            ledger: (acked_below != self.ledger_written.load(Ordering::Acquire))
                 .then(|| (self.ledger.clone(), acked_below)),
+            ledger_written: self.ledger_written.clone(),
             sync_ledger: self.fsync != Fsync::Never,
             delete: std::mem::take(&mut self.doomed),
-        };
-        self.ledger_written = acked_below;
-        work
+        }
     }
 
     /// What the flusher syncs now: segments rotated away, the directory if a segment was
@@ -1689,6 +1689,8 @@ pub(crate) struct FlushWork {
     sync: SyncWork,
     /// The ledger and the acknowledged prefix at the time the work was taken.
     ledger: Option<(Arc<File>, u64)>,
+    /// Told what the ledger says once written ([`Disk::flush_work`] compares with it).
+    ledger_written: Arc<AtomicU64>,
     sync_ledger: bool,
     delete: Vec<PathBuf>,
 }
@@ -1711,9 +1713,12 @@ impl FlushWork {
                         Ok(())
                     }
                 });
-            if let Err(error) = written {
-                tracing::error!(dir = %self.dir.display(), %error,
-                    "disk buffer: cannot write the ledger (acknowledged records may be delivered again)");
+            match written {
+                Ok(()) => self.ledger_written.store(below, Ordering::Release),
+                Err(error) => {
+                    tracing::error!(dir = %self.dir.display(), %error,
+                        "disk buffer: cannot write the ledger (acknowledged records may be delivered again)");
+                }
             }
         }
         for path in self.delete {
