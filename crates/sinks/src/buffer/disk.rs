@@ -696,8 +696,8 @@ impl Disk {
     /// Appends record `seq` (`size`: its [`format::framed_len`]) to the write-behind batch; the
     /// writer thread hands it to the kernel at most [`LINGER`] later, unless it is finished first
     /// (the writer is woken only by the first record of a batch, or by [`WAKE_BYTES`]
-    /// (`fsync = "always"`: [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never larger than
-    /// [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the
+    /// (`fsync = "always"`: [`WAKE_BYTES_ALWAYS`]); under load batches grow). A batch is never
+    /// larger than [`MAX_BATCH`]: past it this takes nothing and answers [`AppendError::BatchFull`] (the
     /// caller writes the batch with [`Disk::log`] outside the buffer's lock, then tries again);
     /// so does a record that starts a new segment while the batch holds records. `spill` (as
     /// [`Disk::spill`] said): the record is not kept in memory, the reader must read it back
